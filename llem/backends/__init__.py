@@ -1,0 +1,29 @@
+"""Engines: one module per engine, found by name; nothing here knows a concrete engine."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import List, Type
+
+from llem.errors import ConfigError
+
+
+def engine_names() -> List[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base" and not m.name.startswith("_"))
+
+
+def engine_class(name: str) -> Type:
+    """The Engine subclass of ``llem.backends.<name>`` (cheap: engines import lazily)."""
+    if name not in engine_names():
+        raise ConfigError(f"backend.name={name!r} is invalid: allowed {', '.join(engine_names())}")
+    return importlib.import_module(f"{__name__}.{name}").ENGINE
+
+
+def register_all() -> None:
+    """Register every engine's config dataclass as ``backend/base_<name>`` in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name in engine_names():
+        cs.store(group="backend", name=f"base_{name}", node=engine_class(name).config_class)

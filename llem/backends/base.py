@@ -1,0 +1,114 @@
+"""The Engine contract: what llem needs from an inference engine, and nothing more.
+
+An engine is one module in ``llem.backends`` that defines ``ENGINE`` (an :class:`Engine`
+subclass) whose ``config_class`` is its dataclass of keys. Heavy libraries are imported
+inside the methods, never at module level, so composing a config costs nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Type
+
+from llem.config import BackendConfig, Config
+from llem.workload import Request
+
+
+@dataclass
+class RequestResult:
+    """What the engine returned for one request, timed on :func:`now` (seconds).
+
+    ``token_times_s`` holds the time each generated token reached the host, when the engine
+    can tell; the experiment derives TTFT, end-to-end latency and ITL from these.
+    """
+
+    request_id: int
+    input_tokens: int
+    output_tokens: int
+    start_s: float
+    end_s: float
+    first_token_s: Optional[float] = None
+    token_times_s: Optional[List[float]] = None
+    batch_index: Optional[int] = None
+    timing_note: Optional[str] = None  # why a timing is missing, if it is
+
+
+@dataclass
+class EngineInfo:
+    """Facts about the loaded engine that go into results (``engine.*`` columns)."""
+
+    versions: Dict[str, str] = field(default_factory=dict)
+    resolved_args: Dict[str, Any] = field(default_factory=dict)
+    num_parameters: Optional[int] = None
+    weight_bytes: Optional[int] = None
+
+
+def now() -> float:
+    """The clock every engine stamps request times with."""
+    return time.perf_counter()
+
+
+Progress = Callable[[int], None]  # called with the number of requests just completed
+
+
+class Engine(ABC):
+    """One inference engine behind llem's measurement protocol."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[Type[BackendConfig]]
+    # engine_args keys that duplicate llem's own keys (rejected, naming the llem key to use)
+    reserved_args: ClassVar[Dict[str, str]] = {}
+
+    def __init__(self, config: Config, device: str) -> None:
+        self.config = config
+        self.backend = config.backend
+        self.device = device  # "cpu" or "cuda"
+
+    @classmethod
+    def validate_config(cls, config: Config) -> None:
+        """Check engine-specific settings without importing the engine (raises ConfigError)."""
+        from llem.errors import ConfigError
+
+        for key in config.backend.engine_args:
+            if key in cls.reserved_args:
+                raise ConfigError(
+                    f"backend.engine_args.{key} duplicates llem's own key: use {cls.reserved_args[key]} instead"
+                )
+
+    @classmethod
+    def gpus_required(cls, config: Config) -> int:
+        """How many of the visible GPUs one job of this engine uses."""
+        return 1
+
+    def check(self) -> None:
+        """Before loading: raise EngineUnavailable/DeviceError if this engine cannot run here."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Build the model and everything generate needs (timed and metered as the load phase)."""
+
+    @abstractmethod
+    def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
+        """Generate exactly ``output_len`` tokens for every request; return one result per request."""
+
+    def synchronize(self) -> None:
+        """Wait until all queued device work has finished (measurement window edges)."""
+
+    def reset_memory_peak(self) -> None:
+        """Start a new peak-memory interval."""
+
+    def memory_peak_mb(self) -> Optional[float]:
+        """Peak device memory the engine allocated since the last reset, if it can tell."""
+        return None
+
+    def device_uuids(self) -> Optional[List[str]]:
+        """UUIDs of the GPUs the engine runs on, as the engine sees them (cross-checks NVML)."""
+        return None
+
+    def info(self) -> EngineInfo:
+        return EngineInfo()
+
+    def close(self) -> None:
+        """Release the model and device memory."""

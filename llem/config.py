@@ -1,0 +1,299 @@
+"""The configuration schema: every llem key is defined here, once, as a dataclass field.
+
+Values and presets live in ``conf/*.yaml``; Hydra composes them onto this schema, so a
+wrong type or an unknown key is rejected at compose time. Range checks that a type cannot
+express live in ``__post_init__`` and run when :func:`to_config` builds the typed object.
+Engine-specific keys live in each engine's own dataclass (a subclass of
+:class:`BackendConfig`, registered by its module under ``llem.backends``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from llem.errors import ConfigError
+
+
+class DType(Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Weights(Enum):
+    random = "random"
+    pretrained = "pretrained"
+
+
+class Device(Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class BaselineKind(Enum):
+    device_idle = "device_idle"
+    loaded_idle = "loaded_idle"
+    none = "none"
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    """What is measured. ``architecture`` lets ``weights=random`` build the model offline."""
+
+    name: str = MISSING
+    hf_id: Optional[str] = None
+    weights: Weights = Weights.random
+    dtype: DType = DType.float32
+    revision: Optional[str] = None
+    tokenizer: Optional[str] = None  # HF id or local dir; defaults to hf_id
+    trust_remote_code: bool = False
+    architecture: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.weights == Weights.pretrained:
+            _require(bool(self.hf_id), "model.hf_id", self.hf_id, "an HF model id when model.weights=pretrained")
+        else:
+            _require(
+                "model_type" in self.architecture,
+                "model.architecture",
+                dict(self.architecture),
+                "a mapping with at least model_type when model.weights=random",
+            )
+
+
+@dataclass
+class DatasetConfig:
+    """Where requests come from. ``num_requests`` requests are measured per job."""
+
+    name: str = MISSING
+    num_requests: int = 16
+
+    def __post_init__(self) -> None:
+        _require(self.num_requests >= 1, "dataset.num_requests", self.num_requests, "an integer >= 1")
+
+
+@dataclass
+class RandomDatasetConfig(DatasetConfig):
+    """Random token ids of exactly ``input_len`` tokens each (no tokenizer needed)."""
+
+    name: str = "random"
+
+
+@dataclass
+class FileDatasetConfig(DatasetConfig):
+    """Prompts from a JSONL file (one object per line, text under ``field``) or a text file."""
+
+    name: str = "file"
+    path: str = MISSING
+    field: str = "prompt"
+    format: str = "auto"  # auto | jsonl | text
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.format in ("auto", "jsonl", "text"), "dataset.format", self.format, "auto, jsonl, text")
+
+
+@dataclass
+class BackendConfig:
+    """Keys every engine shares. Engines subclass this with their own keys.
+
+    ``engine_args`` is passed to the engine untouched, for settings llem does not model.
+    """
+
+    name: str = MISSING
+    engine_args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WarmupConfig:
+    """Warm-up batches run after load and before the baseline; excluded from every metric."""
+
+    batches: int = 1
+    output_len: Optional[int] = None  # None: the measured output length
+
+    def __post_init__(self) -> None:
+        _require(self.batches >= 0, "warmup.batches", self.batches, "an integer >= 0")
+        if self.output_len is not None:
+            _require(self.output_len >= 1, "warmup.output_len", self.output_len, "null or an integer >= 1")
+
+
+@dataclass
+class BaselineConfig:
+    """Idle power floors. ``kind`` names the one subtracted into ``gpu_energy_adjusted_j``.
+
+    device_idle: no CUDA context on the GPU, measured by the job's parent before the
+    measurement process starts (after ``settle_s`` for the previous context to close).
+    loaded_idle: the engine loaded and idle, measured in the measurement process.
+    """
+
+    kind: BaselineKind = BaselineKind.device_idle
+    settle_s: float = 3.0
+    device_idle_s: float = 5.0
+    loaded_idle_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for key in ("settle_s", "device_idle_s", "loaded_idle_s"):
+            value = getattr(self, key)
+            _require(value >= 0, f"baseline.{key}", value, "a number of seconds >= 0")
+        if self.kind == BaselineKind.device_idle:
+            _require(self.device_idle_s > 0, "baseline.device_idle_s", self.device_idle_s, "> 0 with kind=device_idle")
+        if self.kind == BaselineKind.loaded_idle:
+            _require(self.loaded_idle_s > 0, "baseline.loaded_idle_s", self.loaded_idle_s, "> 0 with kind=loaded_idle")
+
+
+@dataclass
+class EnergyConfig:
+    """GPU energy metering (NVML)."""
+
+    sample_interval_ms: float = 100.0  # the H100 energy counter updates about every 100 ms
+
+    def __post_init__(self) -> None:
+        _require(
+            10 <= self.sample_interval_ms <= 10_000,
+            "energy.sample_interval_ms",
+            self.sample_interval_ms,
+            "a number of milliseconds in [10, 10000]",
+        )
+
+
+# Keys that do not change what is measured: excluded from config_hash.
+HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress")
+
+
+@dataclass
+class Config:
+    """One measured experiment."""
+
+    backend: Any = MISSING
+    model: Any = MISSING
+    dataset: Any = MISSING
+    batch: int = 1  # sequences in flight
+    input_len: int = 128  # tokens per prompt, for synthetic prompts (and truncation of real ones)
+    output_len: int = 128  # tokens generated per request, exactly
+    seed: int = 0
+    repeat: int = 0  # a label swept to repeat a configuration; not part of config_hash
+    device: Device = Device.auto
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    cooldown_s: float = 0.0  # wait before the job's baseline (thermal gap between jobs)
+    isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
+    progress: bool = True  # progress bar while generating (shown only on a terminal)
+
+    def __post_init__(self) -> None:
+        _require(self.batch >= 1, "batch", self.batch, "an integer >= 1")
+        _require(self.input_len >= 1, "input_len", self.input_len, "an integer >= 1")
+        _require(self.output_len >= 1, "output_len", self.output_len, "an integer >= 1")
+        _require(self.repeat >= 0, "repeat", self.repeat, "an integer >= 0")
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _require(self.cooldown_s >= 0, "cooldown_s", self.cooldown_s, "a number of seconds >= 0")
+        _require(isinstance(self.backend, BackendConfig), "backend", self.backend, "a backend group (backend=...)")
+        _require(isinstance(self.model, ModelConfig), "model", self.model, "a model group (model=...)")
+        _require(isinstance(self.dataset, DatasetConfig), "dataset", self.dataset, "a dataset group (dataset=...)")
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (engines register their own)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="dataset", name="base_random", node=RandomDatasetConfig)
+    cs.store(group="dataset", name="base_file", node=FileDatasetConfig)
+    from llem import backends
+
+    backends.register_all()
+
+
+def conf_dir() -> Path:
+    """The directory holding config.yaml: inside the installed package, or the source tree's ``conf/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError("llem's conf/ directory was not found next to the package")
+
+
+def _unknown_keys(node: Any, obj: Any, prefix: str = "") -> None:
+    """Reject keys the schema does not define (Hydra's ``+key=value`` can add them)."""
+    fields = getattr(obj, "__dataclass_fields__", None)
+    if fields is None or not isinstance(node, DictConfig):
+        return
+    for key in node.keys():
+        if key not in fields:
+            allowed = ", ".join(f for f in fields if not f.startswith("_"))
+            where = f"under {prefix[:-1]}" if prefix else "at the top level"
+            raise ConfigError(f"{prefix}{key} is not a llem key: allowed keys {where} are {allowed}")
+        value = getattr(obj, key)
+        if hasattr(value, "__dataclass_fields__"):
+            _unknown_keys(node[key], value, f"{prefix}{key}.")
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Build the typed config (running every range check); raise ConfigError naming the key."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf validation errors carry the key and the allowed values
+        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(str(exc).strip()) from None
+    if not isinstance(obj, Config):
+        raise ConfigError("the primary config is not llem's schema (defaults must start with base_config)")
+    _unknown_keys(cfg, obj)
+    return obj
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
+    return value
+
+
+def to_dict(config: Config) -> Dict[str, Any]:
+    """The config as plain nested dicts (enums as their values)."""
+    return _plain(config)
+
+
+def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested dicts → dotted keys; lists and dicts under engine_args/architecture become JSON text."""
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in ("engine_args", "architecture"):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (dict, list)):
+            out[name] = json.dumps(value, sort_keys=True)
+        else:
+            out[name] = value
+    return out
+
+
+def config_hash(config: Config) -> str:
+    """A stable hash of the measured settings (not repeat, not debugging switches)."""
+    tree = to_dict(config)
+    for key in HASH_EXCLUDED_KEYS:
+        tree.pop(key, None)
+    text = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""GPU energy: NVML access (nvml.py) and measurement windows with a sampler (window.py)."""

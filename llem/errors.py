@@ -1,0 +1,25 @@
+"""llem's exception hierarchy: callers catch the class that matters to them."""
+
+
+class LlemError(Exception):
+    """Base class of every error llem raises on purpose."""
+
+
+class ConfigError(LlemError):
+    """A config value is invalid; the message names the key and what is allowed."""
+
+
+class EngineUnavailable(LlemError):
+    """The engine or one of its optional dependencies is not installed or cannot run here."""
+
+
+class DeviceError(LlemError):
+    """The job was asked for a device it cannot see (e.g. device=cuda and no GPU visible)."""
+
+
+class WorkloadError(LlemError):
+    """The requests could not be built (missing file, no tokenizer offline, empty dataset)."""
+
+
+class MeterError(LlemError):
+    """An energy meter failed in a way that makes its numbers unusable."""

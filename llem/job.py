@@ -1,0 +1,179 @@
+"""One Hydra job: validate, skip if already done, measure in a fresh process, never crash the sweep.
+
+The parent (this module) never opens a CUDA context: it measures the device-idle baseline,
+then spawns the measurement process and waits for it (a blocking wait, no polling). Every
+way a job can end leaves a ``results.parquet``: ``ok``, or ``failed`` with the error and the
+stage it happened in — a bad config, an exception, or a measurement process that died.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from llem import environment, results
+from llem.backends import engine_class
+from llem.config import Config, Device, config_hash, flatten, to_config
+from llem.energy.nvml import visible_gpu_count
+from llem.errors import ConfigError
+from llem.experiment import DeviceIdle, Experiment, device_idle_baseline, summary_line
+
+log = logging.getLogger(__name__)
+
+OUTCOME = "outcome.txt"  # ok | skipped | failed: how this job's latest run ended
+_STAGES = ["start", "workload", "check", "load", "warmup", "baseline", "measure", "write"]
+
+
+def _failed_row(cfg_tree: Dict[str, Any], error: str, error_type: str, stage: str,
+                chash: Optional[str]) -> Dict[str, Any]:
+    row = {"status": "failed", "error": environment.scrub(error), "error_type": error_type, "error_stage": stage,
+           "config_hash": chash, "warnings": []}
+    row.update({f"cfg.{k}": v for k, v in flatten(cfg_tree).items()})
+    row.update(environment.capture([]))
+    return row
+
+
+def _tree(cfg: DictConfig) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False, enum_to_str=True)
+
+
+def resolve_device(config: Config) -> str:
+    """cpu or cuda, decided without touching CUDA (NVML tells whether a GPU is visible)."""
+    if config.device == Device.auto:
+        return "cuda" if visible_gpu_count() > 0 else "cpu"
+    return config.device.value
+
+
+def _log_file() -> Optional[str]:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
+
+
+def _child(config: Config, job_dir: str, device: str, idle: DeviceIdle, stage, log_file: Optional[str],
+           level: int) -> None:
+    """Entry point of the measurement process (spawned): a fresh interpreter, a fresh CUDA context."""
+    fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    handlers = [logging.StreamHandler()]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
+
+    def set_stage(name: str) -> None:
+        stage.value = _STAGES.index(name)
+
+    Experiment(config, Path(job_dir), device, idle, set_stage).run()
+
+
+def _measure_isolated(config: Config, job_dir: Path, device: str, idle: DeviceIdle) -> Optional[Tuple[str, str]]:
+    """Run the experiment in a spawned process; return (why it died, stage), or None if it exited cleanly."""
+    ctx = mp.get_context("spawn")
+    stage = ctx.Value("i", 0)
+    proc = ctx.Process(target=_child, name="llem-measure",
+                       args=(config, str(job_dir), device, idle, stage, _log_file(), logging.getLogger().level))
+    proc.start()
+    proc.join()  # blocks in waitpid: no CPU spent while the measurement runs
+    where = _STAGES[stage.value]
+    if proc.exitcode == 0:
+        return None
+    if proc.exitcode < 0:
+        sig = signal.Signals(-proc.exitcode).name
+        return f"the measurement process was killed by {sig} during {where}", where
+    return f"the measurement process exited with code {proc.exitcode} during {where}", where
+
+
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    """Run one job. Returns its result row; never raises for a job-level failure."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    return run_in(cfg, job_dir)
+
+
+def run_in(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config = to_config(cfg)
+        engine_class(config.backend.name).validate_config(config)
+    except ConfigError as exc:
+        log.error("invalid config: %s", exc)
+        row = _failed_row(_tree(cfg), str(exc), "ConfigError", "config", None)
+        results.write_result(row, job_dir)
+        _set_outcome(job_dir, "failed")
+        return row
+
+    chash = config_hash(config)
+    previous = results.read_result(job_dir)
+    if previous and previous.get("status") == "ok" and previous.get("config_hash") == chash:
+        log.info("skipped: %s already holds a successful result (config_hash %s)", job_dir, chash)
+        _set_outcome(job_dir, "skipped")
+        return previous
+
+    device = resolve_device(config)
+    log.info("job %s: backend=%s model=%s batch=%d device=%s", chash, config.backend.name, config.model.name,
+             config.batch, device)
+    if config.cooldown_s > 0:
+        log.info("cooldown %.1f s", config.cooldown_s)
+        time.sleep(config.cooldown_s)
+    idle = DeviceIdle()
+    if device == "cuda" and config.baseline.device_idle_s > 0:
+        idle = device_idle_baseline(config, engine_class(config.backend.name).gpus_required(config))
+    (job_dir / results.RESULTS).unlink(missing_ok=True)  # a stale failed/other-config row must not linger
+    if config.isolate:
+        died = _measure_isolated(config, job_dir, device, idle)
+        row = results.read_result(job_dir)
+        if died is not None and (row is None or row.get("status") != "ok"):
+            error, stage = died
+            row = _failed_row(_tree(cfg), error, "ProcessDied", stage, chash)
+            results.write_result(row, job_dir)
+    else:
+        row = Experiment(config, job_dir, device, idle).run()
+    if row is None:
+        row = _failed_row(_tree(cfg), "no result was written", "NoResult", "write", chash)
+        results.write_result(row, job_dir)
+    _set_outcome(job_dir, "ok" if row.get("status") == "ok" else "failed")
+    log.info("%s → %s", summary_line(row), job_dir)
+    return row
+
+
+def _set_outcome(job_dir: Path, outcome: str) -> None:
+    tmp = job_dir / f".{OUTCOME}.{os.getpid()}"
+    tmp.write_text(outcome + "\n")
+    os.replace(tmp, job_dir / OUTCOME)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a sweep, count how its jobs ended (works for every launcher,
+    since each job leaves its outcome in its own directory)."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        counts = {"ok": 0, "skipped": 0, "failed": 0}
+        failed = []
+        for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{OUTCOME}")):
+            if path.stat().st_mtime + 1 < self.started:
+                continue  # a job of an earlier run of this sweep dir, not re-run now
+            outcome = path.read_text().strip()
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome == "failed":
+                failed.append(path.parent.name)
+        log.info("sweep %s: %d ok, %d skipped, %d failed", config.hydra.sweep.dir, counts["ok"], counts["skipped"],
+                 counts["failed"])
+        for name in failed:
+            log.info("  failed: %s", name)
+        if counts["failed"]:
+            SweepSummary.failures = counts["failed"]

@@ -1,0 +1,58 @@
+"""Latency statistics from raw per-request timings."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llem.backends.base import RequestResult
+from llem.metrics import latency_summary, request_rows
+
+
+def _result(i, start, times):
+    return RequestResult(
+        request_id=i,
+        input_tokens=4,
+        output_tokens=len(times),
+        start_s=start,
+        end_s=times[-1],
+        first_token_s=times[0],
+        token_times_s=times,
+        batch_index=0,
+    )
+
+
+def test_request_rows_and_percentiles_match_numpy():
+    rng = np.random.default_rng(0)
+    results = []
+    for i in range(7):
+        start = 10.0 + i
+        times = list(start + np.cumsum(rng.uniform(0.005, 0.05, size=6)))
+        results.append(_result(i, start, times))
+    rows = request_rows(results, window_t0=10.0)
+    assert rows[3]["start_offset_s"] == 3.0
+    ttft = [(r.first_token_s - r.start_s) * 1000 for r in results]
+    itl = [(b - a) * 1000 for r in results for a, b in zip(r.token_times_s, r.token_times_s[1:])]
+    s = latency_summary(rows)
+    assert np.isclose(s["ttft_ms_p50"], np.percentile(ttft, 50))
+    assert np.isclose(s["ttft_ms_p99"], np.percentile(ttft, 99))
+    assert np.isclose(s["itl_ms_p50"], np.percentile(itl, 50))
+    assert np.isclose(s["itl_ms_mean"], np.mean(itl))
+    r0 = results[0]
+    assert np.isclose(rows[0]["tpot_ms"], (r0.end_s - r0.first_token_s) * 1000 / 5)
+    assert len(rows[0]["itl_ms"]) == 5
+
+
+def test_missing_timings_are_null_not_zero():
+    r = RequestResult(
+        request_id=0,
+        input_tokens=4,
+        output_tokens=3,
+        start_s=1.0,
+        end_s=2.0,
+        timing_note="engine reports no token times",
+    )
+    rows = request_rows([r], 1.0)
+    assert rows[0]["ttft_ms"] is None and rows[0]["itl_ms"] is None
+    s = latency_summary(rows)
+    assert s["ttft_ms_p50"] is None and s["itl_ms_p50"] is None
+    assert s["e2e_ms_p50"] == 1000.0
