@@ -7,9 +7,17 @@ import sys
 from llem.config import conf_dir, register_configs
 
 
+def _flags_first(argv: list) -> list:
+    """Let ``-m`` stand anywhere (``llem backend=vllm -m batch=1,8``): argparse before Python 3.12
+    rejects positional overrides after a flag, so value-less flags are moved to the front."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    return argv[:1] + flags + [a for a in argv[1:] if a not in flags]
+
+
 def main() -> None:
     import hydra
 
+    sys.argv = _flags_first(sys.argv)
     register_configs()
     failed = []
 
@@ -17,12 +25,15 @@ def main() -> None:
     def app(cfg):
         from llem import job
 
-        row = job.run(cfg)
+        row, value = job.run(cfg)
         if row.get("status") != "ok":
             failed.append(row)
+        return value
 
     app()
-    if failed:
+    from llem.job import SweepSummary
+
+    if failed or SweepSummary.failures:
         sys.exit(1)
 
 

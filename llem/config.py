@@ -170,8 +170,34 @@ class EnergyConfig:
         )
 
 
+@dataclass
+class ObjectiveConfig:
+    """What a job returns to a Hydra sweeper (e.g. Optuna): a result column, optionally bounded.
+
+    ``bounds`` maps result columns to ``"<=500"`` / ``">=1000"``; a job that breaks a bound, fails,
+    or has no value for ``metric`` returns the worst value (inf for minimize, -inf for maximize).
+    """
+
+    metric: str = "j_per_output_token"
+    direction: str = "minimize"
+    bounds: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.direction in ("minimize", "maximize"), "objective.direction", self.direction,
+                 "minimize, maximize")
+        for column, bound in self.bounds.items():
+            text = str(bound).strip()
+            ok = text[:2] in ("<=", ">=")
+            if ok:
+                try:
+                    float(text[2:])
+                except ValueError:
+                    ok = False
+            _require(ok, f"objective.bounds.{column}", bound, "'<=NUMBER' or '>=NUMBER'")
+
+
 # Keys that do not change what is measured: excluded from config_hash.
-HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress")
+HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress", "objective")
 
 
 @dataclass
@@ -190,6 +216,7 @@ class Config:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cooldown_s: float = 0.0  # wait before the job's baseline (thermal gap between jobs)
     isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
     progress: bool = True  # progress bar while generating (shown only on a terminal)

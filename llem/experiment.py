@@ -117,7 +117,7 @@ class Experiment:
         engine_cls = engine_class(cfg.backend.name)
         engine = engine_cls(cfg, self.device)
         if self.device == "cuda":
-            gpus, warns, reason = open_gpus(engine_cls.gpus_required(cfg))
+            gpus, warns, reason = open_gpus(engine_cls.gpus_required(cfg.backend))
         else:
             gpus, warns, reason = [], [], "device=cpu: no GPU is used"
         self.warnings.extend(warns)

@@ -12,9 +12,11 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from llem import environment, results
 from llem.backends import engine_class
 from llem.config import Config, Device, config_hash, flatten, to_config
-from llem.energy.nvml import visible_gpu_count
+from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError
 from llem.experiment import DeviceIdle, Experiment, device_idle_baseline, summary_line
 
@@ -45,11 +47,44 @@ def _tree(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False, enum_to_str=True)
 
 
-def resolve_device(config: Config) -> str:
-    """cpu or cuda, decided without touching CUDA (NVML tells whether a GPU is visible)."""
+def resolve_device(config: Config) -> Tuple[str, Optional[str]]:
+    """(cpu or cuda, a problem) decided without touching CUDA: NVML tells which GPUs are visible.
+
+    device=cuda with no visible GPU is a problem (the job refuses to measure); device=auto then
+    measures on the CPU, with a warning when the host has GPUs that were hidden from the job.
+    """
+    visible, total = gpu_counts()
+    hidden = (f"the host has {total} GPU(s) but none is visible to this job (CUDA_VISIBLE_DEVICES="
+              f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}; under submitit set hydra.launcher.gpus_per_node)")
+    if config.device == Device.cuda:
+        return "cuda", None if visible else f"device=cuda was asked for, but {hidden if total else 'no GPU is visible'}"
     if config.device == Device.auto:
-        return "cuda" if visible_gpu_count() > 0 else "cpu"
-    return config.device.value
+        if visible:
+            return "cuda", None
+        return "cpu", (f"device=auto measures on the CPU: {hidden}" if total else None)
+    return "cpu", None
+
+
+@contextmanager
+def gpu_lock(uuids: List[str]):
+    """Hold an exclusive lock per physical GPU (by UUID) on this host while a job measures, so jobs
+    that a launcher starts together never share a GPU's energy counter."""
+    import fcntl
+
+    handles = []
+    try:
+        for uuid in sorted(uuids):
+            fh = open(Path(tempfile.gettempdir()) / f"llem-gpu-{uuid}.lock", "w")
+            handles.append(fh)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for GPU %s: another llem job is measuring on it", uuid)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fh in handles:
+            fh.close()
 
 
 def _log_file() -> Optional[str]:
@@ -91,15 +126,12 @@ def _measure_isolated(config: Config, job_dir: Path, device: str, idle: DeviceId
     return f"the measurement process exited with code {proc.exitcode} during {where}", where
 
 
-def run(cfg: DictConfig) -> Dict[str, Any]:
-    """Run one job. Returns its result row; never raises for a job-level failure."""
+def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
+    """Run one job in Hydra's job dir. Returns its result row and the sweeper objective; never
+    raises for a job-level failure."""
     from hydra.core.hydra_config import HydraConfig
 
     job_dir = Path(HydraConfig.get().runtime.output_dir)
-    return run_in(cfg, job_dir)
-
-
-def run_in(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
     job_dir.mkdir(parents=True, exist_ok=True)
     try:
         config = to_config(cfg)
@@ -109,8 +141,13 @@ def run_in(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         row = _failed_row(_tree(cfg), str(exc), "ConfigError", "config", None)
         results.write_result(row, job_dir)
         _set_outcome(job_dir, "failed")
-        return row
+        return row, objective(row, None)
+    row = run_config(cfg, config, job_dir)
+    return row, objective(row, config)
 
+
+def run_config(cfg: DictConfig, config: Config, job_dir: Path) -> Dict[str, Any]:
+    """Resume-skip, baseline, measure (isolated or not), and make sure a result row exists."""
     chash = config_hash(config)
     previous = results.read_result(job_dir)
     if previous and previous.get("status") == "ok" and previous.get("config_hash") == chash:
@@ -118,16 +155,35 @@ def run_in(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         _set_outcome(job_dir, "skipped")
         return previous
 
-    device = resolve_device(config)
+    (job_dir / results.RESULTS).unlink(missing_ok=True)  # a stale failed/other-config row must not linger
+    device, problem = resolve_device(config)
     log.info("job %s: backend=%s model=%s batch=%d device=%s", chash, config.backend.name, config.model.name,
              config.batch, device)
+    if device == "cuda" and problem:
+        log.error("%s", problem)
+        row = _failed_row(_tree(cfg), problem, "DeviceError", "check", chash)
+        results.write_result(row, job_dir)
+        _set_outcome(job_dir, "failed")
+        return row
+    gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
+    with gpu_lock(visible_uuids(gpus_needed) if device == "cuda" else []):
+        row = _measure(cfg, config, job_dir, device, gpus_needed, problem)
+    _set_outcome(job_dir, "ok" if row.get("status") == "ok" else "failed")
+    log.info("%s → %s", summary_line(row), job_dir)
+    return row
+
+
+def _measure(cfg: DictConfig, config: Config, job_dir: Path, device: str, gpus_needed: int,
+             problem: Optional[str]) -> Dict[str, Any]:
+    chash = config_hash(config)
     if config.cooldown_s > 0:
         log.info("cooldown %.1f s", config.cooldown_s)
         time.sleep(config.cooldown_s)
     idle = DeviceIdle()
     if device == "cuda" and config.baseline.device_idle_s > 0:
-        idle = device_idle_baseline(config, engine_class(config.backend.name).gpus_required(config))
-    (job_dir / results.RESULTS).unlink(missing_ok=True)  # a stale failed/other-config row must not linger
+        idle = device_idle_baseline(config, gpus_needed)
+    if problem:
+        idle.warnings.append(problem)
     if config.isolate:
         died = _measure_isolated(config, job_dir, device, idle)
         row = results.read_result(job_dir)
@@ -140,8 +196,6 @@ def run_in(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
     if row is None:
         row = _failed_row(_tree(cfg), "no result was written", "NoResult", "write", chash)
         results.write_result(row, job_dir)
-    _set_outcome(job_dir, "ok" if row.get("status") == "ok" else "failed")
-    log.info("%s → %s", summary_line(row), job_dir)
     return row
 
 
@@ -154,6 +208,8 @@ def _set_outcome(job_dir: Path, outcome: str) -> None:
 class SweepSummary(Callback):
     """Hydra callback: at the end of a sweep, count how its jobs ended (works for every launcher,
     since each job leaves its outcome in its own directory)."""
+
+    failures = 0  # read by __main__ after the sweep: non-zero exit when any job failed
 
     def __init__(self) -> None:
         self.started = 0.0
@@ -177,3 +233,26 @@ class SweepSummary(Callback):
             log.info("  failed: %s", name)
         if counts["failed"]:
             SweepSummary.failures = counts["failed"]
+
+
+def objective(row: Dict[str, Any], config: Optional[Config]) -> float:
+    """The value a sweeper optimises: the objective metric, or the worst value (never 0) when the
+    job failed, the metric is null, or a bound is broken."""
+    metric = config.objective.metric if config else "j_per_output_token"
+    minimize = config is None or config.objective.direction == "minimize"
+    worst = float("inf") if minimize else float("-inf")
+    if row.get("status") != "ok":
+        log.info("objective %s: job failed → %s", metric, worst)
+        return worst
+    value = row.get(metric)
+    if value is None or value != value:
+        log.info("objective %s is null (%s) → %s", metric, row.get("energy_null_reason") or "not measured", worst)
+        return worst
+    for column, bound in (config.objective.bounds.items() if config else ()):
+        seen = row.get(column)
+        limit = float(bound.strip()[2:])
+        broken = seen is None or (seen > limit if bound.strip().startswith("<=") else seen < limit)
+        if broken:
+            log.warning("objective: %s=%s breaks the bound %s → %s", column, seen, bound, worst)
+            return worst
+    return float(value)

@@ -14,7 +14,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from llem import metrics
-from llem.energy.nvml import GpuReader, load_nvml, open_gpus, visible_gpu_count, visible_indices
+from llem.energy.nvml import GpuReader, gpu_counts, load_nvml, open_gpus, visible_indices
 from llem.energy.window import COUNTER_UPDATE_S, EnergyMeter, Sampler
 from tests.fake_nvml import (
     H100_MEMORY_TOTAL_BYTES,
@@ -242,7 +242,7 @@ def test_open_gpus_follows_cuda_visible_devices(nvml3, monkeypatch):
     gpus, warnings, reason = open_gpus(2, nvml3)
     assert reason is None and warnings == []
     assert [(g.index, g.uuid) for g in gpus] == [(2, UUIDS[2]), (0, UUIDS[0])]
-    assert visible_gpu_count(nvml3) == 2
+    assert gpu_counts(nvml3) == (2, 3)
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     gpus, warnings, reason = open_gpus(2, nvml3)
@@ -252,7 +252,7 @@ def test_open_gpus_follows_cuda_visible_devices(nvml3, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     gpus, _, _ = open_gpus(2, nvml3)
     assert [g.index for g in gpus] == [0, 1]
-    assert visible_gpu_count(nvml3) == 3
+    assert gpu_counts(nvml3) == (3, 3)
 
 
 def test_open_gpus_with_nothing_visible(nvml3, monkeypatch):
@@ -277,7 +277,7 @@ def test_load_nvml_failure_paths(monkeypatch):
     assert module is None
     assert reason.startswith("NVML unavailable") and "NVMLError_DriverNotLoaded" in reason
     assert open_gpus(1, broken) == ([], [], reason)
-    assert visible_gpu_count(broken) == 0
+    assert gpu_counts(broken) == (0, 0)
 
     empty = FakeNVML(None, FakeClock(), 0)
     assert load_nvml(empty) == (None, "NVML reports no GPU")

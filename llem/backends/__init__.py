@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import List, Type
+from typing import Any, List, Type
 
 from llem.errors import ConfigError
 
@@ -20,10 +20,21 @@ def engine_class(name: str) -> Type:
     return importlib.import_module(f"{__name__}.{name}").ENGINE
 
 
+def gpus_resolver(*, _root_: Any) -> int:
+    """``${llem_gpus:}``: the GPUs one job of the selected engine needs (sizes launcher tasks)."""
+    if "backend" not in _root_:  # the hydra node printed on its own (--cfg hydra)
+        return 1
+    backend = _root_.backend
+    return int(engine_class(backend.name).gpus_required(backend))
+
+
 def register_all() -> None:
     """Register every engine's config dataclass as ``backend/base_<name>`` in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    if not OmegaConf.has_resolver("llem_gpus"):
+        OmegaConf.register_new_resolver("llem_gpus", gpus_resolver)
     cs = ConfigStore.instance()
     for name in engine_names():
         cs.store(group="backend", name=f"base_{name}", node=engine_class(name).config_class)

@@ -78,8 +78,9 @@ class Engine(ABC):
                 )
 
     @classmethod
-    def gpus_required(cls, config: Config) -> int:
-        """How many of the visible GPUs one job of this engine uses."""
+    def gpus_required(cls, backend: Any) -> int:
+        """How many of the visible GPUs one job uses, from its backend config (typed or a DictConfig:
+        launchers ask before the config is typed, to size a SLURM task)."""
         return 1
 
     def check(self) -> None:

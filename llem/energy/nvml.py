@@ -183,12 +183,27 @@ def open_gpus(count: int, nvml_module: Any = None) -> Tuple[List[GpuReader], Lis
         return [], warnings, f"NVML could not open a GPU ({type(exc).__name__}: {exc})"
 
 
-def visible_gpu_count(nvml_module: Any = None) -> int:
-    """How many GPUs CUDA will see, by NVML (no CUDA context is created)."""
+def gpu_counts(nvml_module: Any = None) -> Tuple[int, int]:
+    """(GPUs CUDA will see, GPUs on the host), by NVML — no CUDA context is created."""
     nvml, _ = load_nvml(nvml_module)
     if nvml is None:
-        return 0
-    return len(visible_indices(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"))[0])
+        return 0, 0
+    return len(visible_indices(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"))[0]), nvml.nvmlDeviceGetCount()
+
+
+def visible_uuids(count: int, nvml_module: Any = None) -> List[str]:
+    """UUIDs of the first ``count`` visible GPUs (what a job uses), or [] without NVML."""
+    nvml, _ = load_nvml(nvml_module)
+    if nvml is None:
+        return []
+    indices = visible_indices(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"))[0][:count]
+    out = []
+    for i in indices:
+        try:
+            out.append(_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))))
+        except Exception:
+            pass
+    return out
 
 
 def throttle_names(reasons: int) -> List[str]:
