@@ -54,7 +54,7 @@ def resolve_device(config: Config) -> Tuple[str, Optional[str]]:
     measures on the CPU, with a warning when the host has GPUs that were hidden from the job.
     """
     visible, total = gpu_counts()
-    hidden = (f"the host has {total} GPU(s) but none is visible to this job (CUDA_VISIBLE_DEVICES="
+    hidden = (f"none of the host's {total} GPU(s) is visible to this job (CUDA_VISIBLE_DEVICES="
               f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}; under submitit set hydra.launcher.gpus_per_node)")
     if config.device == Device.cuda:
         return "cuda", None if visible else f"device=cuda was asked for, but {hidden if total else 'no GPU is visible'}"
@@ -167,15 +167,14 @@ def run_config(cfg: DictConfig, config: Config, job_dir: Path) -> Dict[str, Any]
         return row
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
     with gpu_lock(visible_uuids(gpus_needed) if device == "cuda" else []):
-        row = _measure(cfg, config, job_dir, device, gpus_needed, problem)
+        row = _measure(cfg, config, chash, job_dir, device, gpus_needed, problem)
     _set_outcome(job_dir, "ok" if row.get("status") == "ok" else "failed")
     log.info("%s → %s", summary_line(row), job_dir)
     return row
 
 
-def _measure(cfg: DictConfig, config: Config, job_dir: Path, device: str, gpus_needed: int,
+def _measure(cfg: DictConfig, config: Config, chash: str, job_dir: Path, device: str, gpus_needed: int,
              problem: Optional[str]) -> Dict[str, Any]:
-    chash = config_hash(config)
     if config.cooldown_s > 0:
         log.info("cooldown %.1f s", config.cooldown_s)
         time.sleep(config.cooldown_s)

@@ -29,6 +29,14 @@ def compose_cfg():
     return _compose
 
 
+@pytest.fixture(scope="session")
+def trace():
+    """The real H100 NVML trace (shared data), for replay tests."""
+    from tests.replay import trace_or_fail
+
+    return trace_or_fail()
+
+
 # Fast settings for end-to-end runs on CPU: few short requests, no waits.
 FAST = [
     "dataset.num_requests=4",

@@ -1,291 +1,35 @@
-"""CPU tests of the NVML energy code, replaying a real H100 trace through a fake pynvml.
-
-Windows are driven by a fake clock and ``Sampler.sample_now`` (no background thread), so every
-figure is deterministic. Expected energies are computed here from the CSV itself, with a plain
-linear scan that does not share code with the fake's replay.
-"""
+"""Energy windows on CPU, replaying a real H100 NVML trace: counter deltas, power integration
+fallbacks, baselines, doubt flags, and the sampler thread."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict
 
 import pytest
 
 from llem import metrics
-from llem.energy.nvml import GpuReader, gpu_counts, load_nvml, open_gpus, visible_indices
+from llem.energy.nvml import GpuReader
 from llem.energy.window import COUNTER_UPDATE_S, EnergyMeter, Sampler
 from tests.fake_nvml import (
-    H100_MEMORY_TOTAL_BYTES,
-    TRACE_PATH,
     FakeClock,
     FakeGpu,
     FakeNVML,
-    NVMLError_DriverNotLoaded,
-    NVMLError_NotSupported,
-    TraceMissing,
-    load_trace,
-    shared_data_disabled,
 )
-
-Trace = List[Dict[str, object]]
-PHASES = ("idle_before", "heavy", "light", "idle_after")
-HW_THERMAL = 0x40
-SW_POWER_CAP = 0x4
-
-
-# ---------------------------------------------------------------------------------------
-# the trace, read straight from the CSV
-
-
-@pytest.fixture(scope="session")
-def trace() -> Trace:
-    try:
-        return load_trace()
-    except TraceMissing as exc:
-        if shared_data_disabled():
-            pytest.skip(f"LLEM_NO_SHARED_DATA is set: {exc}")
-        pytest.fail(str(exc), pytrace=False)
-
-
-def csv_row_at(trace: Trace, t: float) -> Dict[str, object]:
-    """The last row with t_s <= t (a linear scan, independent of the fake's bisect)."""
-    before = [r for r in trace if r["t_s"] <= t]
-    assert before, f"t={t} is before the trace starts"
-    return before[-1]
-
-
-def csv_counter_j(trace: Trace, t0: float, t1: float) -> float:
-    c0 = csv_row_at(trace, t0)["energy_counter_mj"]
-    c1 = csv_row_at(trace, t1)["energy_counter_mj"]
-    return (c1 - c0) / 1000.0
-
-
-def phase_span(trace: Trace, phase: str) -> Tuple[float, float]:
-    ts = [r["t_s"] for r in trace if r["phase"] == phase]
-    return ts[0], ts[-1]
-
-
-def long_phases(trace: Trace) -> List[str]:
-    return [p for p in PHASES if phase_span(trace, p)[1] - phase_span(trace, p)[0] >= 4.0]
-
-
-def counter_update_span(trace: Trace, phase: str) -> Tuple[float, float]:
-    """First and last instants in ``phase`` at which the energy counter stepped.
-
-    The counter only advances about every 100 ms, so a window whose edges fall between two
-    updates misses up to ~0.1 s of power at each edge; between update instants the counter is exact.
-    """
-    steps = [
-        b["t_s"]
-        for a, b in zip(trace, trace[1:], strict=False)
-        if b["phase"] == phase and b["energy_counter_mj"] != a["energy_counter_mj"]
-    ]
-    return steps[0], steps[-1]
-
-
-def grid(t0: float, t1: float, step: float) -> List[float]:
-    """The sample times of a window: t0, t0 + step, …, and t1."""
-    ts = [t0]
-    k = 1
-    while t0 + k * step < t1 - 1e-9:
-        ts.append(t0 + k * step)
-        k += 1
-    return ts + [t1]
-
-
-def csv_trapezoid_j(trace: Trace, t0: float, t1: float, step: float, column: str) -> float:
-    """∫ column (mW) dt in J, sampled on the same grid as a window."""
-    ts = grid(t0, t1, step)
-    watts = [csv_row_at(trace, t)[column] / 1000.0 for t in ts]
-    return sum((b - a) * (wa + wb) / 2 for a, b, wa, wb in zip(ts, ts[1:], watts, watts[1:], strict=False))
-
-
-# ---------------------------------------------------------------------------------------
-# a meter over fake GPUs
-
-
-@dataclass
-class Rig:
-    nvml: FakeNVML
-    clock: FakeClock
-    gpus: List[GpuReader]
-    sampler: Sampler
-    meter: EnergyMeter
-
-    def window(self, phase: str, t0: float, t1: float, step: float = 0.02):
-        """Open a window at t0, sample every ``step`` seconds of fake time, close it at t1."""
-        ts = grid(t0, t1, step)
-        self.clock.set(ts[0])
-        mark = self.meter.start(phase)
-        for t in ts[1:-1]:
-            self.clock.set(t)
-            self.sampler.sample_now()
-        self.clock.set(ts[-1])
-        return self.meter.stop(mark)
-
-
-def make_rig(trace, n_gpus: int = 1, interval_s: float = 0.02, **fake_options) -> Rig:
-    clock = FakeClock(0.0)
-    nvml = FakeNVML(trace, clock, n_gpus, **fake_options)
-    nvml.nvmlInit()
-    gpus = [GpuReader(nvml, i) for i in range(n_gpus)]
-    sampler = Sampler(gpus, interval_s, clock=clock.now)
-    return Rig(nvml, clock, gpus, sampler, EnergyMeter(gpus, sampler))
-
-
-def rel_err(measured: float, reference: float) -> float:
-    return measured / reference - 1.0
-
-
-# ---------------------------------------------------------------------------------------
-# the trace itself (so a wrong or truncated file fails loudly)
-
-
-def test_trace_is_read_from_shared_data(trace):
-    assert TRACE_PATH.parts[-3:] == ("shared", "data", "nvml_trace_h100.csv")
-    assert [p for p in PHASES if any(r["phase"] == p for r in trace)] == list(PHASES)
-    assert all(a["t_s"] < b["t_s"] for a, b in zip(trace, trace[1:], strict=False))
-    assert all(a["energy_counter_mj"] <= b["energy_counter_mj"] for a, b in zip(trace, trace[1:], strict=False))
-
-
-def test_fake_replays_the_row_at_the_clock(trace):
-    rig = make_rig(trace)
-    row = trace[len(trace) // 2]
-    nxt = trace[len(trace) // 2 + 1]
-    rig.clock.set((row["t_s"] + nxt["t_s"]) / 2)  # between two rows: the earlier one
-    s = rig.gpus[0].sample()
-    assert s["energy_counter_mj"] == row["energy_counter_mj"]
-    assert s["power_instant_w"] == row["power_instant_field_mw"] / 1000.0
-    assert s["power_average_w"] == row["power_usage_mw"] / 1000.0
-    assert (s["temperature_c"], s["sm_clock_mhz"]) == (row["temperature_c"], row["sm_clock_mhz"])
-    assert (s["gpu_util_pct"], s["mem_util_pct"]) == (row["gpu_util_pct"], row["mem_util_pct"])
-    assert s["memory_used_mb"] == row["memory_used_mb"]
-    assert s["clock_event_reasons"] == row["throttle_reasons"]
-    rig.clock.set(nxt["t_s"])  # exactly on a row: that row
-    assert rig.gpus[0].energy_mj() == nxt["energy_counter_mj"]
-
-
-def test_reader_facts_and_processes(trace):
-    rig = make_rig(trace, pids=[4242, 77])
-    facts = rig.gpus[0].facts()
-    assert facts["uuid"] == rig.nvml.gpus[0].uuid
-    assert facts["power_limit_w"] == 700.0
-    assert facts["mig_enabled"] is False
-    assert facts["persistence_mode"] is True
-    assert facts["memory_total_mb"] == H100_MEMORY_TOTAL_BYTES / 2**20
-    assert rig.gpus[0].processes() == [4242, 77]
-    assert rig.gpus[0].has_counter and rig.gpus[0].has_instant
-
-
-# ---------------------------------------------------------------------------------------
-# visible_indices / open_gpus / load_nvml (no trace needed)
-
-UUIDS = [
-    "GPU-11aa0000-0000-0000-0000-000000000000",
-    "GPU-22bb0000-0000-0000-0000-000000000000",
-    "GPU-23cc0000-0000-0000-0000-000000000000",
-]
-
-
-@pytest.fixture
-def nvml3() -> FakeNVML:
-    nvml = FakeNVML(None, FakeClock(), 3, uuids=UUIDS)
-    nvml.nvmlInit()
-    return nvml
-
-
-@pytest.mark.parametrize(
-    "cuda_visible, expected",
-    [
-        (None, [0, 1, 2]),
-        ("", []),
-        ("1,0", [1, 0]),
-        (" 2 , 0 ", [2, 0]),
-        (UUIDS[2], [2]),
-        ("GPU-22", [1]),  # unique UUID prefix
-        ("22bb", [1]),  # …without "GPU-"
-        ("23cc,11aa", [2, 0]),
-        ("23cc,11", [2]),  # "11" is all digits: index 11, out of range
-        ("2", [2]),  # all digits: an index, even though "2" also prefixes two UUIDs
-        ("GPU-2", []),  # ambiguous prefix names no device: the list stops
-        ("0,7,1", [0]),  # out-of-range index stops the list
-        ("-1,0", []),
-        ("1,zz99,0", [1]),  # no such UUID stops the list
-        ("1,,0", [1]),  # an empty entry stops the list
-        ("1,1,0", [1]),  # a duplicate stops the list
-        ("0,GPU-11aa", [0]),  # the same device twice, by index then UUID
-    ],
+from tests.replay import (
+    HW_THERMAL,
+    PHASES,
+    SW_POWER_CAP,
+    counter_update_span,
+    csv_counter_j,
+    csv_row_at,
+    csv_trapezoid_j,
+    grid,
+    long_phases,
+    make_rig,
+    phase_span,
+    rel_err,
 )
-def test_visible_indices(nvml3, cuda_visible, expected):
-    indices, warnings = visible_indices(nvml3, cuda_visible)
-    assert indices == expected
-    assert warnings == []
-
-
-def test_visible_indices_mig_entry_warns_and_stops(nvml3):
-    mig = "MIG-1d2e3f40-0000-0000-0000-000000000000"
-    indices, warnings = visible_indices(nvml3, f"1,{mig},0")
-    assert indices == [1]
-    assert len(warnings) == 1 and "MIG" in warnings[0] and mig in warnings[0]
-
-
-def test_visible_indices_accepts_bytes_uuids():
-    nvml = FakeNVML(None, FakeClock(), 2, uuids=[u.encode() for u in UUIDS[:2]])  # older pynvml returns bytes
-    nvml.nvmlInit()
-    assert visible_indices(nvml, "22bb,GPU-11aa") == ([1, 0], [])
-
-
-def test_open_gpus_follows_cuda_visible_devices(nvml3, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-23cc,0")
-    gpus, warnings, reason = open_gpus(2, nvml3)
-    assert reason is None and warnings == []
-    assert [(g.index, g.uuid) for g in gpus] == [(2, UUIDS[2]), (0, UUIDS[0])]
-    assert gpu_counts(nvml3) == (2, 3)
-
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    gpus, warnings, reason = open_gpus(2, nvml3)
-    assert [g.index for g in gpus] == [1]
-    assert warnings == ["the engine needs 2 GPUs but 1 are visible"]
-
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    gpus, _, _ = open_gpus(2, nvml3)
-    assert [g.index for g in gpus] == [0, 1]
-    assert gpu_counts(nvml3) == (3, 3)
-
-
-def test_open_gpus_with_nothing_visible(nvml3, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert open_gpus(1, nvml3) == ([], [], "no GPU is visible (CUDA_VISIBLE_DEVICES)")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-1d2e3f40-0000-0000-0000-000000000000")
-    gpus, warnings, reason = open_gpus(1, nvml3)
-    assert gpus == [] and reason == "no GPU is visible (CUDA_VISIBLE_DEVICES)"
-    assert len(warnings) == 1 and "MIG" in warnings[0]
-
-
-def test_reader_without_readings_is_usable(nvml3):
-    reader = GpuReader(nvml3, 1)  # every reading NotSupported
-    assert (reader.has_counter, reader.has_instant) == (False, False)
-    assert reader.energy_mj() is None and reader.power_average_w() is None
-    assert all(v is None for k, v in reader.sample().items() if k != "gpu_index")
-
-
-def test_load_nvml_failure_paths(monkeypatch):
-    broken = FakeNVML(None, FakeClock(), 1, init_error=NVMLError_DriverNotLoaded())
-    module, reason = load_nvml(broken)
-    assert module is None
-    assert reason.startswith("NVML unavailable") and "NVMLError_DriverNotLoaded" in reason
-    assert open_gpus(1, broken) == ([], [], reason)
-    assert gpu_counts(broken) == (0, 0)
-
-    empty = FakeNVML(None, FakeClock(), 0)
-    assert load_nvml(empty) == (None, "NVML reports no GPU")
-
-    ok = FakeNVML(None, FakeClock(), 2)
-    assert load_nvml(ok) == (ok, None)
-    assert ok.initialised
-
 
 # ---------------------------------------------------------------------------------------
 # counter-delta windows over the trace's phases
@@ -624,45 +368,3 @@ def test_background_sampler_runs_and_stops(trace):
     assert len(sampler.rows) == len(rows)  # nothing after stop()
 
 
-# ---------------------------------------------------------------------------------------
-# degraded NVML: odd entries, unreadable GPUs, restarts
-
-
-def test_non_ascii_digit_entry_stops_the_list(nvml3):
-    assert visible_indices(nvml3, "1,²,0") == ([1], [])
-
-
-def test_unreadable_uuid_matches_nothing_and_does_not_raise(nvml3, monkeypatch):
-    real = nvml3.nvmlDeviceGetUUID
-
-    def flaky(handle):
-        if real(handle) == UUIDS[1]:
-            raise NVMLError_NotSupported()
-        return real(handle)
-
-    monkeypatch.setattr(nvml3, "nvmlDeviceGetUUID", flaky)
-    assert visible_indices(nvml3, UUIDS[2]) == ([2], [])
-    assert visible_indices(nvml3, f"{UUIDS[0]},{UUIDS[1]}") == ([0], [])
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    gpus, _, reason = open_gpus(1, nvml3)
-    assert gpus == [] and "could not open" in reason
-
-
-def test_counter_reset_is_reported_whatever_the_fallback(trace):
-    t0, t1 = counter_update_span(trace, "heavy")
-    rig = make_rig(trace, counter_reset_at=(t0 + t1) / 2, has_instant=False)
-    w = rig.window("heavy", t0, t1)
-    assert w.method == "nvml_power_average_integral"
-    assert any("went backwards" in m for m in w.warnings)
-
-
-def test_sampler_restarts_after_stop(trace):
-    nvml = FakeNVML(trace, FakeClock(1.0), 1)
-    nvml.nvmlInit()
-    sampler = Sampler([GpuReader(nvml, 0)], 0.01)
-    for _ in range(2):
-        before = len(sampler.rows)
-        sampler.start()
-        time.sleep(0.06)
-        sampler.stop()
-        assert len(sampler.rows) > before
