@@ -232,6 +232,12 @@ class SweepSummary(Callback):
             log.info("  failed: %s", name)
         if counts["failed"]:
             SweepSummary.failures = counts["failed"]
+        try:  # the sweep's index makes `python -m llem.aggregate` fast on large sweeps
+            from llem.aggregate.collect import collect
+
+            collect([Path(config.hydra.sweep.dir)])
+        except Exception as exc:
+            log.warning("sweep index not written (aggregate will read every job): %s", exc)
 
 
 def objective(row: Dict[str, Any], config: Optional[Config]) -> float:

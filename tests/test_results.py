@@ -49,7 +49,7 @@ def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
     results.write_result({"status": "failed"}, tmp_path)
     import pyarrow.parquet as real_pq
 
-    def boom(table, where):
+    def boom(table, where, **options):
         with open(where, "wb") as fh:
             fh.write(b"partial")
         raise OSError("disk full")

@@ -1,0 +1,284 @@
+"""Find job directories under any mix of run and sweep dirs, and read them into two tables.
+
+A job directory is one that holds ``results.parquet`` (a finished job, ok or failed) or a
+``.hydra/`` folder without results (an incomplete job: started, never finished). Results
+from older versions of llem, with fewer columns, still combine (missing columns → null).
+
+Reading thousands of one-row, 100-column Parquet files costs about a millisecond each, so each
+sweep dir keeps an index (``.llem-index/``: its jobs' rows and request rows in two files, with
+each job's file sizes and mtimes). The sweep writes it when it ends; aggregate re-reads only
+jobs whose files changed since, and refreshes it. Deleting the index is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from llem.results import REQUESTS, RESULTS
+
+log = logging.getLogger(__name__)
+
+SWEEP_MARKER = "multirun.yaml"
+INDEX_DIR = ".llem-index"
+INDEX_VERSION = "1"
+
+
+@dataclass
+class Job:
+    path: Path  # resolved
+    sweep_dir: Optional[Path]
+
+    def __post_init__(self) -> None:
+        self.key = hashlib.sha1(str(self.path).encode()).hexdigest()[:12]  # keys its request rows
+        self.job_id = str(self.path.relative_to(self.sweep_dir)) if self.sweep_dir else self.path.name
+
+    def stamp(self) -> Optional[str]:
+        """Sizes and mtimes of the job's result files; None when it has no result yet."""
+        parts = []
+        for name in (RESULTS, REQUESTS):
+            try:
+                st = os.stat(self.path / name)
+            except OSError:
+                if name == RESULTS:
+                    return None
+                parts.append("-")
+                continue
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        return "|".join(parts)
+
+
+def find_jobs(roots: Sequence[Path]) -> List[Job]:
+    """Every job directory under ``roots`` (each a run dir, a sweep dir, or a folder of them)."""
+    jobs: Dict[Path, Job] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such directory")
+        root = root.resolve()
+        sweep_above = next((p for p in [root, *root.parents] if (p / SWEEP_MARKER).is_file()), None)
+        _walk(root, sweep_above, jobs)
+    return sorted(jobs.values(), key=lambda j: str(j.path))
+
+
+def _walk(directory: Path, sweep: Optional[Path], jobs: Dict[Path, Job]) -> None:
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as exc:
+        log.warning("cannot read %s: %s", directory, exc)
+        return
+    names = {e.name for e in entries}
+    if SWEEP_MARKER in names:
+        sweep = directory
+    if RESULTS in names or ".hydra" in names:
+        if directory not in jobs:
+            jobs[directory] = Job(directory, sweep)
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            _walk(Path(entry.path), sweep, jobs)
+
+
+@dataclass
+class Collected:
+    runs: object  # pyarrow.Table, one row per job
+    requests: object  # pyarrow.Table, one row per request, with job_key
+    warnings: List[str] = field(default_factory=list)
+
+
+def _read_file(path: Path):
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        return pq.ParquetFile(path, pre_buffer=False).read(use_threads=False)
+    except Exception as exc:  # a corrupt or half-written file
+        log.warning("unreadable %s: %s", path, exc)
+        return None
+
+
+def _incomplete_row(job: Job) -> Dict[str, object]:
+    """A job with no (readable) result: its config from .hydra/config.yaml when there is one."""
+    from omegaconf import OmegaConf
+
+    from llem.config import flatten
+
+    row: Dict[str, object] = {"status": "incomplete", "error": "no results.parquet (the job never finished)"}
+    cfg_file = job.path / ".hydra" / "config.yaml"
+    if cfg_file.is_file():
+        try:
+            tree = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
+            row.update({f"cfg.{k}": v for k, v in flatten(tree).items()})
+        except Exception as exc:
+            row["error"] = f"no results.parquet, and .hydra/config.yaml unreadable ({exc})"
+    return row
+
+
+def _read_job(job: Job) -> Tuple[object, Optional[object]]:
+    """(one-row results table, requests table or None), tagged with the job's relative id and stamp."""
+    import pyarrow as pa
+
+    res = _read_file(job.path / RESULTS)
+    if res is None or res.num_rows != 1:
+        res = pa.Table.from_pylist([_incomplete_row(job)])
+    columns = "|".join(sorted(res.column_names)) if res.column("status")[0].as_py() == "ok" else None
+    res = res.add_column(0, "job_id", pa.array([job.job_id], pa.string()))
+    res = res.append_column("_stamp", pa.array([job.stamp()], pa.string()))
+    res = res.append_column("_columns", pa.array([columns], pa.string()).dictionary_encode())
+    req = _read_file(job.path / REQUESTS)
+    if req is not None and req.num_rows:
+        req = req.add_column(0, "job_id", pa.array([job.job_id] * req.num_rows, pa.string()))
+    else:
+        req = None
+    return res, req
+
+
+def _read_chunk(jobs: List[Job]):
+    """Read jobs one after another and combine them (runs in a worker process)."""
+    import pyarrow as pa
+
+    read = [_read_job(j) for j in jobs]
+    runs = pa.concat_tables([r for r, _ in read], promote_options="permissive").combine_chunks()
+    reqs = [q for _, q in read if q is not None]
+    return runs, pa.concat_tables(reqs, promote_options="permissive").combine_chunks() if reqs else None
+
+
+PROCESS_THRESHOLD = 256  # below this many jobs, threads in this process are quicker than starting workers
+
+
+def _read_jobs(jobs: List[Job], threads: int):
+    """Read many jobs: in worker processes, one per core (a one-row, 100-column Parquet file costs
+    about a millisecond of CPU, mostly under the GIL), or in threads when there are few."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pyarrow as pa
+
+    cores = os.cpu_count() or 1
+    if len(jobs) < PROCESS_THRESHOLD or cores < 2:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            read = list(pool.map(_read_job, jobs))
+        reqs = [q for _, q in read if q is not None]
+        return (pa.concat_tables([r for r, _ in read], promote_options="permissive"),
+                pa.concat_tables(reqs, promote_options="permissive") if reqs else None)
+    size = -(-len(jobs) // (4 * cores))
+    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    with ProcessPoolExecutor(max_workers=cores, mp_context=mp.get_context("spawn")) as pool:
+        parts = list(pool.map(_read_chunk, chunks))
+    reqs = [q for _, q in parts if q is not None]
+    return (pa.concat_tables([r for r, _ in parts], promote_options="permissive"),
+            pa.concat_tables(reqs, promote_options="permissive") if reqs else None)
+
+
+def _load_index(sweep: Path):
+    import pyarrow.parquet as pq
+
+    folder = sweep / INDEX_DIR
+    try:
+        runs = pq.read_table(folder / "runs.parquet")
+        if (runs.schema.metadata or {}).get(b"llem_index") != INDEX_VERSION.encode():
+            return None
+        return runs, pq.read_table(folder / "requests.parquet")
+    except Exception:
+        return None
+
+
+def _save_index(sweep: Path, runs, requests) -> None:
+    from llem.results import write_atomic
+
+    folder = sweep / INDEX_DIR
+    try:
+        folder.mkdir(exist_ok=True)
+        runs = runs.replace_schema_metadata({"llem_index": INDEX_VERSION})
+        write_atomic(requests, folder / "requests.parquet")
+        write_atomic(runs, folder / "runs.parquet")
+    except OSError as exc:  # a read-only sweep dir: aggregate still works, just without the index
+        log.debug("no index written in %s: %s", folder, exc)
+
+
+def _collect_group(sweep: Optional[Path], jobs: List[Job], threads: int):
+    """Runs and requests tables of the jobs of one sweep (or of loose run dirs), index-assisted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    stamps = {j.job_id: j.stamp() for j in jobs}
+    kept_runs, kept_reqs, fresh = [], [], list(jobs)
+    index = _load_index(sweep) if sweep else None
+    if index is not None:
+        runs_i, reqs_i = index
+        same = [i for i, (jid, st) in enumerate(zip(runs_i.column("job_id").to_pylist(),
+                                                     runs_i.column("_stamp").to_pylist()))
+                if st is not None and stamps.get(jid) == st]
+        same_ids = {runs_i.column("job_id")[i].as_py() for i in same}
+        kept_runs = [runs_i.take(pa.array(same, pa.int64()))] if same else []
+        if same and reqs_i.num_rows:
+            kept_reqs = [reqs_i.filter(pc.is_in(reqs_i.column("job_id"), pa.array(sorted(same_ids), pa.string())))]
+        fresh = [j for j in jobs if j.job_id not in same_ids]
+    if fresh:
+        runs_new, reqs_new = _read_jobs(fresh, threads)
+        kept_runs.append(runs_new)
+        if reqs_new is not None:
+            kept_reqs.append(reqs_new)
+    runs = pa.concat_tables(kept_runs, promote_options="permissive").combine_chunks()
+    requests = pa.concat_tables(kept_reqs, promote_options="permissive").combine_chunks() if kept_reqs else None
+    if sweep and (fresh or index is None or len(kept_runs) and runs.num_rows != index[0].num_rows):
+        _save_index(sweep, runs, requests if requests is not None else pa.table({"job_id": pa.array([], pa.string())}))
+    log.debug("%s: %d jobs, %d read, %d from the index", sweep or "runs", len(jobs), len(fresh), len(jobs) - len(fresh))
+    return runs, requests
+
+
+def collect(roots: Sequence[Path], threads: Optional[int] = None) -> Collected:
+    """Read every job under ``roots``: one runs row per job (failed and incomplete included)."""
+    import pyarrow as pa
+
+    jobs = find_jobs(roots)
+    if not jobs:
+        raise FileNotFoundError(f"no llem job directories under {', '.join(map(str, roots))}")
+    groups: Dict[Optional[Path], List[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.sweep_dir, []).append(job)
+    threads = threads or min(16, 4 * (os.cpu_count() or 1))
+    run_parts, req_parts = [], []
+    for sweep, members in groups.items():
+        runs, requests = _collect_group(sweep, members, threads)
+        by_id = {j.job_id: j for j in members}
+        ids = runs.column("job_id").to_pylist()
+        runs = runs.drop_columns(["_stamp"])
+        runs = runs.add_column(0, "job_key", pa.array([by_id[i].key for i in ids], pa.string()))
+        runs = runs.add_column(2, "job_dir", pa.array([str(by_id[i].path) for i in ids], pa.string()))
+        runs = runs.add_column(3, "sweep_dir", pa.array([str(sweep) if sweep else None] * len(ids), pa.string()))
+        run_parts.append(runs)
+        if requests is not None and requests.num_rows:
+            keys = [by_id[i].key for i in requests.column("job_id").to_pylist()]
+            req_parts.append(requests.add_column(0, "job_key", pa.array(keys, pa.string())))
+    warnings: List[str] = []
+    runs = pa.concat_tables(run_parts, promote_options="permissive")
+    _warn_mixed_schemas(runs.column("_columns").to_pylist(), warnings)
+    runs = runs.drop_columns(["_columns"])
+    if req_parts:
+        requests = pa.concat_tables(req_parts, promote_options="permissive")
+    else:
+        requests = pa.table({"job_key": pa.array([], pa.string())})
+    return Collected(runs, requests, warnings)
+
+
+def _warn_mixed_schemas(column_sets: List[Optional[str]], warnings: List[str]) -> None:
+    """Successful jobs written by different llem versions: say which columns some of them lack."""
+    from collections import Counter
+
+    kinds = Counter(c for c in column_sets if c is not None)
+    if len(kinds) < 2:
+        return
+    sets = {k: set(k.split("|")) for k in kinds}
+    every = set.union(*sets.values())
+    lacking = sorted(every - set.intersection(*sets.values()))
+    older = sum(n for k, n in kinds.items() if sets[k] != every)
+    shown = ", ".join(lacking[:8]) + (" …" if len(lacking) > 8 else "")
+    warnings.append(f"{older} successful job(s) lack {len(lacking)} column(s) ({shown}): null there "
+                    "(results from another llem version)")

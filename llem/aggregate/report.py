@@ -1,0 +1,72 @@
+"""Text a person reads: the summary table, the failed jobs, the warnings."""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+from llem.aggregate.stats import varying_columns
+
+# (summary column, header, format)
+HEADLINE = [("j_per_output_token", "J/token", ".4g"), ("output_tok_per_s", "tok/s", ",.1f"),
+            ("avg_power_w", "avg W", ".0f")]
+POOLED = [("ttft_ms_p50", "TTFT p50 ms", ".1f"), ("ttft_ms_p99", "TTFT p99 ms", ".1f"),
+          ("itl_ms_p50", "ITL p50 ms", ".2f")]
+ALWAYS = ["cfg.backend.name", "cfg.model.name", "cfg.batch"]
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec)
+
+
+def _setting(value):
+    """Settings as written: 8 not 8.0 (a column holding a null turns ints into floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _with_ci(row, metric: str, spec: str) -> str:
+    mean = row.get(f"{metric}_mean")
+    lo, hi = row.get(f"{metric}_ci95_low"), row.get(f"{metric}_ci95_high")
+    text = _fmt(mean, spec)
+    if lo is not None and not (isinstance(lo, float) and math.isnan(lo)):
+        text += f" [{_fmt(lo, spec)}, {_fmt(hi, spec)}]"
+    return text
+
+
+def summary_table(summary, max_rows: Optional[int] = 60) -> str:
+    """One line per configuration: varying settings, n, mean [95% CI] and pooled percentiles."""
+    import pandas as pd
+
+    settings = [c for c in ALWAYS if c in summary.columns]
+    settings += [c for c in varying_columns(summary) if c not in settings]
+    rows = []
+    for _, r in summary.iterrows():
+        line = {c.removeprefix("cfg."): _setting(r[c]) for c in settings}
+        line["n"] = f"{r['n_ok']}" + (f" (+{r['n_jobs'] - r['n_ok']} failed)" if r["n_jobs"] != r["n_ok"] else "")
+        for metric, header, spec in HEADLINE:
+            line[header] = _with_ci(r, metric, spec) if f"{metric}_mean" in r else "–"
+        for metric, header, spec in POOLED:
+            line[header] = _fmt(r.get(metric), spec)
+        rows.append(line)
+    frame = pd.DataFrame(rows)
+    shown = frame if max_rows is None else frame.head(max_rows)
+    text = shown.to_string(index=False)
+    if len(frame) > len(shown):
+        text += f"\n… {len(frame) - len(shown)} more configurations in summary.parquet"
+    return text + "\nmean [bootstrap 95% CI] across repeats; percentiles pooled over all request rows"
+
+
+def failed_list(runs, limit: int = 20) -> List[str]:
+    bad = runs[runs["status"] != "ok"]
+    lines = [f"{len(bad)} of {len(runs)} jobs did not succeed (counted, never averaged in):"] if len(bad) else []
+    for _, r in bad.head(limit).iterrows():
+        stage = r.get("error_stage")
+        where = f" during {stage}" if isinstance(stage, str) else ""
+        lines.append(f"  {r['status']}{where}: {r['job_dir']}: {str(r.get('error'))[:160]}")
+    if len(bad) > limit:
+        lines.append(f"  … {len(bad) - limit} more in runs.parquet (status != 'ok')")
+    return lines
