@@ -119,6 +119,25 @@ class BackendConfig:
 
 
 @dataclass
+class DecodingConfig:
+    """How tokens are picked, the same on every engine. Greedy by default (temperature 0); every
+    engine generates exactly output_len tokens either way (EOS is ignored)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k
+
+    def __post_init__(self) -> None:
+        _require(self.temperature >= 0, "decoding.temperature", self.temperature, "a number >= 0 (0: greedy)")
+        _require(0 < self.top_p <= 1, "decoding.top_p", self.top_p, "a number in (0, 1]")
+        _require(self.top_k >= 0, "decoding.top_k", self.top_k, "an integer >= 0 (0: off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
 class WarmupConfig:
     """Warm-up batches run after load and before the baseline; excluded from every metric."""
 
@@ -211,6 +230,7 @@ class Config:
     input_len: int = 128  # tokens per prompt, for synthetic prompts (and truncation of real ones)
     output_len: int = 128  # tokens generated per request, exactly
     seed: int = 0
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     repeat: int = 0  # a label swept to repeat a configuration; not part of config_hash
     device: Device = Device.auto
     warmup: WarmupConfig = field(default_factory=WarmupConfig)

@@ -63,3 +63,20 @@ def test_info_reports_parameters(engine):
     assert info.num_parameters == sum(p.numel() for p in engine.model.parameters())
     assert info.weight_bytes == info.num_parameters * 4  # float32
     assert "torch" in info.versions and engine.memory_peak_mb() is None  # CPU: no device memory peak
+
+
+def test_sampling_still_gives_exact_length():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from llem.config import conf_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        config = to_config(compose("config", overrides=["device=cpu", "decoding.temperature=1.0",
+                                                        "decoding.top_k=20", "batch=2"]))
+    eng = engine_class("pytorch")(config, "cpu")
+    eng.check()
+    eng.load()
+    out = eng.generate([Request(0, [5] * 4), Request(1, [6] * 4)], 9, lambda n: None)
+    assert [o.output_tokens for o in out] == [9, 9]

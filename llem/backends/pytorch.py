@@ -39,8 +39,11 @@ _RESERVED_GENERATE = {
     "min_new_tokens": "output_len",
     "max_length": "output_len",
     "min_length": "output_len",
-    "do_sample": "greedy decoding (fixed in this version)",
-    "num_beams": "greedy decoding (fixed in this version)",
+    "do_sample": "decoding.temperature",
+    "temperature": "decoding.temperature",
+    "top_p": "decoding.top_p",
+    "top_k": "decoding.top_k",
+    "num_beams": "nothing (beam search is not measured)",
 }
 
 
@@ -128,11 +131,15 @@ class PyTorchEngine(Engine):
     def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
         from transformers import GenerationConfig
 
+        decoding = self.config.decoding
+        sampling = {} if decoding.greedy else {"temperature": decoding.temperature, "top_p": decoding.top_p,
+                                                "top_k": decoding.top_k or None}
         gen_cfg = GenerationConfig(
             max_new_tokens=output_len,
             min_new_tokens=output_len,  # EOS is suppressed until output_len: equal work on every engine
-            do_sample=False,
+            do_sample=not decoding.greedy,
             num_beams=1,
+            **sampling,
             eos_token_id=sorted(self._eos) or None,
             pad_token_id=self._pad,
             **self.backend.generate_args,

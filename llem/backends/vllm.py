@@ -1,0 +1,263 @@
+"""vLLM engine: the offline V1 ``LLM`` with every request submitted at once (throughput mode).
+
+llem's shared keys map onto vLLM's engine arguments (``batch`` → ``max_num_seqs``, dtype,
+parallelism, seed); everything else passes through ``backend.engine_args`` untouched. Synthetic
+workloads go in as token ids with no tokenizer; ``model.weights=random`` loads vLLM's dummy
+weights for a ``config.json`` written from the model group's architecture (no download).
+
+Timing: ``LLM.generate`` only returns finished requests, so the engine is stepped here with
+``RequestOutputKind.DELTA`` outputs (the same loop generate runs), all requests added first.
+Each token is stamped with the engine's own time of the step that produced it: V1's
+``RequestStateStats.last_token_ts`` (``disable_log_stats=False`` attaches it), a CLOCK_MONOTONIC
+stamp taken in the engine-core process — the clock ``time.perf_counter`` reads on Linux, so it
+compares with the submission time taken here. A request's service starts when the scheduler
+first scheduled it (``scheduled_ts``; preemptions are not tracked): as for the PyTorch engine's
+static batches, TTFT and e2e count from there, and the wait before it (all requests are
+submitted at once, so most wait for a free slot) is the request's ``start_offset_s``. ITL are
+the gaps between steps. Where the engine gives no stamps (or they do not fit the host clock),
+the host times are used and ``timing_note`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, now
+from llem.config import BackendConfig, Config, Weights
+from llem.errors import ConfigError, DeviceError, EngineUnavailable
+from llem.workload import Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VllmConfig(BackendConfig):
+    """vLLM offline engine. ``engine_args`` go to ``vllm.LLM(...)`` untouched (quantization,
+    kv_cache_dtype, speculative_config, compilation_config, …)."""
+
+    name: str = "vllm"
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    max_model_len: Optional[int] = None  # None: input_len + output_len
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False  # true: no CUDA graphs / torch.compile (starts faster, runs slower)
+    enable_prefix_caching: bool = False  # off: every request does its full prefill, as on other engines
+
+    def __post_init__(self) -> None:
+        for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"backend.{key}={getattr(self, key)} is invalid: allowed an integer >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"backend.gpu_memory_utilization={self.gpu_memory_utilization} is invalid: "
+                              "allowed a fraction in (0, 1]")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"backend.max_model_len={self.max_model_len} is invalid: allowed null or >= 2")
+
+
+_RESERVED = {
+    "model": "model.hf_id / model.weights", "tokenizer": "model.tokenizer", "revision": "model.revision",
+    "trust_remote_code": "model.trust_remote_code", "dtype": "model.dtype", "load_format": "model.weights",
+    "max_num_seqs": "batch", "seed": "seed", "skip_tokenizer_init": "dataset (token ids need no tokenizer)",
+    "tensor_parallel_size": "backend.tensor_parallel_size", "pipeline_parallel_size": "backend.pipeline_parallel_size",
+    "max_model_len": "backend.max_model_len", "gpu_memory_utilization": "backend.gpu_memory_utilization",
+    "enforce_eager": "backend.enforce_eager", "enable_prefix_caching": "backend.enable_prefix_caching",
+    "disable_log_stats": "nothing (llem needs the engine's request timestamps)",
+}
+
+
+def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[str, Any]:
+    """The arguments of ``vllm.LLM`` for this job (llem's keys, then engine_args)."""
+    b = config.backend
+    kwargs: Dict[str, Any] = {
+        "model": model_path,
+        "dtype": config.model.dtype.value,
+        "max_num_seqs": config.batch,
+        "tensor_parallel_size": b.tensor_parallel_size,
+        "pipeline_parallel_size": b.pipeline_parallel_size,
+        "max_model_len": b.max_model_len or (config.input_len + config.output_len),
+        "gpu_memory_utilization": b.gpu_memory_utilization,
+        "enforce_eager": b.enforce_eager,
+        "enable_prefix_caching": b.enable_prefix_caching,
+        "seed": config.seed,
+        "disable_log_stats": False,
+        "skip_tokenizer_init": token_ids_only,
+        "trust_remote_code": config.model.trust_remote_code,
+    }
+    if config.model.weights == Weights.random:
+        kwargs["load_format"] = "dummy"
+    else:
+        kwargs["revision"] = config.model.revision
+        if config.model.tokenizer:
+            kwargs["tokenizer"] = config.model.tokenizer
+    kwargs.update(b.engine_args)
+    return kwargs
+
+
+def write_dummy_model(architecture: Dict[str, Any], dtype: str, folder: Path) -> Path:
+    """A model dir vLLM can load with ``load_format="dummy"``: config.json from the architecture."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    arch = dict(architecture)
+    model_type = arch.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **arch)
+    hf_config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
+    hf_config.torch_dtype = dtype
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=1, default=str))
+    return folder
+
+
+def count_parameters(config: Config) -> Optional[int]:
+    """Parameters of the architecture, counted on the meta device (no memory, no download)."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if config.model.weights == Weights.random:
+            arch = dict(config.model.architecture)
+            hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+        else:
+            hf_config = AutoConfig.from_pretrained(config.model.hf_id, revision=config.model.revision,
+                                                   trust_remote_code=config.model.trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+        return sum(p.numel() for p in model.parameters())
+    except Exception as exc:  # the count is a nicety; never fail a job over it
+        log.info("parameter count unavailable: %s", exc)
+        return None
+
+
+class VllmEngine(Engine):
+    name = "vllm"
+    config_class = VllmConfig
+    reserved_args = _RESERVED
+
+    @classmethod
+    def gpus_required(cls, backend: Any) -> int:
+        return int(backend.tensor_parallel_size) * int(backend.pipeline_parallel_size)
+
+    def check(self) -> None:
+        if self.device != "cuda":
+            raise DeviceError("backend=vllm runs on GPUs only: use device=cuda (or auto on a GPU machine)")
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise EngineUnavailable(f"backend=vllm needs vllm ({exc}): pip install 'llem[vllm]'") from None
+
+    def load(self) -> None:
+        from vllm import LLM
+
+        cfg = self.config
+        self._tmp = None
+        if cfg.model.weights == Weights.random:
+            self._tmp = tempfile.TemporaryDirectory(prefix="llem-vllm-model-")
+            path = str(write_dummy_model(cfg.model.architecture, cfg.model.dtype.value, Path(self._tmp.name)))
+        else:
+            path = cfg.model.hf_id
+        self.kwargs = llm_kwargs(cfg, path, token_ids_only=True)
+        self.llm = LLM(**self.kwargs)
+        self._params = count_parameters(cfg)
+
+    def sampling_params(self, output_len: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        d = self.config.decoding
+        sampling = {} if d.greedy else {"top_p": d.top_p, "top_k": d.top_k, "seed": self.config.seed}
+        return SamplingParams(max_tokens=output_len, min_tokens=output_len, ignore_eos=True,
+                              temperature=d.temperature, detokenize=False, output_kind=RequestOutputKind.DELTA,
+                              **sampling)
+
+    def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        params = self.sampling_params(output_len)
+        tracks = {f"llem-{r.request_id}": _Track(r) for r in requests}
+        for rid, track in tracks.items():  # every request submitted before the first step
+            track.start = now()
+            engine.add_request(rid, TokensPrompt(prompt_token_ids=list(track.request.token_ids)), params)
+        while engine.has_unfinished_requests():
+            outputs = engine.step()
+            host = now()
+            for out in outputs:
+                track = tracks[out.request_id]
+                track.add(len(out.outputs[0].token_ids) if out.outputs else 0, host, out.metrics)
+                if out.finished:
+                    progress(1)
+        return [t.result() for t in tracks.values()]
+
+    def info(self) -> EngineInfo:
+        import vllm
+
+        versions = {"vllm": vllm.__version__}
+        try:
+            import torch
+
+            versions["torch"] = torch.__version__
+        except ImportError:
+            pass
+        resolved = {k: v for k, v in self.kwargs.items() if k != "model"}
+        try:
+            resolved["num_gpu_blocks"] = self.llm.llm_engine.vllm_config.cache_config.num_gpu_blocks
+        except AttributeError:
+            pass
+        bytes_per = {"float32": 4, "float16": 2, "bfloat16": 2}[self.config.model.dtype.value]
+        return EngineInfo(versions=versions, resolved_args=resolved, num_parameters=self._params,
+                          weight_bytes=self._params * bytes_per if self._params else None)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if hasattr(core, "shutdown"):
+                core.shutdown()
+            self.llm = None
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
+
+
+class _Track:
+    """One request's tokens as they arrive: engine step stamps and host receive times."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.start = 0.0  # submitted (host clock)
+        self.scheduled = 0.0  # first scheduled (engine clock)
+        self.engine: List[float] = []
+        self.host: List[float] = []
+
+    def add(self, n: int, host: float, metrics) -> None:
+        if metrics is not None and not self.scheduled:
+            self.scheduled = getattr(metrics, "scheduled_ts", 0.0) or 0.0
+        if n <= 0:
+            return
+        stamp = getattr(metrics, "last_token_ts", 0.0) if metrics is not None else 0.0
+        self.engine.extend([stamp] * n)  # tokens of one step share the step's stamp
+        self.host.extend([host] * n)
+
+    def result(self) -> RequestResult:
+        n = len(self.host)
+        note = None
+        times, start = self.engine, self.scheduled
+        if not n:
+            times = []
+        elif not all(times) or times[0] < self.start or times[-1] > self.host[-1] + 1e-3:
+            times = self.host
+            note = "vLLM gave no usable per-step timestamps: token times are host receive times"
+        if not (self.start <= start <= (times[0] if times else start)) or note:
+            start = self.start
+            note = note or "vLLM gave no scheduling timestamp: TTFT counts from submission"
+        return RequestResult(request_id=self.request.request_id, input_tokens=self.request.input_tokens,
+                             output_tokens=n, start_s=start, end_s=times[-1] if times else start,
+                             first_token_s=times[0] if times else None, token_times_s=list(times) or None,
+                             timing_note=note)
+
+
+ENGINE = VllmEngine
