@@ -227,7 +227,8 @@ def _collect_group(sweep: Optional[Path], jobs: List[Job], threads: int):
             kept_reqs.append(reqs_new)
     runs = pa.concat_tables(kept_runs, promote_options="permissive").combine_chunks()
     requests = pa.concat_tables(kept_reqs, promote_options="permissive").combine_chunks() if kept_reqs else None
-    if sweep and (fresh or index is None or len(kept_runs) and runs.num_rows != index[0].num_rows):
+    changed = bool(fresh) or index is None or runs.num_rows != index[0].num_rows  # read, new, or deleted jobs
+    if sweep and changed:
         _save_index(sweep, runs, requests if requests is not None else pa.table({"job_id": pa.array([], pa.string())}))
     log.debug("%s: %d jobs, %d read, %d from the index", sweep or "runs", len(jobs), len(fresh), len(jobs) - len(fresh))
     return runs, requests
