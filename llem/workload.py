@@ -32,7 +32,6 @@ class Request:
 class Workload:
     requests: List[Request]
     truncated: int = 0  # prompts cut to input_len
-    source: str = ""
 
     def counts(self) -> dict:
         lengths = [r.input_tokens for r in self.requests]
@@ -132,7 +131,7 @@ def build(config: Any) -> Workload:
             tok = load_tokenizer(config.model)
             vocab = len(tok)
         reqs = random_requests(dataset.num_requests, config.input_len, int(vocab), config.seed, special_token_ids(arch))
-        return Workload(reqs, source=f"random(vocab={vocab})")
+        return Workload(reqs)
     if dataset.name == "file":
         path = Path(dataset.path).expanduser()
         prompts = read_prompts(path, dataset.format, dataset.field)[: dataset.num_requests]
@@ -146,5 +145,5 @@ def build(config: Any) -> Workload:
         if len(reqs) < dataset.num_requests:
             log.warning("dataset %s holds %d prompts, fewer than dataset.num_requests=%d", path, len(reqs),
                         dataset.num_requests)
-        return Workload(reqs, truncated=truncated, source=str(path))
+        return Workload(reqs, truncated=truncated)
     raise WorkloadError(f"dataset.name={dataset.name!r} is not known to this version of llem")

@@ -12,15 +12,8 @@ pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def engine(request):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from llem.config import conf_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        config = to_config(compose("config", overrides=["batch=3", "device=cpu"]))
+def engine(compose_cfg):
+    config = to_config(compose_cfg(["batch=3", "device=cpu"]))
     eng = engine_class("pytorch")(config, "cpu")
     eng.check()
     eng.load()
@@ -65,16 +58,8 @@ def test_info_reports_parameters(engine):
     assert "torch" in info.versions and engine.memory_peak_mb() is None  # CPU: no device memory peak
 
 
-def test_sampling_still_gives_exact_length():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from llem.config import conf_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        config = to_config(compose("config", overrides=["device=cpu", "decoding.temperature=1.0",
-                                                        "decoding.top_k=20", "batch=2"]))
+def test_sampling_still_gives_exact_length(compose_cfg):
+    config = to_config(compose_cfg(["device=cpu", "decoding.temperature=1.0", "decoding.top_k=20", "batch=2"]))
     eng = engine_class("pytorch")(config, "cpu")
     eng.check()
     eng.load()
