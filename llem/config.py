@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -59,7 +59,7 @@ class ModelConfig:
     weights: Weights = Weights.random
     dtype: DType = DType.float32
     revision: Optional[str] = None
-    tokenizer: Optional[str] = None  # HF id or local dir; defaults to hf_id
+    tokenizer: Optional[str] = None  # HF id or local dir (default: hf_id); bytes: built-in byte-level, offline
     trust_remote_code: bool = False
     architecture: Dict[str, Any] = field(default_factory=dict)
 
@@ -93,8 +93,32 @@ class RandomDatasetConfig(DatasetConfig):
     name: str = "random"
 
 
+LONG_PROMPTS = ("truncate", "drop")
+PROMPT_LAYOUTS = ("column", "alpaca", "sharegpt")
+
+
 @dataclass
-class FileDatasetConfig(DatasetConfig):
+class TextDatasetConfig(DatasetConfig):
+    """Prompts as text, tokenized once with the model's tokenizer (model.tokenizer, else model.hf_id).
+
+    Prompts are taken in the source's order, or shuffled with ``seed`` (``shuffle``), until
+    ``num_requests`` fit: one longer than ``input_len`` tokens is cut to ``input_len``
+    (``long_prompts=truncate``) or skipped (``drop``); one shorter than ``min_input_len`` is
+    skipped. What was cut or skipped is counted in the results (``prompts_*`` columns).
+    """
+
+    shuffle: bool = False
+    long_prompts: str = "truncate"  # truncate | drop
+    min_input_len: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.long_prompts in LONG_PROMPTS, "dataset.long_prompts", self.long_prompts, ", ".join(LONG_PROMPTS))
+        _require(self.min_input_len >= 1, "dataset.min_input_len", self.min_input_len, "an integer >= 1")
+
+
+@dataclass
+class FileDatasetConfig(TextDatasetConfig):
     """Prompts from a JSONL file (one object per line, text under ``field``) or a text file."""
 
     name: str = "file"
@@ -105,6 +129,45 @@ class FileDatasetConfig(DatasetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.format in ("auto", "jsonl", "text"), "dataset.format", self.format, "auto, jsonl, text")
+
+
+@dataclass
+class BuiltinDatasetConfig(TextDatasetConfig):
+    """A few hundred short, varied prompts shipped inside llem: a text workload with no download."""
+
+    name: str = "builtin"
+    shuffle: bool = True
+
+
+@dataclass
+class HFDatasetConfig(TextDatasetConfig):
+    """A Hugging Face dataset through the ``datasets`` library (``pip install 'llem[datasets]'``).
+
+    ``hf_id`` names it on the Hub; ``path`` (a ``save_to_disk`` directory, a directory of data
+    files, or one JSON/JSONL/Parquet/CSV file) reads a local copy instead. ``layout`` says how a
+    record becomes a prompt: ``column`` (the text under ``column``), ``alpaca`` (instruction, then
+    input) or ``sharegpt`` (the first human turn of the conversation under ``column``). With the
+    Hub unreachable (or HF_HUB_OFFLINE=1) the dataset is read from the local Hub cache only.
+    """
+
+    name: str = "hf"
+    hf_id: Optional[str] = None  # e.g. tatsu-lab/alpaca
+    subset: Optional[str] = None  # the dataset's configuration name, if it has several
+    split: str = "train"
+    column: str = "text"
+    layout: str = "column"  # column | alpaca | sharegpt
+    data_files: Optional[str] = None  # a file or glob inside the dataset repo (or under path)
+    revision: Optional[str] = None
+    path: Optional[str] = None  # a local copy, read instead of the Hub
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.hf_id) or bool(self.path), "dataset.hf_id", self.hf_id,
+                 "a Hugging Face dataset id (or set dataset.path to a local copy)")
+        _require(self.layout in PROMPT_LAYOUTS, "dataset.layout", self.layout, ", ".join(PROMPT_LAYOUTS))
+        _require(bool(self.split), "dataset.split", self.split, "a split name, e.g. train")
+        _require(bool(self.column), "dataset.column", self.column, "a column name")
 
 
 @dataclass
@@ -139,15 +202,27 @@ class DecodingConfig:
 
 @dataclass
 class WarmupConfig:
-    """Warm-up batches run after load and before the baseline; excluded from every metric."""
+    """Warm-up batches run after load and before the baseline; excluded from every metric.
+
+    A fixed count (``batches``), or, with ``until_cv``, batches until the coefficient of
+    variation of the last ``cv_window`` batch latencies is at most ``until_cv`` (``batches``
+    is then the most run). The batches run and the final CV are recorded.
+    """
 
     batches: int = 1
     output_len: Optional[int] = None  # None: the measured output length
+    until_cv: Optional[float] = None  # e.g. 0.02: stop once latencies settle within 2 %
+    cv_window: int = 3
 
     def __post_init__(self) -> None:
         _require(self.batches >= 0, "warmup.batches", self.batches, "an integer >= 0")
         if self.output_len is not None:
             _require(self.output_len >= 1, "warmup.output_len", self.output_len, "null or an integer >= 1")
+        _require(self.cv_window >= 2, "warmup.cv_window", self.cv_window, "an integer >= 2")
+        if self.until_cv is not None:
+            _require(0 < self.until_cv < 1, "warmup.until_cv", self.until_cv, "null or a fraction in (0, 1)")
+            _require(self.batches >= self.cv_window, "warmup.batches", self.batches,
+                     f"an integer >= warmup.cv_window ({self.cv_window}) when warmup.until_cv is set")
 
 
 @dataclass
@@ -162,10 +237,11 @@ class BaselineConfig:
     kind: BaselineKind = BaselineKind.device_idle
     settle_s: float = 3.0
     device_idle_s: float = 5.0
+    loaded_settle_s: float = 1.0  # after warm-up, before loaded idle: the power of the last batch tails off
     loaded_idle_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for key in ("settle_s", "device_idle_s", "loaded_idle_s"):
+        for key in ("settle_s", "device_idle_s", "loaded_settle_s", "loaded_idle_s"):
             value = getattr(self, key)
             _require(value >= 0, f"baseline.{key}", value, "a number of seconds >= 0")
         if self.kind == BaselineKind.device_idle:
@@ -174,11 +250,17 @@ class BaselineConfig:
             _require(self.loaded_idle_s > 0, "baseline.loaded_idle_s", self.loaded_idle_s, "> 0 with kind=loaded_idle")
 
 
+ENERGY_METERS = ("nvml", "codecarbon")
+
+
 @dataclass
 class EnergyConfig:
-    """GPU energy metering (NVML)."""
+    """Energy meters. nvml: GPU energy counter and time series. codecarbon: CPU and RAM energy
+    of the host, and CO2 from an offline carbon intensity for ``country_iso_code``."""
 
     sample_interval_ms: float = 100.0  # the H100 energy counter updates about every 100 ms
+    meters: List[str] = field(default_factory=lambda: ["nvml"])
+    country_iso_code: str = "USA"  # ISO 3166-1 alpha-3, for codecarbon's offline carbon intensity
 
     def __post_init__(self) -> None:
         _require(
@@ -187,6 +269,25 @@ class EnergyConfig:
             self.sample_interval_ms,
             "a number of milliseconds in [10, 10000]",
         )
+        meters = list(self.meters)
+        _require(bool(meters) and all(m in ENERGY_METERS for m in meters) and len(set(meters)) == len(meters),
+                 "energy.meters", meters, f"a list of distinct names from {list(ENERGY_METERS)}")
+        code = str(self.country_iso_code)
+        _require(len(code) == 3 and code.isalpha() and code.isupper(), "energy.country_iso_code", code,
+                 "an ISO 3166-1 alpha-3 code in capitals, e.g. USA, FRA, DEU")
+
+
+@dataclass
+class MeasureConfig:
+    """Extra windows besides the measured one.
+
+    prefill: a prefill-only pass (output length 1) of the same workload after the measured
+    window; decode = measured − prefill. steady_state: the part of the measured window where
+    the engine held ``batch`` sequences (needs more requests than ``batch``).
+    """
+
+    prefill: bool = False
+    steady_state: bool = True
 
 
 @dataclass
@@ -236,6 +337,7 @@ class Config:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cooldown_s: float = 0.0  # wait before the job's baseline (thermal gap between jobs)
     isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
@@ -260,6 +362,8 @@ def register_configs() -> None:
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="dataset", name="base_random", node=RandomDatasetConfig)
     cs.store(group="dataset", name="base_file", node=FileDatasetConfig)
+    cs.store(group="dataset", name="base_builtin", node=BuiltinDatasetConfig)
+    cs.store(group="dataset", name="base_hf", node=HFDatasetConfig)
     from llem import backends
 
     backends.register_all()

@@ -23,6 +23,9 @@ from typing import Any, Callable, Dict, List, Optional
 from llem import environment, metrics, results, workload
 from llem.backends import engine_class
 from llem.config import Config, config_hash, flatten, to_dict
+from llem.energy import flags as doubt
+from llem.energy import phases
+from llem.energy.host import HostWindows
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
 
@@ -116,10 +119,12 @@ class Experiment:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         engine_cls = engine_class(cfg.backend.name)
         engine = engine_cls(cfg, self.device)
-        if self.device == "cuda":
-            gpus, warns, reason = open_gpus(engine_cls.gpus_required(cfg.backend))
-        else:
+        if self.device != "cuda":
             gpus, warns, reason = [], [], "device=cpu: no GPU is used"
+        elif "nvml" not in cfg.energy.meters:
+            gpus, warns, reason = [], [], "the nvml meter is not in energy.meters"
+        else:
+            gpus, warns, reason = open_gpus(engine_cls.gpus_required(cfg.backend))
         self.warnings.extend(warns)
         sampler = Sampler(gpus, cfg.energy.sample_interval_ms / 1000.0).start()
         meter = EnergyMeter(gpus, sampler, sync=lambda: None, null_reason=reason)
@@ -128,38 +133,69 @@ class Experiment:
         row.update({f"cfg.{k}": v for k, v in flatten(to_dict(cfg)).items()})
         req_rows: List[Dict[str, Any]] = []
         measure_t0 = None
+        host = None
         try:
             self._stage("workload")
             work = workload.build(cfg)
             row.update(work.counts())
             self._stage("check")
             engine.check()
+            host = HostWindows(cfg, self.job_dir)
             meter.sync = engine.synchronize
             self._stage("load")
-            load = self._window(meter, "load", engine.load)
+            load = host.around("load", row, lambda: self._window(meter, "load", engine.load))
             log.info("loaded %s on %s in %.1f s", cfg.model.name, self.device, load.duration_s)
             self._check_uuids(engine, gpus)
             row.update(_window_cols("load", load))
             self._stage("warmup")
-            row.update(_window_cols("warmup", self._warmup(meter, engine, work)))
+            warm_window, warm_cols = self._warmup(meter, engine, work)
+            row.update(_window_cols("warmup", warm_window))
+            row.update(warm_cols)
             self._stage("baseline")
             loaded_idle = None
             if gpus and cfg.baseline.loaded_idle_s > 0:
+                sampler.phase = "settle"
+                time.sleep(cfg.baseline.loaded_settle_s)  # measured on an H100: ~0.3 s of the last batch's tail
                 loaded_idle = meter.idle("loaded_idle", cfg.baseline.loaded_idle_s)
             self._stage("measure")
             busy = other_processes(gpus, expect_own=True) if gpus else {}
-            if busy:
-                self.warnings.append(f"other processes used GPUs {busy} during the window: energy is device-level")
             engine.reset_memory_peak()
             log.info("measuring %d requests (batch %d, %d → %d tokens)", len(work.requests), cfg.batch,
                      cfg.input_len, cfg.output_len)
             with _progress(cfg, len(work.requests)) as bar:
+                host_mark = host.start("measure")
                 mark = meter.start("measure")
                 measure_t0 = mark.t0
                 outputs = engine.generate(work.requests, cfg.output_len, bar.update)
                 window = meter.stop(mark)
+                host.stop(host_mark, "", row)
+            busy.update(other_processes(gpus, expect_own=True) if gpus else {})
+            found = doubt.window_flags(window, sampler.between(window.t0, window.t1), [g.facts() for g in gpus],
+                                       busy)
+            found += doubt.baseline_flags("device_idle", self.device_idle.rows)
+            if loaded_idle is not None:
+                found += doubt.baseline_flags("loaded_idle", sampler.between(loaded_idle.t0, loaded_idle.t1))
+            row["flags"] = sorted({f.code for f in found})
+            self.warnings.extend(f.message for f in found)
+            row.update(engine.work_counts())
             req_rows = metrics.request_rows(outputs, mark.t0)
             row.update(self._measured(engine, work, outputs, req_rows, window, loaded_idle, sampler))
+            baseline_w = 0.0 if cfg.baseline.kind.value == "none" else row.get("baseline_power_w")
+            if cfg.measure.steady_state:
+                rows = sampler.between(window.t0, window.t1)
+                steady = phases.steady_state(outputs, engine.sequences_in_flight(), rows, baseline_w)
+                row.update(steady.columns())
+            if cfg.measure.prefill:
+                self._stage("prefill")
+                pre = host.around("prefill", row, lambda: self._window(
+                    meter, "prefill", lambda: engine.generate(work.requests, 1, lambda n: None)))
+                cols, warns = phases.prefill_decode(
+                    window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
+                    sum(o.input_tokens for o in outputs), row["output_tokens_total"], len(outputs))
+                row.update(cols)
+                self.warnings.extend(warns)
+            row.update(host.carbon(row, gpu_used=bool(gpus) or self.device == "cuda"))
+            self.warnings.extend(host.warnings)
             row["status"] = "ok"
         except Exception as exc:  # every failure becomes a result row; the sweep goes on
             row.update(status="failed", error_type=type(exc).__name__, error_stage=self.stage,
@@ -168,6 +204,8 @@ class Experiment:
             log.debug("%s", environment.scrub(traceback.format_exc()))
         finally:
             sampler.stop()
+            if host is not None:
+                host.close()
             try:
                 engine.close()
             except Exception as exc:
@@ -189,18 +227,38 @@ class Experiment:
         mark = meter.start(phase)
         fn()
         window = meter.stop(mark)
-        self.warnings.extend(w for w in window.warnings if "under 10 energy-counter updates" not in w)
+        self.warnings.extend(window.warnings)
         return window
 
-    def _warmup(self, meter: EnergyMeter, engine, work: workload.Workload) -> Optional[WindowEnergy]:
-        cfg = self.config
-        if cfg.warmup.batches == 0:
-            return None
+    def _warmup(self, meter: EnergyMeter, engine, work: workload.Workload):
+        """Warm-up batches of as many requests as the engine holds at once, one generate call each:
+        a fixed count, or until the CV of the last ``cv_window`` batch latencies is ≤ ``until_cv``."""
+        cfg = self.config.warmup
+        if cfg.batches == 0:
+            return None, {"warmup_batches_run": 0, "warmup_latency_cv": None}
         reqs = work.requests
-        n = min(len(reqs), cfg.batch) * cfg.warmup.batches
-        warm = [reqs[i % len(reqs)] for i in range(n)]
-        out_len = cfg.warmup.output_len or cfg.output_len
-        return self._window(meter, "warmup", lambda: engine.generate(warm, out_len, lambda n: None))
+        size = min(len(reqs), engine.sequences_in_flight())
+        out_len = cfg.output_len or self.config.output_len
+        latencies: List[float] = []
+        cv = None
+
+        def run() -> None:
+            nonlocal cv
+            for b in range(cfg.batches):
+                batch = [reqs[(b * size + i) % len(reqs)] for i in range(size)]
+                t0 = time.perf_counter()
+                engine.generate(batch, out_len, lambda n: None)
+                engine.synchronize()
+                latencies.append(time.perf_counter() - t0)
+                cv = metrics.cv(latencies[-cfg.cv_window:]) if len(latencies) >= cfg.cv_window else None
+                if cfg.until_cv is not None and cv is not None and cv <= cfg.until_cv:
+                    return
+
+        window = self._window(meter, "warmup", run)
+        if cfg.until_cv is not None and (cv is None or cv > cfg.until_cv):
+            self.warnings.append(f"warmup did not settle: batch-latency CV {cv if cv is None else f'{cv:.3f}'} "
+                                 f"> warmup.until_cv={cfg.until_cv} after {len(latencies)} batches")
+        return window, {"warmup_batches_run": len(latencies), "warmup_latency_cv": cv}
 
     def _check_uuids(self, engine, gpus: List[GpuReader]) -> None:
         seen = engine.device_uuids()
@@ -244,6 +302,8 @@ class Experiment:
             "cpu_rss_peak_mb": max((r["rss_mb"] for r in sampler.rows if r.get("rss_mb") is not None), default=None),
             "model_parameters": info.num_parameters,
             "model_weight_bytes": info.weight_bytes,
+            "weight_precision": info.weight_precision or cfg.model.dtype.value,
+            "compute_precision": info.compute_precision or cfg.model.dtype.value,
             "flops_estimate": 2.0 * info.num_parameters * (in_tokens + out_tokens) if info.num_parameters else None,
         }
         row.update({f"engine.{k}_version": v for k, v in info.versions.items()})

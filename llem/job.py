@@ -31,7 +31,7 @@ from llem.experiment import DeviceIdle, Experiment, device_idle_baseline, summar
 log = logging.getLogger(__name__)
 
 OUTCOME = "outcome.txt"  # ok | skipped | failed: how this job's latest run ended
-_STAGES = ["start", "workload", "check", "load", "warmup", "baseline", "measure", "write"]
+_STAGES = ["start", "workload", "check", "load", "warmup", "baseline", "measure", "prefill", "write"]
 
 
 def _failed_row(cfg_tree: Dict[str, Any], error: str, error_type: str, stage: str,
@@ -179,7 +179,7 @@ def _measure(cfg: DictConfig, config: Config, chash: str, job_dir: Path, device:
         log.info("cooldown %.1f s", config.cooldown_s)
         time.sleep(config.cooldown_s)
     idle = DeviceIdle()
-    if device == "cuda" and config.baseline.device_idle_s > 0:
+    if device == "cuda" and config.baseline.device_idle_s > 0 and "nvml" in config.energy.meters:
         idle = device_idle_baseline(config, gpus_needed)
     if problem:
         idle.warnings.append(problem)

@@ -24,6 +24,7 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Dic
         rows.append({
             "request_id": r.request_id,
             "batch_index": r.batch_index,
+            "process_index": r.process_index,
             "input_tokens": r.input_tokens,
             "output_tokens": r.output_tokens,
             "start_offset_s": r.start_s - window_t0,
@@ -115,6 +116,16 @@ def energy_summary(
     if adjusted > 0:
         out["output_tokens_per_j"] = output_tokens / adjusted
     return out
+
+
+def cv(values: Sequence[float]) -> Optional[float]:
+    """Coefficient of variation (sample std / mean), None for fewer than two values or a zero mean."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    if arr.size < 2 or arr.mean() == 0:
+        return None
+    return float(arr.std(ddof=1) / arr.mean())
 
 
 def sum_or_none(values: List[Optional[float]]) -> Optional[float]:

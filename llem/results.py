@@ -24,13 +24,20 @@ _FLOAT = [
     "baseline_power_w", "baseline_energy_j", "gpu_energy_adjusted_j", "j_per_output_token",
     "j_per_output_token_raw", "j_per_request", "output_tokens_per_j", "avg_power_w", "peak_power_w",
     "gpu_memory_allocated_peak_mb", "gpu_memory_used_peak_mb", "cpu_rss_peak_mb", "flops_estimate",
-    "env.gpu_power_limit_w", "env.gpu_memory_total_mb",
+    "env.gpu_power_limit_w", "env.gpu_memory_total_mb", "warmup_latency_cv", "padding_overhead_pct",
+    "prefill_s", "prefill_energy_j", "prefill_energy_adjusted_j", "prefill_j_per_input_token", "decode_s",
+    "decode_energy_j", "decode_energy_adjusted_j", "decode_j_per_output_token", "steady_state_s",
+    "steady_state_output_tok_per_s", "steady_state_energy_j", "steady_state_energy_adjusted_j",
+    "steady_state_j_per_output_token", "cpu_energy_j", "ram_energy_j", "load_cpu_energy_j", "load_ram_energy_j",
+    "prefill_cpu_energy_j", "prefill_ram_energy_j", "energy_total_j", "carbon_intensity_g_per_kwh", "co2_g",
 ]
 _INT = ["num_requests", "input_tokens_total", "output_tokens_total", "output_tokens_expected",
-        "model_parameters", "model_weight_bytes", "timeseries_rows"]
+        "model_parameters", "model_weight_bytes", "timeseries_rows", "warmup_batches_run", "tokens_computed",
+        "tokens_requested", "steady_state_output_tokens"]
 _LIST_FLOAT = ["gpu_energy_j_per_gpu", "device_idle_power_w_per_gpu", "loaded_idle_power_w_per_gpu"]
 _STR = ["status", "error", "error_type", "error_stage", "energy_method", "energy_null_reason", "baseline_kind",
-        "config_hash", "started_at"]
+        "config_hash", "started_at", "steady_state_null_reason", "weight_precision", "compute_precision",
+        "cpu_energy_method", "ram_energy_method", "host_energy_null_reason"]
 
 
 def _schema_for(row: Dict[str, Any]):
@@ -44,7 +51,7 @@ def _schema_for(row: Dict[str, Any]):
             t = pa.int64()
         elif name in _LIST_FLOAT:
             t = pa.list_(pa.float64())
-        elif name == "warnings":
+        elif name in ("warnings", "flags"):
             t = pa.list_(pa.string())
         elif name in _STR or value is None:
             t = pa.string()
@@ -88,9 +95,9 @@ def _schema(columns: List[tuple]):
 
 
 # (column, type): f float64, i int64, s string, lf list<float64>
-REQUEST_COLUMNS = [("request_id", "i"), ("batch_index", "i"), ("input_tokens", "i"), ("output_tokens", "i"),
-                   ("start_offset_s", "f"), ("ttft_ms", "f"), ("e2e_ms", "f"), ("tpot_ms", "f"), ("itl_ms", "lf"),
-                   ("timing_note", "s")]
+REQUEST_COLUMNS = [("request_id", "i"), ("batch_index", "i"), ("process_index", "i"), ("input_tokens", "i"),
+                   ("output_tokens", "i"), ("start_offset_s", "f"), ("ttft_ms", "f"), ("e2e_ms", "f"),
+                   ("tpot_ms", "f"), ("itl_ms", "lf"), ("timing_note", "s")]
 TIMESERIES_COLUMNS = [("t_s", "f"), ("phase", "s"), ("gpu_index", "i"), ("energy_counter_mj", "i"),
                       ("power_instant_w", "f"), ("power_average_w", "f"), ("temperature_c", "f"),
                       ("sm_clock_mhz", "f"), ("gpu_util_pct", "f"), ("mem_util_pct", "f"), ("memory_used_mb", "f"),

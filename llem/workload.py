@@ -1,20 +1,25 @@
-"""Requests from a dataset: seeded random token ids, or prompts from a file.
+"""Requests from a dataset: seeded random token ids, or prompts from a file, llem's built-in
+prompt set or a Hugging Face dataset (:mod:`llem.datasets_hf`).
 
 Every request carries token ids, so all engines do the same work; text datasets are
-tokenized here, once, with the model's tokenizer.
+tokenized here, once, with the model's tokenizer, before any model is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterable, List, Optional
 
 from llem.errors import WorkloadError
 
 log = logging.getLogger(__name__)
+
+BUILTIN_PROMPTS = Path(__file__).resolve().parent / "prompts" / "builtin.jsonl"
+BYTES_TOKENIZER = "bytes"  # model.tokenizer value naming llem's byte-level tokenizer
 
 
 @dataclass
@@ -32,15 +37,31 @@ class Request:
 class Workload:
     requests: List[Request]
     truncated: int = 0  # prompts cut to input_len
+    dropped_short: int = 0  # prompts skipped: fewer than dataset.min_input_len tokens (or empty)
+    dropped_long: int = 0  # prompts skipped: more than input_len tokens with long_prompts=drop
+    read: Optional[int] = None  # source records looked at (None: one per request)
 
     def counts(self) -> dict:
-        lengths = [r.input_tokens for r in self.requests]
+        """Result columns: how many requests, their input-length distribution, what was cut or skipped."""
+        import numpy as np
+
+        lengths = np.array([r.input_tokens for r in self.requests], dtype=np.int64)
+        digest = hashlib.sha256()
+        for r in self.requests:
+            digest.update(np.asarray(r.token_ids, dtype=np.int64).tobytes() + b"|")
         return {
             "num_requests": len(lengths),
-            "input_tokens_total": sum(lengths),
-            "input_tokens_min": min(lengths),
-            "input_tokens_max": max(lengths),
+            "input_tokens_total": int(lengths.sum()),
+            "input_tokens_min": int(lengths.min()),
+            "input_tokens_p50": float(np.percentile(lengths, 50)),
+            "input_tokens_mean": float(lengths.mean()),
+            "input_tokens_p90": float(np.percentile(lengths, 90)),
+            "input_tokens_max": int(lengths.max()),
+            "prompts_read": len(lengths) if self.read is None else self.read,
             "prompts_truncated": self.truncated,
+            "prompts_dropped_short": self.dropped_short,
+            "prompts_dropped_long": self.dropped_long,
+            "workload_sha256": digest.hexdigest()[:16],  # equal ⇔ the same token ids were measured
         }
 
 
@@ -98,52 +119,133 @@ def read_prompts(path: Path, fmt: str, field: str) -> List[str]:
     return prompts
 
 
+class ByteTokenizer:
+    """``model.tokenizer=bytes``: one token per UTF-8 byte (ids 3..258; 0-2 left to pad/bos/eos).
+
+    Needs no files, so a text workload runs offline on a model with random weights; lengths are
+    bytes, not the real model's tokens, and results say so through ``cfg.model.tokenizer``.
+    """
+
+    OFFSET = 3
+    name_or_path = BYTES_TOKENIZER
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [b + self.OFFSET for b in text.encode("utf-8")]}
+
+    def __len__(self) -> int:
+        return 256 + self.OFFSET
+
+
 def load_tokenizer(model: Any) -> Any:
-    """The model's tokenizer from the local cache or a local dir; a clear error when absent."""
+    """The model's tokenizer from a local dir or the local cache (the Hub when reachable); a clear error when absent."""
     source = model.tokenizer or model.hf_id
     if not source:
         raise WorkloadError(
             "a text dataset needs a tokenizer: set model.tokenizer (an HF id in the local cache, or a "
-            "local directory), or use dataset=random"
+            f"local directory; or '{BYTES_TOKENIZER}', llem's byte-level tokenizer, for model.weights=random), "
+            "or use dataset=random"
         )
+    if source == BYTES_TOKENIZER:
+        if getattr(model.weights, "value", model.weights) != "random":
+            raise WorkloadError(f"model.tokenizer={BYTES_TOKENIZER!r} is for model.weights=random only: a pretrained "
+                                "model must see its own tokens (set model.tokenizer to its tokenizer)")
+        return ByteTokenizer()
     try:
         from transformers import AutoTokenizer
     except ImportError:
         raise WorkloadError(
             "a text dataset needs transformers for its tokenizer: pip install 'llem[pytorch]'"
         ) from None
+    local_only = False
+    if not Path(source).expanduser().is_dir():
+        from llem.datasets_hf import hub_unreachable
+
+        local_only = hub_unreachable() is not None  # read the cache only: never wait on a dead network
     try:
-        return AutoTokenizer.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code,
+                                             local_files_only=local_only)
     except Exception as exc:
         raise WorkloadError(
             f"tokenizer {source!r} could not be loaded ({type(exc).__name__}: {exc}). Offline, pre-fetch it with "
-            f"`huggingface-cli download {source}` or point model.tokenizer at a local directory"
+            f"`hf download {source}` (older huggingface_hub: `huggingface-cli download {source}`) or point "
+            "model.tokenizer at a local directory"
         ) from None
+
+
+def tokenize_prompts(texts: Iterable[str], tok: Any, dataset: Any, input_len: int, vocab_size: Optional[int],
+                     ) -> Workload:
+    """Tokenize prompts in order until ``dataset.num_requests`` fit the length bounds; count the rest."""
+    if dataset.min_input_len > input_len:
+        raise WorkloadError(f"dataset.min_input_len={dataset.min_input_len} is larger than input_len={input_len}: "
+                            "no prompt could fit")
+    work = Workload([], read=0)
+    for text in texts:
+        if len(work.requests) >= dataset.num_requests:
+            break
+        work.read += 1
+        text = (text or "").strip()
+        ids = list(tok(text, add_special_tokens=True)["input_ids"]) if text else []
+        if len(ids) < dataset.min_input_len:
+            work.dropped_short += 1
+            continue
+        if len(ids) > input_len:
+            if dataset.long_prompts == "drop":
+                work.dropped_long += 1
+                continue
+            ids, work.truncated = ids[:input_len], work.truncated + 1
+        if vocab_size and max(ids) >= vocab_size:
+            raise WorkloadError(
+                f"the tokenizer gives token id {max(ids)} but model.architecture.vocab_size={vocab_size}: set "
+                "model.tokenizer to one that fits the model"
+            )
+        work.requests.append(Request(len(work.requests), ids, text))
+    if not work.requests:
+        raise WorkloadError(
+            f"no prompt of dataset {dataset.name!r} fits: {work.read} read, {work.dropped_short} shorter than "
+            f"dataset.min_input_len={dataset.min_input_len}, {work.dropped_long} longer than input_len={input_len} "
+            "(dataset.long_prompts=drop)"
+        )
+    if len(work.requests) < dataset.num_requests:
+        log.warning("dataset %s gave %d prompts, fewer than dataset.num_requests=%d (%d read, %d too short, "
+                    "%d too long)", dataset.name, len(work.requests), dataset.num_requests, work.read,
+                    work.dropped_short, work.dropped_long)
+    return work
+
+
+def shuffled(items: List[Any], shuffle: bool, seed: int) -> List[Any]:
+    """``items`` in order, or permuted with ``seed``."""
+    if not shuffle:
+        return items
+    import numpy as np
+
+    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
 
 
 def build(config: Any) -> Workload:
     """The requests of one job, from the typed config."""
+    from llem.config import BuiltinDatasetConfig, FileDatasetConfig, HFDatasetConfig, RandomDatasetConfig
+
     dataset = config.dataset
-    if dataset.name == "random":
-        arch = config.model.architecture
+    arch = config.model.architecture
+    if isinstance(dataset, RandomDatasetConfig):
         vocab = arch.get("vocab_size")
         if not vocab:
             tok = load_tokenizer(config.model)
             vocab = len(tok)
         reqs = random_requests(dataset.num_requests, config.input_len, int(vocab), config.seed, special_token_ids(arch))
         return Workload(reqs)
-    if dataset.name == "file":
-        path = Path(dataset.path).expanduser()
-        prompts = read_prompts(path, dataset.format, dataset.field)[: dataset.num_requests]
-        tok = load_tokenizer(config.model)
-        reqs, truncated = [], 0
-        for i, text in enumerate(prompts):
-            ids = list(tok(text, add_special_tokens=True)["input_ids"])
-            if len(ids) > config.input_len:
-                ids, truncated = ids[: config.input_len], truncated + 1
-            reqs.append(Request(i, ids, text))
-        if len(reqs) < dataset.num_requests:
-            log.warning("dataset %s holds %d prompts, fewer than dataset.num_requests=%d", path, len(reqs),
-                        dataset.num_requests)
-        return Workload(reqs, truncated=truncated)
+    if isinstance(dataset, (FileDatasetConfig, BuiltinDatasetConfig, HFDatasetConfig)):
+        if isinstance(dataset, HFDatasetConfig):
+            from llem.datasets_hf import hf_prompts
+
+            tok = load_tokenizer(config.model)  # first: a missing tokenizer fails before any download
+            texts = hf_prompts(dataset, config.seed)
+        else:
+            path = BUILTIN_PROMPTS if isinstance(dataset, BuiltinDatasetConfig) else Path(dataset.path).expanduser()
+            fmt, field = ("jsonl", "prompt") if isinstance(dataset, BuiltinDatasetConfig) else (dataset.format,
+                                                                                                 dataset.field)
+            texts = shuffled(read_prompts(path, fmt, field), dataset.shuffle, config.seed)
+            tok = load_tokenizer(config.model)
+        vocab = arch.get("vocab_size")
+        return tokenize_prompts(texts, tok, dataset, config.input_len, int(vocab) if vocab else None)
     raise WorkloadError(f"dataset.name={dataset.name!r} is not known to this version of llem")

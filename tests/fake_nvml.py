@@ -3,8 +3,9 @@
 Every device read returns the trace row whose ``t_s`` is the last one at or before the
 clock's current time (the first row before the trace starts). Each fake GPU replays the same
 trace, optionally time-shifted and scaled, and can lack the energy counter, the instant-power
-field or the averaged power, carry a large counter offset, or have its counter reset at a
-given time (as after a driver reload).
+field or the averaged power, carry a large counter offset, have its counter reset at a
+given time (as after a driver reload), report MIG or persistence mode, or freeze all its
+readings over a span of time (a stale readout). Calls that name a device are counted per GPU.
 
 The trace is read from ``<root>/shared/data/nvml_trace_h100.csv`` where this repository is
 ``<root>/main``; see :func:`load_trace`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +150,22 @@ class FakeGpu:
     pids: List[int] = field(default_factory=list)
     throttle_extra: List[Tuple[float, float, int]] = field(default_factory=list)  # (t0, t1, bits) ORed in
     name: str = H100_NAME
+    mig_mode: int = 0  # NVML_DEVICE_MIG_DISABLE / _ENABLE
+    persistence_mode: int = 1  # NVML_FEATURE_ENABLED
+    stale: Optional[Tuple[float, float]] = None  # clock span over which every reading repeats the span's start
+
+
+def _per_gpu(method):
+    """Count a call that names a device, per GPU index (``FakeNVML.calls_by_gpu``)."""
+
+    @functools.wraps(method)
+    def counted(self, handle, *args, **kwargs):
+        if isinstance(handle, _Handle) and handle.owner is self:
+            calls = self.calls_by_gpu.setdefault(handle.index, {})
+            calls[method.__name__] = calls.get(method.__name__, 0) + 1
+        return method(self, handle, *args, **kwargs)
+
+    return counted
 
 
 class FakeNVML:
@@ -190,6 +208,7 @@ class FakeNVML:
         self.cuda_driver_version = cuda_driver_version
         self.initialised = False
         self.calls: Dict[str, int] = {}
+        self.calls_by_gpu: Dict[int, Dict[str, int]] = {}  # GPU index → device function → calls
         if gpus is not None:
             self.gpus = list(gpus)
         else:
@@ -226,13 +245,20 @@ class FakeNVML:
             raise NVMLError_InvalidArgument()
         return self.gpus[handle.index]
 
+    @staticmethod
+    def _trace_time(gpu: FakeGpu, t: float) -> float:
+        """The trace time GPU ``gpu`` shows at clock time ``t`` (held at the span's start while stale)."""
+        if gpu.stale is not None and gpu.stale[0] <= t <= gpu.stale[1]:
+            t = gpu.stale[0]
+        return t - gpu.shift_s
+
     def _row(self, handle: _Handle) -> Tuple[FakeGpu, Dict[str, object]]:
         if not self.initialised:
             raise NVMLError("Uninitialized")
         gpu = self._gpu(handle)
         if not self.trace:
             raise NVMLError_NotSupported()
-        return gpu, self.row_at(self.clock.now() - gpu.shift_s)
+        return gpu, self.row_at(self._trace_time(gpu, self.clock.now()))
 
     def _scaled(self, gpu: FakeGpu, mw: object) -> int:
         return int(round(int(mw) * gpu.scale))
@@ -240,7 +266,7 @@ class FakeNVML:
     def counter_mj(self, index: int, t: float) -> int:
         """What GPU ``index`` reports as its energy counter at clock time ``t``."""
         gpu = self.gpus[index]
-        raw = self._scaled(gpu, self.row_at(t - gpu.shift_s)["energy_counter_mj"])
+        raw = self._scaled(gpu, self.row_at(self._trace_time(gpu, t))["energy_counter_mj"])
         if gpu.counter_reset_at is not None and t >= gpu.counter_reset_at:
             at_reset = self._scaled(gpu, self.row_at(gpu.counter_reset_at - gpu.shift_s)["energy_counter_mj"])
             return raw - at_reset  # restarts from 0, no offset: a reloaded driver
@@ -277,29 +303,35 @@ class FakeNVML:
 
     # -- identity and facts -------------------------------------------------------------
 
+    @_per_gpu
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
         return self._gpu(handle).uuid
 
+    @_per_gpu
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
         return self._gpu(handle).name
 
+    @_per_gpu
     def nvmlDeviceGetPowerManagementLimit(self, handle: _Handle) -> int:
         return self._scaled(self._gpu(handle), H100_POWER_LIMIT_MW)
 
+    @_per_gpu
     def nvmlDeviceGetMigMode(self, handle: _Handle) -> Tuple[int, int]:
-        self._gpu(handle)
-        return (0, 0)  # (current, pending)
+        gpu = self._gpu(handle)
+        return (gpu.mig_mode, gpu.mig_mode)  # (current, pending)
 
+    @_per_gpu
     def nvmlDeviceGetPersistenceMode(self, handle: _Handle) -> int:
-        self._gpu(handle)
-        return 1
+        return self._gpu(handle).persistence_mode
 
+    @_per_gpu
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> List[_Obj]:
         gpu, row = self._row(handle)
         return [_Obj(pid=pid, usedGpuMemory=int(row["memory_used_mb"]) * 2**20) for pid in gpu.pids]
 
     # -- readings -----------------------------------------------------------------------
 
+    @_per_gpu
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
         self._count("nvmlDeviceGetTotalEnergyConsumption")
         gpu, _ = self._row(handle)
@@ -307,6 +339,7 @@ class FakeNVML:
             raise NVMLError_NotSupported()
         return self.counter_mj(handle.index, self.clock.now())
 
+    @_per_gpu
     def nvmlDeviceGetFieldValues(self, handle: _Handle, field_ids: Sequence[object]) -> List[_Obj]:
         gpu, row = self._row(handle)
         out = []
@@ -321,18 +354,21 @@ class FakeNVML:
             out.append(_Obj(fieldId=fid, nvmlReturn=ret, value=_Obj(uiVal=val, ullVal=val)))
         return out
 
+    @_per_gpu
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
         gpu, row = self._row(handle)
         if not gpu.has_average:
             raise NVMLError_NotSupported()
         return self._scaled(gpu, row["power_usage_mw"])
 
+    @_per_gpu
     def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:
         _, row = self._row(handle)
         if sensor != NVML_TEMPERATURE_GPU:
             raise NVMLError_NotSupported()
         return int(row["temperature_c"])
 
+    @_per_gpu
     def nvmlDeviceGetClockInfo(self, handle: _Handle, clock_type: int) -> int:
         _, row = self._row(handle)
         if clock_type in (NVML_CLOCK_GRAPHICS, NVML_CLOCK_SM):
@@ -341,15 +377,18 @@ class FakeNVML:
             return int(row["mem_clock_mhz"])
         raise NVMLError_InvalidArgument()
 
+    @_per_gpu
     def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Obj:
         _, row = self._row(handle)
         return _Obj(gpu=int(row["gpu_util_pct"]), memory=int(row["mem_util_pct"]))
 
+    @_per_gpu
     def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> _Obj:
         _, row = self._row(handle)
         used = int(row["memory_used_mb"]) * 2**20
         return _Obj(total=H100_MEMORY_TOTAL_BYTES, used=used, free=H100_MEMORY_TOTAL_BYTES - used)
 
+    @_per_gpu
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:
         gpu, row = self._row(handle)
         bits = int(row["throttle_reasons"])

@@ -4,7 +4,7 @@ the CSV (a plain scan, sharing no code with the fake), and a meter rig over fake
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -103,9 +103,17 @@ class Rig:
     sampler: Sampler
     meter: EnergyMeter
 
-    def window(self, phase: str, t0: float, t1: float, step: float = 0.02):
-        """Open a window at t0, sample every ``step`` seconds of fake time, close it at t1."""
+    def window(self, phase: str, t0: float, t1: float, step: float = 0.02,
+               starved: Optional[Tuple[float, float]] = None):
+        """Open a window at t0, sample every ``step`` seconds of fake time, close it at t1.
+        ``starved``: a span (open interval) in which the sampler takes no sample."""
         ts = grid(t0, t1, step)
+        if starved is not None:
+            ts = [ts[0]] + [t for t in ts[1:-1] if not starved[0] < t < starved[1]] + [ts[-1]]
+        return self.window_at(phase, ts)
+
+    def window_at(self, phase: str, ts: List[float]):
+        """Open a window at ts[0], sample at each of ts[1:-1], close it at ts[-1]."""
         self.clock.set(ts[0])
         mark = self.meter.start(phase)
         for t in ts[1:-1]:

@@ -72,6 +72,24 @@ def test_in_process_and_resume(tmp_path):
     assert pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]["cfg.batch"] == 1
 
 
+def test_prefill_steady_state_and_settled_warmup(tmp_path):
+    """measure.prefill adds a prefill window (its own phase rows) and the decode split; more requests
+    than batch give a steady-state window; warmup.until_cv stops once batch latencies settle."""
+    args = [*FAST, "dataset.num_requests=6", "measure.prefill=true", "warmup.batches=6", "warmup.until_cv=0.9",
+            "hydra.run.dir=run"]
+    run_llem(args, cwd=tmp_path, check=True)
+    r = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
+    assert r["status"] == "ok"
+    assert 0 < r["prefill_s"] < r["window_s"] and r["decode_s"] == pytest.approx(r["window_s"] - r["prefill_s"])
+    assert pd.isna(r["prefill_energy_j"]) and pd.isna(r["decode_energy_j"])  # no GPU: null, never 0
+    assert 0 < r["steady_state_s"] <= r["window_s"] and r["steady_state_output_tokens"] > 0
+    assert r["steady_state_null_reason"] == "no GPU time series"
+    assert 3 <= r["warmup_batches_run"] <= 6 and r["warmup_latency_cv"] >= 0
+    assert r["padding_overhead_pct"] == 0 and r["weight_precision"] == "float32"
+    ts = pd.read_parquet(tmp_path / "run" / "timeseries.parquet")
+    assert {"load", "warmup", "measure", "prefill"} <= set(ts["phase"])
+
+
 def test_console_script_prints_config(tmp_path):
     exe = shutil.which("llem")
     if exe is None:

@@ -1,5 +1,5 @@
 """Energy windows on CPU, replaying a real H100 NVML trace: counter deltas, power integration
-fallbacks, baselines, doubt flags, and the sampler thread."""
+fallbacks, baselines, and the sampler thread (doubt flags: test_flags.py)."""
 
 from __future__ import annotations
 
@@ -225,29 +225,24 @@ def test_no_gpus_gives_none_not_zero():
     assert default.warnings == ["GPU energy not measured: no GPU is metered"]
 
 
-def test_short_window_warns(trace):
+def test_short_window_energy_is_the_counter_delta(trace):
     t0 = phase_span(trace, "heavy")[0] + 1.0
     short = make_rig(trace).window("warmup", t0, t0 + 0.5)
     assert short.energy_j == csv_counter_j(trace, t0, t0 + 0.5)
-    assert any("warmup window lasted 0.50 s" in m and "coarse" in m for m in short.warnings)
-    long = make_rig(trace).window("warmup", t0, t0 + 1.5)
-    assert not any("coarse" in m for m in long.warnings)
 
 
-def test_hw_thermal_throttle_warns_but_sw_power_cap_does_not(trace):
+def test_window_lists_hw_thermal_throttle_but_not_sw_power_cap(trace):
     t0, t1 = phase_span(trace, "heavy")
     assert any(csv_row_at(trace, t)["throttle_reasons"] & SW_POWER_CAP for t in grid(t0, t1, 0.02))  # the trace has it
     capped = make_rig(trace).window("heavy", t0, t1)
     assert capped.throttle == []
-    assert not any("limited by" in m for m in capped.warnings)
 
     injected_cap = make_rig(trace, throttle_extra=[(t0 + 1.0, t0 + 2.0, SW_POWER_CAP)]).window("heavy", t0, t1)
     assert injected_cap.throttle == []
 
     hot = make_rig(trace, throttle_extra=[(t0 + 1.0, t0 + 1.2, HW_THERMAL)]).window("heavy", t0, t1)
     assert hot.throttle == ["hw_thermal"]
-    assert any(m.startswith("heavy:") and "hw_thermal" in m for m in hot.warnings)
-    assert hot.energy_j == capped.energy_j  # a warning, not a different energy
+    assert hot.energy_j == capped.energy_j  # a doubt, not a different energy
 
 
 # ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class RequestResult:
     first_token_s: Optional[float] = None
     token_times_s: Optional[List[float]] = None
     batch_index: Optional[int] = None
+    process_index: Optional[int] = None  # the data-parallel replica that served it
     timing_note: Optional[str] = None  # why a timing is missing, if it is
 
 
@@ -43,6 +44,8 @@ class EngineInfo:
     resolved_args: Dict[str, Any] = field(default_factory=dict)
     num_parameters: Optional[int] = None
     weight_bytes: Optional[int] = None
+    weight_precision: Optional[str] = None  # as stored: float16, bfloat16, int8, nf4, fp8 …
+    compute_precision: Optional[str] = None  # what the matmuls run in
 
 
 def now() -> float:
@@ -103,6 +106,15 @@ class Engine(ABC):
     def memory_peak_mb(self) -> Optional[float]:
         """Peak device memory the engine allocated since the last reset, if it can tell."""
         return None
+
+    def sequences_in_flight(self) -> int:
+        """Sequences the engine holds at once when saturated (``batch``, times replicas if any):
+        warmup sizes itself by it, and the steady-state window starts when it is reached."""
+        return self.config.batch
+
+    def work_counts(self) -> Dict[str, Any]:
+        """Work the last ``generate`` did beyond the requested tokens (e.g. padding), as result columns."""
+        return {}
 
     def device_uuids(self) -> Optional[List[str]]:
         """UUIDs of the GPUs the engine runs on, as the engine sees them (cross-checks NVML)."""

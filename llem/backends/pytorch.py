@@ -1,9 +1,13 @@
-"""PyTorch engine: transformers ``generate`` over static batches, one device.
+"""PyTorch engine: transformers ``generate`` over static batches, with accelerate for scale.
 
-Token times come from a streamer that ``generate`` calls once per decoding step with the
-step's tokens already copied to the host (so the step has finished on the device); the
-streamer also synchronises the device before stamping the time. TTFT of a request is the
-time from its batch's start to the batch's first generated token.
+- one process, one GPU (the default) or, with ``device_map``, one model sharded over
+  ``gpus_per_process`` GPUs by accelerate;
+- ``num_processes=N``: data parallel, N replicas in N processes (one GPU each) started here and
+  joined into a process group by accelerate — see ``_torch_workers``;
+- attention kernel, ``torch.compile`` mode, static KV cache and bitsandbytes quantisation are
+  options, each passed to transformers as it documents them; compilation happens while loading.
+
+The model itself lives in ``_torch_runner.Runner``.
 """
 
 from __future__ import annotations
@@ -12,12 +16,33 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, now
-from llem.config import BackendConfig, Config, Weights
+from llem.backends.base import Engine, EngineInfo, Progress, RequestResult
+from llem.config import BackendConfig, Config, _require
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
 from llem.workload import Request
 
 log = logging.getLogger(__name__)
+
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+CACHES = ("dynamic", "static")
+QUANT_METHODS = ("none", "bnb_8bit", "bnb_nf4", "bnb_fp4")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass
+class QuantizationConfig:
+    """bitsandbytes weight quantisation, applied as the weights load."""
+
+    method: str = "none"  # none | bnb_8bit (LLM.int8) | bnb_nf4 | bnb_fp4
+    compute_dtype: Optional[str] = None  # 4-bit matmul dtype; null: model.dtype
+    double_quant: bool = False  # 4-bit: also quantise the quantisation constants
+
+    def __post_init__(self) -> None:
+        _require(self.method in QUANT_METHODS, "backend.quantization.method", self.method, ", ".join(QUANT_METHODS))
+        if self.compute_dtype is not None:
+            _require(self.compute_dtype in ("float16", "bfloat16", "float32"), "backend.quantization.compute_dtype",
+                     self.compute_dtype, "null, float16, bfloat16, float32")
 
 
 @dataclass
@@ -25,7 +50,36 @@ class PyTorchConfig(BackendConfig):
     """transformers + accelerate. ``engine_args`` go to from_pretrained/from_config."""
 
     name: str = "pytorch"
+    num_processes: int = 1  # data-parallel replicas, one process and one GPU each
+    gpus_per_process: int = 1  # > 1 needs device_map: one model sharded over these GPUs
+    device_map: Optional[Any] = None  # null: the process's GPU; auto | balanced | sequential | {module: gpu}
+    attn_implementation: str = "sdpa"
+    torch_compile: str = "off"
+    cache_implementation: str = "dynamic"
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    sort_by_length: bool = False  # batch prompts of similar length together (less padding)
     generate_args: Dict[str, Any] = field(default_factory=dict)  # extra GenerationConfig fields
+
+    def __post_init__(self) -> None:
+        _require(self.num_processes >= 1, "backend.num_processes", self.num_processes, "an integer >= 1")
+        _require(self.gpus_per_process >= 1, "backend.gpus_per_process", self.gpus_per_process, "an integer >= 1")
+        _require(self.attn_implementation in ATTENTION, "backend.attn_implementation", self.attn_implementation,
+                 ", ".join(ATTENTION))
+        _require(self.torch_compile in COMPILE_MODES, "backend.torch_compile", self.torch_compile,
+                 ", ".join(COMPILE_MODES))
+        _require(self.cache_implementation in CACHES, "backend.cache_implementation", self.cache_implementation,
+                 ", ".join(CACHES))
+        dm = self.device_map
+        if dm is not None and not hasattr(dm, "items"):
+            _require(dm in DEVICE_MAPS, "backend.device_map", dm,
+                     f"null, {', '.join(DEVICE_MAPS)}, or a mapping of module names to GPU indices")
+        if self.gpus_per_process > 1:
+            _require(dm is not None, "backend.device_map", dm,
+                     "auto (or another map) when backend.gpus_per_process > 1, to shard the model")
+        if self.num_processes > 1:
+            _require(self.gpus_per_process == 1, "backend.gpus_per_process", self.gpus_per_process,
+                     "1 with backend.num_processes > 1 (data parallel: one GPU per replica)")
+            _require(dm is None, "backend.device_map", dm, "null with backend.num_processes > 1")
 
 
 _RESERVED = {
@@ -33,6 +87,11 @@ _RESERVED = {
     "torch_dtype": "model.dtype",
     "revision": "model.revision",
     "trust_remote_code": "model.trust_remote_code",
+    "attn_implementation": "backend.attn_implementation",
+    "device_map": "backend.device_map",
+    "quantization_config": "backend.quantization",
+    "load_in_8bit": "backend.quantization.method=bnb_8bit",
+    "load_in_4bit": "backend.quantization.method=bnb_nf4",
 }
 _RESERVED_GENERATE = {
     "max_new_tokens": "output_len",
@@ -44,6 +103,9 @@ _RESERVED_GENERATE = {
     "top_p": "decoding.top_p",
     "top_k": "decoding.top_k",
     "num_beams": "nothing (beam search is not measured)",
+    "cache_implementation": "backend.cache_implementation",
+    "compile_config": "backend.torch_compile",
+    "disable_compile": "backend.torch_compile",
 }
 
 
@@ -51,6 +113,13 @@ class PyTorchEngine(Engine):
     name = "pytorch"
     config_class = PyTorchConfig
     reserved_args = _RESERVED
+
+    def __init__(self, config: Config, device: str) -> None:
+        super().__init__(config, device)
+        self._pool = None
+        self._runner = None
+        self._uuids: Optional[List[str]] = None
+        self._counts: Dict[str, Any] = {}
 
     @classmethod
     def validate_config(cls, config: Config) -> None:
@@ -60,182 +129,128 @@ class PyTorchEngine(Engine):
                 raise ConfigError(
                     f"backend.generate_args.{key} duplicates llem's own key: use {_RESERVED_GENERATE[key]} instead"
                 )
+        q = config.backend.quantization
+        if q.method != "none" and config.model.dtype.value == "float32" and q.method != "bnb_8bit":
+            log.info("4-bit quantisation with model.dtype=float32: non-quantised layers stay float32")
+
+    @classmethod
+    def gpus_required(cls, backend: Any) -> int:
+        return int(backend.num_processes) * int(backend.gpus_per_process)
 
     def check(self) -> None:
+        b = self.backend
         try:
             import torch
             import transformers  # noqa: F401
+
+            if b.num_processes > 1 or b.device_map is not None:
+                import accelerate  # noqa: F401
         except ImportError as exc:
             raise EngineUnavailable(
-                f"backend=pytorch needs torch and transformers ({exc}): pip install 'llem[pytorch]'"
+                f"backend=pytorch needs torch, transformers and accelerate ({exc}): pip install 'llem[pytorch]'"
             ) from None
         if self.device == "cuda" and not torch.cuda.is_available():
             raise DeviceError("device=cuda was asked for, but torch sees no GPU (check CUDA_VISIBLE_DEVICES)")
-        self._torch = torch
+        needed = self.gpus_required(b)
+        if self.device == "cuda":
+            from llem.energy.nvml import gpu_counts
 
-    # -- load ---------------------------------------------------------------------------
+            visible = gpu_counts()[0] or torch.cuda.device_count()
+            if visible < needed:
+                raise DeviceError(f"backend.num_processes × backend.gpus_per_process = {needed} GPUs, "
+                                  f"but {visible} are visible to this job")
+        cuda_only = {"backend.quantization": b.quantization.method != "none",
+                     f"backend.attn_implementation={b.attn_implementation}": b.attn_implementation.startswith("flash"),
+                     "backend.device_map": b.device_map is not None}
+        for key, used in cuda_only.items():
+            if used and self.device != "cuda":
+                raise ConfigError(f"{key} needs device=cuda (this job runs on the CPU)")
+        if b.attn_implementation.startswith("flash"):
+            from transformers.utils import import_utils
+
+            version = b.attn_implementation[-1]
+            if not getattr(import_utils, f"is_flash_attn_{version}_available")():
+                raise EngineUnavailable(f"backend.attn_implementation={b.attn_implementation} needs the flash-attn "
+                                        f"{version} package, which is not installed here: install it, or use sdpa")
+            if self.config.model.dtype.value == "float32":
+                raise ConfigError(f"backend.attn_implementation={b.attn_implementation} needs model.dtype "
+                                  "float16 or bfloat16")
+        if b.quantization.method != "none":
+            try:
+                import bitsandbytes  # noqa: F401
+            except ImportError:
+                raise EngineUnavailable(
+                    f"backend.quantization.method={b.quantization.method} needs bitsandbytes: pip install bitsandbytes"
+                ) from None
+
+    # -- load / generate ------------------------------------------------------------------
     def load(self) -> None:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        if self.backend.num_processes > 1:
+            from llem.backends._torch_workers import WorkerPool
 
-        model_cfg = self.config.model
-        dtype = getattr(torch, model_cfg.dtype.value)
-        torch.manual_seed(self.config.seed)
-        self._device = torch.device("cuda:0" if self.device == "cuda" else "cpu")
-        args = dict(self.backend.engine_args)
-        if model_cfg.weights == Weights.random:
-            arch = dict(model_cfg.architecture)
-            hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-            with self._device:  # initialise the random weights where they will run
-                model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, **args)
+            self._pool = WorkerPool(self.config, self.device, self.backend.num_processes)
+            self._uuids = [u for uuids in self._pool.call("load") for u in (uuids or [])] or None
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                model_cfg.hf_id,
-                revision=model_cfg.revision,
-                trust_remote_code=model_cfg.trust_remote_code,
-                dtype=dtype,
-                device_map=str(self._device),
-                **args,
-            )
-        self.model = model.eval()
-        gen = self.model.generation_config
-        eos = gen.eos_token_id if gen.eos_token_id is not None else self.model.config.eos_token_id
-        self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        pad = gen.pad_token_id if gen.pad_token_id is not None else self.model.config.pad_token_id
-        self._pad = pad if pad is not None else (min(self._eos) if self._eos else 0)
-        self.synchronize()
+            from llem.backends._torch_runner import Runner
 
-    # -- generate -----------------------------------------------------------------------
-    def _batch_tensors(self, batch: Sequence[Request]):
-        torch = self._torch
-        width = max(r.input_tokens for r in batch)
-        ids = torch.full((len(batch), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, req in enumerate(batch):  # left padding: generation continues from the right edge
-            ids[row, width - req.input_tokens :] = torch.tensor(req.token_ids, dtype=torch.long)
-            mask[row, width - req.input_tokens :] = 1
-        return ids.to(self._device), mask.to(self._device), width
-
-    def _count_generated(self, new_tokens) -> List[int]:
-        """Tokens really generated per row: up to and including the first EOS, else all."""
-        counts = []
-        for row in new_tokens.tolist():
-            n = len(row)
-            for i, tok in enumerate(row):
-                if tok in self._eos and i < n - 1:
-                    n = i + 1
-                    break
-            counts.append(n)
-        return counts
+            self._runner = Runner(self.config, "cuda:0" if self.device == "cuda" else "cpu")
+            self._runner.load()
 
     def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
-        from transformers import GenerationConfig
+        if self._runner is not None:
+            out = self._runner.generate(requests, output_len, progress)
+            self._counts = dict(self._runner.counts)
+            return out
+        from llem.backends._torch_workers import merge_counts
 
-        decoding = self.config.decoding
-        sampling = {} if decoding.greedy else {"temperature": decoding.temperature, "top_p": decoding.top_p,
-                                                "top_k": decoding.top_k or None}
-        gen_cfg = GenerationConfig(
-            max_new_tokens=output_len,
-            min_new_tokens=output_len,  # EOS is suppressed until output_len: equal work on every engine
-            do_sample=not decoding.greedy,
-            num_beams=1,
-            **sampling,
-            eos_token_id=sorted(self._eos) or None,
-            pad_token_id=self._pad,
-            **self.backend.generate_args,
-        )
-        batch_size = self.config.batch
-        results: List[RequestResult] = []
-        for b, first in enumerate(range(0, len(requests), batch_size)):
-            batch = requests[first : first + batch_size]
-            ids, mask, width = self._batch_tensors(batch)
-            clock = _TokenClock(self.synchronize)
-            start = now()
-            with self._torch.inference_mode():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, streamer=clock)
-            self.synchronize()
-            end = now()
-            counts = self._count_generated(out[:, width:])
-            for req, n in zip(batch, counts):
-                times = clock.times[:n]
-                results.append(
-                    RequestResult(
-                        request_id=req.request_id,
-                        input_tokens=req.input_tokens,
-                        output_tokens=n,
-                        start_s=start,
-                        end_s=times[-1] if times else end,
-                        first_token_s=times[0] if times else None,
-                        token_times_s=times,
-                        batch_index=b,
-                    )
-                )
-            progress(len(batch))
-        return results
+        replies = self._pool.call("generate", list(requests), output_len)
+        out = sorted((r for results, _ in replies for r in results), key=lambda r: r.request_id)
+        self._counts = merge_counts([counts for _, counts in replies])
+        progress(len(out))
+        return out
+
+    def sequences_in_flight(self) -> int:
+        return self.config.batch * self.backend.num_processes
+
+    def work_counts(self) -> Dict[str, Any]:
+        return dict(self._counts)
 
     # -- device -------------------------------------------------------------------------
     def synchronize(self) -> None:
-        if self.device == "cuda":
-            self._torch.cuda.synchronize()
+        if self._runner is not None:
+            self._runner.synchronize()
+        elif self._pool is not None and self.device == "cuda":
+            self._pool.call("sync")
 
     def reset_memory_peak(self) -> None:
-        if self.device == "cuda":
-            self._torch.cuda.reset_peak_memory_stats()
+        if self._runner is not None:
+            self._runner.reset_memory_peak()
+        elif self._pool is not None:
+            self._pool.call("reset_memory_peak")
 
     def memory_peak_mb(self) -> Optional[float]:
-        if self.device != "cuda":
-            return None
-        return self._torch.cuda.max_memory_allocated() / 2**20
+        """Peak memory allocated by the model on all of the job's GPUs, summed."""
+        if self._runner is not None:
+            return self._runner.memory_peak_mb()
+        peaks = self._pool.call("memory_peak_mb")
+        return None if any(p is None for p in peaks) else float(sum(peaks))
 
     def device_uuids(self) -> Optional[List[str]]:
-        if self.device != "cuda":
-            return None
-        uuid = getattr(self._torch.cuda.get_device_properties(0), "uuid", None)
-        return [f"GPU-{uuid}"] if uuid is not None else None
+        return self._runner.device_uuids() if self._runner is not None else self._uuids
 
     def info(self) -> EngineInfo:
-        import torch
-        import transformers
-
-        params = sum(p.numel() for p in self.model.parameters())
-        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-        if torch.version.cuda:
-            versions["torch_cuda"] = torch.version.cuda
-        return EngineInfo(
-            versions=versions,
-            resolved_args={
-                "device": str(self._device),
-                "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
-                **self.backend.engine_args,
-            },
-            num_parameters=params,
-            weight_bytes=weight_bytes,
-        )
+        info = self._runner.info() if self._runner is not None else self._pool.call("info")[0]
+        info.resolved_args["num_processes"] = self.backend.num_processes
+        info.resolved_args["sort_by_length"] = self.backend.sort_by_length
+        info.resolved_args["quantization"] = self.backend.quantization.method
+        return info
 
     def close(self) -> None:
-        self.model = None
-        if self.device == "cuda":
-            self._torch.cuda.empty_cache()
-
-
-class _TokenClock:
-    """A transformers streamer that stamps the host time of every generated step."""
-
-    def __init__(self, sync) -> None:
-        self._sync = sync
-        self._prompt_seen = False
-        self.times: List[float] = []
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate first hands the streamer the prompt
-            self._prompt_seen = True
-            return
-        self._sync()
-        self.times.append(now())
-
-    def end(self) -> None:
-        pass
+        if self._runner is not None:
+            self._runner.close()
+        if self._pool is not None:
+            self._pool.close()
+        self._runner = self._pool = None
 
 
 ENGINE = PyTorchEngine

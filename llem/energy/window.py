@@ -4,7 +4,8 @@ A window synchronises the device and reads every GPU's hardware energy counter a
 edges; its energy is the counter delta (integer mJ, so no float drift and no wrap at the
 counter's 64 bits). Where a GPU has no counter, the energy is the trapezoid integral of
 the sampled *instant* power, falling back to the 1 s averaged power with a warning.
-With no GPU at all the energy is None with a reason — never 0.
+With no GPU at all the energy is None with a reason — never 0. What makes a window's number
+doubtful (too short, throttled, …) is said by :mod:`llem.energy.flags`, not here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from llem.energy.nvml import GpuReader, throttle_names
 log = logging.getLogger(__name__)
 
 COUNTER_UPDATE_S = 0.1  # the energy counter steps about every 100 ms
-MIN_WINDOW_UPDATES = 10
+MIN_WINDOW_UPDATES = 10  # a window shorter than this many counter updates is flagged (llem.energy.flags)
 
 
 class Sampler:
@@ -201,13 +202,6 @@ class EnergyMeter:
         w.peak_power_w = max(by_t.values()) if by_t else None
         mem = [r["memory_used_mb"] for r in rows if r.get("memory_used_mb") is not None]
         w.peak_memory_used_mb = max(mem) if mem else None
-        if w.duration_s < MIN_WINDOW_UPDATES * COUNTER_UPDATE_S:
-            w.warnings.append(
-                f"{mark.phase} window lasted {w.duration_s:.2f} s, under {MIN_WINDOW_UPDATES} energy-counter updates: "
-                "its energy is coarse"
-            )
-        if w.throttle:
-            w.warnings.append(f"{mark.phase}: GPU clocks were limited by {', '.join(w.throttle)}")
         return w
 
     def idle(self, phase: str, seconds: float) -> WindowEnergy:

@@ -1,0 +1,301 @@
+"""One transformers model on one process: load it as configured, generate over static batches.
+
+The PyTorch engine drives one :class:`Runner` in its own process, or one per data-parallel
+worker (see ``_torch_workers``). Token times come from a streamer that ``generate`` calls once
+per decoding step with the step's tokens already on the host; the streamer also synchronises
+the device before stamping the time. TTFT of a request is the time from its batch's start to
+the batch's first generated token.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+from llem.backends.base import EngineInfo, Progress, RequestResult, now
+from llem.config import Config, Weights
+from llem.workload import Request
+
+log = logging.getLogger(__name__)
+
+QUANT_BITS = {"bnb_8bit": "int8", "bnb_nf4": "nf4", "bnb_fp4": "fp4"}
+
+
+class _TokenClock:
+    """A transformers streamer that stamps the host time of every generated step."""
+
+    def __init__(self, sync) -> None:
+        self._sync = sync
+        self._prompt_seen = False
+        self.times: List[float] = []
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate first hands the streamer the prompt
+            self._prompt_seen = True
+            return
+        self._sync()
+        self.times.append(now())
+
+    def end(self) -> None:
+        pass
+
+
+class Runner:
+    """A model on ``device`` (``cpu``, ``cuda:N``; with ``backend.device_map`` the first of its GPUs)."""
+
+    def __init__(self, config: Config, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.config = config
+        self.backend = config.backend
+        self.device = torch.device(device)
+        self.gpu_ids: List[int] = []
+        if self.device.type == "cuda":
+            first = self.device.index or 0
+            self.gpu_ids = list(range(first, first + self.backend.gpus_per_process))
+        self.model = None
+        self.compile_s: Optional[float] = None
+        self.counts: Dict[str, Any] = {}
+
+    # -- load ---------------------------------------------------------------------------
+    def _quantization(self, dtype) -> Optional[Any]:
+        q = self.backend.quantization
+        if q.method == "none":
+            return None
+        from transformers import BitsAndBytesConfig
+
+        compute = getattr(self.torch, q.compute_dtype) if q.compute_dtype else dtype
+        if q.method == "bnb_8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=QUANT_BITS[q.method],
+                                  bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=q.double_quant)
+
+    def _device_map(self) -> Any:
+        dm = self.backend.device_map
+        if dm is None:
+            return str(self.device)
+        return dict(dm) if not isinstance(dm, str) else dm
+
+    def load(self) -> None:
+        torch = self.torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model_cfg = self.config.model
+        dtype = getattr(torch, model_cfg.dtype.value)
+        torch.manual_seed(self.config.seed)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        args = dict(self.backend.engine_args)
+        args["attn_implementation"] = self.backend.attn_implementation
+        quant = self._quantization(dtype)
+        if quant is not None:
+            args["quantization_config"] = quant
+        pretrained = dict(revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+        if model_cfg.weights == Weights.random:
+            arch = dict(model_cfg.architecture)
+            hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+            if quant is None and self.backend.device_map is None:
+                with self.device:  # initialise the random weights where they will run
+                    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, **args)
+            else:  # quantisation and sharding happen on load: go through a temporary checkpoint
+                model = self._random_via_checkpoint(hf_config, dtype, args)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_cfg.hf_id, dtype=dtype, device_map=self._device_map(),
+                                                         **pretrained, **args)
+        self.model = model.eval()
+        self.device = next(p.device for p in model.parameters())  # inputs go where the embeddings are
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.model.config.eos_token_id
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        pad = gen.pad_token_id if gen.pad_token_id is not None else self.model.config.pad_token_id
+        self.pad = pad if pad is not None else (min(self.eos) if self.eos else 0)
+        self._prepare_compile()
+        self.synchronize()
+
+    def _random_via_checkpoint(self, hf_config, dtype, args: Dict[str, Any]):
+        """Random weights saved to a temporary checkpoint and loaded back with the quantisation and
+        device map, so bitsandbytes and accelerate treat them exactly as they treat real weights."""
+        from transformers import AutoModelForCausalLM
+
+        init_on = "cpu" if self.backend.device_map is not None else self.device
+        plain = {k: v for k, v in args.items() if k != "quantization_config"}
+        with tempfile.TemporaryDirectory(prefix="llem-random-") as tmp:
+            with self.torch.device(init_on):
+                model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, **plain)
+            model.save_pretrained(tmp)
+            del model
+            if self.device.type == "cuda":
+                self.torch.cuda.empty_cache()
+            return AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, device_map=self._device_map(), **args)
+
+    def _prepare_compile(self) -> None:
+        """Static KV cache and torch.compile, compiled here (the load phase) at the measured shapes."""
+        from transformers import CompileConfig
+
+        mode = self.backend.torch_compile
+        gen = self.model.generation_config
+        if self.backend.cache_implementation == "static":
+            gen.cache_implementation = "static"
+            if mode == "off":
+                gen.disable_compile = True  # transformers would otherwise compile a static-cache decode step
+            else:
+                gen.compile_config = CompileConfig(mode=mode)
+        elif mode != "off":
+            self.model.forward = self.torch.compile(self.model.forward, mode=mode, dynamic=True)
+        if mode == "off":
+            return
+        t0 = now()
+        batch = self.config.batch
+        ids = [Request(-1 - i, [self._filler_id()] * self.config.input_len) for i in range(batch)]
+        self.generate(ids, self.config.output_len, lambda n: None)
+        self.compile_s = now() - t0
+        log.info("torch.compile (%s, %s cache): %.1f s", mode, self.backend.cache_implementation, self.compile_s)
+
+    def _filler_id(self) -> int:
+        specials = self.eos | {self.pad}
+        return next(i for i in range(3, 1000) if i not in specials)
+
+    # -- generate -----------------------------------------------------------------------
+    def _batch_tensors(self, batch: Sequence[Request], rows: int, width: int):
+        torch = self.torch
+        ids = torch.full((rows, width), self.pad, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        for row in range(rows):  # left padding: generation continues from the right edge
+            req = batch[min(row, len(batch) - 1)]  # rows past the batch repeat its last request
+            ids[row, width - req.input_tokens :] = torch.tensor(req.token_ids, dtype=torch.long)
+            mask[row, width - req.input_tokens :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def count_generated(self, new_tokens) -> List[int]:
+        """Tokens really generated per row: up to and including the first EOS, else all."""
+        counts = []
+        for row in new_tokens.tolist():
+            n = len(row)
+            for i, tok in enumerate(row):
+                if tok in self.eos and i < n - 1:
+                    n = i + 1
+                    break
+            counts.append(n)
+        return counts
+
+    def _generation_config(self, output_len: int):
+        from transformers import GenerationConfig
+
+        decoding = self.config.decoding
+        sampling = {} if decoding.greedy else {"temperature": decoding.temperature, "top_p": decoding.top_p,
+                                                "top_k": decoding.top_k or None}
+        base = self.model.generation_config
+        extra = {k: getattr(base, k) for k in ("cache_implementation", "compile_config", "disable_compile")
+                 if getattr(base, k, None) is not None}
+        return GenerationConfig(
+            max_new_tokens=output_len,
+            min_new_tokens=output_len,  # EOS is suppressed until output_len: equal work on every engine
+            do_sample=not decoding.greedy,
+            num_beams=1,
+            **sampling,
+            eos_token_id=sorted(self.eos) or None,
+            pad_token_id=self.pad,
+            **extra,
+            **self.backend.generate_args,
+        )
+
+    def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
+        """Static batches of ``batch`` requests (longest first with ``sort_by_length``); with a
+        static cache every batch is padded to ``batch`` rows × ``input_len`` so shapes never change."""
+        cfg = self.config
+        gen_cfg = self._generation_config(output_len)
+        static = self.backend.cache_implementation == "static"
+        order = list(requests)
+        if self.backend.sort_by_length:
+            order.sort(key=lambda r: (-r.input_tokens, r.request_id))
+        results: List[RequestResult] = []
+        computed = requested = 0
+        for b, first in enumerate(range(0, len(order), cfg.batch)):
+            batch = order[first : first + cfg.batch]
+            rows = cfg.batch if static else len(batch)
+            width = max(cfg.input_len, *(r.input_tokens for r in batch)) if static else max(
+                r.input_tokens for r in batch)
+            ids, mask = self._batch_tensors(batch, rows, width)
+            computed += rows * (width + output_len)
+            requested += sum(r.input_tokens for r in batch) + len(batch) * output_len
+            clock = _TokenClock(self.synchronize)
+            start = now()
+            with self.torch.inference_mode():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, streamer=clock)
+            self.synchronize()
+            end = now()
+            for req, n in zip(batch, self.count_generated(out[: len(batch), width:])):
+                times = clock.times[:n]
+                results.append(RequestResult(
+                    request_id=req.request_id, input_tokens=req.input_tokens, output_tokens=n, start_s=start,
+                    end_s=times[-1] if times else end, first_token_s=times[0] if times else None,
+                    token_times_s=times, batch_index=b))
+            progress(len(batch))
+        self.counts = {"tokens_computed": computed, "tokens_requested": requested,
+                       "padding_overhead_pct": 100.0 * (computed - requested) / requested if requested else None}
+        return sorted(results, key=lambda r: r.request_id)
+
+    # -- device -------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        for i in self.gpu_ids:
+            self.torch.cuda.synchronize(i)
+
+    def reset_memory_peak(self) -> None:
+        for i in self.gpu_ids:
+            self.torch.cuda.reset_peak_memory_stats(i)
+
+    def memory_peak_mb(self) -> Optional[float]:
+        if not self.gpu_ids:
+            return None
+        return sum(self.torch.cuda.max_memory_allocated(i) for i in self.gpu_ids) / 2**20
+
+    def device_uuids(self) -> Optional[List[str]]:
+        uuids = [getattr(self.torch.cuda.get_device_properties(i), "uuid", None) for i in self.gpu_ids]
+        return [f"GPU-{u}" for u in uuids] if uuids and None not in uuids else None
+
+    def info(self) -> EngineInfo:
+        import torch
+        import transformers
+
+        params = list(self.model.parameters())
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        if torch.version.cuda:
+            versions["torch_cuda"] = torch.version.cuda
+        q = self.backend.quantization
+        if q.method != "none":
+            import bitsandbytes
+
+            versions["bitsandbytes"] = bitsandbytes.__version__
+        dtype = self.config.model.dtype.value
+        resolved = {
+            "device": str(self.device),
+            "device_map": str(getattr(self.model, "hf_device_map", None) or self._device_map()),
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "torch_compile": self.backend.torch_compile,
+            "cache_implementation": self.backend.cache_implementation,
+            "compile_s": self.compile_s,
+            **self.backend.engine_args,
+        }
+        return EngineInfo(
+            versions=versions,
+            resolved_args=resolved,
+            num_parameters=_parameter_count(self.model, params),
+            weight_bytes=sum(p.numel() * p.element_size() for p in params),
+            weight_precision=QUANT_BITS.get(q.method, dtype),
+            compute_precision=(q.compute_dtype or dtype) if q.method in ("bnb_nf4", "bnb_fp4") else dtype,
+        )
+
+    def close(self) -> None:
+        self.model = None
+        if self.gpu_ids:
+            self.torch.cuda.empty_cache()
+
+
+def _parameter_count(model, params) -> int:
+    """Parameters of the model as defined (4-bit weights are stored two per byte, so count by config)."""
+    try:
+        return int(model.num_parameters())
+    except Exception:
+        return sum(p.numel() for p in params)
