@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -250,17 +250,11 @@ class BaselineConfig:
             _require(self.loaded_idle_s > 0, "baseline.loaded_idle_s", self.loaded_idle_s, "> 0 with kind=loaded_idle")
 
 
-ENERGY_METERS = ("nvml", "codecarbon")
-
-
 @dataclass
 class EnergyConfig:
-    """Energy meters. nvml: GPU energy counter and time series. codecarbon: CPU and RAM energy
-    of the host, and CO2 from an offline carbon intensity for ``country_iso_code``."""
+    """GPU energy metering (NVML)."""
 
     sample_interval_ms: float = 100.0  # the H100 energy counter updates about every 100 ms
-    meters: List[str] = field(default_factory=lambda: ["nvml"])
-    country_iso_code: str = "USA"  # ISO 3166-1 alpha-3, for codecarbon's offline carbon intensity
 
     def __post_init__(self) -> None:
         _require(
@@ -269,12 +263,6 @@ class EnergyConfig:
             self.sample_interval_ms,
             "a number of milliseconds in [10, 10000]",
         )
-        meters = list(self.meters)
-        _require(bool(meters) and all(m in ENERGY_METERS for m in meters) and len(set(meters)) == len(meters),
-                 "energy.meters", meters, f"a list of distinct names from {list(ENERGY_METERS)}")
-        code = str(self.country_iso_code)
-        _require(len(code) == 3 and code.isalpha() and code.isupper(), "energy.country_iso_code", code,
-                 "an ISO 3166-1 alpha-3 code in capitals, e.g. USA, FRA, DEU")
 
 
 @dataclass

@@ -18,14 +18,13 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from llem import environment, metrics, results, workload
 from llem.backends import engine_class
 from llem.config import Config, config_hash, flatten, to_dict
 from llem.energy import flags as doubt
 from llem.energy import phases
-from llem.energy.host import HostWindows
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
 
@@ -63,6 +62,14 @@ def other_processes(gpus: List[GpuReader], expect_own: bool) -> Dict[int, int]:
         if others:
             out[gpu.index] = len(others)
     return out
+
+
+def metered_gpus(cfg: Config, engine_cls, device: str) -> Tuple[List[GpuReader], List[str], Optional[str]]:
+    """NVML readers for the GPUs the job's engine uses (by UUID from CUDA_VISIBLE_DEVICES), warnings,
+    and why there are none, if so."""
+    if device != "cuda":
+        return [], [], "device=cpu: no GPU is used"
+    return open_gpus(engine_cls.gpus_required(cfg.backend))
 
 
 def device_idle_baseline(config: Config, gpus_required: int) -> DeviceIdle:
@@ -119,12 +126,7 @@ class Experiment:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         engine_cls = engine_class(cfg.backend.name)
         engine = engine_cls(cfg, self.device)
-        if self.device != "cuda":
-            gpus, warns, reason = [], [], "device=cpu: no GPU is used"
-        elif "nvml" not in cfg.energy.meters:
-            gpus, warns, reason = [], [], "the nvml meter is not in energy.meters"
-        else:
-            gpus, warns, reason = open_gpus(engine_cls.gpus_required(cfg.backend))
+        gpus, warns, reason = metered_gpus(cfg, engine_cls, self.device)
         self.warnings.extend(warns)
         sampler = Sampler(gpus, cfg.energy.sample_interval_ms / 1000.0).start()
         meter = EnergyMeter(gpus, sampler, sync=lambda: None, null_reason=reason)
@@ -133,17 +135,15 @@ class Experiment:
         row.update({f"cfg.{k}": v for k, v in flatten(to_dict(cfg)).items()})
         req_rows: List[Dict[str, Any]] = []
         measure_t0 = None
-        host = None
         try:
             self._stage("workload")
             work = workload.build(cfg)
             row.update(work.counts())
             self._stage("check")
             engine.check()
-            host = HostWindows(cfg, self.job_dir)
             meter.sync = engine.synchronize
             self._stage("load")
-            load = host.around("load", row, lambda: self._window(meter, "load", engine.load))
+            load = self._window(meter, "load", engine.load)
             log.info("loaded %s on %s in %.1f s", cfg.model.name, self.device, load.duration_s)
             self._check_uuids(engine, gpus)
             row.update(_window_cols("load", load))
@@ -163,12 +163,10 @@ class Experiment:
             log.info("measuring %d requests (batch %d, %d → %d tokens)", len(work.requests), cfg.batch,
                      cfg.input_len, cfg.output_len)
             with _progress(cfg, len(work.requests)) as bar:
-                host_mark = host.start("measure")
                 mark = meter.start("measure")
                 measure_t0 = mark.t0
                 outputs = engine.generate(work.requests, cfg.output_len, bar.update)
                 window = meter.stop(mark)
-                host.stop(host_mark, "", row)
             busy.update(other_processes(gpus, expect_own=True) if gpus else {})
             found = doubt.window_flags(window, sampler.between(window.t0, window.t1), [g.facts() for g in gpus],
                                        busy)
@@ -187,15 +185,12 @@ class Experiment:
                 row.update(steady.columns())
             if cfg.measure.prefill:
                 self._stage("prefill")
-                pre = host.around("prefill", row, lambda: self._window(
-                    meter, "prefill", lambda: engine.generate(work.requests, 1, lambda n: None)))
+                pre = self._window(meter, "prefill", lambda: engine.generate(work.requests, 1, lambda n: None))
                 cols, warns = phases.prefill_decode(
                     window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
                     sum(o.input_tokens for o in outputs), row["output_tokens_total"], len(outputs))
                 row.update(cols)
                 self.warnings.extend(warns)
-            row.update(host.carbon(row, gpu_used=bool(gpus) or self.device == "cuda"))
-            self.warnings.extend(host.warnings)
             row["status"] = "ok"
         except Exception as exc:  # every failure becomes a result row; the sweep goes on
             row.update(status="failed", error_type=type(exc).__name__, error_stage=self.stage,
@@ -204,8 +199,6 @@ class Experiment:
             log.debug("%s", environment.scrub(traceback.format_exc()))
         finally:
             sampler.stop()
-            if host is not None:
-                host.close()
             try:
                 engine.close()
             except Exception as exc:

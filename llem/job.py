@@ -179,7 +179,7 @@ def _measure(cfg: DictConfig, config: Config, chash: str, job_dir: Path, device:
         log.info("cooldown %.1f s", config.cooldown_s)
         time.sleep(config.cooldown_s)
     idle = DeviceIdle()
-    if device == "cuda" and config.baseline.device_idle_s > 0 and "nvml" in config.energy.meters:
+    if device == "cuda" and config.baseline.device_idle_s > 0:
         idle = device_idle_baseline(config, gpus_needed)
     if problem:
         idle.warnings.append(problem)

@@ -40,10 +40,6 @@ def test_llama3_architecture_and_overrides(compose_cfg):
         ("warmup.batches=-1", "warmup.batches"),
         ("baseline.device_idle_s=0", "baseline.device_idle_s"),
         ("energy.sample_interval_ms=1", "energy.sample_interval_ms"),
-        ("energy.meters=[nvml,rapl]", "energy.meters"),
-        ("energy.meters=[nvml,nvml]", "energy.meters"),
-        ("energy.meters=[]", "energy.meters"),
-        ("energy.country_iso_code=fr", "energy.country_iso_code"),
         ("warmup.until_cv=1.5", "warmup.until_cv"),
         ("warmup.cv_window=1", "warmup.cv_window"),
         ("warmup.until_cv=0.05", "warmup.batches"),  # needs batches >= cv_window

@@ -114,20 +114,26 @@ def test_steady_state_columns(trace):
 
 
 def test_prefill_decode_split():
-    cols, warns = phases.prefill_decode(measured_s=10.0, measured_j=5000.0, prefill_s=0.5, prefill_j=300.0,
+    cols, warns = phases.prefill_decode(measured_s=10.0, measured_j=5000.0, prefill_s=1.5, prefill_j=300.0,
                                         baseline_power_w=100.0, input_tokens=1024, output_tokens=1024,
                                         num_requests=8)
     assert warns == []
-    assert cols["decode_s"] == 9.5 and cols["decode_energy_j"] == 4700.0
-    assert cols["prefill_energy_adjusted_j"] == 250.0 and cols["decode_energy_adjusted_j"] == 3750.0
-    assert cols["prefill_j_per_input_token"] == pytest.approx(250.0 / 1024)
-    assert cols["decode_j_per_output_token"] == pytest.approx(3750.0 / (1024 - 8))
+    assert cols["decode_s"] == 8.5 and cols["decode_energy_j"] == 4700.0
+    assert cols["prefill_energy_adjusted_j"] == 150.0 and cols["decode_energy_adjusted_j"] == 3850.0
+    assert cols["prefill_j_per_input_token"] == pytest.approx(150.0 / 1024)
+    assert cols["decode_j_per_output_token"] == pytest.approx(3850.0 / (1024 - 8))
+
+
+def test_a_short_prefill_pass_is_flagged_as_coarse():
+    cols, warns = phases.prefill_decode(10.0, 5000.0, 0.3, 100.0, 100.0, 1024, 1024, 8)
+    assert len(warns) == 1 and "prefill pass lasted 0.30 s" in warns[0]
+    assert cols["prefill_energy_j"] == 100.0  # still reported
 
 
 @pytest.mark.parametrize("prefill_s, prefill_j, baseline, expect", [
     (10.5, 300.0, 100.0, "not meaningful"),  # the prefill pass took longer than the window
-    (0.5, 5200.0, 100.0, "not meaningful"),  # more energy than the window
-    (0.5, 300.0, 600.0, "baseline is above"),  # decode power under the baseline
+    (1.5, 5200.0, 100.0, "not meaningful"),  # more energy than the window
+    (1.5, 300.0, 600.0, "baseline is above"),  # decode power under the baseline
 ])
 def test_prefill_decode_flags_but_never_clips(prefill_s, prefill_j, baseline, expect):
     cols, warns = phases.prefill_decode(10.0, 5000.0, prefill_s, prefill_j, baseline, 1024, 1024, 8)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.backends.base import RequestResult
+from llem.energy.window import COUNTER_UPDATE_S, MIN_WINDOW_UPDATES
 
 
 def saturated_span(results: Sequence[RequestResult], in_flight: int) -> Tuple[Optional[Tuple[float, float]], str]:
@@ -149,6 +150,10 @@ def prefill_decode(measured_s: float, measured_j: Optional[float], prefill_s: fl
         "decode_j_per_output_token": decode_adj / decode_tokens if decode_adj is not None and decode_tokens > 0
         else None,
     }
+    if prefill_j is not None and prefill_s < MIN_WINDOW_UPDATES * COUNTER_UPDATE_S:
+        warnings.append(f"the prefill pass lasted {prefill_s:.2f} s, under {MIN_WINDOW_UPDATES} energy-counter "
+                        "updates: its energy (and so decode's) is off by up to one ~100 ms counter step at each edge; "
+                        "more requests give a longer prefill pass")
     if decode_s <= 0 or (decode_j is not None and decode_j <= 0):
         warnings.append(f"decode = measured − prefill is not meaningful ({decode_s:.3f} s, "
                         f"{'n/a' if decode_j is None else f'{decode_j:.1f}'} J): the prefill pass took as long "
