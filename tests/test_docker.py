@@ -86,8 +86,8 @@ def test_compose_file_parses_and_shares_cache_gpus_and_results():
         assert service["build"]["dockerfile"] == f"docker/{ENGINES[name][0]}" and service["build"]["context"] == ".."
         volumes = service["volumes"]
         assert "hf-cache:/hf-cache" in volumes
-        assert "../outputs:/work/outputs" in volumes and "../multirun:/work/multirun" in volumes
-        assert service["working_dir"] == "/work"
+        assert "../outputs:/runs/outputs" in volumes and "../multirun:/runs/multirun" in volumes
+        assert service["working_dir"] == "/runs"
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     cli = _compose_cli()
