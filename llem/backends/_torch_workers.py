@@ -16,7 +16,7 @@ import multiprocessing as mp
 import os
 import socket
 import traceback
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 from llem.config import Config
 
@@ -156,7 +156,3 @@ def merge_counts(counts: List[dict]) -> dict:
     requested = sum(c.get("tokens_requested", 0) for c in counts)
     return {"tokens_computed": computed, "tokens_requested": requested,
             "padding_overhead_pct": 100.0 * (computed - requested) / requested if requested else None}
-
-
-def first_not_none(values: List[Optional[Any]]) -> Optional[Any]:
-    return next((v for v in values if v is not None), None)
