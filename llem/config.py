@@ -19,7 +19,11 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from llem.config_measure import BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
 from llem.errors import ConfigError
+from llem.errors import require as _require
+
+__all__ = ["BaselineConfig", "BaselineKind", "EnergyConfig", "MeasureConfig", "WarmupConfig"]
 
 
 class DType(Enum):
@@ -37,17 +41,6 @@ class Device(Enum):
     auto = "auto"
     cuda = "cuda"
     cpu = "cpu"
-
-
-class BaselineKind(Enum):
-    device_idle = "device_idle"
-    loaded_idle = "loaded_idle"
-    none = "none"
-
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")
 
 
 @dataclass
@@ -198,84 +191,6 @@ class DecodingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-@dataclass
-class WarmupConfig:
-    """Warm-up batches run after load and before the baseline; excluded from every metric.
-
-    A fixed count (``batches``), or, with ``until_cv``, batches until the coefficient of
-    variation of the last ``cv_window`` batch latencies is at most ``until_cv`` (``batches``
-    is then the most run). The batches run and the final CV are recorded.
-    """
-
-    batches: int = 1
-    output_len: Optional[int] = None  # None: the measured output length
-    until_cv: Optional[float] = None  # e.g. 0.02: stop once latencies settle within 2 %
-    cv_window: int = 3
-
-    def __post_init__(self) -> None:
-        _require(self.batches >= 0, "warmup.batches", self.batches, "an integer >= 0")
-        if self.output_len is not None:
-            _require(self.output_len >= 1, "warmup.output_len", self.output_len, "null or an integer >= 1")
-        _require(self.cv_window >= 2, "warmup.cv_window", self.cv_window, "an integer >= 2")
-        if self.until_cv is not None:
-            _require(0 < self.until_cv < 1, "warmup.until_cv", self.until_cv, "null or a fraction in (0, 1)")
-            _require(self.batches >= self.cv_window, "warmup.batches", self.batches,
-                     f"an integer >= warmup.cv_window ({self.cv_window}) when warmup.until_cv is set")
-
-
-@dataclass
-class BaselineConfig:
-    """Idle power floors. ``kind`` names the one subtracted into ``gpu_energy_adjusted_j``.
-
-    device_idle: no CUDA context on the GPU, measured by the job's parent before the
-    measurement process starts (after ``settle_s`` for the previous context to close).
-    loaded_idle: the engine loaded and idle, measured in the measurement process.
-    """
-
-    kind: BaselineKind = BaselineKind.device_idle
-    settle_s: float = 3.0
-    device_idle_s: float = 5.0
-    loaded_settle_s: float = 1.0  # after warm-up, before loaded idle: the power of the last batch tails off
-    loaded_idle_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        for key in ("settle_s", "device_idle_s", "loaded_settle_s", "loaded_idle_s"):
-            value = getattr(self, key)
-            _require(value >= 0, f"baseline.{key}", value, "a number of seconds >= 0")
-        if self.kind == BaselineKind.device_idle:
-            _require(self.device_idle_s > 0, "baseline.device_idle_s", self.device_idle_s, "> 0 with kind=device_idle")
-        if self.kind == BaselineKind.loaded_idle:
-            _require(self.loaded_idle_s > 0, "baseline.loaded_idle_s", self.loaded_idle_s, "> 0 with kind=loaded_idle")
-
-
-@dataclass
-class EnergyConfig:
-    """GPU energy metering (NVML)."""
-
-    sample_interval_ms: float = 100.0  # the H100 energy counter updates about every 100 ms
-
-    def __post_init__(self) -> None:
-        _require(
-            10 <= self.sample_interval_ms <= 10_000,
-            "energy.sample_interval_ms",
-            self.sample_interval_ms,
-            "a number of milliseconds in [10, 10000]",
-        )
-
-
-@dataclass
-class MeasureConfig:
-    """Extra windows besides the measured one.
-
-    prefill: a prefill-only pass (output length 1) of the same workload after the measured
-    window; decode = measured − prefill. steady_state: the part of the measured window where
-    the engine held ``batch`` sequences (needs more requests than ``batch``).
-    """
-
-    prefill: bool = False
-    steady_state: bool = True
 
 
 @dataclass

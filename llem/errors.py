@@ -23,3 +23,9 @@ class WorkloadError(LlemError):
 
 class MeterError(LlemError):
     """An energy meter failed in a way that makes its numbers unusable."""
+
+
+def require(ok: bool, key: str, value: object, allowed: str) -> None:
+    """Raise ConfigError naming ``key``, the bad ``value`` and what is ``allowed`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")

@@ -25,6 +25,7 @@ from llem.backends import engine_class
 from llem.config import Config, config_hash, flatten, to_dict
 from llem.energy import flags as doubt
 from llem.energy import phases
+from llem.energy.codecarbon import HostWindows
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
 
@@ -135,15 +136,17 @@ class Experiment:
         row.update({f"cfg.{k}": v for k, v in flatten(to_dict(cfg)).items()})
         req_rows: List[Dict[str, Any]] = []
         measure_t0 = None
+        host = None
         try:
             self._stage("workload")
             work = workload.build(cfg)
             row.update(work.counts())
             self._stage("check")
             engine.check()
+            host = HostWindows(cfg.energy.meters, cfg.energy.country_iso_code, self.job_dir)
             meter.sync = engine.synchronize
             self._stage("load")
-            load = self._window(meter, "load", engine.load)
+            load = host.around("load", row, lambda: self._window(meter, "load", engine.load))
             log.info("loaded %s on %s in %.1f s", cfg.model.name, self.device, load.duration_s)
             self._check_uuids(engine, gpus)
             row.update(_window_cols("load", load))
@@ -163,13 +166,18 @@ class Experiment:
             log.info("measuring %d requests (batch %d, %d → %d tokens)", len(work.requests), cfg.batch,
                      cfg.input_len, cfg.output_len)
             with _progress(cfg, len(work.requests)) as bar:
-                mark = meter.start("measure")
+                def measured():
+                    mark = meter.start("measure")
+                    return mark, engine.generate(work.requests, cfg.output_len, bar.update), meter.stop(mark)
+
+                mark, outputs, window = host.around("measure", row, measured)
                 measure_t0 = mark.t0
-                outputs = engine.generate(work.requests, cfg.output_len, bar.update)
-                window = meter.stop(mark)
             busy.update(other_processes(gpus, expect_own=True) if gpus else {})
             found = doubt.window_flags(window, sampler.between(window.t0, window.t1), [g.facts() for g in gpus],
                                        busy)
+            if host.estimated():
+                found.append(doubt.Flag("host_energy_estimated", f"CPU energy is codecarbon's estimate "
+                                        f"({row['cpu_energy_method']}), not a counter: RAPL is not readable here"))
             found += doubt.baseline_flags("device_idle", self.device_idle.rows)
             if loaded_idle is not None:
                 found += doubt.baseline_flags("loaded_idle", sampler.between(loaded_idle.t0, loaded_idle.t1))
@@ -178,6 +186,7 @@ class Experiment:
             row.update(engine.work_counts())
             req_rows = metrics.request_rows(outputs, mark.t0)
             row.update(self._measured(engine, work, outputs, req_rows, window, loaded_idle, sampler))
+            row.update(host.carbon(row, gpu_used=self.device == "cuda" or bool(gpus)))
             baseline_w = 0.0 if cfg.baseline.kind.value == "none" else row.get("baseline_power_w")
             if cfg.measure.steady_state:
                 rows = sampler.between(window.t0, window.t1)
@@ -185,7 +194,8 @@ class Experiment:
                 row.update(steady.columns())
             if cfg.measure.prefill:
                 self._stage("prefill")
-                pre = self._window(meter, "prefill", lambda: engine.generate(work.requests, 1, lambda n: None))
+                pre = host.around("prefill", row, lambda: self._window(
+                    meter, "prefill", lambda: engine.generate(work.requests, 1, lambda n: None)))
                 cols, warns = phases.prefill_decode(
                     window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
                     sum(o.input_tokens for o in outputs), row["output_tokens_total"], len(outputs))
@@ -199,6 +209,9 @@ class Experiment:
             log.debug("%s", environment.scrub(traceback.format_exc()))
         finally:
             sampler.stop()
+            if host is not None:
+                host.close()
+                self.warnings.extend(host.warnings)
             try:
                 engine.close()
             except Exception as exc:

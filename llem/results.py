@@ -28,14 +28,16 @@ _FLOAT = [
     "prefill_s", "prefill_energy_j", "prefill_energy_adjusted_j", "prefill_j_per_input_token", "decode_s",
     "decode_energy_j", "decode_energy_adjusted_j", "decode_j_per_output_token", "steady_state_s",
     "steady_state_output_tok_per_s", "steady_state_energy_j", "steady_state_energy_adjusted_j",
-    "steady_state_j_per_output_token",
+    "steady_state_j_per_output_token", "cpu_energy_j", "ram_energy_j", "load_cpu_energy_j", "load_ram_energy_j",
+    "prefill_cpu_energy_j", "prefill_ram_energy_j", "energy_total_j", "carbon_intensity_g_per_kwh", "co2_g",
 ]
 _INT = ["num_requests", "input_tokens_total", "output_tokens_total", "output_tokens_expected",
         "model_parameters", "model_weight_bytes", "timeseries_rows", "warmup_batches_run", "tokens_computed",
         "tokens_requested", "steady_state_output_tokens"]
 _LIST_FLOAT = ["gpu_energy_j_per_gpu", "device_idle_power_w_per_gpu", "loaded_idle_power_w_per_gpu"]
 _STR = ["status", "error", "error_type", "error_stage", "energy_method", "energy_null_reason", "baseline_kind",
-        "config_hash", "started_at", "steady_state_null_reason", "weight_precision", "compute_precision"]
+        "config_hash", "started_at", "steady_state_null_reason", "weight_precision", "compute_precision",
+        "cpu_energy_method", "ram_energy_method", "host_energy_null_reason"]
 
 
 def _schema_for(row: Dict[str, Any]):

@@ -69,3 +69,20 @@ def test_data_parallel_reads_each_gpu_once_and_sums(compose_cfg, trace, tmp_path
     assert set(ts["gpu_index"].dropna()) == {0, 1}
     req = pd.read_parquet(tmp_path / "requests.parquet")
     assert sorted(req["process_index"].unique()) == [0, 1] and len(req) == 24
+
+
+def test_host_meter_adds_cpu_ram_and_co2_without_counting_the_gpu_twice(compose_cfg, trace, tmp_path, monkeypatch):
+    pytest.importorskip("codecarbon")
+    row, ts = _run(compose_cfg, trace, tmp_path, monkeypatch,
+                   ["energy.meters=[nvml,codecarbon]", "energy.country_iso_code=FRA"])
+    assert row["status"] == "ok", row["error"]
+    for prefix in ("", "load_", "prefill_"):
+        assert row[f"{prefix}cpu_energy_j"] > 0 and row[f"{prefix}ram_energy_j"] > 0
+    assert row["energy_total_j"] == pytest.approx(row["gpu_energy_j"] + row["cpu_energy_j"] + row["ram_energy_j"])
+    assert row["co2_g"] == pytest.approx(row["energy_total_j"] / 3.6e6 * row["carbon_intensity_g_per_kwh"])
+    assert row["cpu_energy_method"].startswith("codecarbon_") and row["host_energy_null_reason"] is None
+    assert ("host_energy_estimated" in row["flags"]) is (row["cpu_energy_method"] != "codecarbon_intel_rapl")
+    assert not any("codecarbon reported" in w for w in row["warnings"])
+    written = pd.read_parquet(tmp_path / "results.parquet").iloc[0]
+    assert written["co2_g"] == pytest.approx(row["co2_g"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["requests.parquet", "results.parquet", "timeseries.parquet"]

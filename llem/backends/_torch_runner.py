@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends.base import EngineInfo, Progress, RequestResult, now
 from llem.config import Config, Weights
+from llem.errors import DeviceError
 from llem.workload import Request
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,12 @@ QUANT_BITS = {"bnb_8bit": "int8", "bnb_nf4": "nf4", "bnb_fp4": "fp4"}
 
 
 class _TokenClock:
-    """A transformers streamer that stamps the host time of every generated step."""
+    """A transformers streamer that stamps the host time at which every generated step reaches the
+    host. transformers hands the streamer tokens already copied to the host (a blocking copy, or one
+    step late where it defers its stop check so the host can queue the next step), so no extra
+    synchronisation happens here: one would keep the host from queuing the next step."""
 
-    def __init__(self, sync) -> None:
-        self._sync = sync
+    def __init__(self) -> None:
         self._prompt_seen = False
         self.times: List[float] = []
 
@@ -34,7 +37,6 @@ class _TokenClock:
         if not self._prompt_seen:  # generate first hands the streamer the prompt
             self._prompt_seen = True
             return
-        self._sync()
         self.times.append(now())
 
     def end(self) -> None:
@@ -86,6 +88,9 @@ class Runner:
         dtype = getattr(torch, model_cfg.dtype.value)
         torch.manual_seed(self.config.seed)
         if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise DeviceError("device=cuda was asked for, but torch sees no GPU (a CPU-only torch build, or "
+                                  "check CUDA_VISIBLE_DEVICES)")
             torch.cuda.set_device(self.device)
         args = dict(self.backend.engine_args)
         args["attn_implementation"] = self.backend.attn_implementation
@@ -220,7 +225,7 @@ class Runner:
             ids, mask = self._batch_tensors(batch, rows, width)
             computed += rows * (width + output_len)
             requested += sum(r.input_tokens for r in batch) + len(batch) * output_len
-            clock = _TokenClock(self.synchronize)
+            clock = _TokenClock()
             start = now()
             with self.torch.inference_mode():
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, streamer=clock)

@@ -7,6 +7,8 @@ inside the methods, never at module level, so composing a config costs nothing.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -125,3 +127,14 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the model and device memory."""
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported, without importing it (an engine's ``check`` stays cheap;
+    the import is start-up, timed in ``load``). A module already in ``sys.modules`` counts."""
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends.base import Engine, EngineInfo, Progress, RequestResult
+from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, installed
 from llem.config import BackendConfig, Config, _require
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
 from llem.workload import Request
@@ -138,25 +138,21 @@ class PyTorchEngine(Engine):
         return int(backend.num_processes) * int(backend.gpus_per_process)
 
     def check(self) -> None:
+        """Cheap checks only (no import of torch or transformers: importing them and creating the CUDA
+        context is engine start-up, timed and metered in ``load``)."""
         b = self.backend
-        try:
-            import torch
-            import transformers  # noqa: F401
-
-            if b.num_processes > 1 or b.device_map is not None:
-                import accelerate  # noqa: F401
-        except ImportError as exc:
+        needs = ["torch", "transformers"] + (["accelerate"] if b.num_processes > 1 or b.device_map is not None else [])
+        missing = [name for name in needs if not installed(name)]
+        if missing:
             raise EngineUnavailable(
-                f"backend=pytorch needs torch, transformers and accelerate ({exc}): pip install 'llem[pytorch]'"
-            ) from None
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise DeviceError("device=cuda was asked for, but torch sees no GPU (check CUDA_VISIBLE_DEVICES)")
+                f"backend=pytorch needs {', '.join(needs)} ({', '.join(missing)} missing): pip install 'llem[pytorch]'"
+            )
         needed = self.gpus_required(b)
         if self.device == "cuda":
             from llem.energy.nvml import gpu_counts
 
-            visible = gpu_counts()[0] or torch.cuda.device_count()
-            if visible < needed:
+            visible = gpu_counts()[0]
+            if visible and visible < needed:
                 raise DeviceError(f"backend.num_processes × backend.gpus_per_process = {needed} GPUs, "
                                   f"but {visible} are visible to this job")
         cuda_only = {"backend.quantization": b.quantization.method != "none",
@@ -166,22 +162,17 @@ class PyTorchEngine(Engine):
             if used and self.device != "cuda":
                 raise ConfigError(f"{key} needs device=cuda (this job runs on the CPU)")
         if b.attn_implementation.startswith("flash"):
-            from transformers.utils import import_utils
-
             version = b.attn_implementation[-1]
-            if not getattr(import_utils, f"is_flash_attn_{version}_available")():
+            package = {"2": "flash_attn", "3": "flash_attn_interface"}[version]
+            if not installed(package):
                 raise EngineUnavailable(f"backend.attn_implementation={b.attn_implementation} needs the flash-attn "
                                         f"{version} package, which is not installed here: install it, or use sdpa")
             if self.config.model.dtype.value == "float32":
                 raise ConfigError(f"backend.attn_implementation={b.attn_implementation} needs model.dtype "
                                   "float16 or bfloat16")
-        if b.quantization.method != "none":
-            try:
-                import bitsandbytes  # noqa: F401
-            except ImportError:
-                raise EngineUnavailable(
-                    f"backend.quantization.method={b.quantization.method} needs bitsandbytes: pip install bitsandbytes"
-                ) from None
+        if b.quantization.method != "none" and not installed("bitsandbytes"):
+            raise EngineUnavailable(
+                f"backend.quantization.method={b.quantization.method} needs bitsandbytes: pip install bitsandbytes")
 
     # -- load / generate ------------------------------------------------------------------
     def load(self) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, now
+from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, installed, now
 from llem.config import BackendConfig, Config, Weights
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
 from llem.workload import Request
@@ -145,10 +145,8 @@ class VllmEngine(Engine):
     def check(self) -> None:
         if self.device != "cuda":
             raise DeviceError("backend=vllm runs on GPUs only: use device=cuda (or auto on a GPU machine)")
-        try:
-            import vllm  # noqa: F401
-        except ImportError as exc:
-            raise EngineUnavailable(f"backend=vllm needs vllm ({exc}): pip install 'llem[vllm]'") from None
+        if not installed("vllm"):  # no import: that is start-up, timed in load
+            raise EngineUnavailable("backend=vllm needs vllm, which is not installed: pip install 'llem[vllm]'")
 
     def load(self) -> None:
         from vllm import LLM

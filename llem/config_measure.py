@@ -1,0 +1,110 @@
+"""The measurement-protocol part of the schema: warm-up, idle baselines, energy meters, extra
+windows. Re-exported by :mod:`llem.config`, the schema's entry point; each key is defined once, here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
+from llem.errors import require as _require
+
+
+class BaselineKind(Enum):
+    device_idle = "device_idle"
+    loaded_idle = "loaded_idle"
+    none = "none"
+
+
+
+@dataclass
+class WarmupConfig:
+    """Warm-up batches run after load and before the baseline; excluded from every metric.
+
+    A fixed count (``batches``), or, with ``until_cv``, batches until the coefficient of
+    variation of the last ``cv_window`` batch latencies is at most ``until_cv`` (``batches``
+    is then the most run). The batches run and the final CV are recorded.
+    """
+
+    batches: int = 1
+    output_len: Optional[int] = None  # None: the measured output length
+    until_cv: Optional[float] = None  # e.g. 0.02: stop once latencies settle within 2 %
+    cv_window: int = 3
+
+    def __post_init__(self) -> None:
+        _require(self.batches >= 0, "warmup.batches", self.batches, "an integer >= 0")
+        if self.output_len is not None:
+            _require(self.output_len >= 1, "warmup.output_len", self.output_len, "null or an integer >= 1")
+        _require(self.cv_window >= 2, "warmup.cv_window", self.cv_window, "an integer >= 2")
+        if self.until_cv is not None:
+            _require(0 < self.until_cv < 1, "warmup.until_cv", self.until_cv, "null or a fraction in (0, 1)")
+            _require(self.batches >= self.cv_window, "warmup.batches", self.batches,
+                     f"an integer >= warmup.cv_window ({self.cv_window}) when warmup.until_cv is set")
+
+
+@dataclass
+class BaselineConfig:
+    """Idle power floors. ``kind`` names the one subtracted into ``gpu_energy_adjusted_j``.
+
+    device_idle: no CUDA context on the GPU, measured by the job's parent before the
+    measurement process starts (after ``settle_s`` for the previous context to close).
+    loaded_idle: the engine loaded and idle, measured in the measurement process.
+    """
+
+    kind: BaselineKind = BaselineKind.device_idle
+    settle_s: float = 3.0
+    device_idle_s: float = 5.0
+    loaded_settle_s: float = 1.0  # after warm-up, before loaded idle: the power of the last batch tails off
+    loaded_idle_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for key in ("settle_s", "device_idle_s", "loaded_settle_s", "loaded_idle_s"):
+            value = getattr(self, key)
+            _require(value >= 0, f"baseline.{key}", value, "a number of seconds >= 0")
+        if self.kind == BaselineKind.device_idle:
+            _require(self.device_idle_s > 0, "baseline.device_idle_s", self.device_idle_s, "> 0 with kind=device_idle")
+        if self.kind == BaselineKind.loaded_idle:
+            _require(self.loaded_idle_s > 0, "baseline.loaded_idle_s", self.loaded_idle_s, "> 0 with kind=loaded_idle")
+
+
+METERS = ("nvml", "codecarbon")
+
+
+@dataclass
+class EnergyConfig:
+    """Energy meters. ``nvml`` (always on) meters the GPUs; ``codecarbon`` adds the host's CPU and
+    RAM energy and CO2 from an offline carbon intensity: ``country_iso_code`` (3 letters, e.g. FRA),
+    or null for codecarbon's world average."""
+
+    sample_interval_ms: float = 100.0  # the H100 energy counter updates about every 100 ms
+    meters: List[str] = field(default_factory=lambda: ["nvml"])
+    country_iso_code: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(
+            10 <= self.sample_interval_ms <= 10_000,
+            "energy.sample_interval_ms",
+            self.sample_interval_ms,
+            "a number of milliseconds in [10, 10000]",
+        )
+        meters = list(self.meters)
+        _require(all(m in METERS for m in meters) and len(set(meters)) == len(meters), "energy.meters", meters,
+                 "a list of distinct meters from nvml, codecarbon")
+        _require("nvml" in meters, "energy.meters", meters, "a list that includes nvml (the GPU meter)")
+        code = self.country_iso_code
+        _require(code is None or bool(re.fullmatch(r"[A-Z]{3}", str(code))), "energy.country_iso_code", code,
+                 "null (world average) or a 3-letter upper-case ISO 3166 code such as USA, FRA, DEU")
+
+
+@dataclass
+class MeasureConfig:
+    """Extra windows besides the measured one.
+
+    prefill: a prefill-only pass (output length 1) of the same workload after the measured
+    window; decode = measured − prefill. steady_state: the part of the measured window where
+    the engine held ``batch`` sequences (needs more requests than ``batch``).
+    """
+
+    prefill: bool = False
+    steady_state: bool = True
