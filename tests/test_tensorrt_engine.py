@@ -184,6 +184,7 @@ def test_generate_streams_every_request_and_converts(compose_cfg, fake_trt):
     assert params.end_id in (cfg.model.architecture["eos_token_id"],) and not params.detokenize
     info = engine.info()
     assert info.versions["tensorrt_llm"] == "1.2.1" and info.resolved_args["max_batch_size"] == 2
+    assert info.num_parameters > 0 and info.weight_bytes == 4 * info.num_parameters  # tiny is float32
     engine.close()
     assert llm.closed
 
@@ -196,7 +197,10 @@ def test_no_executor_stamps_falls_back_with_a_note(compose_cfg, fake_trt):
     assert out[0].output_tokens == 3 and "first_scheduled_time" in out[0].timing_note
 
 
-def test_engine_build_is_cached_across_jobs(compose_cfg, fake_trt, tmp_path):
+def test_engine_build_is_cached_across_jobs(compose_cfg, fake_trt, tmp_path, monkeypatch):
+    from llem.backends import tensorrt
+
+    monkeypatch.setattr(tensorrt, "count_parameters", lambda cfg: None)  # no hub lookup of the made-up id
     overrides = ["backend.llm_backend=trt", "model.weights=pretrained", "model.hf_id=org/some-model",
                  f"backend.engine_cache_dir={tmp_path}"]
     first = TensorRTEngine(_config(compose_cfg, *overrides), "cuda")

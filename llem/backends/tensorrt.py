@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from llem.backends._hf_model import count_parameters, write_dummy_model
 from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, installed, now
 from llem.config import BackendConfig, Config, Weights
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
@@ -198,13 +199,12 @@ class TensorRTEngine(Engine):
         self.cache = None
         path = cfg.model.hf_id
         if cfg.model.weights == Weights.random:
-            from llem.backends.vllm import write_dummy_model
-
             self._tmp = tempfile.TemporaryDirectory(prefix="llem-trt-model-")
             path = str(write_dummy_model(cfg.model.architecture, cfg.model.dtype.value, Path(self._tmp.name)))
         # llem hands over token ids; without a tokenizer TensorRT-LLM needs the end id from the architecture
         self.kwargs = llm_kwargs(cfg, path, token_ids_only=bool(self._end_ids()))
         self.version = getattr(tensorrt_llm, "__version__", "unknown")
+        self._params = count_parameters(cfg)
         if cfg.backend.llm_backend == "trt":
             from tensorrt_llm._tensorrt_engine import LLM
 
@@ -281,7 +281,10 @@ class TensorRTEngine(Engine):
         resolved = {k: v for k, v in self.kwargs.items() if k != "model"}
         resolved["engine_cache"] = self.cache
         q = self.backend.quantization
-        return EngineInfo(versions=versions, resolved_args=resolved,
+        bits = {"fp8": 8, "int8": 8, "int4": 4, "nvfp4": 4}.get(WEIGHT_PRECISION.get(q, ""), 16)
+        bits = 32 if bits == 16 and self.config.model.dtype.value == "float32" else bits
+        return EngineInfo(versions=versions, resolved_args=resolved, num_parameters=self._params,
+                          weight_bytes=self._params * bits // 8 if self._params else None,
                           weight_precision=WEIGHT_PRECISION.get(q), compute_precision=None)
 
     def close(self) -> None:

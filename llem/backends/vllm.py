@@ -20,13 +20,13 @@ the host times are used and ``timing_note`` says so.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from llem.backends._hf_model import count_parameters, write_dummy_model
 from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, installed, now
 from llem.config import BackendConfig, Config, Weights
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
@@ -96,41 +96,6 @@ def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[st
             kwargs["tokenizer"] = config.model.tokenizer
     kwargs.update(b.engine_args)
     return kwargs
-
-
-def write_dummy_model(architecture: Dict[str, Any], dtype: str, folder: Path) -> Path:
-    """A model dir vLLM can load with ``load_format="dummy"``: config.json from the architecture."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    arch = dict(architecture)
-    model_type = arch.pop("model_type")
-    hf_config = AutoConfig.for_model(model_type, **arch)
-    hf_config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
-    hf_config.torch_dtype = dtype
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=1, default=str))
-    return folder
-
-
-def count_parameters(config: Config) -> Optional[int]:
-    """Parameters of the architecture, counted on the meta device (no memory, no download)."""
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        if config.model.weights == Weights.random:
-            arch = dict(config.model.architecture)
-            hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-        else:
-            hf_config = AutoConfig.from_pretrained(config.model.hf_id, revision=config.model.revision,
-                                                   trust_remote_code=config.model.trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(hf_config)
-        return sum(p.numel() for p in model.parameters())
-    except Exception as exc:  # the count is a nicety; never fail a job over it
-        log.info("parameter count unavailable: %s", exc)
-        return None
 
 
 class VllmEngine(Engine):
