@@ -175,9 +175,7 @@ class Experiment:
             busy.update(other_processes(gpus, expect_own=True) if gpus else {})
             found = doubt.window_flags(window, sampler.between(window.t0, window.t1), [g.facts() for g in gpus],
                                        busy)
-            if host.estimated():
-                found.append(doubt.Flag("host_energy_estimated", f"CPU energy is codecarbon's estimate "
-                                        f"({row['cpu_energy_method']}), not a counter: RAPL is not readable here"))
+            found += host.flags()
             found += doubt.baseline_flags("device_idle", self.device_idle.rows)
             if loaded_idle is not None:
                 found += doubt.baseline_flags("loaded_idle", sampler.between(loaded_idle.t0, loaded_idle.t1))

@@ -64,6 +64,7 @@ def test_windows_prefix_columns_and_sum_the_measured_window():
     host.around("prefill", row, lambda: None)
     assert row["load_cpu_energy_j"] == 10.0 and row["cpu_energy_j"] == 36.0 and row["prefill_ram_energy_j"] == 1.0
     assert row["prefill_cpu_energy_j"] is None and row["cpu_energy_method"] == "codecarbon_intel_rapl"
+    assert host.flags() == []  # RAPL: a counter
     out = host.carbon(row, gpu_used=True)
     assert out["energy_total_j"] == pytest.approx(3600.0)
     assert out["co2_g"] == pytest.approx(3600.0 / J_PER_KWH * 400.0) and out["codecarbon.version"] == "x"
@@ -75,7 +76,7 @@ def test_windows_are_a_no_op_without_codecarbon():
     row = {}
     host = HostWindows(["nvml"], None, Path("."), make_meter=lambda *a: pytest.fail("meter opened"))
     assert host.around("measure", row, lambda: 7) == 7 and row == {} and host.carbon(row, True) == {}
-    assert not host.estimated()
+    assert host.flags() == []
 
 
 def test_co2_is_energy_times_intensity():
@@ -145,3 +146,11 @@ def test_real_tracker_measures_cpu_and_ram_offline_writing_nothing(tmp_path, sea
     assert not energy.warnings  # codecarbon metered no GPU
     assert meter.cpu_method.startswith("codecarbon_") and meter.cpu_method != "codecarbon_unknown"
     assert sealed == [] and _files(tmp_path) == [] and lock.exists() is had_lock
+
+
+def test_an_estimated_cpu_raises_the_flag():
+    class Estimated(StandIn):
+        cpu_method, cpu_measured = "codecarbon_cpu_load", False
+
+    flags = HostWindows(["nvml", "codecarbon"], None, Path("."), make_meter=Estimated).flags()
+    assert [f.code for f in flags] == ["host_energy_estimated"] and "codecarbon_cpu_load" in flags[0].message

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from llem.energy.flags import Flag
 from llem.errors import ConfigError, MeterError
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,12 @@ class HostWindows:
                        host_energy_null_reason=energy.null_reason)
         return out
 
-    def estimated(self) -> bool:
-        return self.meter is not None and not self.meter.cpu_measured
+    def flags(self) -> List[Flag]:
+        """``host_energy_estimated`` when the CPU energy is codecarbon's estimate, not a counter."""
+        if self.meter is None or self.meter.cpu_measured:
+            return []
+        return [Flag("host_energy_estimated", f"CPU energy is codecarbon's estimate ({self.meter.cpu_method}), "
+                     "not a counter: RAPL is not readable here")]
 
     def carbon(self, row: Dict[str, Any], gpu_used: bool) -> Dict[str, Any]:
         """Energy of the measured window, GPU raw + CPU + RAM, and its CO2. A CPU-only job's GPU part
