@@ -4,7 +4,8 @@
 
 - A, bare: the engine library's own call over the same requests with nothing of llem around it
   (PyTorch: ``model.generate`` per static batch, the same tensors and generation config, no
-  streamer; vLLM: ``LLM.generate`` of every request), the device synchronised at both edges;
+  streamer — with ``backend.decode_loop=llem``, llem's decode loop without its token-time events;
+  vLLM: ``LLM.generate`` of every request), the device synchronised at both edges;
 - B, llem: what a job's measured window runs — the NVML sampler thread on, every GPU's energy
   counter read at both synchronised edges, ``engine.generate`` with llem's per-request timing.
 
@@ -59,6 +60,10 @@ def bare_pytorch(engine, requests, output_len):
         rows = cfg.batch if static else len(batch)
         width = max(cfg.input_len, *(r.input_tokens for r in batch)) if static else max(r.input_tokens for r in batch)
         ids, mask = runner._batch_tensors(batch, rows, width)
+        if runner.decoder is not None:  # backend.decode_loop=llem: the loop itself, no token-time events
+            runner.decoder.run(ids, mask, output_len, timed=False)
+            tokens += len(batch) * output_len
+            continue
         with torch.inference_mode():
             runner.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
         tokens += len(batch) * output_len

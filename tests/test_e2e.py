@@ -98,3 +98,14 @@ def test_console_script_prints_config(tmp_path):
     assert proc.returncode == 0 and "Meta-Llama-3-8B" in proc.stdout
     help_text = subprocess.run([exe, "--help"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert "backend" in help_text and "llama3" in help_text
+
+
+def test_llem_decode_loop_end_to_end(tmp_path):
+    """backend.decode_loop=llem through a whole job, with the prefill pass (a shorter run of the loop)."""
+    args = [*FAST, "backend.decode_loop=llem", "backend.cache_implementation=static", "measure.prefill=true",
+            "hydra.run.dir=run"]
+    run_llem(args, cwd=tmp_path, check=True)
+    r = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
+    assert r["status"] == "ok" and r["engine.decode_loop"] == "llem" and not r["engine.cuda_graph"]
+    assert r["output_tokens_total"] == r["output_tokens_expected"] == 4 * 8 and 0 < r["prefill_s"] < r["window_s"]
+    assert r["itl_ms_p50"] > 0 and r["ttft_ms_p50"] > 0

@@ -4,7 +4,8 @@ The PyTorch engine drives one :class:`Runner` in its own process, or one per dat
 worker (see ``_torch_workers``). Token times come from a streamer that ``generate`` calls once
 per decoding step with the step's tokens already on the host; the streamer also synchronises
 the device before stamping the time. TTFT of a request is the time from its batch's start to
-the batch's first generated token.
+the batch's first generated token. With ``backend.decode_loop=llem`` batches run through llem's
+own decode loop (``_torch_decode``) instead of ``generate``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Runner:
             self.gpu_ids = list(range(first, first + self.backend.gpus_per_process))
         self.model = None
         self.compile_s: Optional[float] = None
+        self.decoder = None  # llem's own decode loop, with backend.decode_loop=llem
         self.counts: Dict[str, Any] = {}
 
     # -- load ---------------------------------------------------------------------------
@@ -116,7 +118,10 @@ class Runner:
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         pad = gen.pad_token_id if gen.pad_token_id is not None else self.model.config.pad_token_id
         self.pad = pad if pad is not None else (min(self.eos) if self.eos else 0)
-        self._prepare_compile()
+        if self.backend.decode_loop == "llem":
+            self._prepare_decoder()
+        else:
+            self._prepare_compile()
         self.synchronize()
 
     def _random_via_checkpoint(self, hf_config, dtype, args: Dict[str, Any]):
@@ -157,6 +162,24 @@ class Runner:
         self.generate(ids, self.config.output_len, lambda n: None)
         self.compile_s = now() - t0
         log.info("torch.compile (%s, %s cache): %.1f s", mode, self.backend.cache_implementation, self.compile_s)
+
+    def _prepare_decoder(self) -> None:
+        """llem's decode loop at the measured shapes: compiled (if asked) and captured here, in the
+        load phase, then run once over a filler batch."""
+        from llem.backends._torch_decode import Decoder
+
+        cfg = self.config
+        t0 = now()
+        capacity = max(cfg.output_len, cfg.warmup.output_len or 0)
+        self.decoder = Decoder(self.model, cfg.batch, cfg.input_len, capacity, sorted(self.eos), cfg.decoding,
+                               compile_mode=self.backend.torch_compile)
+        filler = [Request(-1 - i, [self._filler_id()] * cfg.input_len) for i in range(cfg.batch)]
+        ids, mask = self._batch_tensors(filler, cfg.batch, cfg.input_len)
+        self.decoder.prepare(ids, mask)
+        self.decoder.run(ids, mask, cfg.output_len)
+        self.compile_s = now() - t0
+        log.info("llem decode loop (torch.compile %s, CUDA graph %s): ready in %.1f s", self.backend.torch_compile,
+                 "captured" if self.decoder.graph is not None else "not used", self.compile_s)
 
     def _filler_id(self) -> int:
         specials = self.eos | {self.pad}
@@ -225,14 +248,19 @@ class Runner:
             ids, mask = self._batch_tensors(batch, rows, width)
             computed += rows * (width + output_len)
             requested += sum(r.input_tokens for r in batch) + len(batch) * output_len
-            clock = _TokenClock()
             start = now()
-            with self.torch.inference_mode():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, streamer=clock)
-            self.synchronize()
+            if self.decoder is not None:
+                new_tokens, step_times = self.decoder.run(ids, mask, output_len)
+            else:
+                clock = _TokenClock()
+                with self.torch.inference_mode():
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                                              streamer=clock)
+                self.synchronize()
+                new_tokens, step_times = out[:, width:], clock.times
             end = now()
-            for req, n in zip(batch, self.count_generated(out[: len(batch), width:])):
-                times = clock.times[:n]
+            for req, n in zip(batch, self.count_generated(new_tokens[: len(batch)])):
+                times = step_times[:n]
                 results.append(RequestResult(
                     request_id=req.request_id, input_tokens=req.input_tokens, output_tokens=n, start_s=start,
                     end_s=times[-1] if times else end, first_token_s=times[0] if times else None,
@@ -281,8 +309,13 @@ class Runner:
             "torch_compile": self.backend.torch_compile,
             "cache_implementation": self.backend.cache_implementation,
             "compile_s": self.compile_s,
+            "decode_loop": self.backend.decode_loop,
             **self.backend.engine_args,
         }
+        if self.decoder is not None:
+            resolved["cuda_graph"] = self.decoder.graph is not None
+            if self.decoder.graph_error:
+                resolved["cuda_graph_error"] = self.decoder.graph_error
         return EngineInfo(
             versions=versions,
             resolved_args=resolved,
@@ -293,7 +326,7 @@ class Runner:
         )
 
     def close(self) -> None:
-        self.model = None
+        self.model = self.decoder = None
         if self.gpu_ids:
             self.torch.cuda.empty_cache()
 

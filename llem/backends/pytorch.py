@@ -5,7 +5,9 @@
 - ``num_processes=N``: data parallel, N replicas in N processes (one GPU each) started here and
   joined into a process group by accelerate — see ``_torch_workers``;
 - attention kernel, ``torch.compile`` mode, static KV cache and bitsandbytes quantisation are
-  options, each passed to transformers as it documents them; compilation happens while loading.
+  options, each passed to transformers as it documents them; compilation happens while loading;
+- ``decode_loop=llem`` replaces ``generate`` with llem's own loop (``_torch_decode``): static cache,
+  one CUDA graph per decoding step, no host work between steps.
 
 The model itself lives in ``_torch_runner.Runner``.
 """
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 CACHES = ("dynamic", "static")
+DECODE_LOOPS = ("generate", "llem")
 QUANT_METHODS = ("none", "bnb_8bit", "bnb_nf4", "bnb_fp4")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
@@ -58,6 +61,7 @@ class PyTorchConfig(BackendConfig):
     cache_implementation: str = "dynamic"
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     sort_by_length: bool = False  # batch prompts of similar length together (less padding)
+    decode_loop: str = "generate"  # generate: transformers' generate | llem: llem's own loop (CUDA graph per step)
     generate_args: Dict[str, Any] = field(default_factory=dict)  # extra GenerationConfig fields
 
     def __post_init__(self) -> None:
@@ -69,6 +73,16 @@ class PyTorchConfig(BackendConfig):
                  ", ".join(COMPILE_MODES))
         _require(self.cache_implementation in CACHES, "backend.cache_implementation", self.cache_implementation,
                  ", ".join(CACHES))
+        _require(self.decode_loop in DECODE_LOOPS, "backend.decode_loop", self.decode_loop, ", ".join(DECODE_LOOPS))
+        if self.decode_loop == "llem":
+            llem_loop = "with backend.decode_loop=llem"
+            _require(self.cache_implementation == "static", "backend.cache_implementation", self.cache_implementation,
+                     f"static {llem_loop} (its KV cache is static)")
+            _require(self.quantization.method == "none", "backend.quantization.method", self.quantization.method,
+                     f"none {llem_loop}")
+            _require(self.device_map is None, "backend.device_map", self.device_map, f"null {llem_loop}")
+            _require(not self.generate_args, "backend.generate_args", dict(self.generate_args),
+                     f"empty {llem_loop} (generate is not called)")
         dm = self.device_map
         if dm is not None and not hasattr(dm, "items"):
             _require(dm in DEVICE_MAPS, "backend.device_map", dm,
@@ -170,6 +184,9 @@ class PyTorchEngine(Engine):
             if self.config.model.dtype.value == "float32":
                 raise ConfigError(f"backend.attn_implementation={b.attn_implementation} needs model.dtype "
                                   "float16 or bfloat16")
+        if b.decode_loop == "llem" and _major_version("transformers") < 5:
+            raise EngineUnavailable("backend.decode_loop=llem needs transformers >= 5 (its static cache API): "
+                                    "pip install -U transformers, or use decode_loop=generate")
         if b.quantization.method != "none" and not installed("bitsandbytes"):
             raise EngineUnavailable(
                 f"backend.quantization.method={b.quantization.method} needs bitsandbytes: pip install bitsandbytes")
@@ -242,6 +259,15 @@ class PyTorchEngine(Engine):
         if self._pool is not None:
             self._pool.close()
         self._runner = self._pool = None
+
+
+def _major_version(package: str) -> int:
+    from importlib.metadata import version
+
+    try:
+        return int(version(package).split(".")[0])
+    except Exception:  # not installed, or an unusual version string: let the import decide
+        return 10**6
 
 
 ENGINE = PyTorchEngine
