@@ -60,7 +60,6 @@ class Decoder:
         self.tokens = torch.zeros((rows, output_len), dtype=long, device=dev)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "past_key_values" if "past_key_values" in params else "cache"  # renamed in transformers 5.2x
-        self.compile_mode = compile_mode
         self._step_fn = self._step
         if compile_mode != "off":
             mode = GRAPH_SAFE_MODES[compile_mode] if self.cuda else compile_mode
