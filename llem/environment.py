@@ -21,7 +21,8 @@ SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLUR
               "SLURM_JOB_PARTITION")
 
 
-def _version(package: str) -> Optional[str]:
+def package_version(package: str) -> Optional[str]:
+    """The installed version of ``package`` (distribution name), without importing it; None if absent."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -51,7 +52,7 @@ def capture(gpu_facts: List[Dict[str, Any]], nvml: Any = None) -> Dict[str, Any]
         "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
     for pkg in PACKAGES:
-        env[f"env.{pkg.replace('-', '_')}_version"] = _version(pkg)
+        env[f"env.{pkg.replace('-', '_')}_version"] = package_version(pkg)
     for var in SLURM_VARS:
         env[f"env.{var.lower()}"] = os.environ.get(var)
     env["env.gpu_count"] = len(gpu_facts)

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, installed
 from llem.config import BackendConfig, Config, _require
+from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
 from llem.workload import Request
 
@@ -184,7 +185,8 @@ class PyTorchEngine(Engine):
             if self.config.model.dtype.value == "float32":
                 raise ConfigError(f"backend.attn_implementation={b.attn_implementation} needs model.dtype "
                                   "float16 or bfloat16")
-        if b.decode_loop == "llem" and _major_version("transformers") < 5:
+        major = (package_version("transformers") or "").split(".")[0]
+        if b.decode_loop == "llem" and major.isdigit() and int(major) < 5:
             raise EngineUnavailable("backend.decode_loop=llem needs transformers >= 5 (its static cache API): "
                                     "pip install -U transformers, or use decode_loop=generate")
         if b.quantization.method != "none" and not installed("bitsandbytes"):
@@ -259,15 +261,6 @@ class PyTorchEngine(Engine):
         if self._pool is not None:
             self._pool.close()
         self._runner = self._pool = None
-
-
-def _major_version(package: str) -> int:
-    from importlib.metadata import version
-
-    try:
-        return int(version(package).split(".")[0])
-    except Exception:  # not installed, or an unusual version string: let the import decide
-        return 10**6
 
 
 ENGINE = PyTorchEngine
