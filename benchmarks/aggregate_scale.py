@@ -31,10 +31,11 @@ def template_row() -> dict:
     from hydra import compose, initialize_config_dir
 
     from llem import environment
-    from llem.config import conf_dir, flatten, register_configs, to_config, to_dict
+    from llem.backends import register_all
+    from llem.config import conf_dir, flatten, to_config, to_dict
     from llem.results import _FLOAT, _INT, _LIST_FLOAT
 
-    register_configs()
+    register_all()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         config = to_config(compose("config", overrides=["model=llama3", "model.weights=random"]))
     row = {"status": "ok", "error": None, "error_type": None, "error_stage": None, "config_hash": "",

@@ -41,9 +41,10 @@ def compose(overrides: List[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from llem.config import conf_dir, register_configs, to_config
+    from llem.backends import register_all
+    from llem.config import conf_dir, to_config
 
-    register_configs()
+    register_all()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return to_config(hydra_compose(config_name="config", overrides=overrides))
 

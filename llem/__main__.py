@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from llem.config import conf_dir, register_configs
+from llem.backends import register_all
+from llem.config import conf_dir
 
 
 def _flags_first(argv: list) -> list:
@@ -18,7 +19,7 @@ def main() -> None:
     import hydra
 
     sys.argv = _flags_first(sys.argv)
-    register_configs()
+    register_all()
     failed = []
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")

@@ -259,7 +259,8 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schema in Hydra's ConfigStore (engines register their own)."""
+    """Register llem's own schema in Hydra's ConfigStore (``llem.backends.register_all`` adds every
+    engine's, and calls this first)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="model", name="base_model", node=ModelConfig)
@@ -267,9 +268,6 @@ def register_configs() -> None:
     cs.store(group="dataset", name="base_file", node=FileDatasetConfig)
     cs.store(group="dataset", name="base_builtin", node=BuiltinDatasetConfig)
     cs.store(group="dataset", name="base_hf", node=HFDatasetConfig)
-    from llem import backends
-
-    backends.register_all()
 
 
 def conf_dir() -> Path:

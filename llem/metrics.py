@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends.base import RequestResult
+from llem.records import RequestResult
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:

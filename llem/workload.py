@@ -15,22 +15,12 @@ from pathlib import Path
 from typing import Any, Iterable, List, Optional
 
 from llem.errors import WorkloadError
+from llem.records import Request
 
 log = logging.getLogger(__name__)
 
 BUILTIN_PROMPTS = Path(__file__).resolve().parent / "prompts" / "builtin.jsonl"
 BYTES_TOKENIZER = "bytes"  # model.tokenizer value naming llem's byte-level tokenizer
-
-
-@dataclass
-class Request:
-    request_id: int
-    token_ids: List[int]
-    text: Optional[str] = None
-
-    @property
-    def input_tokens(self) -> int:
-        return len(self.token_ids)
 
 
 @dataclass

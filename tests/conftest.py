@@ -12,9 +12,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from llem.config import conf_dir, register_configs
+from llem.backends import register_all
+from llem.config import conf_dir
 
-register_configs()
+register_all()
 
 
 @pytest.fixture(scope="package")
@@ -31,7 +32,7 @@ def compose_cfg():
 
 @pytest.fixture(scope="session")
 def trace():
-    """The real H100 NVML trace (shared data), for replay tests."""
+    """The real H100 NVML trace (tests/data/), for replay tests."""
     from tests.replay import trace_or_fail
 
     return trace_or_fail()

@@ -15,7 +15,6 @@ from tests.fake_nvml import (
     FakeNVML,
     TraceMissing,
     load_trace,
-    shared_data_disabled,
 )
 
 Trace = List[Dict[str, object]]
@@ -29,12 +28,10 @@ SW_POWER_CAP = 0x4
 
 
 def trace_or_fail() -> Trace:
-    """The trace rows; a missing file fails the test (skips only with LLEM_NO_SHARED_DATA set)."""
+    """The trace rows; a missing file fails the test (never a skip)."""
     try:
         return load_trace()
     except TraceMissing as exc:
-        if shared_data_disabled():
-            pytest.skip(f"LLEM_NO_SHARED_DATA is set: {exc}")
         pytest.fail(str(exc), pytrace=False)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llem.backends.base import RequestResult
 from llem.metrics import latency_summary, request_rows
+from llem.records import RequestResult
 
 
 def _result(i, start, times):

@@ -27,8 +27,8 @@ from tests.replay import (
 # the trace itself (so a wrong or truncated file fails loudly)
 
 
-def test_trace_is_read_from_shared_data(trace):
-    assert TRACE_PATH.parts[-3:] == ("shared", "data", "nvml_trace_h100.csv")
+def test_trace_ships_with_the_tests(trace):
+    assert TRACE_PATH.parts[-3:] == ("tests", "data", "nvml_trace_h100.csv") and len(trace) == 887
     assert [p for p in PHASES if any(r["phase"] == p for r in trace)] == list(PHASES)
     assert all(a["t_s"] < b["t_s"] for a, b in zip(trace, trace[1:], strict=False))
     assert all(a["energy_counter_mj"] <= b["energy_counter_mj"] for a, b in zip(trace, trace[1:], strict=False))

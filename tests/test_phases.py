@@ -8,8 +8,8 @@ from typing import List
 import pytest
 
 from llem import metrics
-from llem.backends.base import RequestResult
 from llem.energy import phases
+from llem.records import RequestResult
 from tests.replay import csv_counter_j, make_rig, phase_span, rel_err
 
 

@@ -8,7 +8,7 @@ import pytest
 from llem.backends import engine_class
 from llem.config import to_config
 from llem.errors import ConfigError, EngineUnavailable
-from llem.workload import Request
+from llem.records import Request
 
 pytest.importorskip("transformers")
 

@@ -18,7 +18,7 @@ from llem.backends import engine_class
 from llem.backends.tensorrt import TensorRTEngine, cache_key, llm_kwargs, to_api
 from llem.config import to_config
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
-from llem.workload import Request
+from llem.records import Request
 from tests.conftest import FAST, run_llem
 
 

@@ -11,7 +11,7 @@ import pytest
 from llem.backends import engine_class
 from llem.config import to_config
 from llem.errors import ConfigError
-from llem.workload import Request
+from llem.records import Request
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -15,7 +15,7 @@ from llem.backends import engine_class
 from llem.backends.vllm import VllmEngine, llm_kwargs, write_dummy_model
 from llem.config import to_config
 from llem.errors import ConfigError, DeviceError
-from llem.workload import Request
+from llem.records import Request
 
 
 @dataclass

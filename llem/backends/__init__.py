@@ -29,10 +29,14 @@ def gpus_resolver(*, _root_: Any) -> int:
 
 
 def register_all() -> None:
-    """Register every engine's config dataclass as ``backend/base_<name>`` in Hydra's ConfigStore."""
+    """Register the whole schema in Hydra's ConfigStore: llem's own keys, then every engine's config
+    dataclass as ``backend/base_<name>`` (the config schema itself knows no engine)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
+    from llem.config import register_configs
+
+    register_configs()
     if not OmegaConf.has_resolver("llem_gpus"):
         OmegaConf.register_new_resolver("llem_gpus", gpus_resolver)
     cs = ConfigStore.instance()

@@ -24,7 +24,7 @@ import inspect
 import logging
 from typing import Any, List, Optional, Sequence, Tuple
 
-from llem.backends.base import now
+from llem.records import now
 
 log = logging.getLogger(__name__)
 

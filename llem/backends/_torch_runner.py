@@ -14,10 +14,10 @@ import logging
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends.base import EngineInfo, Progress, RequestResult, now
+from llem.backends.base import EngineInfo
 from llem.config import Config, Weights
 from llem.errors import DeviceError
-from llem.workload import Request
+from llem.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 

@@ -9,33 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
 
 from llem.config import BackendConfig, Config
-from llem.workload import Request
-
-
-@dataclass
-class RequestResult:
-    """What the engine returned for one request, timed on :func:`now` (seconds).
-
-    ``token_times_s`` holds the time each generated token reached the host, when the engine
-    can tell; the experiment derives TTFT, end-to-end latency and ITL from these.
-    """
-
-    request_id: int
-    input_tokens: int
-    output_tokens: int
-    start_s: float
-    end_s: float
-    first_token_s: Optional[float] = None
-    token_times_s: Optional[List[float]] = None
-    batch_index: Optional[int] = None
-    process_index: Optional[int] = None  # the data-parallel replica that served it
-    timing_note: Optional[str] = None  # why a timing is missing, if it is
+from llem.records import Progress, Request, RequestResult
 
 
 @dataclass
@@ -48,14 +27,6 @@ class EngineInfo:
     weight_bytes: Optional[int] = None
     weight_precision: Optional[str] = None  # as stored: float16, bfloat16, int8, nf4, fp8 …
     compute_precision: Optional[str] = None  # what the matmuls run in
-
-
-def now() -> float:
-    """The clock every engine stamps request times with."""
-    return time.perf_counter()
-
-
-Progress = Callable[[int], None]  # called with the number of requests just completed
 
 
 class Engine(ABC):

@@ -18,11 +18,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, installed
+from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
-from llem.errors import ConfigError, DeviceError, EngineUnavailable
-from llem.workload import Request
+from llem.errors import ConfigError, EngineUnavailable
+from llem.records import Progress, Request, RequestResult
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +162,6 @@ class PyTorchEngine(Engine):
             raise EngineUnavailable(
                 f"backend=pytorch needs {', '.join(needs)} ({', '.join(missing)} missing): pip install 'llem[pytorch]'"
             )
-        needed = self.gpus_required(b)
-        if self.device == "cuda":
-            from llem.energy.nvml import gpu_counts
-
-            visible = gpu_counts()[0]
-            if visible and visible < needed:
-                raise DeviceError(f"backend.num_processes × backend.gpus_per_process = {needed} GPUs, "
-                                  f"but {visible} are visible to this job")
         cuda_only = {"backend.quantization": b.quantization.method != "none",
                      f"backend.attn_implementation={b.attn_implementation}": b.attn_implementation.startswith("flash"),
                      "backend.device_map": b.device_map is not None}

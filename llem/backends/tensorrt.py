@@ -54,10 +54,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends._hf_model import count_parameters, write_dummy_model
-from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, installed, now
+from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
-from llem.workload import Request, special_token_ids
+from llem.records import Progress, Request, RequestResult, now
+from llem.workload import special_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +338,10 @@ def main(overrides: List[str]) -> None:
     (model path as given; no tensorrt_llm needed), after the same validation a job runs."""
     from hydra import compose, initialize_config_dir
 
-    from llem.config import conf_dir, register_configs, to_config
+    from llem.backends import register_all
+    from llem.config import conf_dir, to_config
 
-    register_configs()
+    register_all()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = to_config(compose(config_name="config", overrides=["backend=tensorrt", *overrides]))
     TensorRTEngine.validate_config(cfg)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends._hf_model import count_parameters, write_dummy_model
-from llem.backends.base import Engine, EngineInfo, Progress, RequestResult, installed, now
+from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
-from llem.workload import Request
+from llem.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import bisect
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from llem.backends.base import RequestResult
 from llem.energy.window import COUNTER_UPDATE_S, MIN_WINDOW_UPDATES
+from llem.records import RequestResult
 
 
 def saturated_span(results: Sequence[RequestResult], in_flight: int) -> Tuple[Optional[Tuple[float, float]], str]:

@@ -1,0 +1,50 @@
+"""The data that crosses layers: a request, what an engine returned for it, and the clock both are
+timed on. Engines, the workload, metrics and meters all import this module and nothing above it,
+so the measurement core never imports an engine and engines never import a meter."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+
+def now() -> float:
+    """The clock every engine stamps request times with (CLOCK_MONOTONIC on Linux)."""
+    return time.perf_counter()
+
+
+@dataclass
+class Request:
+    """One prompt, as token ids (every engine does the same work), with its text when it had one."""
+
+    request_id: int
+    token_ids: List[int]
+    text: Optional[str] = None
+
+    @property
+    def input_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class RequestResult:
+    """What the engine returned for one request, timed on :func:`now` (seconds).
+
+    ``token_times_s`` holds the time each generated token reached the host, when the engine
+    can tell; the experiment derives TTFT, end-to-end latency and ITL from these.
+    """
+
+    request_id: int
+    input_tokens: int
+    output_tokens: int
+    start_s: float
+    end_s: float
+    first_token_s: Optional[float] = None
+    token_times_s: Optional[List[float]] = None
+    batch_index: Optional[int] = None
+    process_index: Optional[int] = None  # the data-parallel replica that served it
+    timing_note: Optional[str] = None  # why a timing is missing, if it is
+
+
+Progress = Callable[[int], None]  # called with the number of requests just completed
