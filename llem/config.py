@@ -220,7 +220,9 @@ class ObjectiveConfig:
 
 
 # Keys that do not change what is measured: excluded from config_hash.
-HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress", "objective")
+HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress", "objective", "dry_run")
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1  # engines seed numpy's generators, which take 32 bits
 
 
 @dataclass
@@ -245,13 +247,14 @@ class Config:
     cooldown_s: float = 0.0  # wait before the job's baseline (thermal gap between jobs)
     isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
     progress: bool = True  # progress bar while generating (shown only on a terminal)
+    dry_run: bool = False  # validate every job and say what would run or be skipped; run nothing
 
     def __post_init__(self) -> None:
         _require(self.batch >= 1, "batch", self.batch, "an integer >= 1")
         _require(self.input_len >= 1, "input_len", self.input_len, "an integer >= 1")
         _require(self.output_len >= 1, "output_len", self.output_len, "an integer >= 1")
         _require(self.repeat >= 0, "repeat", self.repeat, "an integer >= 0")
-        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _require(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"an integer in [0, {SEED_MAX}]")
         _require(self.cooldown_s >= 0, "cooldown_s", self.cooldown_s, "a number of seconds >= 0")
         _require(isinstance(self.backend, BackendConfig), "backend", self.backend, "a backend group (backend=...)")
         _require(isinstance(self.model, ModelConfig), "model", self.model, "a model group (model=...)")
@@ -308,7 +311,27 @@ def to_config(cfg: DictConfig) -> Config:
     if not isinstance(obj, Config):
         raise ConfigError("the primary config is not llem's schema (defaults must start with base_config)")
     _unknown_keys(cfg, obj)
+    _storable(obj)
     return obj
+
+
+def _storable(obj: Any, prefix: str = "") -> None:
+    """Every number must be one a result file can hold: integers within 64 bits, floats finite
+    (a value such as seed=1e20 or cooldown_s=inf is rejected here, not at the write)."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _storable(value, key + ".")
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int):
+            _require(-INT64_MAX - 1 <= value <= INT64_MAX, key, value, "an integer that fits in 64 bits")
+        elif isinstance(value, float):
+            _require(math.isfinite(value), key, value, "a finite number")
 
 
 def _plain(value: Any) -> Any:

@@ -22,12 +22,36 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from llem import environment, metrics, results, workload
 from llem.backends import engine_class
-from llem.config import Config, config_hash, flatten, to_dict
+from llem.backends.base import EngineInfo
+from llem.config import BaselineKind, Config, config_hash
 from llem.energy import flags as doubt
 from llem.energy import phases
 from llem.energy.codecarbon import HostWindows
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
+from llem.records import RequestResult
+from llem.results.row import (
+    Baselines,
+    CodecarbonFacts,
+    EnergySummary,
+    GpuEnergy,
+    HostEnergy,
+    Latency,
+    Memory,
+    ModelFacts,
+    Notes,
+    Outcome,
+    OutsideWindow,
+    Padding,
+    PrefillDecode,
+    ResultRow,
+    Stage,
+    SteadyState,
+    Throughput,
+    WorkloadCounts,
+    assemble,
+)
+from llem.results.tables import RequestRow, TimeseriesRow
 
 log = logging.getLogger(__name__)
 
@@ -96,115 +120,112 @@ def device_idle_baseline(config: Config, gpus_required: int) -> DeviceIdle:
     return result
 
 
-def _window_cols(prefix: str, w: Optional[WindowEnergy]) -> Dict[str, Any]:
-    if w is None:
-        return {f"{prefix}_s": None, f"{prefix}_energy_j": None}
-    return {f"{prefix}_s": w.duration_s, f"{prefix}_energy_j": w.energy_j}
+@dataclass
+class Warmup:
+    window: Optional[WindowEnergy]
+    batches_run: int
+    latency_cv: Optional[float]
+
+
+@dataclass
+class Measured:
+    """The measured window: what the engine returned, the window's energy, other GPU tenants seen."""
+
+    outputs: List[RequestResult]
+    window: WindowEnergy
+    busy: Dict[int, int]
 
 
 class Experiment:
     """One measured job inside the measurement process."""
 
     def __init__(self, config: Config, job_dir: Path, device: str, device_idle: DeviceIdle,
-                 stage: Callable[[str], None] = lambda s: None):
+                 stage: Callable[[Stage], None] = lambda s: None):
         self.config = config
         self.job_dir = job_dir
         self.device = device
         self.device_idle = device_idle
         self.set_stage = stage
-        self.stage = "start"
+        self.stage = Stage.start
         self.warnings: List[str] = list(device_idle.warnings)
-        self.row: Dict[str, Any] = {}
 
-    def _stage(self, name: str) -> None:
-        self.stage = name
-        self.set_stage(name)
-        log.debug("stage: %s", name)
+    def _stage(self, stage: Stage) -> None:
+        self.stage = stage
+        self.set_stage(stage)
+        log.debug("stage: %s", stage.value)
 
-    def run(self) -> Dict[str, Any]:
+    def run(self) -> ResultRow:
+        """Measure, write the job's files (results.parquet last) and return the result row."""
         cfg = self.config
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's order = NVML's order
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        outcome = Outcome(config_hash=config_hash(cfg),
+                          started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         engine_cls = engine_class(cfg.backend.name)
         engine = engine_cls(cfg, self.device)
         gpus, warns, reason = metered_gpus(cfg, engine_cls, self.device)
         self.warnings.extend(warns)
         sampler = Sampler(gpus, cfg.energy.sample_interval_ms / 1000.0).start()
         meter = EnergyMeter(gpus, sampler, sync=lambda: None, null_reason=reason)
-        row: Dict[str, Any] = {"status": "failed", "error": None, "error_type": None, "error_stage": None,
-                               "config_hash": config_hash(cfg), "started_at": started}
-        row.update({f"cfg.{k}": v for k, v in flatten(to_dict(cfg)).items()})
-        req_rows: List[Dict[str, Any]] = []
-        measure_t0 = None
-        host = None
+        parts: Dict[type, Any] = {}
+        req_rows: List[RequestRow] = []
+        measure_t0: Optional[float] = None
+        host: Optional[HostWindows] = None
+        info: Optional[EngineInfo] = None
+        flags: List[str] = []
         try:
-            self._stage("workload")
+            self._stage(Stage.workload)
             work = workload.build(cfg)
-            row.update(work.counts())
-            self._stage("check")
+            parts[WorkloadCounts] = work.counts()
+            self._stage(Stage.check)
             engine.check()
             host = HostWindows(cfg.energy.meters, cfg.energy.country_iso_code, self.job_dir)
             meter.sync = engine.synchronize
-            self._stage("load")
-            load = host.around("load", row, lambda: self._window(meter, "load", engine.load))
+            self._stage(Stage.load)
+            log.info("loading %s (%s weights, %s) on %s …", cfg.model.name, cfg.model.weights.value,
+                     cfg.model.dtype.value, self.device)
+            load = host.around("load", lambda: self._window(meter, "load", engine.load))
             log.info("loaded %s on %s in %.1f s", cfg.model.name, self.device, load.duration_s)
             self._check_uuids(engine, gpus)
-            row.update(_window_cols("load", load))
-            self._stage("warmup")
-            warm_window, warm_cols = self._warmup(meter, engine, work)
-            row.update(_window_cols("warmup", warm_window))
-            row.update(warm_cols)
-            self._stage("baseline")
-            loaded_idle = None
-            if gpus and cfg.baseline.loaded_idle_s > 0:
-                sampler.phase = "settle"
-                time.sleep(cfg.baseline.loaded_settle_s)  # measured on an H100: ~0.3 s of the last batch's tail
-                loaded_idle = meter.idle("loaded_idle", cfg.baseline.loaded_idle_s)
-            self._stage("measure")
-            busy = other_processes(gpus, expect_own=True) if gpus else {}
-            engine.reset_memory_peak()
-            log.info("measuring %d requests (batch %d, %d → %d tokens)", len(work.requests), cfg.batch,
-                     cfg.input_len, cfg.output_len)
-            with _progress(cfg, len(work.requests)) as bar:
-                def measured():
-                    mark = meter.start("measure")
-                    return mark, engine.generate(work.requests, cfg.output_len, bar.update), meter.stop(mark)
-
-                mark, outputs, window = host.around("measure", row, measured)
-                measure_t0 = mark.t0
-            busy.update(other_processes(gpus, expect_own=True) if gpus else {})
+            self._stage(Stage.warmup)
+            warm = self._warmup(meter, engine, work)
+            parts[OutsideWindow] = OutsideWindow(
+                load_s=load.duration_s, load_energy_j=load.energy_j,
+                warmup_s=warm.window.duration_s if warm.window else None,
+                warmup_energy_j=warm.window.energy_j if warm.window else None,
+                warmup_batches_run=warm.batches_run, warmup_latency_cv=warm.latency_cv)
+            self._stage(Stage.baseline)
+            loaded_idle = self._loaded_idle(meter, sampler, gpus)
+            self._stage(Stage.measure)
+            measured = self._measure(meter, engine, work, host, gpus)
+            measure_t0 = measured.window.t0
+            window, outputs = measured.window, measured.outputs
             found = doubt.window_flags(window, sampler.between(window.t0, window.t1), [g.facts() for g in gpus],
-                                       busy)
+                                       measured.busy)
             found += host.flags()
             found += doubt.baseline_flags("device_idle", self.device_idle.rows)
             if loaded_idle is not None:
                 found += doubt.baseline_flags("loaded_idle", sampler.between(loaded_idle.t0, loaded_idle.t1))
-            row["flags"] = sorted({f.code for f in found})
+            flags = sorted({f.code for f in found})
             self.warnings.extend(f.message for f in found)
-            row.update(engine.work_counts())
-            req_rows = metrics.request_rows(outputs, mark.t0)
-            row.update(self._measured(engine, work, outputs, req_rows, window, loaded_idle, sampler))
-            row.update(host.carbon(row, gpu_used=self.device == "cuda" or bool(gpus)))
-            baseline_w = 0.0 if cfg.baseline.kind.value == "none" else row.get("baseline_power_w")
+            info = engine.info()
+            req_rows = metrics.request_rows(outputs, window.t0)
+            parts.update(self._measured(engine, work, outputs, req_rows, window, loaded_idle, sampler, info))
+            energy = parts[EnergySummary]
+            baseline_w = 0.0 if cfg.baseline.kind == BaselineKind.none else energy.baseline_power_w
             if cfg.measure.steady_state:
-                rows = sampler.between(window.t0, window.t1)
-                steady = phases.steady_state(outputs, engine.sequences_in_flight(), rows, baseline_w)
-                row.update(steady.columns())
+                parts[SteadyState] = phases.steady_state(outputs, engine.sequences_in_flight(),
+                                                         sampler.between(window.t0, window.t1), baseline_w)
             if cfg.measure.prefill:
-                self._stage("prefill")
-                pre = host.around("prefill", row, lambda: self._window(
-                    meter, "prefill", lambda: engine.generate(work.requests, 1, lambda n: None)))
-                cols, warns = phases.prefill_decode(
-                    window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
-                    sum(o.input_tokens for o in outputs), row["output_tokens_total"], len(outputs))
-                row.update(cols)
-                self.warnings.extend(warns)
-            row["status"] = "ok"
+                self._stage(Stage.prefill)
+                parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w)
+            parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,
+                                                                    gpu_used=self.device == "cuda" or bool(gpus))
+            outcome.status = "ok"
         except Exception as exc:  # every failure becomes a result row; the sweep goes on
-            row.update(status="failed", error_type=type(exc).__name__, error_stage=self.stage,
-                       error=environment.scrub(f"{type(exc).__name__}: {exc}"))
-            log.error("failed during %s: %s", self.stage, row["error"])
-            log.debug("%s", environment.scrub(traceback.format_exc()))
+            outcome.status, outcome.error_type, outcome.error_stage = "failed", type(exc).__name__, self.stage.value
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            log.error("failed during %s: %s", self.stage.value, outcome.error)
+            log.debug("%s", traceback.format_exc())
         finally:
             sampler.stop()
             if host is not None:
@@ -214,15 +235,18 @@ class Experiment:
                 engine.close()
             except Exception as exc:
                 log.warning("engine close: %s", exc)
-        self._stage("write")
-        row.update(environment.capture([g.facts() for g in gpus], gpus[0].nvml if gpus else None))
-        row["warnings"] = list(dict.fromkeys(self.warnings))
-        for warning in row["warnings"]:
-            log.warning("%s", warning)
+        self._stage(Stage.write)
         ts = self._timeseries(sampler, measure_t0)
-        row["timeseries_rows"] = len(ts)
-        results.write_rows(req_rows, self.job_dir / results.REQUESTS, results.REQUEST_COLUMNS)
-        results.write_rows(ts, self.job_dir / results.TIMESERIES, results.TIMESERIES_COLUMNS)
+        warnings = list(dict.fromkeys(self.warnings))
+        for warning in warnings:
+            log.warning("%s", warning)
+        parts[Outcome] = outcome
+        parts[Notes] = Notes(flags=flags, warnings=warnings, timeseries_rows=len(ts))
+        row = assemble(parts, config=cfg, engine_versions=info.versions if info else None,
+                       engine_resolved=info.resolved if info else _empty(engine_cls.resolved_class),
+                       env=environment.capture([g.facts() for g in gpus], gpus[0].nvml if gpus else None))
+        results.write_rows(req_rows, self.job_dir / results.REQUESTS, RequestRow)
+        results.write_rows(ts, self.job_dir / results.TIMESERIES, TimeseriesRow)
         results.write_result(row, self.job_dir)
         return row
 
@@ -234,27 +258,30 @@ class Experiment:
         self.warnings.extend(window.warnings)
         return window
 
-    def _warmup(self, meter: EnergyMeter, engine, work: workload.Workload):
+    def _warmup(self, meter: EnergyMeter, engine, work: workload.Workload) -> Warmup:
         """Warm-up batches of as many requests as the engine holds at once, one generate call each:
         a fixed count, or until the CV of the last ``cv_window`` batch latencies is ≤ ``until_cv``."""
         cfg = self.config.warmup
         if cfg.batches == 0:
-            return None, {"warmup_batches_run": 0, "warmup_latency_cv": None}
+            return Warmup(None, 0, None)
         reqs = work.requests
         size = min(len(reqs), engine.sequences_in_flight())
         out_len = cfg.output_len or self.config.output_len
         latencies: List[float] = []
         cv = None
+        most = cfg.batches
 
         def run() -> None:
             nonlocal cv
-            for b in range(cfg.batches):
+            for b in range(most):
                 batch = [reqs[(b * size + i) % len(reqs)] for i in range(size)]
                 t0 = time.perf_counter()
                 engine.generate(batch, out_len, lambda n: None)
                 engine.synchronize()
                 latencies.append(time.perf_counter() - t0)
                 cv = metrics.cv(latencies[-cfg.cv_window:]) if len(latencies) >= cfg.cv_window else None
+                log.info("warm-up batch %d/%d: %d requests in %.2f s%s", b + 1, most, size, latencies[-1],
+                         "" if cv is None else f" (latency CV {cv:.3f})")
                 if cfg.until_cv is not None and cv is not None and cv <= cfg.until_cv:
                     return
 
@@ -262,7 +289,43 @@ class Experiment:
         if cfg.until_cv is not None and (cv is None or cv > cfg.until_cv):
             self.warnings.append(f"warmup did not settle: batch-latency CV {cv if cv is None else f'{cv:.3f}'} "
                                  f"> warmup.until_cv={cfg.until_cv} after {len(latencies)} batches")
-        return window, {"warmup_batches_run": len(latencies), "warmup_latency_cv": cv}
+        return Warmup(window, len(latencies), cv)
+
+    def _loaded_idle(self, meter: EnergyMeter, sampler: Sampler, gpus: List[GpuReader]) -> Optional[WindowEnergy]:
+        cfg = self.config.baseline
+        if not gpus or cfg.loaded_idle_s <= 0:
+            return None
+        sampler.phase = "settle"
+        time.sleep(cfg.loaded_settle_s)  # measured on an H100: ~0.3 s of the last batch's tail
+        log.info("loaded-idle baseline: %.1f s", cfg.loaded_idle_s)
+        return meter.idle("loaded_idle", cfg.loaded_idle_s)
+
+    def _measure(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
+                 gpus: List[GpuReader]) -> Measured:
+        cfg = self.config
+        busy = other_processes(gpus, expect_own=True) if gpus else {}
+        engine.reset_memory_peak()
+        log.info("measuring %d requests (batch %d, %d → %d tokens)", len(work.requests), cfg.batch,
+                 cfg.input_len, cfg.output_len)
+        with _progress(cfg, len(work.requests)) as bar:
+            def measured():
+                mark = meter.start("measure")
+                outputs = engine.generate(work.requests, cfg.output_len, bar.update)
+                return outputs, meter.stop(mark)
+
+            outputs, window = host.around("measure", measured)
+        busy.update(other_processes(gpus, expect_own=True) if gpus else {})
+        return Measured(outputs, window, busy)
+
+    def _prefill(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
+                 window: WindowEnergy, outputs: List[RequestResult], baseline_w: Optional[float]) -> PrefillDecode:
+        pre = host.around("prefill", lambda: self._window(
+            meter, "prefill", lambda: engine.generate(work.requests, 1, lambda n: None)))
+        cols, warns = phases.prefill_decode(
+            window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
+            sum(o.input_tokens for o in outputs), sum(o.output_tokens for o in outputs), len(outputs))
+        self.warnings.extend(warns)
+        return cols
 
     def _check_uuids(self, engine, gpus: List[GpuReader]) -> None:
         seen = engine.device_uuids()
@@ -271,7 +334,9 @@ class Experiment:
             if seen != metered[: len(seen)]:
                 self.warnings.append(f"engine runs on GPUs {seen} but NVML meters {metered}: energy is misattributed")
 
-    def _measured(self, engine, work, outputs, req_rows, window: WindowEnergy, loaded_idle, sampler) -> Dict[str, Any]:
+    def _measured(self, engine, work, outputs: List[RequestResult], req_rows: List[RequestRow], window: WindowEnergy,
+                  loaded_idle: Optional[WindowEnergy], sampler: Sampler, info: EngineInfo) -> Dict[type, Any]:
+        """The parts computed from the measured window."""
         cfg = self.config
         out_tokens = sum(o.output_tokens for o in outputs)
         in_tokens = sum(o.input_tokens for o in outputs)
@@ -282,47 +347,44 @@ class Experiment:
         self.warnings.extend(f"request timing: {m}" for m in sorted(missing))
         self.warnings.extend(window.warnings)
         s = window.duration_s
-        info = engine.info()
-        row: Dict[str, Any] = {
-            "output_tokens_total": out_tokens,
-            "output_tokens_expected": expected,
-            "window_s": s,
-            "output_tok_per_s": out_tokens / s,
-            "total_tok_per_s": (out_tokens + in_tokens) / s,
-            "requests_per_s": len(outputs) / s,
-            "energy_method": window.method,
-            "energy_null_reason": None if window.energy_j is not None else meter_reason(window),
-            "gpu_energy_j_per_gpu": window.energy_j_per_gpu or None,
-            "gpu_energy_integrated_j": window.integrated_j,
-            "energy_integral_vs_counter_pct": None,
-            "avg_power_w": window.avg_power_w,
-            "peak_power_w": window.peak_power_w,
-            "device_idle_power_w": self.device_idle.power_w,
-            "device_idle_power_w_per_gpu": self.device_idle.power_w_per_gpu or None,
-            "loaded_idle_power_w": loaded_idle.avg_power_w if loaded_idle else None,
-            "loaded_idle_power_w_per_gpu": loaded_idle.power_per_gpu_w if loaded_idle else None,
-            "gpu_memory_allocated_peak_mb": engine.memory_peak_mb(),
-            "gpu_memory_used_peak_mb": window.peak_memory_used_mb,
-            "cpu_rss_peak_mb": max((r["rss_mb"] for r in sampler.rows if r.get("rss_mb") is not None), default=None),
-            "model_parameters": info.num_parameters,
-            "model_weight_bytes": info.weight_bytes,
-            "weight_precision": info.weight_precision or cfg.model.dtype.value,
-            "compute_precision": info.compute_precision or cfg.model.dtype.value,
-            "flops_estimate": 2.0 * info.num_parameters * (in_tokens + out_tokens) if info.num_parameters else None,
-        }
-        row.update({f"engine.{k}_version": v for k, v in info.versions.items()})
-        row.update({f"engine.{k}": v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
-                    for k, v in info.resolved_args.items()})
+        gpu = GpuEnergy(
+            energy_method=window.method, energy_null_reason=window.null_reason, gpu_energy_j=window.energy_j,
+            gpu_energy_j_per_gpu=window.energy_j_per_gpu or None, gpu_energy_integrated_j=window.integrated_j,
+            avg_power_w=window.avg_power_w, peak_power_w=window.peak_power_w)
         if window.integrated_j is not None and window.energy_j and window.method == "nvml_counter":
-            row["energy_integral_vs_counter_pct"] = 100.0 * (window.integrated_j - window.energy_j) / window.energy_j
-        row.update(metrics.latency_summary(req_rows))
-        energy = metrics.energy_summary(
+            gpu.energy_integral_vs_counter_pct = 100.0 * (window.integrated_j - window.energy_j) / window.energy_j
+        loaded_w = loaded_idle.avg_power_w if loaded_idle else None
+        energy, warns = metrics.energy_summary(
             window.energy_j, s, out_tokens, len(outputs), cfg.baseline.kind.value,
-            {"device_idle": self.device_idle.power_w, "loaded_idle": row["loaded_idle_power_w"]},
-        )
-        self.warnings.extend(energy.pop("warnings"))
-        row.update(energy)
-        return row
+            {"device_idle": self.device_idle.power_w, "loaded_idle": loaded_w})
+        self.warnings.extend(warns)
+        counts = engine.work_counts()
+        rss = [r["rss_mib"] for r in sampler.rows if r.get("rss_mib") is not None]
+        return {
+            Throughput: Throughput(output_tokens_total=out_tokens, output_tokens_expected=expected, window_s=s,
+                                   output_tok_per_s=out_tokens / s, total_tok_per_s=(out_tokens + in_tokens) / s,
+                                   requests_per_s=len(outputs) / s),
+            Padding: Padding() if counts is None else Padding(
+                tokens_computed=counts.tokens_computed, tokens_requested=counts.tokens_requested,
+                padding_overhead_pct=100.0 * (counts.tokens_computed - counts.tokens_requested)
+                / counts.tokens_requested if counts.tokens_requested else None),
+            GpuEnergy: gpu,
+            Baselines: Baselines(
+                device_idle_power_w=self.device_idle.power_w,
+                device_idle_power_w_per_gpu=self.device_idle.power_w_per_gpu or None,
+                loaded_idle_power_w=loaded_w,
+                loaded_idle_power_w_per_gpu=loaded_idle.power_per_gpu_w if loaded_idle else None),
+            EnergySummary: energy,
+            Memory: Memory(gpu_memory_allocated_peak_mib=engine.memory_peak_mib(),
+                           gpu_memory_used_peak_mib=window.peak_memory_used_mib,
+                           cpu_rss_peak_mib=max(rss) if rss else None),
+            ModelFacts: ModelFacts(
+                model_parameters=info.num_parameters, model_weight_bytes=info.weight_bytes,
+                weight_precision=info.weight_precision or cfg.model.dtype.value,
+                compute_precision=info.compute_precision or cfg.model.dtype.value,
+                flops_estimate=2.0 * info.num_parameters * (in_tokens + out_tokens) if info.num_parameters else None),
+            Latency: metrics.latency_summary(req_rows),
+        }
 
     def _timeseries(self, sampler: Sampler, t0: Optional[float]) -> List[Dict[str, Any]]:
         rows = self.device_idle.rows + sampler.rows
@@ -332,9 +394,8 @@ class Experiment:
         return [{**r, "t_s": r["t_s"] - origin} for r in rows]
 
 
-def meter_reason(window: WindowEnergy) -> str:
-    notes = [w for w in window.warnings if w.startswith("GPU energy not measured")]
-    return notes[0].split(": ", 1)[1] if notes else "not measured"
+def _empty(cls: Optional[type]) -> Any:
+    return cls() if cls is not None else None
 
 
 class _progress:
@@ -363,7 +424,7 @@ class _progress:
 
 
 def summary_line(row: Dict[str, Any]) -> str:
-    """The one line a person reads at the end of a run."""
+    """The one line a person reads at the end of a run (from the row's values)."""
     if row.get("status") != "ok":
         return f"FAILED during {row.get('error_stage')}: {row.get('error')}"
 

@@ -3,49 +3,66 @@
 The parent (this module) never opens a CUDA context: it measures the device-idle baseline,
 then spawns the measurement process and waits for it (a blocking wait, no polling). Every
 way a job can end leaves a ``results.parquet``: ``ok``, or ``failed`` with the error and the
-stage it happened in — a bad config, an exception, or a measurement process that died.
+stage it happened in — a bad config, an exception in the parent or the child, a measurement
+process that died, a write that failed. Only an interrupt (SIGINT, SIGTERM) leaves no row: the
+measurement process is stopped first, so nothing half-measured is written, and a rerun resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import multiprocessing as mp
 import os
-import signal
-import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from llem import environment, results
+from llem import environment, results, secrets, validate
 from llem.backends import engine_class
-from llem.config import Config, Device, config_hash, flatten, to_config
+from llem.config import Config, config_hash, to_config
 from llem.energy.nvml import gpu_counts, visible_uuids
-from llem.errors import ConfigError
-from llem.experiment import DeviceIdle, Experiment, device_idle_baseline, summary_line
+from llem.errors import ConfigError, DeviceError
+from llem.experiment import DeviceIdle, device_idle_baseline, summary_line
+from llem.locks import gpu_lock, job_lock
+from llem.measure_process import Interrupted, interruptible, measure_isolated
+from llem.results.row import Notes, Outcome, ResultRow, Stage, assemble
 
 log = logging.getLogger(__name__)
 
 OUTCOME = "outcome.txt"  # ok | skipped | failed: how this job's latest run ended
-_STAGES = ["start", "workload", "check", "load", "warmup", "baseline", "measure", "prefill", "write"]
 
 
-def _failed_row(cfg_tree: Dict[str, Any], error: str, error_type: str, stage: str,
-                chash: Optional[str]) -> Dict[str, Any]:
-    row = {"status": "failed", "error": environment.scrub(error), "error_type": error_type, "error_stage": stage,
-           "config_hash": chash, "warnings": []}
-    row.update({f"cfg.{k}": v for k, v in flatten(cfg_tree).items()})
-    row.update(environment.capture([]))
+def failed_row(error: str, error_type: str, stage: Stage, *, config: Optional[Config] = None,
+               cfg: Optional[DictConfig] = None, chash: Optional[str] = None) -> ResultRow:
+    """A failed row: the config typed when there is one, else as the DictConfig holds it."""
+    outcome = Outcome(status="failed", error=error, error_type=error_type, error_stage=stage.value, config_hash=chash)
+    row = assemble({Outcome: outcome, Notes: Notes()}, config=config, config_tree=None if config else cfg,
+                   env=environment.capture([]))
     return row
 
 
-def _tree(cfg: DictConfig) -> Dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False, enum_to_str=True)
+def _write_failed(job_dir: Path, row) -> None:
+    """Write a failed row; if even that fails, a row of the outcome alone (never raises)."""
+    try:
+        results.write_result(row, job_dir)
+    except Exception as exc:
+        log.error("could not write the failed row (%s: %s); writing its outcome alone", type(exc).__name__, exc)
+        try:
+            outcome = Outcome(**{k: row.get(k) for k in ("status", "error", "error_type", "error_stage",
+                                                         "config_hash")})
+            results.write_result(assemble({Outcome: outcome, Notes: Notes()}), job_dir)
+        except Exception as again:
+            log.error("no result written for %s: %s", job_dir, again)
+
+
+def _scrub_hydra_files(job_dir: Path, hydra_cfg: Any) -> None:
+    """Hydra saved the config and overrides as given: a secret typed into an override is replaced
+    by its variable's name there too (``multirun.yaml`` of a sweep, ``.hydra/*.yaml`` of the job)."""
+    secrets.scrub_tree(job_dir / ".hydra")
+    if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        secrets.scrub_file(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
 
 
 def resolve_device(config: Config) -> Tuple[str, Optional[str]]:
@@ -54,6 +71,8 @@ def resolve_device(config: Config) -> Tuple[str, Optional[str]]:
     device=cuda with no visible GPU is a problem (the job refuses to measure); device=auto then
     measures on the CPU, with a warning when the host has GPUs that were hidden from the job.
     """
+    from llem.config import Device
+
     visible, total = gpu_counts()
     hidden = (f"none of the host's {total} GPU(s) is visible to this job (CUDA_VISIBLE_DEVICES="
               f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}; under submitit set hydra.launcher.gpus_per_node)")
@@ -66,108 +85,59 @@ def resolve_device(config: Config) -> Tuple[str, Optional[str]]:
     return "cpu", None
 
 
-@contextmanager
-def gpu_lock(uuids: List[str]):
-    """Hold an exclusive lock per physical GPU (by UUID) on this host while a job measures, so jobs
-    that a launcher starts together never share a GPU's energy counter."""
-    import fcntl
-
-    handles = []
-    try:
-        for uuid in sorted(uuids):
-            fh = open(Path(tempfile.gettempdir()) / f"llem-gpu-{uuid}.lock", "w")
-            handles.append(fh)
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for GPU %s: another llem job is measuring on it", uuid)
-                fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-    finally:
-        for fh in handles:
-            fh.close()
-
-
-def _log_file() -> Optional[str]:
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            return handler.baseFilename
-    return None
-
-
-def _child(config: Config, job_dir: str, device: str, idle: DeviceIdle, stage, log_file: Optional[str],
-           level: int) -> None:
-    """Entry point of the measurement process (spawned): a fresh interpreter, a fresh CUDA context."""
-    fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-    handlers = [logging.StreamHandler()]
-    if log_file:
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
-
-    def set_stage(name: str) -> None:
-        stage.value = _STAGES.index(name)
-
-    Experiment(config, Path(job_dir), device, idle, set_stage).run()
-    _exit_now()
-
-
-def _exit_now() -> None:
-    """End the measurement process without the interpreter's teardown (torch, CUDA and engine
-    modules take ~1 s to unwind; every file is already written): flush the logs, stop any child
-    process the engine left behind, exit."""
-    import psutil
-
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
-        child.kill()
-    os._exit(0)
-
-
-def _measure_isolated(config: Config, job_dir: Path, device: str, idle: DeviceIdle) -> Optional[Tuple[str, str]]:
-    """Run the experiment in a spawned process; return (why it died, stage), or None if it exited cleanly."""
-    ctx = mp.get_context("spawn")
-    stage = ctx.Value("i", 0)
-    proc = ctx.Process(target=_child, name="llem-measure",
-                       args=(config, str(job_dir), device, idle, stage, _log_file(), logging.getLogger().level))
-    proc.start()
-    proc.join()  # blocks in waitpid: no CPU spent while the measurement runs
-    where = _STAGES[stage.value]
-    if proc.exitcode == 0:
-        return None
-    if proc.exitcode < 0:
-        sig = signal.Signals(-proc.exitcode).name
-        return f"the measurement process was killed by {sig} during {where}", where
-    return f"the measurement process exited with code {proc.exitcode} during {where}", where
+def check_gpus(config: Config, device: str) -> None:
+    """The engine's GPU count against the GPUs this job can see (any engine), before anything runs."""
+    if device != "cuda":
+        return
+    needed = engine_class(config.backend.name).gpus_required(config.backend)
+    visible = gpu_counts()[0]
+    if visible < needed:
+        raise DeviceError(f"backend={config.backend.name} needs {needed} GPUs for this config, but {visible} are "
+                          "visible to this job (CUDA_VISIBLE_DEVICES, or hydra.launcher.gpus_per_node under submitit)")
 
 
 def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
-    """Run one job in Hydra's job dir. Returns its result row and the sweeper objective; never
-    raises for a job-level failure."""
+    """Run one job in Hydra's job dir. Returns its result values and the sweeper objective; never
+    raises for a job-level failure (an interrupt raises :class:`Interrupted`)."""
     from hydra.core.hydra_config import HydraConfig
 
-    job_dir = Path(HydraConfig.get().runtime.output_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        config = to_config(cfg)
-        engine_class(config.backend.name).validate_config(config)
-    except ConfigError as exc:
-        log.error("invalid config: %s", exc)
-        row = _failed_row(_tree(cfg), str(exc), "ConfigError", "config", None)
-        results.write_result(row, job_dir)
-        _set_outcome(job_dir, "failed")
-        return row, objective(row, None)
-    row = run_config(cfg, config, job_dir)
-    return row, objective(row, config)
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    _scrub_hydra_files(job_dir, hydra_cfg)
+    if cfg.get("dry_run"):
+        from llem.dry_run import dry_run
+
+        return dry_run(cfg, job_dir), float("nan")
+    with interruptible(job_dir), job_lock(job_dir) as held:
+        if not held:
+            log.error("%s is in use by another llem process: this job was not run (no result written)", job_dir)
+            return {"status": "busy"}, objective({"status": "busy"}, None)
+        config = None
+        try:
+            config = to_config(cfg)
+            engine_class(config.backend.name).validate_config(config)
+            validate.check(config)
+        except ConfigError as exc:
+            log.error("invalid config: %s", exc)
+            row = failed_row(str(exc), "ConfigError", Stage.config, cfg=cfg)
+            _write_failed(job_dir, row)
+            _set_outcome(job_dir, "failed")
+            return row.to_dict(), objective(row.to_dict(), None)
+        try:
+            values = run_config(config, job_dir)
+        except Interrupted:
+            raise
+        except Exception as exc:  # the parent itself failed: still a row, and the sweep goes on
+            log.exception("the job's parent failed: %s", exc)
+            row = failed_row(f"{type(exc).__name__}: {exc}", type(exc).__name__, Stage.start, config=config,
+                             chash=config_hash(config))
+            _write_failed(job_dir, row)
+            _set_outcome(job_dir, "failed")
+            values = row.to_dict()
+        return values, objective(values, config)
 
 
-def run_config(cfg: DictConfig, config: Config, job_dir: Path) -> Dict[str, Any]:
+def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
     """Resume-skip, baseline, measure (isolated or not), and make sure a result row exists."""
     chash = config_hash(config)
     previous = results.read_result(job_dir)
@@ -180,85 +150,86 @@ def run_config(cfg: DictConfig, config: Config, job_dir: Path) -> Dict[str, Any]
     device, problem = resolve_device(config)
     log.info("job %s: backend=%s model=%s batch=%d device=%s", chash, config.backend.name, config.model.name,
              config.batch, device)
-    if device == "cuda" and problem:
-        log.error("%s", problem)
-        row = _failed_row(_tree(cfg), problem, "DeviceError", "check", chash)
-        results.write_result(row, job_dir)
+    try:
+        if device == "cuda" and problem:
+            raise DeviceError(problem)
+        check_gpus(config, device)
+    except DeviceError as exc:
+        log.error("%s", exc)
+        row = failed_row(str(exc), "DeviceError", Stage.check, config=config, chash=chash)
+        _write_failed(job_dir, row)
         _set_outcome(job_dir, "failed")
-        return row
+        return row.to_dict()
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
     with gpu_lock(visible_uuids(gpus_needed) if device == "cuda" else []):
-        row = _measure(cfg, config, chash, job_dir, device, gpus_needed, problem)
-    _set_outcome(job_dir, "ok" if row.get("status") == "ok" else "failed")
-    log.info("%s → %s", summary_line(row), job_dir)
-    return row
+        values = _measure(config, chash, job_dir, device, gpus_needed, problem)
+    _set_outcome(job_dir, "ok" if values.get("status") == "ok" else "failed")
+    log.info("%s → %s", summary_line(values), job_dir)
+    return values
 
 
-def _measure(cfg: DictConfig, config: Config, chash: str, job_dir: Path, device: str, gpus_needed: int,
+def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed: int,
              problem: Optional[str]) -> Dict[str, Any]:
     if config.cooldown_s > 0:
         log.info("cooldown %.1f s", config.cooldown_s)
         time.sleep(config.cooldown_s)
     idle = DeviceIdle()
     if device == "cuda" and config.baseline.device_idle_s > 0:
+        log.info("device-idle baseline: %.1f s settle, %.1f s metered", config.baseline.settle_s,
+                 config.baseline.device_idle_s)
         idle = device_idle_baseline(config, gpus_needed)
     if problem:
         idle.warnings.append(problem)
-    if config.isolate:
-        died = _measure_isolated(config, job_dir, device, idle)
-        row = results.read_result(job_dir)
-        if died is not None and (row is None or row.get("status") != "ok"):
-            error, stage = died
-            row = _failed_row(_tree(cfg), error, "ProcessDied", stage, chash)
-            results.write_result(row, job_dir)
-    else:
-        row = Experiment(config, job_dir, device, idle).run()
-    if row is None:
-        row = _failed_row(_tree(cfg), "no result was written", "NoResult", "write", chash)
-        results.write_result(row, job_dir)
-    return row
+    if not config.isolate:
+        from llem.experiment import Experiment
+
+        return Experiment(config, job_dir, device, idle).run().to_dict()
+    died = measure_isolated(config, job_dir, device, idle)
+    values = results.read_result(job_dir)
+    if died is not None and (values is None or values.get("status") != "ok"):
+        error, stage = died
+        row = failed_row(error, "ProcessDied", stage, config=config, chash=chash)
+        _write_failed(job_dir, row)
+        return row.to_dict()
+    if values is None:
+        row = failed_row("the measurement process wrote no result", "NoResult", Stage.write, config=config,
+                         chash=chash)
+        _write_failed(job_dir, row)
+        return row.to_dict()
+    return values
+
+
+def job_dirname(config: DictConfig, overrides: List[str]) -> str:
+    """The dir name Hydra gives a sweep job with these overrides (its override_dirname), when
+    ``hydra.sweep.subdir`` is llem's default; else a name from the overrides' hash."""
+    subdir = config.hydra.sweep._get_node("subdir")._value()
+    if subdir == "${hydra.job.override_dirname}":
+        opts = config.hydra.job.config.override_dirname
+        lines = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in opts.exclude_keys)
+        return opts.item_sep.join(lines).replace("=", opts.kv_sep)
+    return "invalid-" + hashlib.sha256("\0".join(overrides).encode()).hexdigest()[:12]
+
+
+def fail_uncomposable(config: DictConfig, overrides: List[str], exc: Exception) -> None:
+    """A sweep job whose config cannot be composed: a failed row in its own dir, and the sweep goes on."""
+    job_dir = Path(config.hydra.sweep.dir) / job_dirname(config, overrides)
+    error = " ".join(str(exc).split())  # Hydra's message, on one line
+    log.error("job %s: its config cannot be composed: %s (failed alone; the sweep goes on)", " ".join(overrides),
+              error)
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        outcome = Outcome(status="failed", error=error, error_type=type(exc).__name__, error_stage=Stage.config.value)
+        notes = Notes(warnings=[f"overrides: {' '.join(overrides)}"])
+        _write_failed(job_dir, assemble({Outcome: outcome, Notes: notes}, env=environment.capture([])))
+        _set_outcome(job_dir, "failed")
+    except OSError as write_error:
+        log.error("no result written for it: %s", write_error)
 
 
 def _set_outcome(job_dir: Path, outcome: str) -> None:
     tmp = job_dir / f".{OUTCOME}.{os.getpid()}"
     tmp.write_text(outcome + "\n")
     os.replace(tmp, job_dir / OUTCOME)
-
-
-class SweepSummary(Callback):
-    """Hydra callback: at the end of a sweep, count how its jobs ended (works for every launcher,
-    since each job leaves its outcome in its own directory)."""
-
-    failures = 0  # read by __main__ after the sweep: non-zero exit when any job failed
-
-    def __init__(self) -> None:
-        self.started = 0.0
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time()
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        counts = {"ok": 0, "skipped": 0, "failed": 0}
-        failed = []
-        for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{OUTCOME}")):
-            if path.stat().st_mtime + 1 < self.started:
-                continue  # a job of an earlier run of this sweep dir, not re-run now
-            outcome = path.read_text().strip()
-            counts[outcome] = counts.get(outcome, 0) + 1
-            if outcome == "failed":
-                failed.append(path.parent.name)
-        log.info("sweep %s: %d ok, %d skipped, %d failed", config.hydra.sweep.dir, counts["ok"], counts["skipped"],
-                 counts["failed"])
-        for name in failed:
-            log.info("  failed: %s", name)
-        if counts["failed"]:
-            SweepSummary.failures = counts["failed"]
-        try:  # the sweep's index makes `python -m llem.aggregate` fast on large sweeps
-            from llem.aggregate.collect import collect
-
-            collect([Path(config.hydra.sweep.dir)])
-        except Exception as exc:
-            log.warning("sweep index not written (aggregate will read every job): %s", exc)
 
 
 def objective(row: Dict[str, Any], config: Optional[Config]) -> float:

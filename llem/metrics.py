@@ -3,16 +3,18 @@ energy per unit of work with the idle baseline subtracted. No I/O, no devices.""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from llem.records import RequestResult
+from llem.results.row import EnergySummary, Latency
+from llem.results.tables import RequestRow
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else seconds * 1000.0
 
 
-def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Dict[str, Any]]:
+def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[RequestRow]:
     """One row per request: TTFT, end-to-end, TPOT and every inter-token latency (ms)."""
     rows = []
     for r in results:
@@ -21,19 +23,19 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Dic
         tpot = None
         if r.first_token_s is not None and r.output_tokens > 1:
             tpot = (r.end_s - r.first_token_s) * 1000.0 / (r.output_tokens - 1)
-        rows.append({
-            "request_id": r.request_id,
-            "batch_index": r.batch_index,
-            "process_index": r.process_index,
-            "input_tokens": r.input_tokens,
-            "output_tokens": r.output_tokens,
-            "start_offset_s": r.start_s - window_t0,
-            "ttft_ms": _ms(r.first_token_s - r.start_s) if r.first_token_s is not None else None,
-            "e2e_ms": _ms(r.end_s - r.start_s),
-            "tpot_ms": tpot,
-            "itl_ms": itl if times else None,
-            "timing_note": r.timing_note,
-        })
+        rows.append(RequestRow(
+            request_id=r.request_id,
+            batch_index=r.batch_index,
+            process_index=r.process_index,
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+            start_offset_s=r.start_s - window_t0,
+            ttft_ms=_ms(r.first_token_s - r.start_s) if r.first_token_s is not None else None,
+            e2e_ms=_ms(r.end_s - r.start_s),
+            tpot_ms=tpot,
+            itl_ms=itl if times else None,
+            timing_note=r.timing_note,
+        ))
     return rows
 
 
@@ -49,18 +51,18 @@ def _stats(values: List[float], name: str, pcts=(50, 99), mean: bool = True) -> 
     return out
 
 
-def latency_summary(rows: List[Dict[str, Any]]) -> Dict[str, Optional[float]]:
+def latency_summary(rows: List[RequestRow]) -> Latency:
     """Percentiles over all requests (TTFT, e2e) and over all inter-token gaps (ITL)."""
-    ttft = [r["ttft_ms"] for r in rows if r["ttft_ms"] is not None]
-    e2e = [r["e2e_ms"] for r in rows if r["e2e_ms"] is not None]
-    itl = [x for r in rows for x in (r["itl_ms"] or [])]
-    tpot = [r["tpot_ms"] for r in rows if r["tpot_ms"] is not None]
+    ttft = [r.ttft_ms for r in rows if r.ttft_ms is not None]
+    e2e = [r.e2e_ms for r in rows if r.e2e_ms is not None]
+    itl = [x for r in rows for x in (r.itl_ms or [])]
+    tpot = [r.tpot_ms for r in rows if r.tpot_ms is not None]
     out = {}
     out.update(_stats(ttft, "ttft_ms", (50, 90, 99)))
     out.update(_stats(e2e, "e2e_ms"))
     out.update(_stats(itl, "itl_ms"))
     out.update(_stats(tpot, "tpot_ms", pcts=()))
-    return out
+    return Latency(**out)
 
 
 def energy_summary(
@@ -70,52 +72,42 @@ def energy_summary(
     num_requests: int,
     baseline_kind: str,
     idle_power_w: Dict[str, Optional[float]],
-) -> Dict[str, Any]:
-    """Raw, baseline and adjusted energy and the per-unit figures derived from them.
+) -> Tuple[EnergySummary, List[str]]:
+    """Baseline, adjusted energy and the per-unit figures derived from them, and warnings.
 
     ``idle_power_w`` maps a baseline kind (device_idle, loaded_idle) to its summed power
     over the job's GPUs. ``adjusted = raw − baseline_power × window``; it is not clipped at 0
     (a negative value means the baseline was wrong, and says so). kind=none: adjusted = raw.
     """
-    out: Dict[str, Any] = {
-        "gpu_energy_j": energy_j,
-        "baseline_kind": baseline_kind,
-        "baseline_power_w": None,
-        "baseline_energy_j": None,
-        "gpu_energy_adjusted_j": None,
-        "j_per_output_token": None,
-        "j_per_output_token_raw": None,
-        "j_per_request": None,
-        "output_tokens_per_j": None,
-        "warnings": [],
-    }
+    out = EnergySummary(baseline_kind=baseline_kind)
+    warnings: List[str] = []
     if energy_j is None:
-        return out
+        return out, warnings
     if output_tokens:
-        out["j_per_output_token_raw"] = energy_j / output_tokens
+        out.j_per_output_token_raw = energy_j / output_tokens
     if baseline_kind == "none":
         adjusted = energy_j
     else:
         power = idle_power_w.get(baseline_kind)
         if power is None:
-            out["warnings"].append(f"baseline {baseline_kind} was not measured: adjusted energy is null")
-            return out
-        out["baseline_power_w"] = power
-        out["baseline_energy_j"] = power * window_s
+            warnings.append(f"baseline {baseline_kind} was not measured: adjusted energy is null")
+            return out, warnings
+        out.baseline_power_w = power
+        out.baseline_energy_j = power * window_s
         adjusted = energy_j - power * window_s
         if adjusted <= 0:
-            out["warnings"].append(
+            warnings.append(
                 f"adjusted energy {adjusted:.1f} J is not positive: the {baseline_kind} baseline "
                 f"({power:.1f} W) is above the window's average power"
             )
-    out["gpu_energy_adjusted_j"] = adjusted
+    out.gpu_energy_adjusted_j = adjusted
     if output_tokens:
-        out["j_per_output_token"] = adjusted / output_tokens
+        out.j_per_output_token = adjusted / output_tokens
     if num_requests:
-        out["j_per_request"] = adjusted / num_requests
+        out.j_per_request = adjusted / num_requests
     if adjusted > 0:
-        out["output_tokens_per_j"] = output_tokens / adjusted
-    return out
+        out.output_tokens_per_j = output_tokens / adjusted
+    return out, warnings
 
 
 def cv(values: Sequence[float]) -> Optional[float]:

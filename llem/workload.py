@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, Iterator, List, Optional, TextIO, Tuple
 
 from llem.errors import WorkloadError
 from llem.records import Request
+from llem.results.row import WorkloadCounts
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +34,28 @@ class Workload:
     dropped_long: int = 0  # prompts skipped: more than input_len tokens with long_prompts=drop
     read: Optional[int] = None  # source records looked at (None: one per request)
 
-    def counts(self) -> dict:
-        """Result columns: how many requests, their input-length distribution, what was cut or skipped."""
+    def counts(self) -> WorkloadCounts:
+        """How many requests, their input-length distribution, what was cut or skipped."""
         import numpy as np
 
         lengths = np.array([r.input_tokens for r in self.requests], dtype=np.int64)
         digest = hashlib.sha256()
         for r in self.requests:
             digest.update(np.asarray(r.token_ids, dtype=np.int64).tobytes() + b"|")
-        return {
-            "num_requests": len(lengths),
-            "input_tokens_total": int(lengths.sum()),
-            "input_tokens_min": int(lengths.min()),
-            "input_tokens_p50": float(np.percentile(lengths, 50)),
-            "input_tokens_mean": float(lengths.mean()),
-            "input_tokens_p90": float(np.percentile(lengths, 90)),
-            "input_tokens_max": int(lengths.max()),
-            "prompts_read": len(lengths) if self.read is None else self.read,
-            "prompts_truncated": self.truncated,
-            "prompts_dropped_short": self.dropped_short,
-            "prompts_dropped_long": self.dropped_long,
-            "workload_sha256": digest.hexdigest()[:16],  # equal ⇔ the same token ids were measured
-        }
+        return WorkloadCounts(
+            num_requests=len(lengths),
+            input_tokens_total=int(lengths.sum()),
+            input_tokens_min=int(lengths.min()),
+            input_tokens_p50=float(np.percentile(lengths, 50)),
+            input_tokens_mean=float(lengths.mean()),
+            input_tokens_p90=float(np.percentile(lengths, 90)),
+            input_tokens_max=int(lengths.max()),
+            prompts_read=len(lengths) if self.read is None else self.read,
+            prompts_truncated=self.truncated,
+            prompts_dropped_short=self.dropped_short,
+            prompts_dropped_long=self.dropped_long,
+            workload_sha256=digest.hexdigest()[:16],  # equal ⇔ the same token ids were measured
+        )
 
 
 def special_token_ids(architecture: dict) -> set:
@@ -82,16 +85,76 @@ def random_requests(num: int, input_len: int, vocab_size: int, seed: int, avoid:
     return [Request(i, row.tolist()) for i, row in enumerate(ids)]
 
 
+PIECE_CHARS = 1 << 20  # a line is read (and checked) this much at a time: a binary file fails early, not whole
+NOT_TEXT = re.compile("[\x00\udc80-\udcff]")  # a NUL, or a byte that is not UTF-8 (surrogateescape)
+FILE_FORMATS = "a file (JSONL with one object per line, or text with one prompt per line)"
+FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_prompt_file(path: Path) -> None:
+    """Raise WorkloadError unless ``path`` is a regular file: checked before opening, so a device such as
+    /dev/zero or a FIFO is never read (or waited on)."""
+    where = f"dataset.path={str(path)!r}"
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        broken = " (a symlink to a missing file)" if path.is_symlink() else ""
+        raise WorkloadError(f"{where}: no such file{broken}: give {FILE_FORMATS}") from None
+    except PermissionError:
+        raise WorkloadError(f"{where} cannot be reached: permission denied on a folder above it") from None
+    except OSError as exc:
+        raise WorkloadError(f"{where} cannot be read ({exc.strerror}): give {FILE_FORMATS}") from None
+    if stat.S_ISDIR(mode):
+        raise WorkloadError(f"{where} is a directory: give {FILE_FORMATS}; dataset=file reads one file, "
+                            f"dataset=hf dataset.path=DIR reads a folder of data files")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "not a regular file")
+        raise WorkloadError(f"{where} is {kind}, not a regular file: give {FILE_FORMATS}")
+
+
+def _open_prompt_file(path: Path) -> TextIO:
+    """``path`` opened as UTF-8 text; bytes that are not UTF-8 come through escaped, for :func:`_text_lines`."""
+    _check_prompt_file(path)
+    try:
+        return path.open(encoding="utf-8", errors="surrogateescape")
+    except PermissionError:
+        raise WorkloadError(f"dataset.path={str(path)!r} is not readable (permission denied): make it readable "
+                            "by this user, or copy it somewhere that is") from None
+    except OSError as exc:
+        raise WorkloadError(f"dataset.path={str(path)!r} cannot be opened ({exc.strerror})") from None
+
+
+def _not_text(path: Path, line_no: int, char: str) -> WorkloadError:
+    what = "a NUL byte" if char == "\x00" else f"byte 0x{ord(char) - 0xDC00:02x}, which is not UTF-8,"
+    return WorkloadError(f"dataset.path={str(path)!r} is not text: {what} on line {line_no}; expected a JSONL file "
+                         "(one object per line) or UTF-8 text (one prompt per line)")
+
+
+def _text_lines(path: Path, fh: TextIO) -> Iterator[Tuple[int, str]]:
+    """(line number, line) of ``fh``, streamed; each piece is checked as it is read, so a binary file fails at
+    its first non-text byte without being read whole."""
+    line_no, parts = 1, []
+    for piece in iter(lambda: fh.readline(PIECE_CHARS), ""):
+        bad = NOT_TEXT.search(piece)
+        if bad:
+            raise _not_text(path, line_no, bad.group())
+        parts.append(piece)
+        if piece.endswith("\n"):
+            yield line_no, "".join(parts)
+            line_no, parts = line_no + 1, []
+    if parts:
+        yield line_no, "".join(parts)
+
+
 def read_prompts(path: Path, fmt: str, field: str) -> List[str]:
     """Prompts from a JSONL file (``field`` of each object) or a text file (one per line)."""
-    if not path.is_file():
-        raise WorkloadError(f"dataset.path={str(path)!r}: no such file")
     if fmt == "auto":
         fmt = "jsonl" if path.suffix in (".jsonl", ".json") else "text"
     prompts: List[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            line = line.strip()
+    with _open_prompt_file(path) as fh:
+        for line_no, line in _text_lines(path, fh):
+            line = (line.removeprefix("\ufeff") if line_no == 1 else line).strip()  # a UTF-8 BOM is not text
             if not line:
                 continue
             if fmt == "text":

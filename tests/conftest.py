@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -22,10 +23,15 @@ register_all()
 def compose_cfg():
     """compose_cfg(overrides) → the DictConfig a job would receive."""
 
+    composed = {}
+
     def _compose(overrides: List[str] = ()):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            return compose("config", overrides=list(overrides))
+        key = tuple(overrides)
+        if key not in composed:  # composing costs ~0.1 s; many tests ask for the same config
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+                composed[key] = compose("config", overrides=list(overrides))
+        return copy.deepcopy(composed[key])
 
     return _compose
 
@@ -49,14 +55,38 @@ FAST = [
 ]
 
 
-def run_llem(args: List[str], cwd: Path, env_extra: dict = None, check: bool = False, timeout: int = 300):
-    """``python -m llem ARGS`` in a subprocess, from ``cwd`` (the installed or source package)."""
+def llem_env(env_extra: dict = None) -> dict:
     env = dict(os.environ)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.update(env_extra or {})
-    proc = subprocess.run(
-        [sys.executable, "-m", "llem", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return env
+
+
+def run_llem(args: List[str], cwd: Path, env_extra: dict = None, check: bool = False, timeout: int = 300):
+    """``python -m llem ARGS`` in a subprocess, from ``cwd`` (the installed or source package)."""
+    proc = subprocess.run([sys.executable, "-m", "llem", *args], cwd=cwd, env=llem_env(env_extra),
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"llem failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_in_process(compose_cfg, overrides: List[str], job_dir: Path) -> dict:
+    """One job measured in this process (a job's own code path, minus Hydra and the spawned process):
+    end-to-end through workload, engine, meters and writer, without paying a new interpreter."""
+    from llem.config import to_config
+    from llem.job import run_config
+
+    config = to_config(compose_cfg([*FAST, "isolate=false", *overrides]))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    return run_config(config, job_dir)
+
+
+@pytest.fixture(scope="session")
+def main_sweep(tmp_path_factory):
+    """One real multirun shared by the sweep, aggregate and notebook tests: 2 batch sizes × 3 repeats,
+    measured in-process (isolation has tests of its own), and what the driver printed."""
+    root = tmp_path_factory.mktemp("main_sweep")
+    proc = run_llem(["-m", *FAST, "isolate=false", "repeat=0,1,2", "batch=1,2", "hydra.sweep.dir=sweep"], cwd=root,
+                    check=True)
+    return root / "sweep", proc.stdout + proc.stderr

@@ -3,40 +3,59 @@ plots, recommendation, and the analysis notebook executed headless."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import FAST, run_llem
+from tests.conftest import run_in_process
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("main_sweep")]  # one worker builds the shared sweep
+
+
+def _as_older_llem(job: Path) -> None:
+    """Rewrite a job's result as an earlier llem wrote it: memory columns named _mb, a column it did not
+    have, and every null column typed as text (the writer typed unknown nulls as strings)."""
+    table = pq.read_table(job / "results.parquet").drop_columns(["peak_power_w"])
+    table = table.rename_columns([n.replace("_mib", "_mb") for n in table.column_names])
+    for i, field in enumerate(table.schema):
+        if table.column(i).null_count == table.num_rows and not pa.types.is_list(field.type):
+            table = table.set_column(i, field.name, pa.nulls(table.num_rows, pa.string()))
+    pq.write_table(table, job / "results.parquet")
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    """A 2-config × 3-repeat sweep, a failed run, an incomplete job, and a job from an 'older' llem."""
+def dirs(main_sweep, compose_cfg, tmp_path_factory):
+    """The shared sweep (2 configs × 3 repeats), a failed run, an incomplete job, a job from an 'older'
+    llem, and three jobs whose results cannot be used (0 rows, 2 rows, corrupt)."""
     root = tmp_path_factory.mktemp("agg")
-    run_llem(["-m", *FAST, "repeat=0,1,2", "batch=1,2", "hydra.sweep.dir=sweep"], cwd=root, check=True)
-    run_llem([*FAST, "model.architecture.intermediate_size=-5", "hydra.run.dir=runs/failed"], cwd=root)
     sweep = root / "sweep"
+    shutil.copytree(main_sweep[0], sweep)
+    shutil.rmtree(sweep / ".llem-index")
+    run_in_process(compose_cfg, ["model.architecture.intermediate_size=-5"], root / "runs" / "failed")
     jobs = sorted(p for p in sweep.iterdir() if (p / "results.parquet").is_file())
-    incomplete = sweep / "zz-incomplete"
-    shutil.copytree(jobs[0] / ".hydra", incomplete / ".hydra")
-    older = sweep / "zz-older"
-    shutil.copytree(jobs[0], older)
-    table = pq.read_table(older / "results.parquet")
-    pq.write_table(table.drop_columns(["peak_power_w", "cpu_rss_peak_mb"]), older / "results.parquet")
+    shutil.copytree(jobs[0] / ".hydra", sweep / "zz-incomplete" / ".hydra")
+    shutil.copytree(jobs[0], sweep / "zz-older")
+    _as_older_llem(sweep / "zz-older")
+    one = pq.read_table(jobs[0] / "results.parquet")
+    for name, table in (("zz-zero-rows", one.slice(0, 0)), ("zz-two-rows", pa.concat_tables([one, one]))):
+        (sweep / name).mkdir()
+        pq.write_table(table, sweep / name / "results.parquet")
+    (sweep / "zz-corrupt").mkdir()
+    (sweep / "zz-corrupt" / "results.parquet").write_bytes(b"PAR1 not really")
     return root
 
 
 @pytest.fixture(scope="module")
 def out(dirs):
-    proc = subprocess.run([sys.executable, "-m", "llem.aggregate", "sweep", "runs", "-o", "out", "--plots", "plots",
+    proc = subprocess.run([sys.executable, "-m", "llem.aggregate", "sweep", "runs", "-o", "out", "--plots",
                            "--slo", "ttft_ms_p99<=10000"], cwd=dirs, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return dirs, proc.stdout + proc.stderr
@@ -45,15 +64,19 @@ def out(dirs):
 def test_runs_count_every_job_with_its_status(out):
     root, text = out
     runs = pd.read_parquet(root / "out" / "runs.parquet")
-    assert len(runs) == 9
-    assert runs["status"].value_counts().to_dict() == {"ok": 7, "failed": 1, "incomplete": 1}
-    assert runs["sweep_dir"].notna().sum() == 8 and runs["job_id"].is_unique
-    assert "2 of 9 jobs did not succeed" in text
-    assert "lack 2 column(s)" in text  # the older job: warned, its missing columns are null
+    assert len(runs) == 12
+    assert runs["status"].value_counts().to_dict() == {"ok": 7, "failed": 1, "incomplete": 4}
+    assert runs["sweep_dir"].notna().sum() == 11 and runs["job_id"].is_unique
+    assert "5 of 12 jobs did not succeed" in text
+    assert "lack 1 column(s) (peak_power_w)" in text  # the older job: warned, its missing column is null
     older = runs[runs["job_id"] == "zz-older"].iloc[0]
-    assert pd.isna(older["peak_power_w"]) and older["status"] == "ok"
+    assert pd.isna(older["peak_power_w"]) and older["status"] == "ok" and older["cpu_rss_peak_mib"] > 0  # renamed
+    assert str(runs["engine.compile_s"].dtype) == "float64"  # text nulls of the older file did not win
     incomplete = runs[runs["job_id"] == "zz-incomplete"].iloc[0]
     assert incomplete["cfg.batch"] == runs[runs["status"] == "ok"]["cfg.batch"].min()  # config from .hydra
+    for job, why in (("zz-incomplete", "never finished"), ("zz-zero-rows", "holds 0 rows, expected 1"),
+                     ("zz-two-rows", "holds 2 rows, expected 1"), ("zz-corrupt", "results.parquet is unreadable")):
+        assert re.search(rf"not used: \S*{job}: [^\n]*{why}", text), (job, text)
 
 
 def test_groups_are_configs_without_repeat_and_seed(out):
@@ -64,7 +87,7 @@ def test_groups_are_configs_without_repeat_and_seed(out):
     ok = summary[summary["n_ok"] > 0].set_index("cfg.batch")
     assert sorted(ok.index) == [1, 2]
     assert ok.loc[1, "n_ok"] + ok.loc[2, "n_ok"] == 7  # 3 + 3 repeats, + the older copy of one job
-    assert summary["n_failed"].sum() == 1 and summary["n_incomplete"].sum() == 1
+    assert summary["n_failed"].sum() == 1 and summary["n_incomplete"].sum() == 4
     assert runs.groupby("config_key")["cfg.repeat"].nunique().max() >= 3
 
 
@@ -104,7 +127,7 @@ def test_requests_keyed_to_jobs(out):
 
 def test_plots_are_pngs(out):
     root, _ = out
-    pngs = sorted((root / "plots").glob("*.png"))
+    pngs = sorted((root / "out" / "figures").glob("*.png"))  # --plots alone: <out>/figures
     assert {p.name for p in pngs} >= {"j_per_token_vs_batch.png", "throughput_vs_j_per_token.png",
                                       "latency_distributions.png"}
     assert any(p.name.startswith("power_") for p in pngs)
@@ -120,14 +143,13 @@ def test_slo_without_energy_says_so(out):
 def test_index_picks_up_a_rerun_job(dirs, tmp_path):
     """The sweep index is used, but a job whose files changed is read again."""
     from llem.aggregate import aggregate
-    from llem.results import read_result, write_result
 
     sweep = dirs / "sweep"
     assert (sweep / ".llem-index" / "runs.parquet").is_file()
     job = sorted(p for p in sweep.iterdir() if p.name.startswith("baseline"))[0]
-    row = read_result(job)
-    row["output_tok_per_s"] = 123456.0
-    write_result(row, job)
+    table = pq.read_table(job / "results.parquet")
+    i = table.column_names.index("output_tok_per_s")
+    pq.write_table(table.set_column(i, "output_tok_per_s", pa.array([123456.0])), job / "results.parquet")
     runs = aggregate([sweep]).runs
     assert runs.loc[runs["job_dir"] == str(job), "output_tok_per_s"].item() == 123456.0
     shutil.rmtree(sweep / ".llem-index")

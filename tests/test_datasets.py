@@ -20,7 +20,7 @@ import pytest
 from llem import datasets_hf, workload
 from llem.config import to_config
 from llem.errors import ConfigError, WorkloadError
-from tests.conftest import FAST, run_llem
+from tests.conftest import FAST, run_in_process, run_llem
 
 datasets = pytest.importorskip("datasets")
 try:
@@ -81,15 +81,15 @@ def test_builtin_is_seeded_and_records_its_length_distribution(compose_cfg):
     b = _build(compose_cfg, ["dataset=builtin", BYTES, "dataset.num_requests=40", "input_len=48", "seed=1"])
     c = _build(compose_cfg, ["dataset=builtin", BYTES, "dataset.num_requests=40", "input_len=48", "seed=2"])
     counts = a.counts()
-    assert counts == b.counts() and counts["workload_sha256"] != c.counts()["workload_sha256"]
+    assert counts == b.counts() and counts.workload_sha256 != c.counts().workload_sha256
     lengths = np.array([r.input_tokens for r in a.requests])
-    assert counts["num_requests"] == 40 == len(set(_texts(a)))
-    assert counts["input_tokens_max"] == lengths.max() <= 48 and counts["input_tokens_min"] == lengths.min()
-    assert counts["input_tokens_p50"] == pytest.approx(np.median(lengths))
-    assert counts["input_tokens_p90"] == pytest.approx(np.percentile(lengths, 90))
-    assert counts["input_tokens_mean"] == pytest.approx(lengths.mean())
-    assert counts["prompts_truncated"] == sum(len(t.encode()) > 48 for t in _texts(a)) > 0
-    assert counts["prompts_read"] == 40 and counts["prompts_dropped_short"] == counts["prompts_dropped_long"] == 0
+    assert counts.num_requests == 40 == len(set(_texts(a)))
+    assert counts.input_tokens_max == lengths.max() <= 48 and counts.input_tokens_min == lengths.min()
+    assert counts.input_tokens_p50 == pytest.approx(np.median(lengths))
+    assert counts.input_tokens_p90 == pytest.approx(np.percentile(lengths, 90))
+    assert counts.input_tokens_mean == pytest.approx(lengths.mean())
+    assert counts.prompts_truncated == sum(len(t.encode()) > 48 for t in _texts(a)) > 0
+    assert counts.prompts_read == 40 and counts.prompts_dropped_short == counts.prompts_dropped_long == 0
     unshuffled = _build(compose_cfg, ["dataset=builtin", BYTES, "dataset.shuffle=false", "dataset.num_requests=3"])
     first = [json.loads(x)["prompt"] for x in workload.BUILTIN_PROMPTS.read_text().splitlines()[:3]]
     assert _texts(unshuffled) == first
@@ -132,12 +132,12 @@ def test_long_prompts_truncate_or_drop_and_short_ones_are_dropped(compose_cfg, t
     base = ["dataset=file", f"dataset.path={path}", BYTES, "input_len=30", "dataset.min_input_len=10"]
     work = _build(compose_cfg, [*base, "dataset.num_requests=2"])
     assert [r.input_tokens for r in work.requests] == [30, 20]
-    assert work.counts()["prompts_truncated"] == 1 and work.counts()["prompts_dropped_short"] == 2
-    assert work.counts()["prompts_read"] == 4  # stopped once 2 fitted
+    assert work.counts().prompts_truncated == 1 and work.counts().prompts_dropped_short == 2
+    assert work.counts().prompts_read == 4  # stopped once 2 fitted
     work = _build(compose_cfg, [*base, "dataset.long_prompts=drop"])
     assert _texts(work) == ["c" * 20, "d" * 12]
     c = work.counts()
-    assert (c["prompts_read"], c["prompts_dropped_short"], c["prompts_dropped_long"], c["prompts_truncated"]) == (
+    assert (c.prompts_read, c.prompts_dropped_short, c.prompts_dropped_long, c.prompts_truncated) == (
         5, 2, 1, 0)
     with pytest.raises(WorkloadError, match="no prompt"):
         _build(compose_cfg, [*base, "dataset.long_prompts=drop", "dataset.min_input_len=25"])
@@ -204,7 +204,7 @@ def test_alpaca_from_save_to_disk_joins_instruction_and_input(compose_cfg, local
     work = _build(compose_cfg, base)
     assert _texts(work) == ["Name three primary colours.", "Add the numbers.\n\n2 and 3",
                             "Summarise the text in one line.\n\nEnergy is measured in joules; power in watts."]
-    assert work.counts()["prompts_dropped_short"] == 1  # the empty record
+    assert work.counts().prompts_dropped_short == 1  # the empty record
     assert _texts(_build(compose_cfg, [*base, "dataset.split=test"])) == ["Name three primary colours."]
     with pytest.raises(WorkloadError, match=r"dataset.split='validation'.*\['test', 'train'\]"):
         _build(compose_cfg, [*base, "dataset.split=validation"])
@@ -214,7 +214,7 @@ def test_sharegpt_takes_the_first_human_turn(compose_cfg, local_copies):
     work = _build(compose_cfg, ["dataset=sharegpt", f"dataset.path={local_copies / 'sharegpt.json'}", BYTES,
                                 "dataset.shuffle=false"])
     assert _texts(work) == ["How do tides work?", "Why ice floats?", "What is a watt?"]
-    assert work.counts()["prompts_dropped_short"] == 1 and work.counts()["prompts_read"] == 4
+    assert work.counts().prompts_dropped_short == 1 and work.counts().prompts_read == 4
 
 
 def test_aienergyscore_and_generic_hf_columns(compose_cfg, local_copies):
@@ -294,11 +294,14 @@ def _row(tmp_path):
     ("aienergyscore", "aienergyscore.parquet", []),
     ("hf", "questions.jsonl", ["dataset.column=question"]),
 ])
-def test_each_dataset_group_end_to_end(tmp_path, local_copies, group, source, extra):
-    args = [*FAST, f"dataset={group}", BYTES, "input_len=24", "dataset.num_requests=3", *extra, "hydra.run.dir=run"]
+def test_each_dataset_group_end_to_end(compose_cfg, tmp_path, local_copies, group, source, extra, monkeypatch):
+    """Every dataset group through a whole job (workload, engine, writer), measured in-process, offline."""
+    for name, value in _offline_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    args = [f"dataset={group}", BYTES, "input_len=24", "dataset.num_requests=3", *extra]
     if source:
         args.append(f"dataset.path={local_copies / source}")
-    run_llem(args, cwd=tmp_path, env_extra=_offline_env(tmp_path), check=True)
+    run_in_process(compose_cfg, args, tmp_path / "run")
     r = _row(tmp_path)
     assert r["status"] == "ok" and r["cfg.dataset.name"] == group
     req = pd.read_parquet(tmp_path / "run" / "requests.parquet")
@@ -319,7 +322,8 @@ def test_alpaca_reads_a_prefetched_hub_snapshot_offline(tmp_path):
     data = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567" / "data"
     data.mkdir(parents=True)
     datasets.Dataset.from_dict(ALPACA).to_parquet(str(data / "train-00000-of-00001.parquet"))
-    args = [*FAST, "dataset=alpaca", BYTES, "input_len=64", "dataset.num_requests=3", "hydra.run.dir=run"]
+    args = [*FAST, "isolate=false", "dataset=alpaca", BYTES, "input_len=64", "dataset.num_requests=3",
+            "hydra.run.dir=run"]
     run_llem(args, cwd=tmp_path, env_extra=_offline_env(tmp_path), check=True)
     r = _row(tmp_path)
     assert r["status"] == "ok" and r["num_requests"] == 3 and r["prompts_dropped_short"] == 1
@@ -329,11 +333,9 @@ def test_alpaca_reads_a_prefetched_hub_snapshot_offline(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE=1", "unreachable endpoint"])
-def test_alpaca_with_no_network_and_empty_cache_fails_within_seconds(tmp_path, offline):
+def test_alpaca_with_no_network_and_empty_cache_fails_within_seconds(tmp_path):
+    """A whole run, offline (the unreachable-Hub path is tested in-process above)."""
     env = _offline_env(tmp_path)
-    if offline != "HF_HUB_OFFLINE=1":
-        env["HF_HUB_OFFLINE"] = "0"
     t0 = time.monotonic()
     proc = run_llem([*FAST, "dataset=alpaca", BYTES, "hydra.run.dir=run"], cwd=tmp_path, env_extra=env, timeout=120)
     elapsed = time.monotonic() - t0
@@ -343,12 +345,3 @@ def test_alpaca_with_no_network_and_empty_cache_fails_within_seconds(tmp_path, o
     r = _row(tmp_path)
     assert r["status"] == "failed" and r["error_stage"] == "workload"
     assert "huggingface-cli download tatsu-lab/alpaca --repo-type dataset" in r["error"]
-
-
-@pytest.mark.slow
-def test_text_dataset_without_tokenizer_fails_before_load(tmp_path):
-    proc = run_llem([*FAST, "dataset=builtin", "model.tokenizer=null", "hydra.run.dir=run"], cwd=tmp_path,
-                    env_extra=_offline_env(tmp_path))
-    assert proc.returncode == 1 and "loaded" not in proc.stdout + proc.stderr
-    r = _row(tmp_path)
-    assert r["status"] == "failed" and r["error_stage"] == "workload" and "model.tokenizer" in r["error"]

@@ -11,6 +11,8 @@ import pytest
 from llem import metrics
 from llem.energy.nvml import GpuReader
 from llem.energy.window import COUNTER_UPDATE_S, EnergyMeter, Sampler
+from llem.results.schema import columns_of
+from llem.results.tables import TimeseriesRow
 from tests.fake_nvml import (
     FakeClock,
     FakeGpu,
@@ -51,7 +53,7 @@ def test_window_energy_is_the_exact_counter_delta(trace, phase, step):
     assert w.integrated_j == pytest.approx(csv_trapezoid_j(trace, t0, t1, step, "power_instant_field_mw"), rel=1e-12)
     rows = [r for r in trace if t0 <= r["t_s"] <= t1]
     assert w.peak_power_w == max(r["power_instant_field_mw"] for r in rows) / 1000.0
-    assert w.peak_memory_used_mb == max(r["memory_used_mb"] for r in rows)
+    assert w.peak_memory_used_mib == max(r["memory_used_mb"] for r in rows)
 
 
 def test_consecutive_windows_use_only_their_own_samples(trace):
@@ -215,12 +217,9 @@ def test_no_gpus_gives_none_not_zero():
     assert w.energy_j is None and w.method == "none" and w.energy_j_per_gpu == []
     assert w.warnings == ["GPU energy not measured: NVML unavailable (test)"]
     assert [r["gpu_index"] for r in sampler.rows] == [None, None]
-    assert (
-        metrics.energy_summary(w.energy_j, w.duration_s, 100, 1, "device_idle", {"device_idle": 70.0})[
-            "gpu_energy_adjusted_j"
-        ]
-        is None
-    )
+    assert w.null_reason == "NVML unavailable (test)"
+    summary, _ = metrics.energy_summary(w.energy_j, w.duration_s, 100, 1, "device_idle", {"device_idle": 70.0})
+    assert summary.gpu_energy_adjusted_j is None
     default = EnergyMeter([], Sampler([], 0.02, clock=clock.now)).stop(mark)
     assert default.warnings == ["GPU energy not measured: no GPU is metered"]
 
@@ -264,77 +263,61 @@ def test_energy_summary_subtracts_the_baseline(measured, kind, idle_phase):
     power = measured[idle_phase].avg_power_w
     idle = {"device_idle": measured["idle_before"].avg_power_w, "loaded_idle": measured["idle_after"].avg_power_w}
     tokens, requests = 1234, 8
-    s = metrics.energy_summary(heavy.energy_j, heavy.duration_s, tokens, requests, kind, idle)
+    s, warns = metrics.energy_summary(heavy.energy_j, heavy.duration_s, tokens, requests, kind, idle)
     adjusted = heavy.energy_j - power * heavy.duration_s
     assert 0 < adjusted < heavy.energy_j
-    assert s["gpu_energy_j"] == heavy.energy_j
-    assert s["baseline_kind"] == kind and s["baseline_power_w"] == power
-    assert s["baseline_energy_j"] == pytest.approx(power * heavy.duration_s)
-    assert s["gpu_energy_adjusted_j"] == pytest.approx(adjusted)
-    assert s["j_per_output_token"] == pytest.approx(adjusted / tokens)
-    assert s["j_per_output_token_raw"] == pytest.approx(heavy.energy_j / tokens)
-    assert s["j_per_request"] == pytest.approx(adjusted / requests)
-    assert s["output_tokens_per_j"] == pytest.approx(tokens / adjusted)
-    assert s["warnings"] == []
+    assert s.baseline_kind == kind and s.baseline_power_w == power
+    assert s.baseline_energy_j == pytest.approx(power * heavy.duration_s)
+    assert s.gpu_energy_adjusted_j == pytest.approx(adjusted)
+    assert s.j_per_output_token == pytest.approx(adjusted / tokens)
+    assert s.j_per_output_token_raw == pytest.approx(heavy.energy_j / tokens)
+    assert s.j_per_request == pytest.approx(adjusted / requests)
+    assert s.output_tokens_per_j == pytest.approx(tokens / adjusted)
+    assert warns == []
 
 
 def test_energy_summary_kind_none_keeps_raw(measured):
     light = measured["light"]
-    s = metrics.energy_summary(light.energy_j, light.duration_s, 500, 5, "none", {"device_idle": 70.0})
-    assert s["gpu_energy_adjusted_j"] == light.energy_j
-    assert s["baseline_power_w"] is None and s["baseline_energy_j"] is None
-    assert s["j_per_output_token"] == s["j_per_output_token_raw"] == pytest.approx(light.energy_j / 500)
-    assert s["j_per_request"] == pytest.approx(light.energy_j / 5)
+    s, warns = metrics.energy_summary(light.energy_j, light.duration_s, 500, 5, "none", {"device_idle": 70.0})
+    assert s.gpu_energy_adjusted_j == light.energy_j
+    assert s.baseline_power_w is None and s.baseline_energy_j is None
+    assert s.j_per_output_token == s.j_per_output_token_raw == pytest.approx(light.energy_j / 500)
+    assert s.j_per_request == pytest.approx(light.energy_j / 5)
 
 
 def test_energy_summary_missing_baseline(measured):
     heavy = measured["heavy"]
-    s = metrics.energy_summary(
+    s, warns = metrics.energy_summary(
         heavy.energy_j, heavy.duration_s, 100, 2, "loaded_idle", {"device_idle": 70.0, "loaded_idle": None}
     )
-    assert s["gpu_energy_adjusted_j"] is None
-    assert s["j_per_output_token"] is None and s["j_per_request"] is None and s["output_tokens_per_j"] is None
-    assert s["j_per_output_token_raw"] == pytest.approx(heavy.energy_j / 100)  # the raw figure survives
-    assert s["warnings"] == ["baseline loaded_idle was not measured: adjusted energy is null"]
+    assert s.gpu_energy_adjusted_j is None
+    assert s.j_per_output_token is None and s.j_per_request is None and s.output_tokens_per_j is None
+    assert s.j_per_output_token_raw == pytest.approx(heavy.energy_j / 100)  # the raw figure survives
+    assert warns == ["baseline loaded_idle was not measured: adjusted energy is null"]
 
 
 def test_energy_summary_without_energy_is_all_none():
-    s = metrics.energy_summary(None, 6.0, 100, 2, "device_idle", {"device_idle": 70.0})
-    figures = {k: v for k, v in s.items() if k not in ("baseline_kind", "warnings")}
+    s, warns = metrics.energy_summary(None, 6.0, 100, 2, "device_idle", {"device_idle": 70.0})
+    figures = {k: v for k, v in vars(s).items() if k != "baseline_kind"}
     assert figures and all(v is None for v in figures.values()), figures
 
 
 def test_energy_summary_keeps_a_negative_adjusted_energy(measured):
     quiet = measured["idle_before"]  # ~71 W, against the ~122 W of the loaded-idle phase
     loaded = measured["idle_after"].avg_power_w
-    s = metrics.energy_summary(quiet.energy_j, quiet.duration_s, 10, 1, "loaded_idle", {"loaded_idle": loaded})
+    s, warns = metrics.energy_summary(quiet.energy_j, quiet.duration_s, 10, 1, "loaded_idle", {"loaded_idle": loaded})
     expected = quiet.energy_j - loaded * quiet.duration_s
     assert expected < 0
-    assert s["gpu_energy_adjusted_j"] == pytest.approx(expected)  # not clipped to 0
-    assert s["j_per_output_token"] == pytest.approx(expected / 10)
-    assert s["output_tokens_per_j"] is None
-    assert len(s["warnings"]) == 1 and "not positive" in s["warnings"][0]
+    assert s.gpu_energy_adjusted_j == pytest.approx(expected)  # not clipped to 0
+    assert s.j_per_output_token == pytest.approx(expected / 10)
+    assert s.output_tokens_per_j is None
+    assert len(warns) == 1 and "not positive" in warns[0]
 
 
 # ---------------------------------------------------------------------------------------
 # the background sampler, in real time
 
-ROW_KEYS = {
-    "t_s",
-    "phase",
-    "gpu_index",
-    "energy_counter_mj",
-    "power_instant_w",
-    "power_average_w",
-    "temperature_c",
-    "sm_clock_mhz",
-    "gpu_util_pct",
-    "mem_util_pct",
-    "memory_used_mb",
-    "clock_event_reasons",
-    "cpu_util_pct",
-    "rss_mb",
-}
+ROW_KEYS = {c.name for c in columns_of(TimeseriesRow)}  # the sampler's rows are the declared columns
 
 
 def test_background_sampler_runs_and_stops(trace):

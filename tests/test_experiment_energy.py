@@ -61,14 +61,32 @@ def test_energy_columns_from_replayed_counters(compose_cfg, trace, tmp_path, mon
 
 @pytest.mark.slow
 def test_data_parallel_reads_each_gpu_once_and_sums(compose_cfg, trace, tmp_path, monkeypatch):
-    row, ts = _run(compose_cfg, trace, tmp_path, monkeypatch, ["backend.num_processes=2"], n_gpus=2)
+    """Two gloo replicas through accelerate: each GPU read once by the measuring process and summed;
+    every request served once, by the replica accelerate's split assigns it to; both replicas at once."""
+    from llem.backends._torch_workers import split
+
+    row, ts = _run(compose_cfg, trace, tmp_path, monkeypatch, ["backend.num_processes=2", "output_len=32"],
+                   n_gpus=2)
     assert row["status"] == "ok", row["error"]
     per_gpu = list(row["gpu_energy_j_per_gpu"])
     assert len(per_gpu) == 2 and row["gpu_energy_j"] == pytest.approx(sum(per_gpu))
     assert per_gpu[1] > per_gpu[0]  # GPU 1 replays the trace at 1.25× power
     assert set(ts["gpu_index"].dropna()) == {0, 1}
-    req = pd.read_parquet(tmp_path / "requests.parquet")
-    assert sorted(req["process_index"].unique()) == [0, 1] and len(req) == 24
+    req = pd.read_parquet(tmp_path / "requests.parquet").sort_values("request_id")
+    assert len(req) == 24 and (req["output_tokens"] == 32).all() and row["engine.num_processes"] == 2
+    for rank in (0, 1):
+        mine = set(split(list(range(24)), 2, rank))  # request ids are the workload's order
+        assert set(req.loc[req["process_index"] == rank, "request_id"]) == mine
+    assert row["tokens_requested"] == req["input_tokens"].sum() + 24 * 32  # both replicas' counts, summed
+    ends = req["start_offset_s"] + req["e2e_ms"] / 1000
+    spans = {rank: (req.loc[req["process_index"] == rank, "start_offset_s"].min(),
+                    ends[req["process_index"] == rank].max()) for rank in (0, 1)}
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # the replicas ran at the same time
+    import psutil
+
+    left = [c for c in psutil.Process().children(recursive=True)
+            if c.status() != "zombie" and "resource_tracker" not in " ".join(c.cmdline())]
+    assert not left, left  # the workers were closed with the engine
 
 
 def test_host_meter_adds_cpu_ram_and_co2_without_counting_the_gpu_twice(compose_cfg, trace, tmp_path, monkeypatch):

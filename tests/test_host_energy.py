@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llem.config import to_config
-from llem.energy.codecarbon import J_PER_KWH, HostEnergy, HostMeter, HostWindows, carbon_intensity, co2_g
+from llem.energy.codecarbon import J_PER_KWH, HostMeter, HostReading, HostWindows, carbon_intensity
 from llem.errors import ConfigError, MeterError
 
 
@@ -47,7 +47,7 @@ class StandIn:
 
     def stop(self, phase):
         cpu, ram = self.energies[phase]
-        return HostEnergy(phase, 1.0, cpu, ram, None if cpu is not None else "none read")
+        return HostReading(phase, 1.0, cpu, ram, None if cpu is not None else "none read")
 
     def facts(self):
         return {"version": "x"}
@@ -57,31 +57,27 @@ class StandIn:
 
 
 def test_windows_prefix_columns_and_sum_the_measured_window():
-    row = {"gpu_energy_j": 3600.0 - 39.6}
+    gpu_j = 3600.0 - 39.6
     host = HostWindows(["nvml", "codecarbon"], None, Path("."), make_meter=StandIn)
-    assert host.around("load", row, lambda: "loaded") == "loaded"
-    host.around("measure", row, lambda: None)
-    host.around("prefill", row, lambda: None)
-    assert row["load_cpu_energy_j"] == 10.0 and row["cpu_energy_j"] == 36.0 and row["prefill_ram_energy_j"] == 1.0
-    assert row["prefill_cpu_energy_j"] is None and row["cpu_energy_method"] == "codecarbon_intel_rapl"
+    assert host.around("load", lambda: "loaded") == "loaded"
+    host.around("measure", lambda: None)
+    host.around("prefill", lambda: None)
+    out, facts = host.result(gpu_j, gpu_used=True)
+    assert out.load_cpu_energy_j == 10.0 and out.cpu_energy_j == 36.0 and out.prefill_ram_energy_j == 1.0
+    assert out.prefill_cpu_energy_j is None and out.cpu_energy_method == "codecarbon_intel_rapl"
     assert host.flags() == []  # RAPL: a counter
-    out = host.carbon(row, gpu_used=True)
-    assert out["energy_total_j"] == pytest.approx(3600.0)
-    assert out["co2_g"] == pytest.approx(3600.0 / J_PER_KWH * 400.0) and out["codecarbon.version"] == "x"
-    assert host.carbon(row, gpu_used=False)["energy_total_j"] == pytest.approx(39.6)  # CPU-only: GPU counts 0
-    assert host.carbon({**row, "gpu_energy_j": None}, gpu_used=True)["co2_g"] is None  # a used part unmeasured
+    assert out.energy_total_j == pytest.approx(3600.0)
+    assert out.co2_g == pytest.approx(3600.0 / J_PER_KWH * 400.0) and facts.version == "x"
+    assert host.result(gpu_j, gpu_used=False)[0].energy_total_j == pytest.approx(39.6)  # CPU-only: GPU counts 0
+    assert host.result(None, gpu_used=True)[0].co2_g is None  # a used part unmeasured
 
 
 def test_windows_are_a_no_op_without_codecarbon():
-    row = {}
     host = HostWindows(["nvml"], None, Path("."), make_meter=lambda *a: pytest.fail("meter opened"))
-    assert host.around("measure", row, lambda: 7) == 7 and row == {} and host.carbon(row, True) == {}
+    assert host.around("measure", lambda: 7) == 7
+    out, facts = host.result(1.0, True)
+    assert facts is None and all(v is None for v in vars(out).values())
     assert host.flags() == []
-
-
-def test_co2_is_energy_times_intensity():
-    assert co2_g(J_PER_KWH, 475.0) == pytest.approx(475.0)
-    assert co2_g(None, 475.0) is None and co2_g(1.0, None) is None
 
 
 def test_missing_codecarbon_names_the_extra(monkeypatch, tmp_path):

@@ -29,17 +29,17 @@ def test_request_rows_and_percentiles_match_numpy():
         times = list(start + np.cumsum(rng.uniform(0.005, 0.05, size=6)))
         results.append(_result(i, start, times))
     rows = request_rows(results, window_t0=10.0)
-    assert rows[3]["start_offset_s"] == 3.0
+    assert rows[3].start_offset_s == 3.0
     ttft = [(r.first_token_s - r.start_s) * 1000 for r in results]
     itl = [(b - a) * 1000 for r in results for a, b in zip(r.token_times_s, r.token_times_s[1:])]
     s = latency_summary(rows)
-    assert np.isclose(s["ttft_ms_p50"], np.percentile(ttft, 50))
-    assert np.isclose(s["ttft_ms_p99"], np.percentile(ttft, 99))
-    assert np.isclose(s["itl_ms_p50"], np.percentile(itl, 50))
-    assert np.isclose(s["itl_ms_mean"], np.mean(itl))
+    assert np.isclose(s.ttft_ms_p50, np.percentile(ttft, 50))
+    assert np.isclose(s.ttft_ms_p99, np.percentile(ttft, 99))
+    assert np.isclose(s.itl_ms_p50, np.percentile(itl, 50))
+    assert np.isclose(s.itl_ms_mean, np.mean(itl))
     r0 = results[0]
-    assert np.isclose(rows[0]["tpot_ms"], (r0.end_s - r0.first_token_s) * 1000 / 5)
-    assert len(rows[0]["itl_ms"]) == 5
+    assert np.isclose(rows[0].tpot_ms, (r0.end_s - r0.first_token_s) * 1000 / 5)
+    assert len(rows[0].itl_ms) == 5
 
 
 def test_missing_timings_are_null_not_zero():
@@ -52,7 +52,7 @@ def test_missing_timings_are_null_not_zero():
         timing_note="engine reports no token times",
     )
     rows = request_rows([r], 1.0)
-    assert rows[0]["ttft_ms"] is None and rows[0]["itl_ms"] is None
+    assert rows[0].ttft_ms is None and rows[0].itl_ms is None
     s = latency_summary(rows)
-    assert s["ttft_ms_p50"] is None and s["itl_ms_p50"] is None
-    assert s["e2e_ms_p50"] == 1000.0
+    assert s.ttft_ms_p50 is None and s.itl_ms_p50 is None
+    assert s.e2e_ms_p50 == 1000.0

@@ -45,7 +45,7 @@ def test_fake_replays_the_row_at_the_clock(trace):
     assert s["power_average_w"] == row["power_usage_mw"] / 1000.0
     assert (s["temperature_c"], s["sm_clock_mhz"]) == (row["temperature_c"], row["sm_clock_mhz"])
     assert (s["gpu_util_pct"], s["mem_util_pct"]) == (row["gpu_util_pct"], row["mem_util_pct"])
-    assert s["memory_used_mb"] == row["memory_used_mb"]
+    assert s["memory_used_mib"] == row["memory_used_mb"]
     assert s["clock_event_reasons"] == row["throttle_reasons"]
     rig.clock.set(nxt["t_s"])  # exactly on a row: that row
     assert rig.gpus[0].energy_mj() == nxt["energy_counter_mj"]
@@ -58,7 +58,7 @@ def test_reader_facts_and_processes(trace):
     assert facts["power_limit_w"] == 700.0
     assert facts["mig_enabled"] is False
     assert facts["persistence_mode"] is True
-    assert facts["memory_total_mb"] == H100_MEMORY_TOTAL_BYTES / 2**20
+    assert facts["memory_total_mib"] == H100_MEMORY_TOTAL_BYTES / 2**20
     assert rig.gpus[0].processes() == [4242, 77]
     assert rig.gpus[0].has_counter and rig.gpus[0].has_instant
 

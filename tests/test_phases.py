@@ -102,15 +102,15 @@ def test_steady_state_columns(trace):
     _, rows, t0, t1 = _heavy_rows(trace)
     reqs = [_req(i, t0 + 0.5 + 1.2 * (i // 2), t0 + 1.6 + 1.2 * (i // 2), tokens=10) for i in range(8)]
     s = phases.steady_state(reqs, 2, rows, baseline_power_w=70.0)
-    cols = s.columns()
-    assert cols["steady_state_s"] == pytest.approx(1.2 * 3 + 1.1)
-    assert cols["steady_state_energy_adjusted_j"] == pytest.approx(cols["steady_state_energy_j"] - 70.0 * s.s)
-    assert cols["steady_state_j_per_output_token"] == pytest.approx(
-        cols["steady_state_energy_adjusted_j"] / cols["steady_state_output_tokens"])
-    assert cols["steady_state_null_reason"] is None
-    none = phases.steady_state(reqs[:2], 2, rows, 70.0).columns()
-    assert none["steady_state_s"] is None and none["steady_state_j_per_output_token"] is None
-    assert "more requests" in none["steady_state_null_reason"]
+    cols = s
+    assert cols.steady_state_s == pytest.approx(1.2 * 3 + 1.1)
+    assert cols.steady_state_energy_adjusted_j == pytest.approx(cols.steady_state_energy_j - 70.0 * s.steady_state_s)
+    assert cols.steady_state_j_per_output_token == pytest.approx(
+        cols.steady_state_energy_adjusted_j / cols.steady_state_output_tokens)
+    assert cols.steady_state_null_reason is None
+    none = phases.steady_state(reqs[:2], 2, rows, 70.0)
+    assert none.steady_state_s is None and none.steady_state_j_per_output_token is None
+    assert "more requests" in none.steady_state_null_reason
 
 
 def test_prefill_decode_split():
@@ -118,16 +118,16 @@ def test_prefill_decode_split():
                                         baseline_power_w=100.0, input_tokens=1024, output_tokens=1024,
                                         num_requests=8)
     assert warns == []
-    assert cols["decode_s"] == 8.5 and cols["decode_energy_j"] == 4700.0
-    assert cols["prefill_energy_adjusted_j"] == 150.0 and cols["decode_energy_adjusted_j"] == 3850.0
-    assert cols["prefill_j_per_input_token"] == pytest.approx(150.0 / 1024)
-    assert cols["decode_j_per_output_token"] == pytest.approx(3850.0 / (1024 - 8))
+    assert cols.decode_s == 8.5 and cols.decode_energy_j == 4700.0
+    assert cols.prefill_energy_adjusted_j == 150.0 and cols.decode_energy_adjusted_j == 3850.0
+    assert cols.prefill_j_per_input_token == pytest.approx(150.0 / 1024)
+    assert cols.decode_j_per_output_token == pytest.approx(3850.0 / (1024 - 8))
 
 
 def test_a_short_prefill_pass_is_flagged_as_coarse():
     cols, warns = phases.prefill_decode(10.0, 5000.0, 0.3, 100.0, 100.0, 1024, 1024, 8)
     assert len(warns) == 1 and "prefill pass lasted 0.30 s" in warns[0]
-    assert cols["prefill_energy_j"] == 100.0  # still reported
+    assert cols.prefill_energy_j == 100.0  # still reported
 
 
 @pytest.mark.parametrize("prefill_s, prefill_j, baseline, expect", [
@@ -138,13 +138,13 @@ def test_a_short_prefill_pass_is_flagged_as_coarse():
 def test_prefill_decode_flags_but_never_clips(prefill_s, prefill_j, baseline, expect):
     cols, warns = phases.prefill_decode(10.0, 5000.0, prefill_s, prefill_j, baseline, 1024, 1024, 8)
     assert len(warns) == 1 and expect in warns[0]
-    assert cols["decode_energy_j"] == 5000.0 - prefill_j  # reported as is
-    assert cols["decode_s"] == 10.0 - prefill_s
+    assert cols.decode_energy_j == 5000.0 - prefill_j  # reported as is
+    assert cols.decode_s == 10.0 - prefill_s
 
 
 def test_prefill_decode_without_energy_keeps_times():
     cols, warns = phases.prefill_decode(10.0, None, 0.5, None, None, 1024, 1024, 8)
-    assert cols["decode_s"] == 9.5 and cols["decode_energy_j"] is None and cols["prefill_j_per_input_token"] is None
+    assert cols.decode_s == 9.5 and cols.decode_energy_j is None and cols.prefill_j_per_input_token is None
     assert warns == []
 
 

@@ -13,6 +13,10 @@ from llem.records import Request
 pytest.importorskip("transformers")
 
 
+def _padding(counts) -> float:
+    return (counts.tokens_computed - counts.tokens_requested) / counts.tokens_requested
+
+
 def _engine(compose_cfg, overrides):
     config = to_config(compose_cfg(["device=cpu", *overrides]))
     eng = engine_class("pytorch")(config, "cpu")
@@ -51,9 +55,9 @@ def test_padding_counts_without_sorting(engine):
     engine.generate(_varied(), 6, lambda n: None)
     counts = engine.work_counts()
     # batch 0: 3 rows × (6 + 6) computed for 4+5+6 + 3×6 requested; batch 1: 2 × (8 + 6) for 7+8 + 2×6
-    assert counts["tokens_computed"] == 3 * 12 + 2 * 14
-    assert counts["tokens_requested"] == (15 + 18) + (15 + 12)
-    assert counts["padding_overhead_pct"] == pytest.approx(100 * (64 - 60) / 60)
+    assert counts.tokens_computed == 3 * 12 + 2 * 14
+    assert counts.tokens_requested == (15 + 18) + (15 + 12)
+    assert _padding(counts) == pytest.approx((64 - 60) / 60)
 
 
 def test_sort_by_length_batches_similar_lengths_and_cuts_padding(compose_cfg):
@@ -64,13 +68,13 @@ def test_sort_by_length_batches_similar_lengths_and_cuts_padding(compose_cfg):
         assert [o.request_id for o in out] == [0, 1, 2, 3]  # returned in request order
         by_id = {o.request_id: o.batch_index for o in out}
         assert by_id[1] == by_id[3] == 0 and by_id[0] == by_id[2] == 1  # longest first, similar together
-        sorted_pad = eng.work_counts()["padding_overhead_pct"]
+        sorted_pad = _padding(eng.work_counts())
     finally:
         eng.close()
     unsorted = _engine(compose_cfg, ["batch=2"])
     try:
         unsorted.generate(reqs, 3, lambda n: None)
-        assert sorted_pad < unsorted.work_counts()["padding_overhead_pct"]
+        assert sorted_pad < _padding(unsorted.work_counts())
     finally:
         unsorted.close()
 
@@ -95,8 +99,8 @@ def test_info_reports_parameters_and_precision(engine):
     assert info.num_parameters == sum(p.numel() for p in engine._runner.model.parameters())
     assert info.weight_bytes == info.num_parameters * 4  # float32
     assert info.weight_precision == info.compute_precision == "float32"
-    assert info.resolved_args["attn_implementation"] == "sdpa"
-    assert "torch" in info.versions and engine.memory_peak_mb() is None  # CPU: no device memory peak
+    assert info.resolved.attn_implementation == "sdpa"
+    assert "torch" in info.versions and engine.memory_peak_mib() is None  # CPU: no device memory peak
 
 
 def test_sampling_still_gives_exact_length(compose_cfg):
@@ -109,7 +113,7 @@ def test_sampling_still_gives_exact_length(compose_cfg):
 def test_eager_attention_is_used_and_agrees_with_sdpa(compose_cfg, engine):
     eng = _engine(compose_cfg, ["batch=3", "backend.attn_implementation=eager"])
     try:
-        assert eng.info().resolved_args["attn_implementation"] == "eager"
+        assert eng.info().resolved.attn_implementation == "eager"
         reqs = [Request(0, [9] * 6)]
         import torch  # same seed, same random weights: the two kernels give the same logits
 
@@ -131,7 +135,7 @@ def test_static_cache_pads_every_batch_to_fixed_shape(compose_cfg):
         out = eng.generate(_varied(4), 5, lambda n: None)
         assert [o.output_tokens for o in out] == [5] * 4
         # two batches, each 3 rows × (10 + 5), whatever the prompts and the last batch's size
-        assert eng.work_counts()["tokens_computed"] == 2 * 3 * 15
+        assert eng.work_counts().tokens_computed == 2 * 3 * 15
     finally:
         eng.close()
 
@@ -156,7 +160,8 @@ def test_data_parallel_excludes_sharding(compose_cfg):
         to_config(compose_cfg(["backend.num_processes=2", "backend.device_map=auto"]))
 
 
-@pytest.mark.parametrize("key", ["attn_implementation", "device_map", "quantization_config", "load_in_4bit"])
+@pytest.mark.parametrize("key", ["attn_implementation", "device_map", "quantization_config", "load_in_4bit",
+                                 "use_flash_attention_2"])
 def test_engine_args_cannot_bypass_llem_keys(compose_cfg, key):
     config = to_config(compose_cfg([f"+backend.engine_args.{key}=x"]))
     with pytest.raises(ConfigError, match=f"backend.engine_args.{key}"):
@@ -190,31 +195,95 @@ def test_split_is_deterministic_and_covers_everything():
     assert [split(items, 3, i) for i in range(3)] == parts
 
 
-@pytest.mark.slow
-def test_data_parallel_two_processes_on_cpu(compose_cfg):
-    """Two gloo workers through accelerate: every request served once, by the process accelerate's
-    split assigns it to; rows merged in request order; padding counts summed."""
-    from llem.backends._torch_workers import split
+# -- engine_args checked against what transformers takes, as load starts (before any weights are built) -----
 
-    eng = _engine(compose_cfg, ["batch=2", "backend.num_processes=2"])
-    procs = list(eng._pool.procs)
+def _load_fails(compose_cfg, *overrides):
+    """The ConfigError load raises for this job, and the runner, which must hold no model."""
+    config = to_config(compose_cfg(["device=cpu", *overrides]))
+    eng = engine_class("pytorch")(config, "cpu")
+    eng.validate_config(config)
+    eng.check()
+    with pytest.raises(ConfigError) as err:
+        eng.load()
+    assert eng._runner.model is None  # failed before building weights
+    eng.close()
+    return str(err.value)
+
+
+def test_unknown_engine_arg_is_named_with_the_closest_argument(compose_cfg):
+    message = _load_fails(compose_cfg, "+backend.engine_args.experts_implementaton=eager")
+    assert message.startswith("backend.engine_args.experts_implementaton is not an argument of transformers' "
+                              "from_pretrained (loading arguments, or LlamaConfig attributes): "
+                              "did you mean experts_implementation")
+
+
+def test_random_weights_take_config_attributes_from_the_architecture(compose_cfg):
+    message = _load_fails(compose_cfg, "+backend.engine_args.use_cache=false")
+    assert message.startswith("backend.engine_args.use_cache is an attribute of the model's config")
+    assert "model.architecture.use_cache" in message
+
+
+def test_random_weights_do_not_take_from_pretrained_arguments(compose_cfg):
+    message = _load_fails(compose_cfg, "+backend.engine_args.low_cpu_mem_usage=true")
+    assert message.startswith("backend.engine_args.low_cpu_mem_usage is a from_pretrained argument")
+    assert "allowed with random weights: experts_implementation" in message
+
+
+def test_from_config_argument_passes_and_loads(compose_cfg):
+    eng = _engine(compose_cfg, ["+backend.engine_args.experts_implementation=eager"])
     try:
-        assert eng.sequences_in_flight() == 4
-        reqs = _varied(5)
-        done = []
-        out = eng.generate(reqs, 4, done.append)
-        assert [o.request_id for o in out] == [0, 1, 2, 3, 4] and sum(done) == 5
-        assert [o.output_tokens for o in out] == [4] * 5
-        for rank in (0, 1):
-            mine = {r.request_id for r in split(reqs, 2, rank)}
-            assert {o.request_id for o in out if o.process_index == rank} == mine
-        assert eng.work_counts()["tokens_requested"] == sum(r.input_tokens for r in reqs) + 5 * 4
-        info = eng.info()
-        assert info.resolved_args["num_processes"] == 2 and info.num_parameters > 0
-        # both replicas ran at the same time: their windows overlap
-        spans = {rank: (min(o.start_s for o in out if o.process_index == rank),
-                        max(o.end_s for o in out if o.process_index == rank)) for rank in (0, 1)}
-        assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
+        assert eng._runner.model.config._experts_implementation == "eager"
     finally:
         eng.close()
-    assert all(not p.is_alive() for p in procs) and [p.exitcode for p in procs] == [0, 0]
+
+
+@pytest.fixture(scope="module")
+def llama_config():
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model("llama", hidden_size=64, num_attention_heads=4, num_hidden_layers=1)
+
+
+@pytest.mark.parametrize("key", ["cache_dir", "low_cpu_mem_usage", "max_memory", "subfolder", "use_cache",
+                                 "rope_parameters", "output_attentions"])
+def test_pretrained_takes_loading_arguments_and_config_overrides(llama_config, key):
+    from llem.backends._torch_runner import check_loading_args
+
+    check_loading_args({key: 1}, lambda: llama_config, from_config=False)
+
+
+def test_pretrained_unknown_arg_is_named(llama_config):
+    from llem.backends._torch_runner import check_loading_args
+
+    with pytest.raises(ConfigError, match=r"^backend.engine_args.max_memroy is not an argument of transformers' "
+                                          r"from_pretrained .*did you mean max_memory\?"):
+        check_loading_args({"max_memroy": 1}, lambda: llama_config, from_config=False)
+
+
+def test_pretrained_config_is_read_only_for_keys_that_need_it(llama_config):
+    from llem.backends._torch_runner import check_loading_args
+
+    reads = []
+    check_loading_args({"cache_dir": "x", "variant": "fp16"}, lambda: reads.append(1), from_config=False)
+    assert reads == []  # loading arguments alone: no config read
+    check_loading_args({"use_cache": 1, "output_attentions": 1}, lambda: reads.append(1) or llama_config, False)
+    assert reads == [1]  # read once
+    check_loading_args({"no_such_argument": 1}, lambda: None, from_config=False)  # config unreadable: skipped
+
+
+def test_pretrained_checkpoint_takes_config_overrides_and_names_typos(compose_cfg, tmp_path):
+    """from_pretrained on a checkpoint saved here: a config attribute is an override, a typo fails first."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch = dict(to_config(compose_cfg([])).model.architecture)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch)).save_pretrained(tmp_path)
+    pretrained = ["model.weights=pretrained", f"model.hf_id={tmp_path}"]
+    message = _load_fails(compose_cfg, *pretrained, "+backend.engine_args.use_cach=false")
+    assert message.startswith("backend.engine_args.use_cach is not an argument of transformers' from_pretrained")
+    assert "did you mean use_cache" in message
+    eng = _engine(compose_cfg, [*pretrained, "+backend.engine_args.use_cache=false",
+                                "+backend.engine_args.low_cpu_mem_usage=true"])
+    try:
+        assert eng._runner.model.config.use_cache is False
+    finally:
+        eng.close()

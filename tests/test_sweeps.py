@@ -1,4 +1,5 @@
-"""Sweeps: multirun through the real launchers, failures as rows, resume, sweeper objectives."""
+"""Sweeps: multirun through the real launchers, failures as rows, resume, signals, the sweep lock,
+dry runs, secrets, sweeper objectives."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST, run_llem
+from tests.conftest import FAST, llem_env, run_llem
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("main_sweep")]  # one worker builds the shared sweep
+SECRET, KEY = "hf_NotARealSecret42xyz", "sk-AlsoNotReal-77abc"
 
 
 def _results(sweep: Path) -> dict:
@@ -33,25 +35,37 @@ def _starts(job_dir: Path) -> int:
     return sum(" backend=" in line and "] - job " in line for line in (job_dir / "llem.log").read_text().splitlines())
 
 
-def test_basic_sweep_three_jobs(tmp_path):
-    proc = run_llem(["-m", *FAST, "batch=1,2,4", "hydra.sweep.dir=sweep"], cwd=tmp_path, check=True)
-    rows = _results(tmp_path / "sweep")
-    assert len(rows) == 3
-    assert sorted(r["cfg.batch"] for r in rows.values()) == [1, 2, 4]
-    assert all(r["status"] == "ok" for r in rows.values())
+def test_basic_sweep(main_sweep):
+    sweep, out = main_sweep
+    rows = _results(sweep)
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows.values())
+    assert sorted(r["cfg.batch"] for r in rows.values()) == [1, 1, 1, 2, 2, 2]
     assert all(f"batch={r['cfg.batch']}" in name.split(",") for name, r in rows.items())  # readable dirs
-    assert "3 ok, 0 skipped, 0 failed" in proc.stdout + proc.stderr
+    assert "6 ok, 0 skipped, 0 failed" in out and (sweep / ".llem-index" / "runs.parquet").is_file()
+
+
+def test_dry_run_runs_nothing_and_says_what_would(main_sweep, tmp_path):
+    sweep, _ = main_sweep
+    before = sorted(str(p) for p in sweep.rglob("*"))
+    args = ["-m", *FAST, "isolate=false", "repeat=0,1,2", "batch=1,2,0", "dry_run=true"]
+    proc = run_llem([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert out.count("would be skipped") == 6 and out.count("invalid: batch=0 is invalid") == 3, out
+    assert sorted(str(p) for p in sweep.rglob("*")) == before  # nothing written, nothing removed
+    fresh = run_llem([*args[:-2], "batch=1", "dry_run=true", "hydra.sweep.dir=fresh/sweep"], cwd=tmp_path)
+    assert (fresh.stdout + fresh.stderr).count("would run on cpu") == 3
+    assert not (tmp_path / "fresh").exists() and "loading" not in fresh.stdout + fresh.stderr
 
 
 def test_submitit_local_sweep_gives_jobs_a_gpu_and_runs_them_one_at_a_time(tmp_path):
-    run_llem(["hydra/launcher=local", "-m", *FAST, "batch=1,2", "hydra.sweep.dir=sweep"], cwd=tmp_path, check=True)
+    run_llem(["hydra/launcher=local", "-m", *FAST, "isolate=false", "batch=1,2", "hydra.sweep.dir=sweep"],
+             cwd=tmp_path, check=True)
     rows = _results(tmp_path / "sweep")
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows.values())
     # the preset asks for the engine's GPU count, so submitit exposes a device instead of hiding all
     assert {r["env.cuda_visible_devices"] for r in rows.values()} == {"0"}
-    logs = sorted((tmp_path / "sweep").glob("*/llem.log"))
     spans = []
-    for log in logs:
+    for log in sorted((tmp_path / "sweep").glob("*/llem.log")):
         stamps = [line[1:24] for line in log.read_text().splitlines() if line.startswith("[")]
         spans.append((stamps[0], stamps[-1]))
     spans.sort()
@@ -62,7 +76,7 @@ def test_optuna_trials_return_the_objective(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     proc = run_llem(["hydra/sweeper=energy_search", "hydra.sweeper.n_trials=3", "objective.metric=output_tok_per_s",
                      "objective.direction=maximize", "hydra.sweeper.params={batch:'choice(1,2,4)'}", *FAST,
-                     "hydra.sweep.dir=sweep", "-m"], cwd=tmp_path, check=True)
+                     "isolate=false", "hydra.sweep.dir=sweep", "-m"], cwd=tmp_path, check=True)
     rows = _results(tmp_path / "sweep")
     assert len(rows) >= 2  # 3 trials; the sampler may repeat a point, which resumes into the same dir
     out = proc.stdout + proc.stderr
@@ -70,52 +84,110 @@ def test_optuna_trials_return_the_objective(tmp_path):
     assert best == pytest.approx(max(r["output_tok_per_s"] for r in rows.values()))
 
 
-def _kill_when_measuring(llem: subprocess.Popen, sweep: Path, size: int, done: list) -> None:
+def _measuring(sweep: Path, pattern: str, deadline_s: float = 120) -> Path:
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        logs = [p for p in sweep.glob(f"*{pattern}*/llem.log") if "measuring" in p.read_text()]
+        if logs:
+            return logs[0].parent
+        time.sleep(0.05)
+    raise AssertionError(f"no job matching {pattern} began measuring")
+
+
+def _measure_child(pid: int):
     import psutil
 
-    deadline = time.time() + 120
-    while time.time() < deadline and llem.poll() is None:
-        logs = [p for p in sweep.glob("*/llem.log") if _size(p.parent.name) == size]
-        if logs and "measuring" in logs[0].read_text():
-            for child in psutil.Process(llem.pid).children(recursive=True):
-                if "spawn_main" in " ".join(child.cmdline()):
-                    os.kill(child.pid, signal.SIGKILL)
-                    done.append(child.pid)
-                    return
-        time.sleep(0.02)
+    kids = [c for c in psutil.Process(pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+    assert len(kids) == 1, kids
+    return kids[0]
 
 
 def test_failures_become_rows_and_a_rerun_only_reruns_them(tmp_path):
-    """One job is killed with SIGKILL mid-measurement, one raises, one asks for impossible memory."""
-    sizes = "model.architecture.intermediate_size=344,352,-5,2000000000000"
-    args = [sys.executable, "-m", "llem", "-m", "dataset.num_requests=16", "input_len=16", "output_len=128",
+    """One job's measurement process is killed with SIGKILL mid-measurement: a failed row, and the
+    sweep goes on. A rerun of the same command skips the success and measures the other again."""
+    sizes = "model.architecture.intermediate_size=344,352"
+    args = [sys.executable, "-m", "llem", "-m", "dataset.num_requests=4", "input_len=16", "output_len=128",
             "batch=1", "baseline.settle_s=0", "warmup.batches=0", sizes, "hydra.sweep.dir=sweep"]
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     sweep = tmp_path / "sweep"
-    llem = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    llem = subprocess.Popen(args, cwd=tmp_path, env=llem_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     killed: list = []
-    watcher = threading.Thread(target=_kill_when_measuring, args=(llem, sweep, 352, killed))
+
+    def kill_352():
+        _measuring(sweep, "intermediate_size=352")
+        child = _measure_child(llem.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        killed.append(child.pid)
+
+    watcher = threading.Thread(target=kill_352)
     watcher.start()
     out, _ = llem.communicate(timeout=600)
     watcher.join()
     assert killed, out
-    assert llem.returncode == 1
-    assert "1 ok, 0 skipped, 3 failed" in out
-    rows = _results(sweep)
-    by_size = {_size(name): r for name, r in rows.items()}
-    assert by_size[344]["status"] == "ok" and by_size[344]["output_tokens_total"] == 16 * 128
-    killed_row = by_size[352]
-    assert killed_row["status"] == "failed" and "SIGKILL" in killed_row["error"]
-    assert killed_row["error_stage"] == "measure"
-    assert by_size[-5]["status"] == "failed" and by_size[-5]["error_stage"] == "load"
-    assert by_size[2000000000000]["status"] == "failed" and "alloc" in by_size[2000000000000]["error"].lower()
+    assert llem.returncode == 1 and "1 ok, 0 skipped, 1 failed" in out, out
+    by_size = {_size(name): r for name, r in _results(sweep).items()}
+    assert by_size[344]["status"] == "ok" and by_size[344]["output_tokens_total"] == 4 * 128
+    assert by_size[352]["status"] == "failed" and "SIGKILL" in by_size[352]["error"]
+    assert by_size[352]["error_stage"] == "measure" and by_size[352]["error_type"] == "ProcessDied"
 
-    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 1
-    assert "1 ok, 1 skipped, 2 failed" in rerun.stdout + rerun.stderr
+    rerun = subprocess.run([*args, "isolate=false"], cwd=tmp_path, env=llem_env(), capture_output=True, text=True,
+                           timeout=600)  # isolate is not a measured setting: the same jobs
+    assert rerun.returncode == 0 and "1 ok, 1 skipped, 0 failed" in rerun.stdout + rerun.stderr
     starts = {_size(p.name): _starts(p) for p in sweep.iterdir() if p.is_dir() and "=" in p.name}
-    assert starts == {344: 1, 352: 2, -5: 2, 2000000000000: 2}
-    assert {_size(n): r["status"] for n, r in _results(sweep).items()}[352] == "ok"
+    assert starts == {344: 1, 352: 2}
+    assert {_size(n): r["status"] for n, r in _results(sweep).items()} == {344: "ok", 352: "ok"}
+
+
+def test_one_bad_job_never_stops_a_sweep_and_no_secret_is_written(tmp_path):
+    """A value that cannot be stored (seed), one that cannot be composed (batch=abc): each fails alone
+    with a failed row, the other jobs run, the summary prints, the exit code says so. A secret that
+    reached the config by interpolation or typed in reaches no file and no console line."""
+    args = ["-m", *FAST, "isolate=false", "seed=0,100000000000000000000", "batch=2,abc",
+            "warmup.until_cv=null,0.9", "warmup.batches=3", "model.name=${oc.env:HF_TOKEN}", f"model.revision={KEY}",
+            "hydra.sweep.dir=sweep"]
+    proc = run_llem(args, cwd=tmp_path, env_extra={"HF_TOKEN": SECRET, "MY_API_KEY": KEY})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "2 ok, 0 skipped, 6 failed" in out, out
+    rows = _results(tmp_path / "sweep")
+    assert len(rows) == 8
+    seeds = [r for r in rows.values() if r["error_stage"] == "config" and "seed" in str(r["error"])]
+    composed = [r for r in rows.values() if r["error_type"] == "ConfigCompositionException"]
+    assert len(seeds) == 2 and len(composed) == 4 and "batch=abc" in composed[0]["error"]
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    assert {r["cfg.model.name"] for r in ok} == {"<HF_TOKEN>"} and {r["cfg.model.revision"] for r in ok} == {
+        "<MY_API_KEY>"}
+    agg = subprocess.run([sys.executable, "-m", "llem.aggregate", "sweep", "-o", "agg"], cwd=tmp_path,
+                         env=llem_env({"HF_TOKEN": SECRET, "MY_API_KEY": KEY}), capture_output=True, text=True)
+    assert agg.returncode == 0, agg.stderr
+    summary = pd.read_parquet(tmp_path / "agg" / "runs.parquet")
+    assert str(summary["cfg.warmup.until_cv"].dtype) == "float64"  # null in some jobs, a number in others
+    for text in (out, agg.stdout + agg.stderr):
+        assert SECRET not in text and KEY not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert SECRET.encode() not in data and KEY.encode() not in data, path
+
+
+def test_sigterm_stops_the_measurement_and_a_second_sweep_on_the_dir_is_refused(tmp_path):
+    args = [sys.executable, "-m", "llem", "-m", "dataset.num_requests=64", "input_len=16", "output_len=256",
+            "batch=1", "baseline.settle_s=0", "warmup.batches=0", "seed=1,2", "hydra.sweep.dir=sweep"]
+    sweep = tmp_path / "sweep"
+    first = subprocess.Popen(args, cwd=tmp_path, env=llem_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    job = _measuring(sweep, "seed=1")
+    child = _measure_child(first.pid)
+    second = subprocess.run(args, cwd=tmp_path, env=llem_env(), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "in use by another llem sweep" in second.stderr + second.stdout
+    assert "Traceback" not in second.stderr
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 143, err
+    assert err.count("interrupted by SIGTERM during measure") == 1 and "resume" in err and "Traceback" not in err
+    assert not child.is_running() or child.status() == "zombie"
+    time.sleep(1.0)
+    assert not (job / "results.parquet").exists()  # nothing half-measured was written, then or later
+    assert not list(sweep.glob("*seed=2*/results.parquet"))  # the sweep stopped
 
 
 def test_device_cuda_without_a_gpu_refuses_to_measure(tmp_path):
@@ -123,4 +195,4 @@ def test_device_cuda_without_a_gpu_refuses_to_measure(tmp_path):
     assert proc.returncode == 1
     r = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
     assert r["status"] == "failed" and r["error_stage"] == "check" and "device=cuda" in r["error"]
-    assert "loaded" not in proc.stdout + proc.stderr
+    assert "loading" not in proc.stdout + proc.stderr

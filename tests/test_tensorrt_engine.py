@@ -183,7 +183,7 @@ def test_generate_streams_every_request_and_converts(compose_cfg, fake_trt):
     assert params.max_tokens == params.min_tokens == 5 and params.ignore_eos and params.top_k == 1
     assert params.end_id in (cfg.model.architecture["eos_token_id"],) and not params.detokenize
     info = engine.info()
-    assert info.versions["tensorrt_llm"] == "1.2.1" and info.resolved_args["max_batch_size"] == 2
+    assert info.versions["tensorrt_llm"] == "1.2.1" and json.loads(info.resolved.llm_args)["max_batch_size"] == 2
     assert info.num_parameters > 0 and info.weight_bytes == 4 * info.num_parameters  # tiny is float32
     engine.close()
     assert llm.closed
@@ -239,3 +239,134 @@ def test_resolved_llm_arguments_print_without_tensorrt_llm(capsys, monkeypatch):
     assert shown["model"] == "meta-llama/Meta-Llama-3-8B-Instruct" and shown["dtype"] == "bfloat16"
     with pytest.raises(ConfigError, match="backend.quantization"):
         tensorrt.main(["backend.quantization=int3"])
+
+
+# -- engine_args checked against LLM's arguments, read from tensorrt_llm's source (never imported) ----------
+
+_BASE_FIELDS = ("model", "tokenizer", "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code",
+                "tensor_parallel_size", "pipeline_parallel_size", "dtype", "revision", "load_format", "max_batch_size",
+                "max_num_tokens", "max_seq_len", "kv_cache_config", "quant_config", "enable_chunked_prefill",
+                "scheduler_config", "speculative_config", "return_perf_metrics", "enable_iter_perf_stats")
+
+_FAKE_LLM_ARGS = '''
+from typing import Any, ClassVar, Optional
+
+from pydantic import Field, PrivateAttr
+
+from .utils import StrictBaseModel
+
+
+class KvCacheConfig(StrictBaseModel):
+    free_gpu_memory_fraction: float = 0.9
+
+
+class BaseLlmArgs(StrictBaseModel):
+    """Arguments common to both backends."""
+
+    model_config = {"arbitrary_types_allowed": True, "extra": "forbid"}
+    registry: ClassVar[dict] = {}
+    _parallel_config: Optional[object] = PrivateAttr(default=None)
+
+%s
+
+    def get_runtime_sizes(self):
+        sizes: tuple = ()
+        return sizes
+
+
+class TorchLlmArgs(BaseLlmArgs):
+    cuda_graph_config: Optional[Any] = Field(default=None, description="CUDA graphs.")
+    garbage_collection_gen0_threshold: int = Field(default=20000)
+
+
+class TrtLlmArgs(BaseLlmArgs):
+    build_config: Optional[Any] = Field(default=None, description="Build config.")
+    enable_build_cache: bool = False
+'''
+
+
+def _fake_trt_source(root, llm_args=None, version="1.2.1"):
+    """A tensorrt_llm source tree shaped like 1.x's (llmapi/llm_args.py with pydantic args classes) whose
+    import fails: the check must read it, never import it."""
+    pkg = root / "tensorrt_llm"
+    (pkg / "llmapi").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('tensorrt_llm imported by a check')\n")
+    (pkg / "llmapi" / "__init__.py").write_text("")
+    fields = "\n".join(f"    {name}: Optional[Any] = Field(default=None)" for name in _BASE_FIELDS)
+    (pkg / "llmapi" / "llm_args.py").write_text(llm_args if llm_args is not None else _FAKE_LLM_ARGS % fields)
+    dist = root / f"tensorrt_llm-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: {version}\n")
+    return pkg
+
+
+@pytest.fixture
+def trt_source(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
+    pkg = _fake_trt_source(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return pkg
+
+
+def _checked(compose_cfg, llm_backend, *engine_args):
+    """check() of a job with these engine_args (pretrained weights, as llm_backend=trt needs)."""
+    cfg = _config(compose_cfg, "model=llama3", "model.weights=pretrained", f"backend.llm_backend={llm_backend}",
+                  *(f"+backend.engine_args.{arg}=1" for arg in engine_args))
+    TensorRTEngine(cfg, "cuda").check()
+
+
+def test_source_gives_the_fields_of_the_args_class_and_its_bases(trt_source):
+    from llem.backends.tensorrt import llm_arguments
+
+    torch_args, trt_args = llm_arguments(trt_source, "pytorch"), llm_arguments(trt_source, "trt")
+    assert set(_BASE_FIELDS) <= torch_args & trt_args
+    assert "cuda_graph_config" in torch_args - trt_args and "build_config" in trt_args - torch_args
+    assert not {"model_config", "registry", "_parallel_config", "sizes", "free_gpu_memory_fraction"} & torch_args
+    assert "tensorrt_llm" not in sys.modules
+
+
+@pytest.mark.parametrize("llm_backend, arg", [("pytorch", "cuda_graph_config"), ("pytorch", "scheduler_config"),
+                                              ("trt", "build_config"), ("trt", "enable_iter_perf_stats")])
+def test_known_engine_args_pass_check(compose_cfg, trt_source, llm_backend, arg):
+    _checked(compose_cfg, llm_backend, arg)
+    assert "tensorrt_llm" not in sys.modules
+
+
+def test_unknown_engine_arg_is_named_with_the_closest_argument(compose_cfg, trt_source):
+    with pytest.raises(ConfigError) as err:
+        _checked(compose_cfg, "pytorch", "cuda_graph_confg")
+    assert str(err.value).startswith("backend.engine_args.cuda_graph_confg is not an argument of tensorrt_llm.LLM "
+                                     "(TorchLlmArgs, TensorRT-LLM 1.2.1): did you mean cuda_graph_config?")
+    assert "tensorrt_llm" not in sys.modules
+
+
+def test_an_argument_of_the_other_backend_is_unknown(compose_cfg, trt_source):
+    with pytest.raises(ConfigError, match=r"backend.engine_args.build_config is not an argument of "
+                                          r"tensorrt_llm.LLM \(TorchLlmArgs"):
+        _checked(compose_cfg, "pytorch", "build_config")
+    with pytest.raises(ConfigError, match=r"backend.engine_args.cuda_graph_config is not an argument of "
+                                          r"tensorrt_llm._tensorrt_engine.LLM \(TrtLlmArgs"):
+        _checked(compose_cfg, "trt", "cuda_graph_config")
+
+
+@pytest.mark.parametrize("llm_args", ["def broken(:\n", "class LlmArgs:\n    model: str = ''\n"])
+def test_unreadable_source_skips_the_check(compose_cfg, tmp_path, monkeypatch, llm_args):
+    monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
+    _fake_trt_source(tmp_path, llm_args)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _checked(compose_cfg, "pytorch", "no_such_argument")  # left to TensorRT-LLM
+
+
+def test_args_class_with_a_base_from_elsewhere_skips_the_check(compose_cfg, tmp_path, monkeypatch):
+    """A base class defined in another module may add fields this reading cannot see: no check then,
+    rather than rejecting a valid key."""
+    from llem.backends.tensorrt import llm_arguments
+
+    monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
+    fields = "\n".join(f"    {name}: Optional[Any] = None" for name in _BASE_FIELDS)
+    source = (_FAKE_LLM_ARGS % fields).replace("class TorchLlmArgs(BaseLlmArgs):",
+                                               "class TorchLlmArgs(BaseLlmArgs, ImportedMixin):")
+    pkg = _fake_trt_source(tmp_path, source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert llm_arguments(pkg, "pytorch") == frozenset() and "build_config" in llm_arguments(pkg, "trt")
+    _checked(compose_cfg, "pytorch", "mixin_argument")

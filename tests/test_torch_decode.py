@@ -19,6 +19,10 @@ pytest.importorskip("transformers")
 LOOP = ["backend.decode_loop=llem", "backend.cache_implementation=static"]
 
 
+def _padding(counts) -> float:
+    return (counts.tokens_computed - counts.tokens_requested) / counts.tokens_requested
+
+
 def _engine(compose_cfg, overrides, device="cpu"):
     config = to_config(compose_cfg([f"device={device}", *LOOP, *overrides]))
     eng = engine_class("pytorch")(config, device)
@@ -67,7 +71,7 @@ def test_results_exact_length_times_and_counts(engine):
         assert len(o.token_times_s) == 6
         assert o.start_s < o.first_token_s <= o.token_times_s[-1] == o.end_s
     assert [o.batch_index for o in out] == [0, 0, 0, 1]
-    assert engine.work_counts()["tokens_computed"] == 2 * 3 * (10 + 6)  # every batch padded to 3 × 10
+    assert engine.work_counts().tokens_computed == 2 * 3 * (10 + 6)  # every batch padded to 3 × 10
 
 
 def test_shorter_runs_reuse_the_loop_and_longer_ones_are_refused(engine):
@@ -79,8 +83,8 @@ def test_shorter_runs_reuse_the_loop_and_longer_ones_are_refused(engine):
 
 
 def test_info_names_the_loop(engine):
-    args = engine.info().resolved_args
-    assert args["decode_loop"] == "llem" and args["cuda_graph"] is False  # no graph on the CPU
+    args = engine.info().resolved
+    assert args.decode_loop == "llem" and args.cuda_graph is False  # no graph on the CPU
 
 
 def test_warmup_longer_than_output_fits(compose_cfg):
@@ -147,7 +151,7 @@ def test_captured_graph_gives_the_uncaptured_tokens(compose_cfg):
     eng = _engine(compose_cfg, ["batch=2", "input_len=12", "output_len=8", *SHARP], device="cuda")
     try:
         runner = eng._runner
-        assert runner.decoder.graph is not None and eng.info().resolved_args["cuda_graph"] is True
+        assert runner.decoder.graph is not None and eng.info().resolved.cuda_graph is True
         ids, mask = runner._batch_tensors(_varied(2), 2, 12)
         tokens, times = runner.decoder.run(ids, mask)
         assert torch.equal(tokens, _generate_tokens(runner, ids, mask, 8))

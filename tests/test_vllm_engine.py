@@ -179,7 +179,7 @@ def test_generate_submits_all_and_converts_outputs(compose_cfg, fake_vllm):
     # waited for a free slot (max_num_seqs=2): service starts when scheduled, after the first ones ended
     assert last.start_s > first.end_s and last.first_token_s - last.start_s < 0.05
     info = engine.info()
-    assert info.versions["vllm"] == "0.24.0-fake" and info.resolved_args["num_gpu_blocks"] == 42
+    assert info.versions["vllm"] == "0.24.0-fake" and info.resolved.num_gpu_blocks == 42
     assert info.num_parameters and info.num_parameters > 7e9  # counted on the meta device
     engine.close()
 
@@ -201,3 +201,103 @@ def test_decoding_keys_map_to_sampling_params(compose_cfg, fake_vllm):
     config = _config(compose_cfg, "decoding.temperature=0.7", "decoding.top_p=0.9", "decoding.top_k=50", "seed=5")
     sampled = VllmEngine(config, "cuda").sampling_params(16)
     assert (sampled.temperature, sampled.top_p, sampled.top_k, sampled.seed) == (0.7, 0.9, 50, 5)
+
+
+# -- engine_args checked against vllm.LLM's arguments, read from vllm's source (never imported) --------------
+
+_FAKE_LLM_PY = '''
+from typing import Any
+from vllm.engine.arg_utils import EngineArgs
+
+
+class LLM:
+    """Offline entry point: named arguments, the rest forwarded to EngineArgs."""
+
+    def __init__(self, model: str, *, runner: str = "auto", tokenizer: str | None = None,
+                 skip_tokenizer_init: bool = False, trust_remote_code: bool = False, dtype: str = "auto",
+                 seed: int = 0, gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
+                 hf_overrides: dict | None = None, compilation_config: int | dict | None = None,
+                 logits_processors: list | None = None, **kwargs: Any) -> None:
+        self.engine_args = EngineArgs(model=model, **kwargs)
+
+    def generate(self, prompts, sampling_params=None):
+        return []
+'''
+
+_ENGINE_ARGS_FIELDS = ("model", "tokenizer", "runner", "skip_tokenizer_init", "trust_remote_code", "download_dir",
+                       "load_format", "dtype", "kv_cache_dtype", "seed", "max_model_len", "pipeline_parallel_size",
+                       "tensor_parallel_size", "data_parallel_size", "block_size", "enable_prefix_caching",
+                       "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "disable_log_stats",
+                       "revision", "quantization", "enforce_eager", "enable_chunked_prefill", "speculative_config",
+                       "compilation_config", "async_scheduling")
+
+
+def _fake_vllm_source(root, llm_py=_FAKE_LLM_PY, version="0.24.0"):
+    """A vllm source tree shaped like 0.24's (vllm/entrypoints/llm.py, vllm/engine/arg_utils.py) whose
+    import fails: the check must read it, never import it."""
+    pkg = root / "vllm"
+    for sub in ("entrypoints", "engine"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("raise RuntimeError('vllm imported by a check')\n")
+    (pkg / "entrypoints" / "llm.py").write_text(llm_py)
+    fields = "\n".join(f"    {name}: Any = None" for name in _ENGINE_ARGS_FIELDS)
+    (pkg / "engine" / "arg_utils.py").write_text(
+        "from dataclasses import dataclass\nfrom typing import Any, ClassVar\n\nimport torch\n\n\n"
+        f"@dataclass\nclass EngineArgs:\n    \"\"\"Arguments for the engine.\"\"\"\n\n{fields}\n"
+        "    registry: ClassVar[dict] = {}\n\n    def create_engine_config(self):\n        local: int = 1\n")
+    dist = root / f"vllm-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    return pkg
+
+
+@pytest.fixture
+def vllm_source(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    pkg = _fake_vllm_source(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return pkg
+
+
+def test_source_gives_llm_init_parameters_and_engine_args_fields(vllm_source):
+    from llem.backends.vllm import llm_arguments
+
+    names = llm_arguments(vllm_source)
+    assert {"logits_processors", "hf_overrides"} <= names  # LLM.__init__ only
+    assert {"kv_cache_dtype", "async_scheduling", "max_num_seqs"} <= names  # EngineArgs only
+    assert not {"self", "kwargs", "registry", "local"} & names  # no self/**kwargs, ClassVar or method locals
+    assert "vllm" not in sys.modules
+
+
+@pytest.mark.parametrize("key", ["kv_cache_dtype", "hf_overrides", "enable_chunked_prefill"])
+def test_known_engine_args_pass_check(compose_cfg, vllm_source, key):
+    VllmEngine(_config(compose_cfg, f"+backend.engine_args.{key}=1"), "cuda").check()
+    assert "vllm" not in sys.modules
+
+
+def test_unknown_engine_arg_is_named_with_the_closest_argument(compose_cfg, vllm_source):
+    engine = VllmEngine(_config(compose_cfg, "+backend.engine_args.kv_cache_dtyp=fp8"), "cuda")
+    with pytest.raises(ConfigError) as err:
+        engine.check()
+    message = str(err.value)
+    assert message.startswith("backend.engine_args.kv_cache_dtyp is not an argument of vllm.LLM (vLLM 0.24.0): "
+                              "did you mean kv_cache_dtype?")
+    assert "allowed:" in message and "vllm" not in sys.modules
+
+
+def test_llm_without_kwargs_takes_only_its_named_parameters(compose_cfg, tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    named = ", ".join(f"{n}=None" for n in _ENGINE_ARGS_FIELDS if n not in ("model", "kv_cache_dtype"))
+    _fake_vllm_source(tmp_path, f"class LLM:\n    def __init__(self, model, *, {named}):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="backend.engine_args.kv_cache_dtype is not an argument of vllm.LLM"):
+        VllmEngine(_config(compose_cfg, "+backend.engine_args.kv_cache_dtype=fp8"), "cuda").check()
+
+
+@pytest.mark.parametrize("llm_py", ["class LLM:\n    pass\n", "def broken(:\n", "class Other:\n    x: int = 1\n"])
+def test_unreadable_source_skips_the_check(compose_cfg, tmp_path, monkeypatch, llm_py):
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    _fake_vllm_source(tmp_path, llm_py)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    VllmEngine(_config(compose_cfg, "+backend.engine_args.no_such_argument=1"), "cuda").check()  # left to vLLM

@@ -25,17 +25,17 @@ def test_random_requests_are_seeded_and_exact_length():
 def test_random_dataset_from_config(compose_cfg):
     config = to_config(compose_cfg(["dataset.num_requests=3", "input_len=10", "seed=3"]))
     work = workload.build(config)
-    assert work.counts()["num_requests"] == 3
-    assert work.counts()["input_tokens_total"] == 30
+    assert work.counts().num_requests == 3
+    assert work.counts().input_tokens_total == 30
     special = workload.special_token_ids(config.model.architecture)
     assert special and not special & {t for r in work.requests for t in r.token_ids}
     counts = work.counts()
-    assert (counts["input_tokens_min"], counts["input_tokens_p50"], counts["input_tokens_p90"],
-            counts["input_tokens_max"]) == (10, 10.0, 10.0, 10)
-    assert counts["prompts_read"] == 3 and counts["prompts_truncated"] == counts["prompts_dropped_long"] == 0
+    assert (counts.input_tokens_min, counts.input_tokens_p50, counts.input_tokens_p90,
+            counts.input_tokens_max) == (10, 10.0, 10.0, 10)
+    assert counts.prompts_read == 3 and counts.prompts_truncated == counts.prompts_dropped_long == 0
     again = workload.build(to_config(compose_cfg(["dataset.num_requests=3", "input_len=10", "seed=3"])))
     other = workload.build(to_config(compose_cfg(["dataset.num_requests=3", "input_len=10", "seed=4"])))
-    assert counts["workload_sha256"] == again.counts()["workload_sha256"] != other.counts()["workload_sha256"]
+    assert counts.workload_sha256 == again.counts().workload_sha256 != other.counts().workload_sha256
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from llem.aggregate.conform import concat, conform
 from llem.results import REQUESTS, RESULTS
 
 log = logging.getLogger(__name__)
 
 SWEEP_MARKER = "multirun.yaml"
 INDEX_DIR = ".llem-index"
-INDEX_VERSION = "1"
+FAMILIES = ("cfg.", "engine.", "codecarbon.")  # column families whose members vary by engine and meter
+INDEX_VERSION = "2"  # 2: conformed column names and types
 
 
 @dataclass
@@ -92,24 +94,24 @@ class Collected:
 
 
 def _read_file(path: Path):
+    """(table, None) or (None, why it cannot be used)."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        return None
+        return None, f"no {path.name}"
     try:
-        return pq.ParquetFile(path, pre_buffer=False).read(use_threads=False)
+        return conform(pq.ParquetFile(path, pre_buffer=False).read(use_threads=False)), None
     except Exception as exc:  # a corrupt or half-written file
-        log.warning("unreadable %s: %s", path, exc)
-        return None
+        return None, f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
 
 
-def _incomplete_row(job: Job) -> Dict[str, object]:
-    """A job with no (readable) result: its config from .hydra/config.yaml when there is one."""
+def _incomplete_row(job: Job, why: str) -> Dict[str, object]:
+    """A job with no usable result: why, and its config from .hydra/config.yaml when there is one."""
     from omegaconf import OmegaConf
 
     from llem.config import flatten
 
-    row: Dict[str, object] = {"status": "incomplete", "error": "no results.parquet (the job never finished)"}
+    row: Dict[str, object] = {"status": "incomplete", "error": why}
     cfg_file = job.path / ".hydra" / "config.yaml"
     if cfg_file.is_file():
         try:
@@ -124,14 +126,21 @@ def _read_job(job: Job) -> Tuple[object, Optional[object]]:
     """(one-row results table, requests table or None), tagged with the job's relative id and stamp."""
     import pyarrow as pa
 
-    res = _read_file(job.path / RESULTS)
-    if res is None or res.num_rows != 1:
-        res = pa.Table.from_pylist([_incomplete_row(job)])
-    columns = "|".join(sorted(res.column_names)) if res.column("status")[0].as_py() == "ok" else None
+    res, why = _read_file(job.path / RESULTS)
+    if res is not None and res.num_rows != 1:
+        res, why = None, f"{RESULTS} holds {res.num_rows} rows, expected 1 (not written by llem?)"
+    elif res is not None and "status" not in res.column_names:
+        res, why = None, f"{RESULTS} has no status column (not written by llem?)"
+    if res is None:
+        if why == f"no {RESULTS}":
+            why = f"no {RESULTS}: the job never finished (stopped, killed, or still running)"
+        res = pa.Table.from_pylist([_incomplete_row(job, why)])
+    fixed = sorted(n for n in res.column_names if not n.startswith(FAMILIES))  # families vary by engine
+    columns = "|".join(fixed) if res.column("status")[0].as_py() == "ok" else None
     res = res.add_column(0, "job_id", pa.array([job.job_id], pa.string()))
     res = res.append_column("_stamp", pa.array([job.stamp()], pa.string()))
     res = res.append_column("_columns", pa.array([columns], pa.string()).dictionary_encode())
-    req = _read_file(job.path / REQUESTS)
+    req, _ = _read_file(job.path / REQUESTS)
     if req is not None and req.num_rows:
         req = req.add_column(0, "job_id", pa.array([job.job_id] * req.num_rows, pa.string()))
     else:
@@ -141,39 +150,36 @@ def _read_job(job: Job) -> Tuple[object, Optional[object]]:
 
 def _read_chunk(jobs: List[Job]):
     """Read jobs one after another and combine them (runs in a worker process)."""
-    import pyarrow as pa
-
     read = [_read_job(j) for j in jobs]
-    runs = pa.concat_tables([r for r, _ in read], promote_options="permissive").combine_chunks()
+    warnings: List[str] = []
+    runs = concat([r for r, _ in read], warnings).combine_chunks()
     reqs = [q for _, q in read if q is not None]
-    return runs, pa.concat_tables(reqs, promote_options="permissive").combine_chunks() if reqs else None
+    return runs, concat(reqs, warnings).combine_chunks() if reqs else None, warnings
 
 
 PROCESS_THRESHOLD = 256  # below this many jobs, threads in this process are quicker than starting workers
 
 
-def _read_jobs(jobs: List[Job], threads: int):
+def _read_jobs(jobs: List[Job], threads: int, warnings: List[str]):
     """Read many jobs: in worker processes, one per core (a one-row, 100-column Parquet file costs
     about a millisecond of CPU, mostly under the GIL), or in threads when there are few."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
-
-    import pyarrow as pa
 
     cores = os.cpu_count() or 1
     if len(jobs) < PROCESS_THRESHOLD or cores < 2:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             read = list(pool.map(_read_job, jobs))
         reqs = [q for _, q in read if q is not None]
-        return (pa.concat_tables([r for r, _ in read], promote_options="permissive"),
-                pa.concat_tables(reqs, promote_options="permissive") if reqs else None)
+        return concat([r for r, _ in read], warnings), concat(reqs, warnings) if reqs else None
     size = -(-len(jobs) // (4 * cores))
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     with ProcessPoolExecutor(max_workers=cores, mp_context=mp.get_context("spawn")) as pool:
         parts = list(pool.map(_read_chunk, chunks))
-    reqs = [q for _, q in parts if q is not None]
-    return (pa.concat_tables([r for r, _ in parts], promote_options="permissive"),
-            pa.concat_tables(reqs, promote_options="permissive") if reqs else None)
+    for _, _, found in parts:
+        warnings.extend(w for w in found if w not in warnings)
+    reqs = [q for _, q, _ in parts if q is not None]
+    return concat([r for r, _, _ in parts], warnings), concat(reqs, warnings) if reqs else None
 
 
 def _load_index(sweep: Path):
@@ -202,7 +208,7 @@ def _save_index(sweep: Path, runs, requests) -> None:
         log.debug("no index written in %s: %s", folder, exc)
 
 
-def _collect_group(sweep: Optional[Path], jobs: List[Job], threads: int):
+def _collect_group(sweep: Optional[Path], jobs: List[Job], threads: int, warnings: List[str]):
     """Runs and requests tables of the jobs of one sweep (or of loose run dirs), index-assisted."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -211,7 +217,7 @@ def _collect_group(sweep: Optional[Path], jobs: List[Job], threads: int):
     kept_runs, kept_reqs, fresh = [], [], list(jobs)
     index = _load_index(sweep) if sweep else None
     if index is not None:
-        runs_i, reqs_i = index
+        runs_i, reqs_i = conform(index[0]), conform(index[1])
         same = [i for i, (jid, st) in enumerate(zip(runs_i.column("job_id").to_pylist(),
                                                      runs_i.column("_stamp").to_pylist()))
                 if st is not None and stamps.get(jid) == st]
@@ -221,12 +227,12 @@ def _collect_group(sweep: Optional[Path], jobs: List[Job], threads: int):
             kept_reqs = [reqs_i.filter(pc.is_in(reqs_i.column("job_id"), pa.array(sorted(same_ids), pa.string())))]
         fresh = [j for j in jobs if j.job_id not in same_ids]
     if fresh:
-        runs_new, reqs_new = _read_jobs(fresh, threads)
+        runs_new, reqs_new = _read_jobs(fresh, threads, warnings)
         kept_runs.append(runs_new)
         if reqs_new is not None:
             kept_reqs.append(reqs_new)
-    runs = pa.concat_tables(kept_runs, promote_options="permissive").combine_chunks()
-    requests = pa.concat_tables(kept_reqs, promote_options="permissive").combine_chunks() if kept_reqs else None
+    runs = concat(kept_runs, warnings).combine_chunks()
+    requests = concat(kept_reqs, warnings).combine_chunks() if kept_reqs else None
     changed = bool(fresh) or index is None or runs.num_rows != index[0].num_rows  # read, new, or deleted jobs
     if sweep and changed:
         _save_index(sweep, runs, requests if requests is not None else pa.table({"job_id": pa.array([], pa.string())}))
@@ -246,8 +252,9 @@ def collect(roots: Sequence[Path], threads: Optional[int] = None) -> Collected:
         groups.setdefault(job.sweep_dir, []).append(job)
     threads = threads or min(16, 4 * (os.cpu_count() or 1))
     run_parts, req_parts = [], []
+    warnings: List[str] = []
     for sweep, members in groups.items():
-        runs, requests = _collect_group(sweep, members, threads)
+        runs, requests = _collect_group(sweep, members, threads, warnings)
         by_id = {j.job_id: j for j in members}
         ids = runs.column("job_id").to_pylist()
         runs = runs.drop_columns(["_stamp"])
@@ -258,15 +265,27 @@ def collect(roots: Sequence[Path], threads: Optional[int] = None) -> Collected:
         if requests is not None and requests.num_rows:
             keys = [by_id[i].key for i in requests.column("job_id").to_pylist()]
             req_parts.append(requests.add_column(0, "job_key", pa.array(keys, pa.string())))
-    warnings: List[str] = []
-    runs = pa.concat_tables(run_parts, promote_options="permissive")
+    runs = concat(run_parts, warnings)
     _warn_mixed_schemas(runs.column("_columns").to_pylist(), warnings)
+    _warn_unusable(runs, warnings)
     runs = runs.drop_columns(["_columns"])
     if req_parts:
-        requests = pa.concat_tables(req_parts, promote_options="permissive")
+        requests = concat(req_parts, warnings)
     else:
         requests = pa.table({"job_key": pa.array([], pa.string())})
     return Collected(runs, requests, warnings)
+
+
+def _warn_unusable(runs, warnings: List[str], limit: int = 20) -> None:
+    """One warning per job that has no usable result, with the reason (the first ``limit``)."""
+    errors = runs.column("error").to_pylist() if "error" in runs.column_names else [None] * runs.num_rows
+    bad = [(d, e) for d, s, e in zip(runs.column("job_dir").to_pylist(), runs.column("status").to_pylist(), errors)
+           if s not in ("ok", "failed")]
+    for job_dir, why in bad[:limit]:
+        warnings.append(f"not used: {job_dir}: {why}")
+    if len(bad) > limit:
+        warnings.append(f"not used: {len(bad) - limit} more job(s) without a usable result (runs.parquet, "
+                        "status 'incomplete')")
 
 
 def _warn_mixed_schemas(column_sets: List[Optional[str]], warnings: List[str]) -> None:

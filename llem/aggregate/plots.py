@@ -21,7 +21,11 @@ MAX_SERIES = 12
 
 
 def _plt():
-    import matplotlib
+    """pyplot on the file-only Agg backend; a missing matplotlib says which extra installs it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("llem's plots need matplotlib: pip install 'llem[plots]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -218,6 +222,7 @@ def power_timeseries(row, path: Path) -> Path:
 
 
 def draw_all(agg, out_dir: Path, job: Optional[str] = None) -> List[Path]:
+    """Every figure into ``out_dir`` (created): per batch, trade-off, latency, and one job's power."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [per_batch(agg.summary, out_dir / "j_per_token_vs_batch.png"),
              tradeoff(agg.summary, out_dir / "throughput_vs_j_per_token.png"),

@@ -6,12 +6,13 @@ import math
 from typing import List, Optional
 
 from llem.aggregate.stats import varying_columns
+from llem.results.row import part_columns
+from llem.results.schema import columns_of
+from llem.results.tables import RequestRow
 
-# (summary column, header, format)
-HEADLINE = [("j_per_output_token", "J/token", ".4g"), ("output_tok_per_s", "tok/s", ",.1f"),
-            ("avg_power_w", "avg W", ".0f")]
-POOLED = [("ttft_ms_p50", "TTFT p50 ms", ".1f"), ("ttft_ms_p99", "TTFT p99 ms", ".1f"),
-          ("itl_ms_p50", "ITL p50 ms", ".2f")]
+# (summary column, header, format), from the columns declared with a label (llem.results)
+HEADLINE = [(c.name, c.label, c.fmt) for c in part_columns() if c.label]
+POOLED = [(f"{c.name}_p{q}", f"{c.label} p{q} ms", c.fmt) for c in columns_of(RequestRow) if c.label for q in c.pooled]
 ALWAYS = ["cfg.backend.name", "cfg.model.name", "cfg.batch"]
 
 

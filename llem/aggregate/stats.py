@@ -18,12 +18,16 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from llem.results.row import part_columns
+from llem.results.schema import columns_of
+from llem.results.tables import RequestRow
+
 NOT_CONFIG = ("cfg.repeat", "cfg.seed", "cfg.isolate", "cfg.progress")
 NOT_CONFIG_PREFIXES = ("cfg.objective.",)
-REPEAT_METRICS = ["j_per_output_token", "output_tok_per_s", "avg_power_w", "ttft_ms_p50", "ttft_ms_p99",
-                  "itl_ms_p50", "gpu_energy_adjusted_j", "j_per_output_token_raw"]
-POOLED = {"ttft_ms_p50": ("ttft_ms", 50), "ttft_ms_p99": ("ttft_ms", 99), "e2e_ms_p50": ("e2e_ms", 50),
-          "itl_ms_p50": ("itl_ms", 50), "itl_ms_p99": ("itl_ms", 99)}
+# Derived from the column declarations (llem.results): per-job metrics summarised across repeats, and
+# latency percentiles pooled over every request row.
+REPEAT_METRICS = [c.name for c in part_columns() if c.summary]
+POOLED = {f"{c.name}_p{q}": (c.name, q) for c in columns_of(RequestRow) for q in c.pooled}
 BOOTSTRAP_RESAMPLES = 2000
 
 

@@ -10,18 +10,110 @@ own decode loop (``_torch_decode``) instead of ``generate``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence
 
-from llem.backends.base import EngineInfo
+from llem.backends.base import EngineInfo, WorkCounts, reject_unknown_args
 from llem.config import Config, Weights
-from llem.errors import DeviceError
+from llem.errors import ConfigError, DeviceError
 from llem.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 
 QUANT_BITS = {"bnb_8bit": "int8", "bnb_nf4": "nf4", "bnb_fp4": "fp4"}
+
+# What from_pretrained takes through **kwargs, beyond the keyword parameters its signature names (cache_dir,
+# token, revision, use_safetensors, … read with inspect): the names PreTrainedModel.from_pretrained pops
+# from kwargs in transformers' modeling_utils.py, 4.50 to 5.x (a union: a name one version lacks passes
+# here and fails there in transformers), and code_revision, which AutoModel*.from_pretrained pops.
+# Left out: private names (_fast_init, _commit_hash, …) and mirror, a no-op. Whatever else it is given
+# becomes a config override where the model's config has that attribute (checked separately).
+FROM_PRETRAINED_KWARGS = frozenset({
+    # the checkpoint and where it comes from
+    "state_dict", "subfolder", "variant", "gguf_file", "key_mapping", "proxies", "use_auth_token", "resume_download",
+    "from_tf", "from_flax", "trust_remote_code", "code_revision", "adapter_kwargs", "adapter_name",
+    "generation_config", "output_loading_info", "tqdm_class",
+    # precision, placement and memory while loading
+    "dtype", "torch_dtype", "device_map", "max_memory", "offload_folder", "offload_state_dict", "offload_buffers",
+    "low_cpu_mem_usage", "quantization_config", "load_in_8bit", "load_in_4bit",
+    # kernels and tensor parallelism
+    "attn_implementation", "experts_implementation", "use_flash_attention_2", "use_kernels", "kernel_config",
+    "allow_all_kernels", "tp_plan", "tp_size", "device_mesh", "distributed_config",
+})
+# from_pretrained's arguments for reaching the hub, which reading the config alone needs too
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "subfolder", "token")
+# What from_config takes (llem builds random weights with it) besides dtype, torch_dtype and
+# attn_implementation, which llem sets from its own keys: PreTrainedModel._from_config pops these; anything
+# else goes to the model's __init__, which takes the config alone (AutoModel*.from_config pops
+# code_revision only for remote code).
+FROM_CONFIG_KWARGS = frozenset({"experts_implementation"})
+
+
+def from_pretrained_kwargs() -> FrozenSet[str]:
+    """Every loading argument from_pretrained takes: its signature's keyword parameters and the documented
+    ``**kwargs`` above (needs transformers, imported by then: this runs in load)."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    params = inspect.signature(PreTrainedModel.from_pretrained).parameters.values()
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(named - {"pretrained_model_name_or_path"}) | FROM_PRETRAINED_KWARGS
+
+
+def check_loading_args(engine_args: Dict[str, Any], hf_config: Callable[[], Any], from_config: bool) -> None:
+    """Raise ConfigError for an engine_args key transformers would not take, before any weights are built:
+    loading arguments, else attributes of the model's config (from_pretrained applies those as overrides).
+    ``hf_config`` gives the config, called only when a key is not a loading argument; None from it skips
+    the check. With ``from_config`` (random weights) only from_config's arguments pass."""
+    loading = from_pretrained_kwargs()
+    hf_config = functools.cache(hf_config)  # read once, and only if needed
+    for key in engine_args:
+        if key in (FROM_CONFIG_KWARGS if from_config else loading):
+            continue
+        config = hf_config()
+        if config is None:
+            return
+        if from_config and (key in loading or hasattr(config, key)):
+            raise ConfigError(_from_config_error(key, key in loading))
+        if not hasattr(config, key):
+            names = f"loading arguments, or {type(config).__name__} attributes"
+            reject_unknown_args([key], loading | set(config.to_dict()), f"transformers' from_pretrained ({names})")
+
+
+def _from_config_error(key: str, loading: bool) -> str:
+    """Why a key from_pretrained would take fails with random weights (built with from_config)."""
+    prefix = f"backend.engine_args.{key} is "
+    if loading:
+        return (prefix + "a from_pretrained argument, and model.weights=random builds the model with from_config "
+                f"instead: allowed with random weights: {', '.join(sorted(FROM_CONFIG_KWARGS))}")
+    return (prefix + "an attribute of the model's config, which model.weights=random builds from "
+            f"model.architecture: set model.architecture.{key} instead")
+
+
+def _meaning(text: str):
+    return field(default=None, metadata={"meaning": text})
+
+
+@dataclass
+class PyTorchResolved:
+    """The PyTorch engine's resolved settings (``engine.*`` columns)."""
+
+    device: Optional[str] = _meaning("where the inputs go (the device of the embeddings)")
+    device_map: Optional[str] = _meaning("where each module went (accelerate's map), or the device")
+    attn_implementation: Optional[str] = _meaning("the attention kernel transformers chose")
+    torch_compile: Optional[str] = _meaning("torch.compile mode (off: not compiled)")
+    cache_implementation: Optional[str] = _meaning("dynamic or static KV cache")
+    compile_s: Optional[float] = _meaning("compilation and graph capture at the measured shapes, in load (s)")
+    decode_loop: Optional[str] = _meaning("generate (transformers) or llem (llem's own loop)")
+    cuda_graph: Optional[bool] = _meaning("decode_loop=llem: whether the step was captured as a CUDA graph")
+    cuda_graph_error: Optional[str] = _meaning("why the step could not be captured, if so")
+    num_processes: Optional[int] = _meaning("data-parallel replicas")
+    sort_by_length: Optional[bool] = _meaning("prompts batched by length")
+    quantization: Optional[str] = _meaning("bitsandbytes method, or none")
 
 
 class _TokenClock:
@@ -61,7 +153,7 @@ class Runner:
         self.model = None
         self.compile_s: Optional[float] = None
         self.decoder = None  # llem's own decode loop, with backend.decode_loop=llem
-        self.counts: Dict[str, Any] = {}
+        self.counts: Optional[WorkCounts] = None
 
     # -- load ---------------------------------------------------------------------------
     def _quantization(self, dtype) -> Optional[Any]:
@@ -103,12 +195,14 @@ class Runner:
         if model_cfg.weights == Weights.random:
             arch = dict(model_cfg.architecture)
             hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+            check_loading_args(self.backend.engine_args, lambda: hf_config, from_config=True)
             if quant is None and self.backend.device_map is None:
                 with self.device:  # initialise the random weights where they will run
                     model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, **args)
             else:  # quantisation and sharding happen on load: go through a temporary checkpoint
                 model = self._random_via_checkpoint(hf_config, dtype, args)
         else:
+            check_loading_args(self.backend.engine_args, self._pretrained_config, from_config=False)
             model = AutoModelForCausalLM.from_pretrained(model_cfg.hf_id, dtype=dtype, device_map=self._device_map(),
                                                          **pretrained, **args)
         self.model = model.eval()
@@ -123,6 +217,20 @@ class Runner:
         else:
             self._prepare_compile()
         self.synchronize()
+
+    def _pretrained_config(self) -> Optional[Any]:
+        """The pretrained model's config, read as from_pretrained reads it (the hub arguments of engine_args
+        included); None where it cannot be read: from_pretrained then reports why."""
+        from transformers import AutoConfig
+
+        m = self.config.model
+        hub = {k: v for k, v in self.backend.engine_args.items() if k in HUB_KWARGS}
+        try:
+            return AutoConfig.from_pretrained(m.hf_id, revision=m.revision, trust_remote_code=m.trust_remote_code,
+                                              **hub)
+        except Exception as exc:  # any failure here is from_pretrained's to report, with its own message
+            log.debug("config of %s not read (%s): backend.engine_args not checked before load", m.hf_id, exc)
+            return None
 
     def _random_via_checkpoint(self, hf_config, dtype, args: Dict[str, Any]):
         """Random weights saved to a temporary checkpoint and loaded back with the quantisation and
@@ -266,8 +374,7 @@ class Runner:
                     end_s=times[-1] if times else end, first_token_s=times[0] if times else None,
                     token_times_s=times, batch_index=b))
             progress(len(batch))
-        self.counts = {"tokens_computed": computed, "tokens_requested": requested,
-                       "padding_overhead_pct": 100.0 * (computed - requested) / requested if requested else None}
+        self.counts = WorkCounts(computed, requested)
         return sorted(results, key=lambda r: r.request_id)
 
     # -- device -------------------------------------------------------------------------
@@ -279,7 +386,7 @@ class Runner:
         for i in self.gpu_ids:
             self.torch.cuda.reset_peak_memory_stats(i)
 
-    def memory_peak_mb(self) -> Optional[float]:
+    def memory_peak_mib(self) -> Optional[float]:
         if not self.gpu_ids:
             return None
         return sum(self.torch.cuda.max_memory_allocated(i) for i in self.gpu_ids) / 2**20
@@ -302,23 +409,20 @@ class Runner:
 
             versions["bitsandbytes"] = bitsandbytes.__version__
         dtype = self.config.model.dtype.value
-        resolved = {
-            "device": str(self.device),
-            "device_map": str(getattr(self.model, "hf_device_map", None) or self._device_map()),
-            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
-            "torch_compile": self.backend.torch_compile,
-            "cache_implementation": self.backend.cache_implementation,
-            "compile_s": self.compile_s,
-            "decode_loop": self.backend.decode_loop,
-            **self.backend.engine_args,
-        }
+        b = self.backend
+        resolved = PyTorchResolved(
+            device=str(self.device),
+            device_map=str(getattr(self.model, "hf_device_map", None) or self._device_map()),
+            attn_implementation=getattr(self.model.config, "_attn_implementation", None),
+            torch_compile=b.torch_compile, cache_implementation=b.cache_implementation, compile_s=self.compile_s,
+            decode_loop=b.decode_loop, num_processes=b.num_processes, sort_by_length=b.sort_by_length,
+            quantization=q.method)
         if self.decoder is not None:
-            resolved["cuda_graph"] = self.decoder.graph is not None
-            if self.decoder.graph_error:
-                resolved["cuda_graph_error"] = self.decoder.graph_error
+            resolved.cuda_graph = self.decoder.graph is not None
+            resolved.cuda_graph_error = self.decoder.graph_error
         return EngineInfo(
             versions=versions,
-            resolved_args=resolved,
+            resolved=resolved,
             num_parameters=_parameter_count(self.model, params),
             weight_bytes=sum(p.numel() * p.element_size() for p in params),
             weight_precision=QUANT_BITS.get(q.method, dtype),

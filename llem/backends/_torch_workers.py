@@ -16,8 +16,9 @@ import multiprocessing as mp
 import os
 import socket
 import traceback
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
+from llem.backends.base import WorkCounts
 from llem.config import Config
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,8 @@ def _serve(state, runner, command: str, args: Tuple) -> Any:
         return None
     if command == "reset_memory_peak":
         return runner.reset_memory_peak()
-    if command == "memory_peak_mb":
-        return runner.memory_peak_mb()
+    if command == "memory_peak_mib":
+        return runner.memory_peak_mib()
     if command == "info":
         return runner.info()
     raise ValueError(f"unknown command {command!r}")
@@ -151,8 +152,8 @@ class WorkerPool:
                 proc.terminate()
 
 
-def merge_counts(counts: List[dict]) -> dict:
-    computed = sum(c.get("tokens_computed", 0) for c in counts)
-    requested = sum(c.get("tokens_requested", 0) for c in counts)
-    return {"tokens_computed": computed, "tokens_requested": requested,
-            "padding_overhead_pct": 100.0 * (computed - requested) / requested if requested else None}
+def merge_counts(counts: List[Optional[WorkCounts]]) -> Optional[WorkCounts]:
+    """The work of every replica, summed."""
+    if not counts or any(c is None for c in counts):
+        return None
+    return WorkCounts(sum(c.tokens_computed for c in counts), sum(c.tokens_requested for c in counts))

@@ -18,7 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends.base import Engine, EngineInfo, installed
+from llem.backends._torch_runner import PyTorchResolved
+from llem.backends.base import Engine, EngineInfo, WorkCounts, installed
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
 from llem.errors import ConfigError, EngineUnavailable
@@ -103,6 +104,7 @@ _RESERVED = {
     "revision": "model.revision",
     "trust_remote_code": "model.trust_remote_code",
     "attn_implementation": "backend.attn_implementation",
+    "use_flash_attention_2": "backend.attn_implementation",
     "device_map": "backend.device_map",
     "quantization_config": "backend.quantization",
     "load_in_8bit": "backend.quantization.method=bnb_8bit",
@@ -127,6 +129,7 @@ _RESERVED_GENERATE = {
 class PyTorchEngine(Engine):
     name = "pytorch"
     config_class = PyTorchConfig
+    resolved_class = PyTorchResolved
     reserved_args = _RESERVED
 
     def __init__(self, config: Config, device: str) -> None:
@@ -134,7 +137,7 @@ class PyTorchEngine(Engine):
         self._pool = None
         self._runner = None
         self._uuids: Optional[List[str]] = None
-        self._counts: Dict[str, Any] = {}
+        self._counts: Optional[WorkCounts] = None
 
     @classmethod
     def validate_config(cls, config: Config) -> None:
@@ -201,7 +204,7 @@ class PyTorchEngine(Engine):
     def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
         if self._runner is not None:
             out = self._runner.generate(requests, output_len, progress)
-            self._counts = dict(self._runner.counts)
+            self._counts = self._runner.counts
             return out
         from llem.backends._torch_workers import merge_counts
 
@@ -214,8 +217,8 @@ class PyTorchEngine(Engine):
     def sequences_in_flight(self) -> int:
         return self.config.batch * self.backend.num_processes
 
-    def work_counts(self) -> Dict[str, Any]:
-        return dict(self._counts)
+    def work_counts(self) -> Optional[WorkCounts]:
+        return self._counts
 
     # -- device -------------------------------------------------------------------------
     def synchronize(self) -> None:
@@ -230,22 +233,18 @@ class PyTorchEngine(Engine):
         elif self._pool is not None:
             self._pool.call("reset_memory_peak")
 
-    def memory_peak_mb(self) -> Optional[float]:
+    def memory_peak_mib(self) -> Optional[float]:
         """Peak memory allocated by the model on all of the job's GPUs, summed."""
         if self._runner is not None:
-            return self._runner.memory_peak_mb()
-        peaks = self._pool.call("memory_peak_mb")
+            return self._runner.memory_peak_mib()
+        peaks = self._pool.call("memory_peak_mib")
         return None if any(p is None for p in peaks) else float(sum(peaks))
 
     def device_uuids(self) -> Optional[List[str]]:
         return self._runner.device_uuids() if self._runner is not None else self._uuids
 
     def info(self) -> EngineInfo:
-        info = self._runner.info() if self._runner is not None else self._pool.call("info")[0]
-        info.resolved_args["num_processes"] = self.backend.num_processes
-        info.resolved_args["sort_by_length"] = self.backend.sort_by_length
-        info.resolved_args["quantization"] = self.backend.quantization.method
-        return info
+        return self._runner.info() if self._runner is not None else self._pool.call("info")[0]
 
     def close(self) -> None:
         if self._runner is not None:

@@ -43,19 +43,29 @@ trtllm-llmapi-launch python -m llem …``; the job uses tp × pp GPUs (``gpus_re
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from llem.backends._hf_model import count_parameters, write_dummy_model
-from llem.backends.base import Engine, EngineInfo, installed
+from llem.backends.base import (
+    Engine,
+    EngineInfo,
+    check_engine_args,
+    class_fields,
+    installed,
+    package_dir,
+    source_classes,
+)
 from llem.config import BackendConfig, Config, Weights
+from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
 from llem.records import Progress, Request, RequestResult, now
 from llem.workload import special_token_ids
@@ -74,7 +84,7 @@ WEIGHT_PRECISION = {"fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4", "w8a16":
 @dataclass
 class TensorRTConfig(BackendConfig):
     """TensorRT-LLM's LLM API. ``engine_args`` go to ``LLM(...)`` untouched (cuda_graph_config,
-    scheduler_config, speculative_config, …)."""
+    scheduler_config, speculative_config, …), their keys checked before load against its args class."""
 
     name: str = "tensorrt"
     llm_backend: str = "pytorch"  # pytorch (1.x default, no build) | trt (TensorRT engine build)
@@ -109,6 +119,16 @@ class TensorRTConfig(BackendConfig):
             raise bad("kv_cache_dtype", ", ".join(KV_CACHE_ALGOS))
 
 
+@dataclass
+class TensorRTResolved:
+    """TensorRT-LLM's resolved settings (``engine.*`` columns)."""
+
+    llm_args: Optional[str] = field(default=None, metadata={
+        "meaning": "the arguments tensorrt_llm.LLM was built with, engine_args included (JSON; objects as text)"})
+    engine_cache: Optional[str] = field(default=None, metadata={
+        "meaning": "llm_backend=trt: hit (a saved engine was loaded) or built; none otherwise"})
+
+
 _RESERVED = {
     "model": "model.hf_id / model.weights", "tokenizer": "model.tokenizer", "revision": "model.revision",
     "trust_remote_code": "model.trust_remote_code", "dtype": "model.dtype", "load_format": "model.weights",
@@ -119,6 +139,21 @@ _RESERVED = {
     "quant_config": "backend.quantization / backend.kv_cache_dtype", "backend": "backend.llm_backend",
     "return_perf_metrics": "nothing (llem needs the executor's request timestamps)",
 }
+
+
+# backend.llm_backend → the pydantic class (tensorrt_llm/llmapi/llm_args.py) that checks LLM's arguments
+ARGS_CLASSES = {"pytorch": "TorchLlmArgs", "trt": "TrtLlmArgs"}
+
+
+@functools.cache
+def llm_arguments(package: Path, llm_backend: str) -> FrozenSet[str]:
+    """The keyword arguments ``LLM`` accepts with ``llm_backend``, read from the tensorrt_llm source under
+    ``package`` without importing it: the fields of its args class and of the classes it derives from in
+    llmapi/llm_args.py (BaseLlmArgs), i.e. the ``model_fields`` TensorRT-LLM checks LLM's kwargs against.
+    Private attributes and ``model_config`` are not fields. Empty where the source has another shape."""
+    classes = source_classes(package / "llmapi" / "llm_args.py")
+    fields = class_fields(classes, ARGS_CLASSES[llm_backend], fieldless=("BaseModel", "StrictBaseModel"))
+    return frozenset(n for n in fields or () if not n.startswith("_") and n != "model_config")
 
 
 def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[str, Any]:
@@ -172,6 +207,7 @@ def cache_key(kwargs: Dict[str, Any], version: str) -> str:
 class TensorRTEngine(Engine):
     name = "tensorrt"
     config_class = TensorRTConfig
+    resolved_class = TensorRTResolved
     reserved_args = _RESERVED
 
     @classmethod
@@ -190,6 +226,20 @@ class TensorRTEngine(Engine):
             raise EngineUnavailable(f"backend=tensorrt needs tensorrt_llm, which is not installed: {INSTALL_HINT}")
         if self.device != "cuda":
             raise DeviceError("backend=tensorrt runs on GPUs only: use device=cuda (or auto on a GPU machine)")
+        self._check_engine_args()
+
+    def _check_engine_args(self) -> None:
+        """An engine_args key LLM does not take fails here, named as llem's key, instead of in load inside
+        TensorRT-LLM (its argument set is read from tensorrt_llm's source: importing it is start-up)."""
+        b = self.backend
+        if not b.engine_args:
+            return
+        package = package_dir("tensorrt_llm")
+        known = llm_arguments(package, b.llm_backend) if package is not None else frozenset()
+        llm = "tensorrt_llm._tensorrt_engine.LLM" if b.llm_backend == "trt" else "tensorrt_llm.LLM"
+        version = package_version("tensorrt_llm") or "version unknown"
+        target = f"{llm} ({ARGS_CLASSES[b.llm_backend]}, TensorRT-LLM {version})"
+        check_engine_args(b.engine_args, known, target, package)
 
     def load(self) -> None:
         import tensorrt_llm
@@ -279,12 +329,12 @@ class TensorRTEngine(Engine):
 
     def info(self) -> EngineInfo:
         versions = {"tensorrt_llm": self.version}
-        resolved = {k: v for k, v in self.kwargs.items() if k != "model"}
-        resolved["engine_cache"] = self.cache
+        args = {k: v for k, v in self.kwargs.items() if k != "model"}
+        resolved = TensorRTResolved(llm_args=json.dumps(args, sort_keys=True, default=str), engine_cache=self.cache)
         q = self.backend.quantization
         bits = {"fp8": 8, "int8": 8, "int4": 4, "nvfp4": 4}.get(WEIGHT_PRECISION.get(q, ""), 16)
         bits = 32 if bits == 16 and self.config.model.dtype.value == "float32" else bits
-        return EngineInfo(versions=versions, resolved_args=resolved, num_parameters=self._params,
+        return EngineInfo(versions=versions, resolved=resolved, num_parameters=self._params,
                           weight_bytes=self._params * bits // 8 if self._params else None,
                           weight_precision=WEIGHT_PRECISION.get(q), compute_precision=None)
 

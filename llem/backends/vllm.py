@@ -1,7 +1,8 @@
 """vLLM engine: the offline V1 ``LLM`` with every request submitted at once (throughput mode).
 
 llem's shared keys map onto vLLM's engine arguments (``batch`` → ``max_num_seqs``, dtype,
-parallelism, seed); everything else passes through ``backend.engine_args`` untouched. Synthetic
+parallelism, seed); everything else passes through ``backend.engine_args`` untouched, its keys
+checked before load against the arguments of the installed ``LLM`` (read from vllm's source). Synthetic
 workloads go in as token ids with no tokenizer; ``model.weights=random`` loads vLLM's dummy
 weights for a ``config.json`` written from the model group's architecture (no download).
 
@@ -20,15 +21,27 @@ the host times are used and ``timing_note`` says so.
 
 from __future__ import annotations
 
+import ast
+import functools
+import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from llem.backends._hf_model import count_parameters, write_dummy_model
-from llem.backends.base import Engine, EngineInfo, installed
+from llem.backends.base import (
+    Engine,
+    EngineInfo,
+    check_engine_args,
+    class_fields,
+    installed,
+    package_dir,
+    source_classes,
+)
 from llem.config import BackendConfig, Config, Weights
+from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
 from llem.records import Progress, Request, RequestResult, now
 
@@ -57,6 +70,17 @@ class VllmConfig(BackendConfig):
                               "allowed a fraction in (0, 1]")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"backend.max_model_len={self.max_model_len} is invalid: allowed null or >= 2")
+
+
+@dataclass
+class VllmResolved:
+    """vLLM's resolved settings (``engine.*`` columns)."""
+
+    llm_args: Optional[str] = field(default=None, metadata={
+        "meaning": "the arguments vllm.LLM was built with, engine_args included (JSON; the model path left out)"})
+    max_num_seqs: Optional[int] = field(default=None, metadata={"meaning": "sequences in flight (from batch)"})
+    max_model_len: Optional[int] = field(default=None, metadata={"meaning": "the context length vLLM resolved"})
+    num_gpu_blocks: Optional[int] = field(default=None, metadata={"meaning": "KV-cache blocks vLLM allocated"})
 
 
 _RESERVED = {
@@ -98,9 +122,40 @@ def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[st
     return kwargs
 
 
+def _init(cls: Optional[ast.ClassDef]) -> Optional[ast.FunctionDef]:
+    """A parsed class's ``__init__``, if it defines one."""
+    methods = [n for n in (cls.body if cls is not None else []) if isinstance(n, ast.FunctionDef)]
+    return next((m for m in methods if m.name == "__init__"), None)
+
+
+def _parameter_names(function: ast.FunctionDef) -> List[str]:
+    """The named parameters of a parsed function (``self`` left out)."""
+    a = function.args
+    return [arg.arg for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs) if arg.arg != "self"]
+
+
+@functools.cache
+def llm_arguments(package: Path) -> FrozenSet[str]:
+    """The keyword arguments ``vllm.LLM`` accepts, read from the vllm source under ``package`` without
+    importing it (~10 s): the named parameters of ``LLM.__init__`` (vllm/entrypoints/llm.py) and, as it
+    forwards ``**kwargs`` to ``EngineArgs``, that dataclass's fields (vllm/engine/arg_utils.py).
+    Empty where the source does not have this shape (then nothing is checked)."""
+    init = _init(source_classes(package / "entrypoints" / "llm.py").get("LLM"))
+    if init is None:
+        return frozenset()
+    names = set(_parameter_names(init))
+    if init.args.kwarg is not None:
+        engine_args = class_fields(source_classes(package / "engine" / "arg_utils.py"), "EngineArgs")
+        if engine_args is None:
+            return frozenset()
+        names |= engine_args
+    return frozenset(names)
+
+
 class VllmEngine(Engine):
     name = "vllm"
     config_class = VllmConfig
+    resolved_class = VllmResolved
     reserved_args = _RESERVED
 
     @classmethod
@@ -112,6 +167,17 @@ class VllmEngine(Engine):
             raise DeviceError("backend=vllm runs on GPUs only: use device=cuda (or auto on a GPU machine)")
         if not installed("vllm"):  # no import: that is start-up, timed in load
             raise EngineUnavailable("backend=vllm needs vllm, which is not installed: pip install 'llem[vllm]'")
+        self._check_engine_args()
+
+    def _check_engine_args(self) -> None:
+        """An engine_args key vllm.LLM does not take fails here, named as llem's key, instead of in load
+        inside vLLM (its argument set is read from vllm's source: importing vllm is start-up)."""
+        if not self.backend.engine_args:
+            return
+        package = package_dir("vllm")
+        known = llm_arguments(package) if package is not None else frozenset()
+        version = package_version("vllm") or "version unknown"
+        check_engine_args(self.backend.engine_args, known, f"vllm.LLM (vLLM {version})", package)
 
     def load(self) -> None:
         from vllm import LLM
@@ -166,13 +232,14 @@ class VllmEngine(Engine):
             versions["torch"] = torch.__version__
         except ImportError:
             pass
-        resolved = {k: v for k, v in self.kwargs.items() if k != "model"}
-        try:
-            resolved["num_gpu_blocks"] = self.llm.llm_engine.vllm_config.cache_config.num_gpu_blocks
-        except AttributeError:
-            pass
+        args = {k: v for k, v in self.kwargs.items() if k != "model"}
+        vllm_config = getattr(self.llm.llm_engine, "vllm_config", None)
+        resolved = VllmResolved(
+            llm_args=json.dumps(args, sort_keys=True, default=str), max_num_seqs=args.get("max_num_seqs"),
+            max_model_len=getattr(getattr(vllm_config, "model_config", None), "max_model_len", None),
+            num_gpu_blocks=getattr(getattr(vllm_config, "cache_config", None), "num_gpu_blocks", None))
         bytes_per = {"float32": 4, "float16": 2, "bfloat16": 2}[self.config.model.dtype.value]
-        return EngineInfo(versions=versions, resolved_args=resolved, num_parameters=self._params,
+        return EngineInfo(versions=versions, resolved=resolved, num_parameters=self._params,
                           weight_bytes=self._params * bytes_per if self._params else None)
 
     def close(self) -> None:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from llem.energy.flags import Flag
 from llem.errors import ConfigError, MeterError
+from llem.results.row import CodecarbonFacts, HostEnergy
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ COUNTER_MODES = ("intel_rapl", "windows_emi", "intel_power_gadget", "apple_power
 
 
 @dataclass
-class HostEnergy:
+class HostReading:
     phase: str
     duration_s: Optional[float] = None
     cpu_energy_j: Optional[float] = None
@@ -99,11 +100,11 @@ class HostMeter:
         self.tracker.start_task(phase)
         return phase
 
-    def stop(self, phase: str) -> HostEnergy:
+    def stop(self, phase: str) -> HostReading:
         data = self.tracker.stop_task(phase)
         if data is None:
-            return HostEnergy(phase, null_reason=f"codecarbon returned no measurement for {phase}")
-        out = HostEnergy(phase, duration_s=float(data.duration), cpu_energy_j=float(data.cpu_energy) * J_PER_KWH,
+            return HostReading(phase, null_reason=f"codecarbon returned no measurement for {phase}")
+        out = HostReading(phase, duration_s=float(data.duration), cpu_energy_j=float(data.cpu_energy) * J_PER_KWH,
                          ram_energy_j=float(data.ram_energy) * J_PER_KWH)
         if data.gpu_energy:
             out.warnings.append(f"codecarbon reported {data.gpu_energy * J_PER_KWH:.1f} J of GPU energy in {phase} "
@@ -121,29 +122,44 @@ class HostMeter:
 
 
 class HostWindows:
-    """The experiment's side: no-op unless codecarbon is in ``energy.meters``; writes the columns."""
+    """The experiment's side: no-op unless codecarbon is in ``energy.meters``."""
 
     def __init__(self, meters: List[str], country_iso_code: Optional[str], job_dir: Path,
                  make_meter: Callable[..., Any] = HostMeter) -> None:
         self.meter = make_meter(job_dir, country_iso_code) if "codecarbon" in meters else None
+        self.readings: Dict[str, HostReading] = {}
         self.warnings: List[str] = []
 
-    def around(self, phase: str, row: Dict[str, Any], fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` (which opens and closes the GPU window) inside a host window; columns get the
-        phase as prefix, except the measured window's (``measure``), which are unprefixed."""
+    def around(self, phase: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (which opens and closes the GPU window) inside a host window of ``phase``."""
         if self.meter is None:
             return fn()
         handle = self.meter.start(phase)
         out = fn()
-        energy = self.meter.stop(handle)
-        prefix = "" if phase == "measure" else f"{phase}_"
-        row[f"{prefix}cpu_energy_j"] = energy.cpu_energy_j
-        row[f"{prefix}ram_energy_j"] = energy.ram_energy_j
-        self.warnings.extend(energy.warnings)
-        if phase == "measure":
-            row.update(cpu_energy_method=self.meter.cpu_method, ram_energy_method=self.meter.ram_method,
-                       host_energy_null_reason=energy.null_reason)
+        reading = self.meter.stop(handle)
+        self.readings[phase] = reading
+        self.warnings.extend(reading.warnings)
         return out
+
+    def result(self, gpu_energy_j: Optional[float], gpu_used: bool) -> Tuple[HostEnergy, Optional[CodecarbonFacts]]:
+        """The host columns: CPU and RAM energy of each metered phase, and the measured window's total
+        (GPU raw + CPU + RAM) and CO2. A CPU-only job's GPU part is 0; a part that was used but not
+        measured makes the total null."""
+        if self.meter is None:
+            return HostEnergy(), None
+        empty = HostReading("none")
+        measure, load, prefill = (self.readings.get(p, empty) for p in ("measure", "load", "prefill"))
+        parts = [gpu_energy_j if gpu_used else 0.0, measure.cpu_energy_j, measure.ram_energy_j]
+        total = None if any(p is None for p in parts) else float(sum(parts))
+        intensity = self.meter.carbon_intensity_g_per_kwh
+        host = HostEnergy(
+            cpu_energy_j=measure.cpu_energy_j, ram_energy_j=measure.ram_energy_j,
+            load_cpu_energy_j=load.cpu_energy_j, load_ram_energy_j=load.ram_energy_j,
+            prefill_cpu_energy_j=prefill.cpu_energy_j, prefill_ram_energy_j=prefill.ram_energy_j,
+            cpu_energy_method=self.meter.cpu_method, ram_energy_method=self.meter.ram_method,
+            host_energy_null_reason=measure.null_reason if "measure" in self.readings else "no measured window",
+            energy_total_j=total, carbon_intensity_g_per_kwh=intensity, co2_g=co2_g(total, intensity))
+        return host, CodecarbonFacts(**self.meter.facts())
 
     def flags(self) -> List[Flag]:
         """``host_energy_estimated`` when the CPU energy is codecarbon's estimate, not a counter."""
@@ -151,19 +167,6 @@ class HostWindows:
             return []
         return [Flag("host_energy_estimated", f"CPU energy is codecarbon's estimate ({self.meter.cpu_method}), "
                      "not a counter: RAPL is not readable here")]
-
-    def carbon(self, row: Dict[str, Any], gpu_used: bool) -> Dict[str, Any]:
-        """Energy of the measured window, GPU raw + CPU + RAM, and its CO2. A CPU-only job's GPU part
-        is 0; a part that was used but not measured makes the total null."""
-        if self.meter is None:
-            return {}
-        gpu = row.get("gpu_energy_j") if gpu_used else 0.0
-        parts = [gpu, row.get("cpu_energy_j"), row.get("ram_energy_j")]
-        total = None if any(p is None for p in parts) else float(sum(parts))
-        intensity = self.meter.carbon_intensity_g_per_kwh
-        out = {"energy_total_j": total, "carbon_intensity_g_per_kwh": intensity, "co2_g": co2_g(total, intensity)}
-        out.update({f"codecarbon.{k}": v for k, v in self.meter.facts().items()})
-        return out
 
     def close(self) -> None:
         if self.meter is not None:

@@ -141,7 +141,7 @@ class GpuReader:
             "sm_clock_mhz": self._try(n.nvmlDeviceGetClockInfo, 1),  # NVML_CLOCK_SM
             "gpu_util_pct": getattr(util, "gpu", None),
             "mem_util_pct": getattr(util, "memory", None),
-            "memory_used_mb": mem.used / 2**20 if mem is not None else None,
+            "memory_used_mib": mem.used / 2**20 if mem is not None else None,
             "clock_event_reasons": int(reasons) if reasons is not None else None,
         }
 
@@ -163,7 +163,7 @@ class GpuReader:
             "power_limit_w": limit / 1000.0 if limit is not None else None,
             "mig_enabled": bool(mig[0]) if isinstance(mig, (list, tuple)) else None,
             "persistence_mode": bool(persistence) if persistence is not None else None,
-            "memory_total_mb": mem.total / 2**20 if mem is not None else None,
+            "memory_total_mib": mem.total / 2**20 if mem is not None else None,
         }
 
 

@@ -16,11 +16,11 @@ flagged when it is not meaningful.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.energy.window import COUNTER_UPDATE_S, MIN_WINDOW_UPDATES
 from llem.records import RequestResult
+from llem.results.row import PrefillDecode, SteadyState
 
 
 def saturated_span(results: Sequence[RequestResult], in_flight: int) -> Tuple[Optional[Tuple[float, float]], str]:
@@ -87,48 +87,31 @@ def energy_between(rows: List[Dict[str, Any]], t0: float, t1: float) -> Tuple[Op
     return total, "+".join(sorted(methods))
 
 
-@dataclass
-class SteadyState:
-    s: Optional[float] = None
-    energy_j: Optional[float] = None
-    energy_adjusted_j: Optional[float] = None
-    output_tokens: Optional[int] = None
-    null_reason: Optional[str] = None
-
-    def columns(self) -> Dict[str, Any]:
-        tok, s, adj = self.output_tokens, self.s, self.energy_adjusted_j
-        return {
-            "steady_state_s": s,
-            "steady_state_output_tokens": tok,
-            "steady_state_output_tok_per_s": tok / s if tok and s else None,
-            "steady_state_energy_j": self.energy_j,
-            "steady_state_energy_adjusted_j": adj,
-            "steady_state_j_per_output_token": adj / tok if adj is not None and tok else None,
-            "steady_state_null_reason": self.null_reason,
-        }
-
-
 def steady_state(results: Sequence[RequestResult], in_flight: int, rows: List[Dict[str, Any]],
                  baseline_power_w: Optional[float]) -> SteadyState:
     span, why = saturated_span(results, in_flight)
     if span is None:
-        return SteadyState(null_reason=why)
+        return SteadyState(steady_state_null_reason=why)
     t0, t1 = span
-    out = SteadyState(s=t1 - t0, output_tokens=tokens_between(results, t0, t1))
-    if out.output_tokens is None:
-        out.null_reason = "the engine gave no per-token times"
+    seconds, tokens = t1 - t0, tokens_between(results, t0, t1)
+    out = SteadyState(steady_state_s=seconds, steady_state_output_tokens=tokens,
+                      steady_state_output_tok_per_s=tokens / seconds if tokens else None)
+    if tokens is None:
+        out.steady_state_null_reason = "the engine gave no per-token times"
     energy, how = energy_between(rows, t0, t1)
-    out.energy_j = energy
+    out.steady_state_energy_j = energy
     if energy is None:
-        out.null_reason = out.null_reason or how
+        out.steady_state_null_reason = out.steady_state_null_reason or how
     elif baseline_power_w is not None:
-        out.energy_adjusted_j = energy - baseline_power_w * out.s
+        adjusted = energy - baseline_power_w * seconds
+        out.steady_state_energy_adjusted_j = adjusted
+        out.steady_state_j_per_output_token = adjusted / tokens if tokens else None
     return out
 
 
 def prefill_decode(measured_s: float, measured_j: Optional[float], prefill_s: float, prefill_j: Optional[float],
                    baseline_power_w: Optional[float], input_tokens: int, output_tokens: int,
-                   num_requests: int) -> Tuple[Dict[str, Any], List[str]]:
+                   num_requests: int) -> Tuple[PrefillDecode, List[str]]:
     """Prefill and decode columns (decode = measured − prefill) and warnings when decode is not meaningful."""
     warnings: List[str] = []
     decode_s = measured_s - prefill_s
@@ -139,17 +122,17 @@ def prefill_decode(measured_s: float, measured_j: Optional[float], prefill_s: fl
 
     prefill_adj, decode_adj = adjusted(prefill_j, prefill_s), adjusted(decode_j, decode_s)
     decode_tokens = output_tokens - num_requests  # the first token of every request comes from prefill
-    cols = {
-        "prefill_s": prefill_s,
-        "prefill_energy_j": prefill_j,
-        "prefill_energy_adjusted_j": prefill_adj,
-        "prefill_j_per_input_token": prefill_adj / input_tokens if prefill_adj is not None and input_tokens else None,
-        "decode_s": decode_s,
-        "decode_energy_j": decode_j,
-        "decode_energy_adjusted_j": decode_adj,
-        "decode_j_per_output_token": decode_adj / decode_tokens if decode_adj is not None and decode_tokens > 0
+    cols = PrefillDecode(
+        prefill_s=prefill_s,
+        prefill_energy_j=prefill_j,
+        prefill_energy_adjusted_j=prefill_adj,
+        prefill_j_per_input_token=prefill_adj / input_tokens if prefill_adj is not None and input_tokens else None,
+        decode_s=decode_s,
+        decode_energy_j=decode_j,
+        decode_energy_adjusted_j=decode_adj,
+        decode_j_per_output_token=decode_adj / decode_tokens if decode_adj is not None and decode_tokens > 0
         else None,
-    }
+    )
     if prefill_j is not None and prefill_s < MIN_WINDOW_UPDATES * COUNTER_UPDATE_S:
         warnings.append(f"the prefill pass lasted {prefill_s:.2f} s, under {MIN_WINDOW_UPDATES} energy-counter "
                         "updates: its energy (and so decode's) is off by up to one ~100 ms counter step at each edge; "

@@ -49,10 +49,10 @@ class Sampler:
         """One row per GPU at time ``t`` (now by default). ``cpu``: also the host CPU utilisation
         since the previous ``cpu`` sample (only the sampler thread asks, so intervals are regular)."""
         t = self.clock() if t is None else t
-        host: Dict[str, Any] = {"cpu_util_pct": None, "rss_mb": None}
+        host: Dict[str, Any] = {"cpu_util_pct": None, "rss_mib": None}
         if self._psutil is not None:
             host = {"cpu_util_pct": self._psutil.cpu_percent(None) if cpu else None,
-                    "rss_mb": self._proc.memory_info().rss / 2**20}
+                    "rss_mib": self._proc.memory_info().rss / 2**20}
         rows = [{"t_s": t, "phase": self.phase, **gpu.sample(), **host} for gpu in self.gpus]
         if not rows:
             rows = [{"t_s": t, "phase": self.phase, "gpu_index": None, **host}]
@@ -103,9 +103,10 @@ class WindowEnergy:
     method: str = "none"
     avg_power_w: Optional[float] = None
     peak_power_w: Optional[float] = None
-    peak_memory_used_mb: Optional[float] = None
+    peak_memory_used_mib: Optional[float] = None
     throttle: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    null_reason: Optional[str] = None  # why energy_j is None, when it is
 
     @property
     def duration_s(self) -> float:
@@ -152,7 +153,8 @@ class EnergyMeter:
     def evaluate(self, mark: _Mark, end_counters: List[Optional[int]], t1: float) -> WindowEnergy:
         w = WindowEnergy(mark.phase, mark.t0, t1)
         if not self.gpus:
-            w.warnings.append(f"GPU energy not measured: {self.null_reason}")
+            w.null_reason = self.null_reason
+            w.warnings.append(f"GPU energy not measured: {w.null_reason}")
             return w
         rows = self.sampler.between(mark.t0, t1)
         methods = set()
@@ -186,7 +188,8 @@ class EnergyMeter:
                 if r.get("clock_event_reasons"):
                     w.throttle.extend(n for n in throttle_names(r["clock_event_reasons"]) if n not in w.throttle)
         if any(e is None for e in w.energy_j_per_gpu):
-            w.warnings.append("GPU energy not measured: a GPU offers neither an energy counter nor power readings")
+            w.null_reason = "a GPU offers neither an energy counter nor power readings"
+            w.warnings.append(f"GPU energy not measured: {w.null_reason}")
             w.energy_j_per_gpu = [None] * len(self.gpus)
         else:
             w.energy_j = sum(w.energy_j_per_gpu)
@@ -200,8 +203,8 @@ class EnergyMeter:
             if p is not None:
                 by_t[r["t_s"]] = by_t.get(r["t_s"], 0.0) + p
         w.peak_power_w = max(by_t.values()) if by_t else None
-        mem = [r["memory_used_mb"] for r in rows if r.get("memory_used_mb") is not None]
-        w.peak_memory_used_mb = max(mem) if mem else None
+        mem = [r["memory_used_mib"] for r in rows if r.get("memory_used_mib") is not None]
+        w.peak_memory_used_mib = max(mem) if mem else None
         return w
 
     def idle(self, phase: str, seconds: float) -> WindowEnergy:

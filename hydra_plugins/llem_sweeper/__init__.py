@@ -1,0 +1,1 @@
+"""llem's Hydra sweeper plugin (Hydra finds plugins in the ``hydra_plugins`` namespace only)."""

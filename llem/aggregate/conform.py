@@ -1,0 +1,88 @@
+"""Make result tables from different jobs (and llem versions) combine into one.
+
+Every job's file is conformed before it is combined: columns renamed since it was written get
+their current name, a declared column is cast to its declared type, and a text column of an
+undeclared family (cfg.*, engine.*) that holds only nulls becomes Arrow's null type, which
+combines with any type (older versions of llem wrote every unknown null as text). Two jobs that still disagree
+on a column's type (a value written as text by an old llem, a number by a newer one) are combined
+as text, with a warning naming the column — never a crash.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Dict, List, Sequence
+
+from llem.results.files import arrow_type
+from llem.results.row import part_columns
+from llem.results.schema import RENAMED
+from llem.results.tables import RequestRow, TimeseriesRow
+
+
+@functools.cache
+def declared() -> Dict[str, object]:
+    """Column name → Arrow type of every declared fixed column (results, requests, time series)."""
+    from llem.results.schema import columns_of
+
+    cols = part_columns() + columns_of(RequestRow) + columns_of(TimeseriesRow)
+    return {c.name: arrow_type(c.type) for c in cols}
+
+
+def conform(table):
+    """One job's table: current names, null-only columns typed null, declared columns cast."""
+    import pyarrow as pa
+
+    names = [RENAMED.get(n, n) for n in table.column_names]
+    if names != table.column_names:
+        table = table.rename_columns(names)
+    types = declared()
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        want = types.get(name)
+        if want is None and column.null_count == len(column) and pa.types.is_string(column.type):
+            column = pa.nulls(len(column), pa.null())  # an older writer typed unknown nulls as text
+        elif want is not None and column.type != want:
+            try:
+                column = column.cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                continue  # left as written; concat() combines it as text and says so
+        else:
+            continue
+        table = table.set_column(i, name, column)
+    return table
+
+
+def concat(tables: Sequence, warnings: List[str]):
+    """Tables → one (promoting types where Arrow can); conflicting columns become text, warned."""
+    import pyarrow as pa
+
+    tables = [t for t in tables if t is not None]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    seen: Dict[str, set] = {}
+    for t in tables:
+        for field in t.schema:
+            if field.type != pa.null():
+                seen.setdefault(field.name, set()).add(field.type)
+    clash = sorted(n for n, kinds in seen.items() if len(kinds) > 1)
+    warnings.append(f"column(s) {', '.join(clash)} have different types in different jobs (results of different "
+                    "llem versions?): combined as text")
+    fixed = []
+    for t in tables:
+        for name in clash:
+            if name in t.column_names:
+                i = t.column_names.index(name)
+                t = t.set_column(i, name, _as_text(t.column(i)))
+        fixed.append(t)
+    return pa.concat_tables(fixed, promote_options="permissive")
+
+
+def _as_text(column):
+    import pyarrow as pa
+
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())

@@ -1,0 +1,61 @@
+"""``dry_run=true``: validate a job as a real run would, say what would happen, run nothing.
+
+With ``-m`` every job of the sweep is checked: its config (types, ranges, the engine's own
+checks that need no import of the engine), its devices, and whether a successful result with
+the same ``config_hash`` is already in its dir (the job would be skipped). Nothing is written:
+the job dir Hydra made for the check is removed again when it is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict
+
+from omegaconf import DictConfig
+
+from llem import results, validate
+from llem.config import config_hash, to_config
+from llem.errors import LlemError
+
+log = logging.getLogger(__name__)
+
+
+def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
+    """Check one job; log one line saying what a real run would do; return {status: would_*}."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from llem.backends import engine_class
+    from llem.job import check_gpus, resolve_device
+
+    overrides = " ".join(HydraConfig.get().overrides.task) or "(defaults)"
+    try:
+        config = to_config(cfg)
+        engine = engine_class(config.backend.name)
+        engine.validate_config(config)
+        validate.check(config)
+        device, problem = resolve_device(config)
+        if device == "cuda" and problem:
+            raise LlemError(problem)
+        check_gpus(config, device)
+        engine(config, device).check()
+    except LlemError as exc:
+        log.info("dry run: %s → invalid: %s", overrides, exc)
+        status = "would_fail"
+        chash = None
+    else:
+        chash = config_hash(config)
+        previous = results.read_result(job_dir)
+        done = bool(previous) and previous.get("status") == "ok" and previous.get("config_hash") == chash
+        status = "would_skip" if done else "would_run"
+        what = "would be skipped (a successful result is there)" if done else f"would run on {device}"
+        log.info("dry run: %s → config_hash %s, %s: %s", overrides, chash, what, job_dir)
+    _remove_if_empty(job_dir)
+    return {"status": status, "config_hash": chash}
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,164 @@
+"""The measurement process: spawned fresh for every job, stopped with its driver.
+
+Each job measures in a freshly spawned interpreter (a fresh CUDA context; all device memory freed
+when it exits). It is tied to the job's parent so that no measurement outlives the driver:
+
+- it runs in its own process group, so a terminal's Ctrl-C reaches the parent only, and the parent
+  stops the whole group (the engine's own worker processes included) before it says so once;
+- on Linux it asks the kernel to kill it when the parent dies (``PR_SET_PDEATHSIG``), so even a
+  parent killed with SIGKILL leaves no orphan that would write a result later;
+- SIGINT or SIGTERM to the parent stops the measurement, writes nothing for the job (a rerun
+  measures it again) and raises :class:`Interrupted`, which ``__main__`` turns into one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Tuple
+
+from llem.results.row import Stage
+
+log = logging.getLogger(__name__)
+
+STAGES = list(Stage)
+STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached a job: its measurement was stopped and nothing was written for it."""
+
+    def __init__(self, signal_name: str, job_dir: Optional[Path], stage: Optional[Stage]) -> None:
+        super().__init__(f"{signal_name} during {stage.value if stage else 'the job'} of {job_dir}")
+        self.signal_name, self.job_dir, self.stage = signal_name, job_dir, stage
+
+
+class _Running:
+    proc: Any = None  # the measurement process of the job in progress
+    stage: Any = None  # its shared stage index
+
+
+def _stage_now() -> Optional[Stage]:
+    return STAGES[_Running.stage.value] if _Running.stage is not None else None
+
+
+def stop(proc: Any) -> None:
+    """Stop a measurement process and its process group: SIGTERM, then SIGKILL after a grace period."""
+    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+        if not proc.is_alive():
+            return
+        try:
+            os.killpg(proc.pid, sig)  # the group: the engine's own processes too
+        except OSError:
+            os.kill(proc.pid, sig)  # not yet in its own group
+        proc.join(wait_s)
+
+
+@contextmanager
+def interruptible(job_dir: Path) -> Iterator[None]:
+    """While a job runs, SIGINT and SIGTERM stop its measurement process and raise Interrupted."""
+    def handler(signum, frame) -> None:
+        stage = _stage_now()
+        if _Running.proc is not None:
+            stop(_Running.proc)
+        raise Interrupted(signal.Signals(signum).name, job_dir, stage)
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (a launcher running jobs in threads): default handling
+        old = {}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel kills this process when its parent dies; elsewhere best effort."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _log_file() -> Optional[str]:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
+
+
+def _child(config, job_dir: str, device: str, idle, stage, log_file: Optional[str], level: int,
+           parent_pid: int) -> None:
+    """Entry point of the measurement process (spawned): a fresh interpreter, a fresh CUDA context."""
+    os.setpgid(0, 0)
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it stops this group itself
+    from llem import secrets
+
+    secrets.install()
+    fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    handlers = [logging.StreamHandler()]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
+
+    def set_stage(s: Stage) -> None:
+        stage.value = STAGES.index(s)
+
+    from llem.experiment import Experiment
+
+    Experiment(config, Path(job_dir), device, idle, set_stage).run()
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End the measurement process without the interpreter's teardown (torch, CUDA and engine
+    modules take ~1 s to unwind; every file is already written): flush the logs, stop any child
+    process the engine left behind, exit."""
+    import psutil
+
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
+    os._exit(0)
+
+
+def measure_isolated(config, job_dir: Path, device: str, idle) -> Optional[Tuple[str, Stage]]:
+    """Run the experiment in a spawned process; return (why it died, stage), or None if it exited cleanly."""
+    ctx = mp.get_context("spawn")
+    stage = ctx.RawValue("i", 0)  # no lock: one writer, and a lock would leak a semaphore at exit
+    proc = ctx.Process(target=_child, name="llem-measure",
+                       args=(config, str(job_dir), device, idle, stage, _log_file(), logging.getLogger().level,
+                             os.getpid()))
+    _Running.proc, _Running.stage = proc, stage
+    try:
+        proc.start()
+        proc.join()  # blocks in waitpid: no CPU spent while the measurement runs
+    finally:
+        _Running.proc = _Running.stage = None
+    where = STAGES[stage.value]
+    if proc.exitcode == 0:
+        return None
+    if proc.exitcode < 0:
+        sig = signal.Signals(-proc.exitcode).name
+        return f"the measurement process was killed by {sig} during {where.value}", where
+    return f"the measurement process exited with code {proc.exitcode} during {where.value}", where

@@ -1,0 +1,137 @@
+"""Result files of one job, written atomically with the declared column types.
+
+``results.parquet`` (one row) is written last: it is the job's commit marker. Each file is
+written to a temporary name in the same directory, fsynced and renamed, so a job killed
+mid-write never leaves a file that reads as a success. String values are scrubbed of secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from llem.results.schema import BOOL, F64, I64, JSON, LIST_F64, LIST_STR, STR, Column, columns_of, storable
+
+RESULTS = "results.parquet"
+REQUESTS = "requests.parquet"
+TIMESERIES = "timeseries.parquet"
+
+
+def arrow_type(kind: str):
+    import pyarrow as pa
+
+    return {F64: pa.float64(), I64: pa.int64(), STR: pa.string(), JSON: pa.string(), BOOL: pa.bool_(),
+            LIST_F64: pa.list_(pa.float64()), LIST_STR: pa.list_(pa.string())}[kind]
+
+
+def arrow_schema(columns: Sequence[Column]):
+    import pyarrow as pa
+
+    return pa.schema([pa.field(c.name, arrow_type(c.type)) for c in columns])
+
+
+def scrub_table(table):
+    """``table`` with secret values replaced in its string columns (paths, names, messages), if any."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from llem.secrets import secrets
+
+    found = secrets()
+    if not found:
+        return table
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            column = table.column(i)
+            for name, value in found:
+                column = pc.replace_substring(column, value, f"<{name}>")
+            table = table.set_column(i, field, column)
+    return table
+
+
+def write_atomic(table, path: Path, **options) -> None:
+    """Write ``table`` to ``path`` via a temporary file, fsync and rename (``options``: write_table's).
+    String columns are scrubbed of secret values on the way."""
+    import pyarrow.parquet as pq
+
+    table = scrub_table(table)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, **options)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _scrubbed(value: Any) -> Any:
+    from llem.secrets import scrub_value
+
+    return scrub_value(value)
+
+
+def rows_table(rows: Sequence[Any], cls: type):
+    """Rows (instances of ``cls``, or dicts with its field names) → an Arrow table of its columns."""
+    import pyarrow as pa
+
+    columns = columns_of(cls)
+    names = {c.name for c in columns}
+    data: Dict[str, List[Any]] = {c.name: [] for c in columns}
+    for r in rows:
+        values = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)} if dataclasses.is_dataclass(r) else r
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no column(s) {sorted(unknown)}: declare them in llem.results")
+        for c in columns:
+            data[c.name].append(_scrubbed(storable(c, values.get(c.name))))
+    return pa.Table.from_pydict(data, schema=arrow_schema(columns))
+
+
+def write_rows(rows: Sequence[Any], path: Path, cls: type) -> None:
+    """Many rows (requests, time series) → Parquet with the declared schema (empty is fine)."""
+    write_atomic(rows_table(rows, cls), path)
+
+
+# A one-row file gains nothing from column statistics or the embedded Arrow schema (the Parquet
+# types carry ours), and both cost read time: aggregating thousands of jobs reads thousands of these.
+ONE_ROW_OPTIONS = {"write_statistics": False, "store_schema": False}
+
+
+def result_table(row) -> Any:
+    """A :class:`~llem.results.row.ResultRow` → a one-row Arrow table of its declared types. A value
+    that does not fit its column is stored as null and named in ``warnings``."""
+    import pyarrow as pa
+
+    from llem.results.row import stored_values
+
+    columns, values, problems = stored_values(row)
+    if problems:
+        at = [c.name for c in columns].index("warnings") if "warnings" in row.columns else None
+        if at is not None:
+            values[at] = list(values[at] or []) + problems
+    arrays = [pa.array([_scrubbed(v)], type=arrow_type(c.type)) for c, v in zip(columns, values)]
+    return pa.Table.from_arrays(arrays, schema=arrow_schema(columns))
+
+
+def write_result(row, job_dir: Path) -> Path:
+    path = job_dir / RESULTS
+    write_atomic(result_table(row), path, **ONE_ROW_OPTIONS)
+    return path
+
+
+def read_result(job_dir: Path) -> Optional[Dict[str, Any]]:
+    """The job's result row, or None when there is none (or it cannot be read)."""
+    path = job_dir / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    except Exception:
+        return None
+    return rows[0] if len(rows) == 1 else None

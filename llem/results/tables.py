@@ -1,0 +1,43 @@
+"""The rows of ``requests.parquet`` (one per request) and ``timeseries.parquet`` (one per sample
+of each GPU), declared once as dataclasses: the field is the column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from llem.results.schema import col
+
+
+@dataclass
+class RequestRow:
+    request_id: int = col("the request's index in the workload", default=0)
+    batch_index: Optional[int] = col("the static batch that served it (PyTorch)")
+    process_index: Optional[int] = col("the data-parallel replica that served it")
+    input_tokens: int = col("prompt tokens", default=0)
+    output_tokens: int = col("output tokens returned", default=0)
+    start_offset_s: Optional[float] = col("wait from the window's start to the start of its service (s)")
+    ttft_ms: Optional[float] = col("time to first token from the start of service (ms)", pooled=(50, 99),
+                                   label="TTFT", fmt=".1f")
+    e2e_ms: Optional[float] = col("end-to-end latency from the start of service (ms)", pooled=(50,))
+    tpot_ms: Optional[float] = col("time per output token after the first (ms)")
+    itl_ms: Optional[List[float]] = col("every inter-token gap (ms)", pooled=(50, 99), label="ITL", fmt=".2f")
+    timing_note: Optional[str] = col("why a timing is missing or came from the host, if so")
+
+
+@dataclass
+class TimeseriesRow:
+    t_s: float = col("seconds from the measured window's start (negative before it)", default=0.0)
+    phase: str = col("device_idle, settle, setup, load, warmup, loaded_idle, measure, prefill", default="")
+    gpu_index: Optional[int] = col("NVML index of the GPU (null: a host-only sample)")
+    energy_counter_mj: Optional[int] = col("the GPU's hardware energy counter (mJ since the driver loaded)")
+    power_instant_w: Optional[float] = col("instant power, NVML field 186 (W)")
+    power_average_w: Optional[float] = col("NVML's averaged power, 1 s on Hopper (W)")
+    temperature_c: Optional[float] = col("GPU temperature (°C)")
+    sm_clock_mhz: Optional[float] = col("SM clock (MHz)")
+    gpu_util_pct: Optional[float] = col("GPU utilisation (%)")
+    mem_util_pct: Optional[float] = col("memory-controller utilisation (%)")
+    memory_used_mib: Optional[float] = col("device memory in use (MiB)")
+    clock_event_reasons: Optional[int] = col("NVML clock-event reason bits")
+    cpu_util_pct: Optional[float] = col("host CPU utilisation since the previous sample (%)")
+    rss_mib: Optional[float] = col("resident memory of the measuring process (MiB)")

@@ -1,0 +1,238 @@
+"""llem.secrets: secret environment values never reach logs, the console or written files."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llem import secrets as s
+
+TOKEN = "hf_NotARealSecret4242xyz"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No secrets from the real environment; everything install() did is undone after each test.
+
+    Tests call install() in their body, not in a fixture: pytest's capture sets sys.stdout / sys.stderr again
+    between setup and call, which would drop wrappers installed during setup.
+    """
+    for name, _ in s.secrets():
+        monkeypatch.delenv(name)
+    yield
+    s.uninstall()
+
+
+@pytest.fixture
+def log():
+    """A logger writing to a StringIO (``log.out``), isolated from the root logger."""
+    logger = logging.getLogger("test_secrets")
+    logger.out = io.StringIO()
+    handler = logging.StreamHandler(logger.out)
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    yield logger
+    logger.removeHandler(handler)
+
+
+# --- scrub ---------------------------------------------------------------------------------------------------
+
+
+def test_secret_values_are_replaced_by_their_name(monkeypatch):
+    env = {"HF_TOKEN": TOKEN, "OPENAI_API_KEY": "sk-FakeKey0000111122223333", "CLIENT_SECRET": "not-a-secret-9",
+           "GITHUB_TOKEN": "ghp_FakeGithubToken1234", "DB_PASSWORD": "hunter2hunter2",
+           "HUGGING_FACE_HUB_TOKEN": "hf_Other999"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    text = " ".join(f"{n}={v}" for n, v in env.items())
+    out = s.scrub(text)
+    assert out == " ".join(f"{n}=<{n}>" for n in env)
+    assert not any(v in out for v in env.values())
+
+
+def test_short_values_and_other_names_are_left_alone(monkeypatch):
+    monkeypatch.setenv("SHORT_TOKEN", "ab123")  # < MIN_SECRET_LEN
+    monkeypatch.setenv("SIX_TOKEN", "abc123")  # == MIN_SECRET_LEN: a secret
+    monkeypatch.setenv("KEYBOARD_LAYOUT", "dvorak-international")
+    monkeypatch.setenv("TOKEN_COUNT", "123456789")
+    text = f"ab123 dvorak-international 123456789 {os.environ['PATH']} abc123"
+    assert s.scrub(text) == text.replace("abc123", "<SIX_TOKEN>")
+    assert [n for n, _ in s.secrets()] == ["SIX_TOKEN"]
+
+
+def test_names_match_case_insensitively():
+    assert s.is_secret_name("hf_token") and s.is_secret_name("wandb_api_key") and s.is_secret_name("X_Password")
+    assert not s.is_secret_name("KEYS") and not s.is_secret_name("SECRETS_DIR") and not s.is_secret_name("PATH")
+
+
+def test_a_value_containing_another_secret_is_replaced_whole(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("A_SECRET", f"prefix-{TOKEN}-suffix")
+    assert [n for n, _ in s.secrets()] == ["A_SECRET", "HF_TOKEN"]
+    assert s.scrub(f"x prefix-{TOKEN}-suffix y {TOKEN}") == "x <A_SECRET> y <HF_TOKEN>"
+
+
+def test_environment_is_read_on_every_call(monkeypatch):
+    assert s.scrub(TOKEN) == TOKEN
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert s.scrub(TOKEN) == "<HF_TOKEN>"
+    monkeypatch.delenv("HF_TOKEN")
+    assert s.scrub(TOKEN) == TOKEN
+
+
+def test_non_strings_are_returned_unchanged(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    obj = object()
+    assert s.scrub(None) is None and s.scrub(42) == 42 and s.scrub(obj) is obj
+    assert s.scrub(TOKEN.encode()) == TOKEN.encode()
+
+
+def test_scrub_value_walks_nested_rows(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    row = {"model.name": TOKEN, "n": 3, "ok": None, "warnings": [f"bad {TOKEN}", ("x", TOKEN, 1.5)],
+           TOKEN: {"inner": [TOKEN]}}
+    assert s.scrub_value(row) == {"model.name": "<HF_TOKEN>", "n": 3, "ok": None,
+                                  "warnings": ["bad <HF_TOKEN>", ("x", "<HF_TOKEN>", 1.5)],
+                                  "<HF_TOKEN>": {"inner": ["<HF_TOKEN>"]}}
+    assert TOKEN in row["model.name"]  # the input is not modified
+
+
+# --- logging and streams -------------------------------------------------------------------------------------
+
+
+def test_log_args_are_scrubbed(monkeypatch, log):
+    s.install()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    log.info("tok=%s, 100%% sure", TOKEN)
+    assert log.out.getvalue() == "tok=<HF_TOKEN>, 100% sure\n"
+
+
+def test_logged_exception_is_scrubbed(monkeypatch, log):
+    s.install()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    try:
+        raise ValueError(f"bad token {TOKEN}")
+    except ValueError:
+        log.exception("failed with %s", TOKEN)
+    out = log.out.getvalue()
+    assert TOKEN not in out
+    assert "failed with <HF_TOKEN>" in out and "Traceback" in out and "ValueError: bad token <HF_TOKEN>" in out
+
+
+def test_stack_info_is_scrubbed(monkeypatch):
+    s.install()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    record = logging.getLogRecordFactory()("n", logging.INFO, "f.py", 1, "m", (), None, sinfo=f"Stack: {TOKEN}")
+    assert record.stack_info == "Stack: <HF_TOKEN>"
+
+
+def test_records_are_untouched_without_secrets():
+    s.install()
+    record = logging.getLogRecordFactory()("n", logging.INFO, "f.py", 1, "a=%s", (TOKEN,), None)
+    assert record.msg == "a=%s" and record.args == (TOKEN,)
+
+
+def test_print_is_scrubbed(monkeypatch, capsys):
+    s.install()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    print("token:", TOKEN)
+    print(f"err {TOKEN}", file=sys.stderr)
+    out, err = capsys.readouterr()
+    assert out == "token: <HF_TOKEN>\n" and err == "err <HF_TOKEN>\n"
+
+
+def test_stream_wrapper_scrubs_writes_and_delegates_the_rest(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    buf = io.StringIO()
+    stream = s.ScrubbingStream(buf)
+    assert stream.write(TOKEN) == len(TOKEN)
+    stream.writelines([" a", f" {TOKEN}\n"])
+    stream.flush()
+    assert stream.getvalue() == "<HF_TOKEN> a <HF_TOKEN>\n" and not stream.isatty()
+    with open(tmp_path / "f.txt", "w", encoding="utf-8") as f:
+        wrapped = s.ScrubbingStream(f)
+        assert wrapped.fileno() == f.fileno() and wrapped.encoding == "utf-8" and wrapped.buffer is f.buffer
+
+
+def test_install_twice_does_not_double_wrap_and_uninstall_restores():
+    before = sys.stdout, sys.stderr, logging.getLogRecordFactory()
+    s.install()
+    factory = logging.getLogRecordFactory()
+    s.install()
+    assert logging.getLogRecordFactory() is factory is not before[2]
+    for stream, orig in zip((sys.stdout, sys.stderr), before):
+        assert isinstance(stream, s.ScrubbingStream) and stream._wrapped is orig
+    s.uninstall()
+    assert (sys.stdout, sys.stderr, logging.getLogRecordFactory()) == before
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+
+def _old_mtime(path: Path) -> int:
+    os.utime(path, ns=(10**18, 10**18))
+    return path.stat().st_mtime_ns
+
+
+def test_scrub_file_rewrites_only_files_holding_a_secret(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    dirty, clean = tmp_path / "dirty.yaml", tmp_path / "clean.yaml"
+    dirty.write_bytes(f"model:\r\n  name: {TOKEN}\r\n".encode())
+    dirty.chmod(0o640)
+    clean.write_bytes(b"model:\n  name: gpt2\n")
+    clean_mtime = _old_mtime(clean)
+    assert s.scrub_file(dirty) is True
+    assert dirty.read_bytes() == b"model:\r\n  name: <HF_TOKEN>\r\n"  # line endings kept
+    assert dirty.stat().st_mode & 0o777 == 0o640
+    assert s.scrub_file(clean) is False
+    assert clean.read_bytes() == b"model:\n  name: gpt2\n" and clean.stat().st_mtime_ns == clean_mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.yaml", "dirty.yaml"]  # no temp file left
+
+
+def test_scrub_file_leaves_binary_and_missing_files_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    nul, latin = tmp_path / "a.bin", tmp_path / "b.txt"
+    nul.write_bytes(b"PAR1\0\x01" + TOKEN.encode())
+    latin.write_bytes(b"caf\xe9 " + TOKEN.encode())
+    assert not s.scrub_file(nul) and not s.scrub_file(latin) and not s.scrub_file(tmp_path / "missing.txt")
+    assert nul.read_bytes() == b"PAR1\0\x01" + TOKEN.encode() and latin.read_bytes() == b"caf\xe9 " + TOKEN.encode()
+
+
+def test_scrub_tree_rewrites_matching_files_recursively(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    files = {".hydra/config.yaml": f"name: {TOKEN}\n", "multirun.yaml": f"- model.name={TOKEN}\n",
+             "0/job.log": f"[INFO] {TOKEN}\n", "0/result.json": '{"ok": 1}', "notes.md": TOKEN}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    untouched = {rel: _old_mtime(tmp_path / rel) for rel in ("0/result.json", "notes.md")}
+    changed = s.scrub_tree(tmp_path)
+    assert changed == sorted(tmp_path / rel for rel in (".hydra/config.yaml", "multirun.yaml", "0/job.log"))
+    for rel in changed:
+        assert TOKEN not in rel.read_text() and "<HF_TOKEN>" in rel.read_text()
+    for rel, mtime in untouched.items():
+        assert (tmp_path / rel).read_text() == files[rel] and (tmp_path / rel).stat().st_mtime_ns == mtime
+    assert s.scrub_tree(tmp_path) == []
+
+
+# --- end to end ----------------------------------------------------------------------------------------------
+
+
+def test_subprocess_output_never_holds_the_token():
+    code = ("import llem.secrets as s; s.install(); import logging; logging.basicConfig(level=logging.INFO); "
+            f"logging.getLogger('x').info('tok=%s', '{TOKEN}'); print('{TOKEN}'); raise RuntimeError('{TOKEN}')")
+    env = {k: v for k, v in os.environ.items() if not s.is_secret_name(k)}
+    env["HF_TOKEN"] = TOKEN
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert TOKEN not in proc.stdout and TOKEN not in proc.stderr
+    assert proc.stdout == "<HF_TOKEN>\n"
+    assert "INFO:x:tok=<HF_TOKEN>" in proc.stderr and "RuntimeError: <HF_TOKEN>" in proc.stderr
