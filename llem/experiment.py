@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -27,6 +27,7 @@ from llem.config import BaselineKind, Config, config_hash
 from llem.energy import flags as doubt
 from llem.energy import phases
 from llem.energy.codecarbon import HostWindows
+from llem.energy.idle import DeviceIdle, other_processes
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
 from llem.records import RequestResult
@@ -55,69 +56,12 @@ from llem.results.tables import RequestRow, TimeseriesRow
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class DeviceIdle:
-    """The no-context idle floor, measured by the parent before the measurement process starts."""
-
-    power_w_per_gpu: List[Optional[float]] = field(default_factory=list)
-    rows: List[Dict[str, Any]] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
-
-    @property
-    def power_w(self) -> Optional[float]:
-        return metrics.sum_or_none(self.power_w_per_gpu)
-
-
-def other_processes(gpus: List[GpuReader], expect_own: bool) -> Dict[int, int]:
-    """GPU index → number of processes other than this job's holding a context on it."""
-    import psutil
-
-    me = psutil.Process()
-    own = {me.pid} | {c.pid for c in me.children(recursive=True)}
-    if me.parent() is not None:
-        own.add(me.parent().pid)
-    out = {}
-    for gpu in gpus:
-        pids = gpu.processes()
-        if pids is None:
-            continue
-        others = [p for p in pids if p not in own]
-        if expect_own and pids and len(others) == len(pids):  # PIDs from another namespace: count instead
-            others = others[1:]
-        if others:
-            out[gpu.index] = len(others)
-    return out
-
-
 def metered_gpus(cfg: Config, engine_cls, device: str) -> Tuple[List[GpuReader], List[str], Optional[str]]:
     """NVML readers for the GPUs the job's engine uses (by UUID from CUDA_VISIBLE_DEVICES), warnings,
     and why there are none, if so."""
     if device != "cuda":
         return [], [], "device=cpu: no GPU is used"
     return open_gpus(engine_cls.gpus_required(cfg.backend))
-
-
-def device_idle_baseline(config: Config, gpus_required: int) -> DeviceIdle:
-    """Idle power with no CUDA context: wait ``settle_s`` for the GPU to drop its clocks, then meter."""
-    result = DeviceIdle()
-    gpus, warnings, reason = open_gpus(gpus_required)
-    result.warnings.extend(warnings)
-    if not gpus:
-        return result
-    sampler = Sampler(gpus, config.energy.sample_interval_ms / 1000.0).start()
-    try:
-        busy = other_processes(gpus, expect_own=False)
-        if busy:
-            result.warnings.append(f"device idle baseline taken while other processes held GPUs {busy}: it is too high")
-        sampler.phase = "settle"
-        time.sleep(config.baseline.settle_s)
-        window = EnergyMeter(gpus, sampler).idle("device_idle", config.baseline.device_idle_s)
-    finally:
-        sampler.stop()
-    result.power_w_per_gpu = window.power_per_gpu_w
-    result.rows = [r for r in sampler.rows if r["phase"] == "device_idle"]
-    result.warnings.extend(window.warnings)
-    return result
 
 
 @dataclass

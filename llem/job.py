@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 from llem import environment, results, secrets, validate
 from llem.backends import engine_class
 from llem.config import Config, config_hash, to_config
+from llem.energy.idle import DeviceIdle, device_idle_baseline
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError
-from llem.experiment import DeviceIdle, device_idle_baseline, summary_line
+from llem.experiment import summary_line
 from llem.locks import gpu_lock, job_lock
 from llem.measure_process import Interrupted, interruptible, measure_isolated
 from llem.results.row import Notes, Outcome, ResultRow, Stage, assemble

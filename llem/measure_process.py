@@ -55,7 +55,10 @@ def stop(proc: Any) -> None:
         try:
             os.killpg(proc.pid, sig)  # the group: the engine's own processes too
         except OSError:
-            os.kill(proc.pid, sig)  # not yet in its own group
+            try:
+                os.kill(proc.pid, sig)  # not yet in its own group
+            except ProcessLookupError:
+                return
         proc.join(wait_s)
 
 

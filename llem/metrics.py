@@ -118,9 +118,3 @@ def cv(values: Sequence[float]) -> Optional[float]:
     if arr.size < 2 or arr.mean() == 0:
         return None
     return float(arr.std(ddof=1) / arr.mean())
-
-
-def sum_or_none(values: List[Optional[float]]) -> Optional[float]:
-    if not values or any(v is None for v in values):
-        return None
-    return float(sum(values))

@@ -46,6 +46,13 @@ def test_llama3_architecture_and_overrides(compose_cfg):
         ("+foo=1", "foo"),
         ("+model.colour=red", "model.colour"),
         ("model.weights=pretrained", "model.hf_id"),
+        ("seed=4294967296", "seed"),  # engines seed numpy with 32 bits
+        ("cooldown_s=inf", "cooldown_s"),  # values a result file cannot hold, or a job cannot use
+        ("decoding.temperature=inf", "decoding.temperature"),
+        ("decoding.top_p=nan", "decoding.top_p"),
+        ("baseline.loaded_idle_s=inf", "baseline.loaded_idle_s"),
+        ("dataset.num_requests=100000000000000000000", "dataset.num_requests"),
+        ("warmup.output_len=9223372036854775808", "warmup.output_len"),
     ],
 )
 def test_invalid_values_name_the_key(compose_cfg, override, key):
@@ -97,3 +104,42 @@ def test_flatten_dotted_names(compose_cfg):
     assert flat["baseline.kind"] == "device_idle"
     assert isinstance(flat["model.architecture"], str)  # JSON text, one column
     assert "backend.engine_args" in flat
+
+
+# -- checks across keys and facts outside the config (llem.validate), before anything loads ----------------
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["input_len=2000", "output_len=100"],
+     "input_len \\+ output_len = 2000 \\+ 100 = 2100 is invalid: allowed at most 2048"),
+    (["input_len=2000", "warmup.output_len=60", "output_len=8"], "input_len \\+ warmup.output_len"),
+    (["objective.metric=cfg.batch"], "objective.metric='cfg.batch' is invalid"),
+    (["objective.metric=status"], "objective.metric='status' is invalid"),
+    (["+objective.bounds.nonsense='<=3'"], "objective.bounds.nonsense is invalid"),
+])
+def test_cross_checks_name_the_key(compose_cfg, overrides, says):
+    from llem import validate
+
+    with pytest.raises(ConfigError, match=says):
+        validate.check(to_config(compose_cfg(overrides)))
+
+
+def test_lengths_fit_the_model_within_its_positions(compose_cfg):
+    from llem import validate
+
+    validate.check(to_config(compose_cfg(["input_len=1920", "output_len=128"])))  # exactly 2048: fine
+    validate.check(to_config(compose_cfg(["objective.metric=output_tok_per_s", "+objective.bounds.ttft_ms_p99='<=9'"])))
+
+
+def test_a_pretrained_models_positions_come_from_its_config_json(compose_cfg, tmp_path):
+    from llem import validate
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_positions": 1024}')
+    config = to_config(compose_cfg(["model.weights=pretrained", f"model.hf_id={tmp_path}", "input_len=1000",
+                                    "output_len=100"]))
+    assert validate.max_positions(config) == (1024, f"{tmp_path}'s config.json.n_positions")
+    with pytest.raises(ConfigError, match="allowed at most 1024"):
+        validate.check(config)
+    absent = to_config(compose_cfg(["model.weights=pretrained", "model.hf_id=llem-tests/not-cached"]))
+    limit, why = validate.max_positions(absent)
+    assert limit is None and "not in the local Hugging Face cache" in why  # checked at load instead

@@ -1,15 +1,18 @@
-"""Job-level rules without subprocesses: the sweeper objective and the per-GPU lock."""
+"""Job-level rules without subprocesses: the sweeper objective, locks, interrupts, plugins, job names."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import threading
 import time
 
 import pytest
 
 from llem.config import to_config
-from llem.job import gpu_lock, objective
+from llem.job import objective
+from llem.locks import gpu_lock
 
 
 @pytest.fixture
@@ -61,3 +64,88 @@ def test_gpu_lock_serialises_jobs_on_one_gpu():
     assert [e[0] for e in events] == ["first-done", "second"]
     with gpu_lock(["GPU-other"]), gpu_lock(["GPU-test-lock"]):
         pass  # different GPUs do not block each other
+
+
+# -- locks, interrupts, plugins, names: the driver's side, in-process --------------------------------------
+
+
+def test_a_job_dir_is_locked_while_its_job_runs(tmp_path):
+    from llem.locks import job_lock
+
+    with job_lock(tmp_path / "job") as first:
+        assert first
+        with job_lock(tmp_path / "job") as second:
+            assert not second  # a second process would be refused, not run the job again
+    with job_lock(tmp_path / "job") as again:
+        assert again  # released when the holder ends
+
+
+def test_a_second_sweep_on_a_locked_dir_is_refused(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from llem.locks import SWEEP_LOCK, try_lock
+    from llem.sweep import SweepSummary
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    first = SweepSummary()
+    first.on_multirun_start(cfg)
+    with pytest.raises(SystemExit) as stop:
+        SweepSummary().on_multirun_start(cfg)
+    assert stop.value.code == 2 and "in use by another llem sweep" in caplog.text
+    assert f"pid {os.getpid()}" in caplog.text
+    first.lock.close()
+    assert try_lock(tmp_path / "sweep" / SWEEP_LOCK) is not None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_stops_the_measurement_process_first(tmp_path, signum):
+    import multiprocessing as mp
+
+    from llem import measure_process as mpr
+
+    ctx = mp.get_context("fork")
+    child = ctx.Process(target=time.sleep, args=(60,))
+    stage = ctx.RawValue("i", mpr.STAGES.index(mpr.Stage.measure))
+    child.start()  # before the handler: a forked child must not inherit it (the real one is spawned)
+    with pytest.raises(mpr.Interrupted) as caught:
+        with mpr.interruptible(tmp_path):
+            mpr._Running.proc, mpr._Running.stage = child, stage
+            threading.Timer(0.2, os.kill, (os.getpid(), signum)).start()
+            child.join()  # as the parent does: blocked until the signal arrives
+    mpr._Running.proc = mpr._Running.stage = None
+    assert not child.is_alive() and child.exitcode == -signal.SIGTERM
+    assert caught.value.stage == mpr.Stage.measure and caught.value.signal_name == signal.Signals(signum).name
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_missing_plugin_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from llem import __main__ as cli
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert cli._missing_extra(["llem", "hydra/launcher=slurm"]) == (
+        "hydra/launcher=slurm needs the 'slurm' extra: pip install 'llem[slurm]'")
+    assert "llem[search]" in cli._missing_extra(["llem", "hydra/sweeper=energy_search"])
+    assert cli._missing_extra(["llem", "batch=4"]) is None
+
+
+def test_an_uncomposable_job_gets_a_failed_row_in_the_dir_hydra_would_give_it(compose_cfg, tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    from llem import results
+    from llem.job import fail_uncomposable, job_dirname
+
+    cfg = compose_cfg([])
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        cfg.hydra = OmegaConf.create({"sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.override_dirname}"},
+                                      "job": {"config": {"override_dirname": {
+                                          "kv_sep": "=", "item_sep": ",", "exclude_keys": ["isolate"]}}}})
+    overrides = ["repeat=1", "batch=abc", "isolate=false"]
+    assert job_dirname(cfg, overrides) == "batch=abc,repeat=1"  # sorted, switches excluded, as Hydra names it
+    fail_uncomposable(cfg, overrides, ConfigCompositionException("Error merging override batch=abc"))
+    row = results.read_result(tmp_path / "batch=abc,repeat=1")
+    assert row["status"] == "failed" and row["error_stage"] == "config" and "batch=abc" in row["error"]
+    assert (tmp_path / "batch=abc,repeat=1" / "outcome.txt").read_text().strip() == "failed"

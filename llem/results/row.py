@@ -45,9 +45,11 @@ class Stage(Enum):
 
 @dataclass
 class Outcome:
+    """How the job ended."""
+
     status: str = col("ok, or failed (error, error_type and error_stage say why)", default="failed")
     error: Optional[str] = col("the error message of a failed job (secrets scrubbed)")
-    error_type: Optional[str] = col("the exception's class, or ConfigError / ProcessDied / Interrupted")
+    error_type: Optional[str] = col("the exception's class (ConfigError, DeviceError, ProcessDied, NoResult, …)")
     error_stage: Optional[str] = col("the stage it failed in: " + ", ".join(s.value for s in Stage))
     config_hash: Optional[str] = col("hash of the measured settings (not repeat, not switches); resume key")
     started_at: Optional[str] = col("UTC time the measurement began (ISO 8601)")
@@ -55,6 +57,8 @@ class Outcome:
 
 @dataclass
 class WorkloadCounts:
+    """The requests measured: how many, their prompt lengths, what the dataset cut or skipped."""
+
     num_requests: Optional[int] = col("requests measured")
     input_tokens_total: Optional[int] = col("prompt tokens of all requests")
     input_tokens_min: Optional[int] = col("shortest prompt (tokens)")
@@ -71,6 +75,8 @@ class WorkloadCounts:
 
 @dataclass
 class OutsideWindow:
+    """Engine start-up and warm-up, outside the measured window."""
+
     load_s: Optional[float] = col("engine start-up: imports, device context, weights, compilation (s)")
     load_energy_j: Optional[float] = col("GPU energy of the load phase (J)")
     warmup_s: Optional[float] = col("warm-up duration, excluded from every metric (s)")
@@ -81,6 +87,8 @@ class OutsideWindow:
 
 @dataclass
 class Throughput:
+    """The measured window and its throughput."""
+
     output_tokens_total: Optional[int] = col("output tokens the engine returned in the window")
     output_tokens_expected: Optional[int] = col("num_requests × output_len: a mismatch is warned about")
     window_s: Optional[float] = col("measured window, device synchronised at both edges (s)")
@@ -92,6 +100,8 @@ class Throughput:
 
 @dataclass
 class Padding:
+    """Work the engine did beyond the requested tokens (static-batch padding)."""
+
     tokens_computed: Optional[int] = col("token positions the engine computed, padding included (PyTorch)")
     tokens_requested: Optional[int] = col("token positions the requests asked for")
     padding_overhead_pct: Optional[float] = col("(computed − requested) / requested × 100")
@@ -99,6 +109,8 @@ class Padding:
 
 @dataclass
 class GpuEnergy:
+    """Raw GPU energy of the measured window and how it was measured."""
+
     energy_method: str = col("nvml_counter, nvml_power_instant_integral, nvml_power_average_integral or none",
                              default="none")
     energy_null_reason: Optional[str] = col("why GPU energy is null, when it is")
@@ -112,6 +124,8 @@ class GpuEnergy:
 
 @dataclass
 class Baselines:
+    """The two idle floors: no CUDA context (device idle) and the engine loaded (loaded idle)."""
+
     device_idle_power_w: Optional[float] = col("idle power with no CUDA context, summed over GPUs (W)")
     device_idle_power_w_per_gpu: Optional[List[float]] = col("device-idle power of each GPU (W)")
     loaded_idle_power_w: Optional[float] = col("idle power with the engine loaded, summed over GPUs (W)")
@@ -120,6 +134,8 @@ class Baselines:
 
 @dataclass
 class EnergySummary:
+    """The floor subtracted and the energy per unit of work."""
+
     baseline_kind: Optional[str] = col("the idle floor subtracted: device_idle, loaded_idle or none")
     baseline_power_w: Optional[float] = col("power of that floor (W)")
     baseline_energy_j: Optional[float] = col("baseline_power_w × window_s (J)")
@@ -133,6 +149,8 @@ class EnergySummary:
 
 @dataclass
 class Memory:
+    """Memory peaks."""
+
     gpu_memory_allocated_peak_mib: Optional[float] = col("engine's peak device allocation, summed over GPUs (MiB)")
     gpu_memory_used_peak_mib: Optional[float] = col("NVML's peak device memory in use during the window (MiB)")
     cpu_rss_peak_mib: Optional[float] = col("peak resident memory of the measurement process (MiB)")
@@ -140,6 +158,8 @@ class Memory:
 
 @dataclass
 class ModelFacts:
+    """The model as loaded."""
+
     model_parameters: Optional[int] = col("parameters of the model as defined")
     model_weight_bytes: Optional[int] = col("bytes the weights occupy as loaded")
     weight_precision: Optional[str] = col("as stored: float16, bfloat16, int8, nf4, fp8 …")
@@ -149,6 +169,8 @@ class ModelFacts:
 
 @dataclass
 class Latency:
+    """Latency over the window's requests (ITL over every inter-token gap)."""
+
     ttft_ms_mean: Optional[float] = col("mean time to first token over requests, from the start of service (ms)")
     ttft_ms_p50: Optional[float] = col("median TTFT (ms)", summary=True)
     ttft_ms_p90: Optional[float] = col("90th-percentile TTFT (ms)")
@@ -164,6 +186,8 @@ class Latency:
 
 @dataclass
 class SteadyState:
+    """The part of the window in which the engine held its full batch."""
+
     steady_state_s: Optional[float] = col("part of the window in which the engine held its full batch (s)")
     steady_state_output_tokens: Optional[int] = col("output tokens stamped inside the steady state")
     steady_state_output_tok_per_s: Optional[float] = col("their rate (tokens/s)")
@@ -175,6 +199,8 @@ class SteadyState:
 
 @dataclass
 class PrefillDecode:
+    """The prefill/decode split (measure.prefill): a prefill-only pass of the same workload."""
+
     prefill_s: Optional[float] = col("prefill-only pass (output length 1) of the same workload (s)")
     prefill_energy_j: Optional[float] = col("its raw GPU energy (J)")
     prefill_energy_adjusted_j: Optional[float] = col("its adjusted energy (J)")
@@ -187,6 +213,8 @@ class PrefillDecode:
 
 @dataclass
 class HostEnergy:
+    """Host CPU and RAM energy and CO2 (energy.meters=[nvml,codecarbon])."""
+
     cpu_energy_j: Optional[float] = col("host CPU energy of the window, from codecarbon (J)")
     ram_energy_j: Optional[float] = col("host RAM energy of the window, codecarbon's estimate (J)")
     load_cpu_energy_j: Optional[float] = col("host CPU energy of the load phase (J)")
@@ -203,6 +231,8 @@ class HostEnergy:
 
 @dataclass
 class CodecarbonFacts:
+    """What codecarbon detected (codecarbon.* columns)."""
+
     version: Optional[str] = col("codecarbon version")
     cpu_model: Optional[str] = col("CPU model codecarbon detected")
     ram_total_size_gb: Optional[float] = col("RAM size codecarbon detected (GB)")
@@ -212,6 +242,8 @@ class CodecarbonFacts:
 
 @dataclass
 class Notes:
+    """Doubt flags and warnings."""
+
     flags: List[str] = col("doubt-flag codes (short_window, shared_gpu, …): see the measurement docs", factory=list)
     warnings: List[str] = col("what a person should know about the numbers, one sentence each", factory=list)
     timeseries_rows: Optional[int] = col("rows written to timeseries.parquet")
