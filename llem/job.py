@@ -215,6 +215,12 @@ def fail_uncomposable(config: DictConfig, overrides: List[str], exc: Exception) 
     """A sweep job whose config cannot be composed: a failed row in its own dir, and the sweep goes on."""
     job_dir = Path(config.hydra.sweep.dir) / job_dirname(config, overrides)
     error = " ".join(str(exc).split())  # Hydra's message, on one line
+    from llem.sweep import SweepSummary
+
+    SweepSummary.failures += 1
+    if config.get("dry_run"):
+        log.info("dry run: %s → invalid: %s", " ".join(overrides), error)
+        return
     log.error("job %s: its config cannot be composed: %s (failed alone; the sweep goes on)", " ".join(overrides),
               error)
     try:
