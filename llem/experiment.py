@@ -343,14 +343,19 @@ def _empty(cls: Optional[type]) -> Any:
 
 
 class _progress:
-    """A tqdm bar over requests, shown only on a terminal."""
+    """A tqdm bar over requests, shown only on a terminal. Its lock is a thread lock: tqdm's default
+    also takes a multiprocessing semaphore, which a measurement process that ends with ``os._exit``
+    never releases (the parent's resource tracker then warns of a leaked semaphore)."""
 
     def __init__(self, config: Config, total: int):
         self.bar = None
         if config.progress and sys.stderr.isatty():
             try:
+                import threading
+
                 from tqdm import tqdm
 
+                tqdm.set_lock(threading.RLock())
                 self.bar = tqdm(total=total, unit="req", desc="measure", leave=False)
             except ImportError:
                 pass
