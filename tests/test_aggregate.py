@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import run_in_process
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("main_sweep")]  # one worker builds the shared sweep
+pytestmark = pytest.mark.slow
 
 
 def _as_older_llem(job: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import FAST, llem_env, run_llem
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("main_sweep")]  # one worker builds the shared sweep
+pytestmark = pytest.mark.slow
 SECRET, KEY = "hf_NotARealSecret42xyz", "sk-AlsoNotReal-77abc"
 
 
