@@ -84,9 +84,11 @@ def run_in_process(compose_cfg, overrides: List[str], job_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def main_sweep(tmp_path_factory):
-    """One real multirun shared by the sweep, aggregate and notebook tests: 2 batch sizes × 3 repeats,
-    measured in-process (isolation has tests of its own), and what the driver printed."""
+    """One real multirun shared by the sweep-dir, aggregate and notebook tests (tests/test_aggregate.py):
+    2 batch sizes × 2 repeats, measured in-process (isolation has tests of its own), and what the driver
+    printed."""
     root = tmp_path_factory.mktemp("main_sweep")
-    proc = run_llem(["-m", *FAST, "isolate=false", "repeat=0,1,2", "batch=1,2", "hydra.sweep.dir=sweep"], cwd=root,
-                    check=True)
+    proc = run_llem([*MAIN_SWEEP, "hydra.sweep.dir=sweep"], cwd=root, check=True)
     return root / "sweep", proc.stdout + proc.stderr
+
+MAIN_SWEEP = ["-m", *FAST, "isolate=false", "repeat=0,1", "batch=1,2"]

@@ -15,9 +15,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_in_process
+from tests.conftest import MAIN_SWEEP, run_in_process, run_llem
 
 pytestmark = pytest.mark.slow
+
+
+def test_the_sweep_ran_every_job_once_and_a_rerun_skips_them(main_sweep, tmp_path):
+    sweep, out = main_sweep
+    rows = {p.parent.name: pd.read_parquet(p).iloc[0] for p in sweep.glob("*/results.parquet")}
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows.values())
+    assert sorted(r["cfg.batch"] for r in rows.values()) == [1, 1, 2, 2]
+    assert all(f"batch={r['cfg.batch']}" in name.split(",") for name, r in rows.items())  # readable dirs
+    assert "4 ok, 0 skipped, 0 failed" in out and (sweep / ".llem-index" / "runs.parquet").is_file()
+    rerun = run_llem([*MAIN_SWEEP, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert rerun.returncode == 0 and "0 ok, 4 skipped, 0 failed" in rerun.stdout + rerun.stderr
+    assert "loading" not in rerun.stdout + rerun.stderr  # resumed: nothing measured again
+
+
+def test_dry_run_runs_nothing_and_says_what_would(main_sweep, tmp_path):
+    sweep, _ = main_sweep
+    before = sorted(str(p) for p in sweep.rglob("*"))
+    args = [*MAIN_SWEEP[:-1], "batch=1,2,3,0", "dry_run=true", f"hydra.sweep.dir={sweep}"]
+    proc = run_llem(args, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert out.count("would be skipped") == 4 and out.count("would run on cpu") == 2, out
+    assert out.count("invalid: batch=0 is invalid") == 2 and proc.returncode == 1
+    assert sorted(str(p) for p in sweep.rglob("*")) == before  # nothing written, nothing removed
+    assert "loading" not in out
 
 
 def _as_older_llem(job: Path) -> None:
@@ -33,7 +57,7 @@ def _as_older_llem(job: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dirs(main_sweep, compose_cfg, tmp_path_factory):
-    """The shared sweep (2 configs × 3 repeats), a failed run, an incomplete job, a job from an 'older'
+    """The shared sweep (2 configs × 2 repeats), a failed run, an incomplete job, a job from an 'older'
     llem, and three jobs whose results cannot be used (0 rows, 2 rows, corrupt)."""
     root = tmp_path_factory.mktemp("agg")
     sweep = root / "sweep"
@@ -64,10 +88,10 @@ def out(dirs):
 def test_runs_count_every_job_with_its_status(out):
     root, text = out
     runs = pd.read_parquet(root / "out" / "runs.parquet")
-    assert len(runs) == 12
-    assert runs["status"].value_counts().to_dict() == {"ok": 7, "failed": 1, "incomplete": 4}
-    assert runs["sweep_dir"].notna().sum() == 11 and runs["job_id"].is_unique
-    assert "5 of 12 jobs did not succeed" in text
+    assert len(runs) == 10
+    assert runs["status"].value_counts().to_dict() == {"ok": 5, "failed": 1, "incomplete": 4}
+    assert runs["sweep_dir"].notna().sum() == 9 and runs["job_id"].is_unique
+    assert "5 of 10 jobs did not succeed" in text
     assert "lack 1 column(s) (peak_power_w)" in text  # the older job: warned, its missing column is null
     older = runs[runs["job_id"] == "zz-older"].iloc[0]
     assert pd.isna(older["peak_power_w"]) and older["status"] == "ok" and older["cpu_rss_peak_mib"] > 0  # renamed
@@ -86,15 +110,15 @@ def test_groups_are_configs_without_repeat_and_seed(out):
     assert "cfg.repeat" not in summary.columns and "cfg.seed" not in summary.columns
     ok = summary[summary["n_ok"] > 0].set_index("cfg.batch")
     assert sorted(ok.index) == [1, 2]
-    assert ok.loc[1, "n_ok"] + ok.loc[2, "n_ok"] == 7  # 3 + 3 repeats, + the older copy of one job
+    assert ok.loc[1, "n_ok"] + ok.loc[2, "n_ok"] == 5  # 2 + 2 repeats, + the older copy of one job
     assert summary["n_failed"].sum() == 1 and summary["n_incomplete"].sum() == 4
-    assert runs.groupby("config_key")["cfg.repeat"].nunique().max() >= 3
+    assert runs.groupby("config_key")["cfg.repeat"].nunique().max() >= 2
 
 
 def test_ci_contains_mean_and_energy_stays_null(out):
     root, _ = out
     summary = pd.read_parquet(root / "out" / "summary.parquet")
-    s = summary[summary["n_ok"] >= 3]
+    s = summary[summary["n_ok"] >= 2]
     assert len(s) == 2
     assert (s["output_tok_per_s_ci95_low"] <= s["output_tok_per_s_mean"]).all()
     assert (s["output_tok_per_s_mean"] <= s["output_tok_per_s_ci95_high"]).all()

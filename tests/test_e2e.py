@@ -48,15 +48,10 @@ def test_default_experiment(tmp_path):
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.parametrize("bad, says", [
-    ("batch=0", "batch=0 is invalid"),
-    ("backend=nope", "backend"),
-    ("model.dtype=int3", "dtype"),
-    ("+foo=1", "foo is not a llem key"),
-    ("decoding.temperature=inf", "decoding.temperature=inf is invalid: allowed a finite number"),
-    ("input_len=4000", "allowed at most 2048, the model's maximum positions"),
-    ("objective.metric=nonsense", "objective.metric='nonsense' is invalid: allowed a numeric result column"),
-    ("seed=100000000000000000000", "seed=100000000000000000000 is invalid"),
+@pytest.mark.parametrize("bad, says", [  # the rules themselves: tests/test_config.py, in-process
+    ("model.dtype=int3", "dtype"),  # Hydra refuses it while composing
+    ("+foo=1", "foo is not a llem key"),  # the schema's own check
+    ("input_len=4000", "allowed at most 2048, the model's maximum positions"),  # a check across keys
 ])
 def test_invalid_config_fails_fast_without_success(tmp_path, bad, says):
     proc = run_llem([bad, "hydra.run.dir=run"], cwd=tmp_path)

@@ -36,7 +36,7 @@ def _run(compose_cfg, trace, tmp_path, monkeypatch, overrides, n_gpus=1):
     gpus = [GpuReader(nvml, i) for i in range(n_gpus)]
     monkeypatch.setattr(experiment, "metered_gpus", lambda cfg, cls, device: (gpus, [], None))
     config = to_config(compose_cfg(["device=cpu", "dataset.num_requests=24", "batch=4", "input_len=16",
-                                    "output_len=128", "measure.prefill=true", "baseline.kind=loaded_idle",
+                                    "output_len=64", "measure.prefill=true", "baseline.kind=loaded_idle",
                                     "baseline.loaded_settle_s=0.1", "baseline.loaded_idle_s=0.5", *overrides]))
     row = experiment.Experiment(config, tmp_path, "cpu", experiment.DeviceIdle()).run()
     return row, pd.read_parquet(tmp_path / "timeseries.parquet")

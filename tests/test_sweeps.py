@@ -35,50 +35,23 @@ def _starts(job_dir: Path) -> int:
     return sum(" backend=" in line and "] - job " in line for line in (job_dir / "llem.log").read_text().splitlines())
 
 
-def test_basic_sweep(main_sweep):
-    sweep, out = main_sweep
-    rows = _results(sweep)
-    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows.values())
-    assert sorted(r["cfg.batch"] for r in rows.values()) == [1, 1, 1, 2, 2, 2]
-    assert all(f"batch={r['cfg.batch']}" in name.split(",") for name, r in rows.items())  # readable dirs
-    assert "6 ok, 0 skipped, 0 failed" in out and (sweep / ".llem-index" / "runs.parquet").is_file()
-
-
-def test_dry_run_runs_nothing_and_says_what_would(main_sweep, tmp_path):
-    sweep, _ = main_sweep
-    before = sorted(str(p) for p in sweep.rglob("*"))
-    args = ["-m", *FAST, "isolate=false", "repeat=0,1,2", "batch=1,2,0", "dry_run=true"]
-    proc = run_llem([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert out.count("would be skipped") == 6 and out.count("invalid: batch=0 is invalid") == 3, out
-    assert sorted(str(p) for p in sweep.rglob("*")) == before  # nothing written, nothing removed
-    fresh = run_llem([*args[:-2], "batch=1", "dry_run=true", "hydra.sweep.dir=fresh/sweep"], cwd=tmp_path)
-    assert (fresh.stdout + fresh.stderr).count("would run on cpu") == 3
-    assert not (tmp_path / "fresh").exists() and "loading" not in fresh.stdout + fresh.stderr
-
-
-def test_submitit_local_sweep_gives_jobs_a_gpu_and_runs_them_one_at_a_time(tmp_path):
-    run_llem(["hydra/launcher=local", "-m", *FAST, "isolate=false", "batch=1,2", "hydra.sweep.dir=sweep"],
+def test_submitit_local_sweep_gives_a_job_its_gpu(tmp_path):
+    """The real submitit launcher: the job runs in its own process and the preset asks for the
+    engine's GPU count, so submitit exposes a device instead of hiding all."""
+    run_llem(["hydra/launcher=local", "-m", *FAST, "isolate=false", "batch=2", "hydra.sweep.dir=sweep"],
              cwd=tmp_path, check=True)
     rows = _results(tmp_path / "sweep")
-    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows.values())
-    # the preset asks for the engine's GPU count, so submitit exposes a device instead of hiding all
+    assert len(rows) == 1 and all(r["status"] == "ok" for r in rows.values())
     assert {r["env.cuda_visible_devices"] for r in rows.values()} == {"0"}
-    spans = []
-    for log in sorted((tmp_path / "sweep").glob("*/llem.log")):
-        stamps = [line[1:24] for line in log.read_text().splitlines() if line.startswith("[")]
-        spans.append((stamps[0], stamps[-1]))
-    spans.sort()
-    assert spans[0][1] <= spans[1][0]  # the second job started after the first ended
 
 
 def test_optuna_trials_return_the_objective(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    proc = run_llem(["hydra/sweeper=energy_search", "hydra.sweeper.n_trials=3", "objective.metric=output_tok_per_s",
+    proc = run_llem(["hydra/sweeper=energy_search", "hydra.sweeper.n_trials=2", "objective.metric=output_tok_per_s",
                      "objective.direction=maximize", "hydra.sweeper.params={batch:'choice(1,2,4)'}", *FAST,
                      "isolate=false", "hydra.sweep.dir=sweep", "-m"], cwd=tmp_path, check=True)
     rows = _results(tmp_path / "sweep")
-    assert len(rows) >= 2  # 3 trials; the sampler may repeat a point, which resumes into the same dir
+    assert len(rows) >= 1  # 2 trials; the sampler may repeat a point, which resumes into the same dir
     out = proc.stdout + proc.stderr
     best = float(out.split("Best value: ")[1].split()[0])
     assert best == pytest.approx(max(r["output_tok_per_s"] for r in rows.values()))
@@ -102,11 +75,11 @@ def _measure_child(pid: int):
     return kids[0]
 
 
-def test_failures_become_rows_and_a_rerun_only_reruns_them(tmp_path):
-    """One job's measurement process is killed with SIGKILL mid-measurement: a failed row, and the
-    sweep goes on. A rerun of the same command skips the success and measures the other again."""
+def test_a_killed_measurement_process_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+    """One job's measurement process is killed with SIGKILL mid-measurement: a failed row naming the
+    signal and the stage, and the sweep goes on (a rerun measuring it again: test_e2e, test_aggregate)."""
     sizes = "model.architecture.intermediate_size=344,352"
-    args = [sys.executable, "-m", "llem", "-m", "dataset.num_requests=4", "input_len=16", "output_len=128",
+    args = [sys.executable, "-m", "llem", "-m", "dataset.num_requests=8", "input_len=16", "output_len=128",
             "batch=1", "baseline.settle_s=0", "warmup.batches=0", sizes, "hydra.sweep.dir=sweep"]
     sweep = tmp_path / "sweep"
     llem = subprocess.Popen(args, cwd=tmp_path, env=llem_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -126,16 +99,9 @@ def test_failures_become_rows_and_a_rerun_only_reruns_them(tmp_path):
     assert killed, out
     assert llem.returncode == 1 and "1 ok, 0 skipped, 1 failed" in out, out
     by_size = {_size(name): r for name, r in _results(sweep).items()}
-    assert by_size[344]["status"] == "ok" and by_size[344]["output_tokens_total"] == 4 * 128
+    assert by_size[344]["status"] == "ok" and by_size[344]["output_tokens_total"] == 8 * 128
     assert by_size[352]["status"] == "failed" and "SIGKILL" in by_size[352]["error"]
     assert by_size[352]["error_stage"] == "measure" and by_size[352]["error_type"] == "ProcessDied"
-
-    rerun = subprocess.run([*args, "isolate=false"], cwd=tmp_path, env=llem_env(), capture_output=True, text=True,
-                           timeout=600)  # isolate is not a measured setting: the same jobs
-    assert rerun.returncode == 0 and "1 ok, 1 skipped, 0 failed" in rerun.stdout + rerun.stderr
-    starts = {_size(p.name): _starts(p) for p in sweep.iterdir() if p.is_dir() and "=" in p.name}
-    assert starts == {344: 1, 352: 2}
-    assert {_size(n): r["status"] for n, r in _results(sweep).items()} == {344: "ok", 352: "ok"}
 
 
 def test_one_bad_job_never_stops_a_sweep_and_no_secret_is_written(tmp_path):
@@ -143,24 +109,23 @@ def test_one_bad_job_never_stops_a_sweep_and_no_secret_is_written(tmp_path):
     with a failed row, the other jobs run, the summary prints, the exit code says so. A secret that
     reached the config by interpolation or typed in reaches no file and no console line."""
     args = ["-m", *FAST, "isolate=false", "seed=0,100000000000000000000", "batch=2,abc",
-            "warmup.until_cv=null,0.9", "warmup.batches=3", "model.name=${oc.env:HF_TOKEN}", f"model.revision={KEY}",
-            "hydra.sweep.dir=sweep"]
+            "model.name=${oc.env:HF_TOKEN}", f"model.revision={KEY}", "hydra.sweep.dir=sweep"]
     proc = run_llem(args, cwd=tmp_path, env_extra={"HF_TOKEN": SECRET, "MY_API_KEY": KEY})
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and "2 ok, 0 skipped, 6 failed" in out, out
+    assert proc.returncode == 1 and "1 ok, 0 skipped, 3 failed" in out, out
     rows = _results(tmp_path / "sweep")
-    assert len(rows) == 8
+    assert len(rows) == 4
     seeds = [r for r in rows.values() if r["error_stage"] == "config" and "seed" in str(r["error"])]
     composed = [r for r in rows.values() if r["error_type"] == "ConfigCompositionException"]
-    assert len(seeds) == 2 and len(composed) == 4 and "batch=abc" in composed[0]["error"]
+    assert len(seeds) == 1 and len(composed) == 2 and "batch=abc" in composed[0]["error"]
     ok = [r for r in rows.values() if r["status"] == "ok"]
     assert {r["cfg.model.name"] for r in ok} == {"<HF_TOKEN>"} and {r["cfg.model.revision"] for r in ok} == {
         "<MY_API_KEY>"}
     agg = subprocess.run([sys.executable, "-m", "llem.aggregate", "sweep", "-o", "agg"], cwd=tmp_path,
                          env=llem_env({"HF_TOKEN": SECRET, "MY_API_KEY": KEY}), capture_output=True, text=True)
     assert agg.returncode == 0, agg.stderr
-    summary = pd.read_parquet(tmp_path / "agg" / "runs.parquet")
-    assert str(summary["cfg.warmup.until_cv"].dtype) == "float64"  # null in some jobs, a number in others
+    runs = pd.read_parquet(tmp_path / "agg" / "runs.parquet")
+    assert str(runs["cfg.seed"].dtype) == "float64" and str(runs["cfg.warmup.until_cv"].dtype) == "float64"
     for text in (out, agg.stdout + agg.stderr):
         assert SECRET not in text and KEY not in text
     for path in tmp_path.rglob("*"):
