@@ -26,31 +26,42 @@ from pathlib import Path
 import numpy as np
 
 
-def template_row() -> dict:
-    """A real job's result columns: composed config, measured columns, environment."""
+def template_row():
+    """A real job's result row (every column a job writes, typed): composed config, measured parts, environment."""
+    import dataclasses
+
     from hydra import compose, initialize_config_dir
 
     from llem import environment
     from llem.backends import register_all
-    from llem.config import conf_dir, flatten, to_config, to_dict
-    from llem.results import _FLOAT, _INT, _LIST_FLOAT
+    from llem.backends._torch_runner import PyTorchResolved
+    from llem.config import conf_dir, to_config
+    from llem.results.row import PARTS, CodecarbonFacts, GpuEnergy, Notes, Outcome, assemble
 
     register_all()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         config = to_config(compose("config", overrides=["model=llama3", "model.weights=random"]))
-    row = {"status": "ok", "error": None, "error_type": None, "error_stage": None, "config_hash": "",
-           "started_at": "2026-11-23T10:00:00+00:00"}
-    row.update({f"cfg.{k}": v for k, v in flatten(to_dict(config)).items()})
-    row.update({c: 0.0 for c in _FLOAT})
-    row.update({c: 0 for c in _INT})
-    row.update({c: [0.0] for c in _LIST_FLOAT})
-    row.update(environment.capture([]))
-    row.update({"energy_method": "nvml_counter", "baseline_kind": "device_idle", "warnings": []})
-    return row
+    parts = {}
+    for cls, _ in PARTS:  # numbers 0, lists of one 0, strings empty: every column filled, as in a real row
+        values = {}
+        for f in dataclasses.fields(cls):
+            hint = str(f.type)
+            values[f.name] = ([0.0] if "float" in hint else []) if "List" in hint else (
+                0.0 if "float" in hint else 0 if "int" in hint else "")
+        parts[cls] = cls(**values)
+    parts[Outcome] = Outcome(status="ok", started_at="2026-11-23T10:00:00+00:00")
+    parts[GpuEnergy] = dataclasses.replace(parts[GpuEnergy], energy_method="nvml_counter")
+    parts[Notes] = Notes()
+    parts.pop(CodecarbonFacts)
+    return assemble(parts, config=config, engine_versions={"torch": "2.11.0"}, engine_resolved=PyTorchResolved(),
+                    env=environment.capture([]))
 
 
 def synthesise(root: Path, n_jobs: int, repeats: int = 5, requests: int = 16, seed: int = 0) -> None:
+    import copy
+
     from llem import results
+    from llem.results.tables import RequestRow, TimeseriesRow
 
     rng = np.random.default_rng(seed)
     base = template_row()
@@ -72,15 +83,18 @@ def synthesise(root: Path, n_jobs: int, repeats: int = 5, requests: int = 16, se
             continue
         jpt = 2.8 / batch ** 0.8 * rng.normal(1, 0.02)
         tok_s = 150 * batch ** 0.85 * rng.normal(1, 0.02)
-        row = dict(base, **{"cfg.batch": batch, "cfg.model.dtype": dtype, "cfg.input_len": in_len,
-                            "cfg.output_len": out_len, "cfg.repeat": rep, "config_hash": f"h{i % len(configs)}",
-                            "j_per_output_token": jpt, "output_tok_per_s": tok_s, "avg_power_w": 400 + batch,
-                            "ttft_ms_p50": 20.0 + in_len / 10, "num_requests": requests,
-                            "output_tokens_total": requests * out_len})
+        row = copy.copy(base)
+        row.columns, row.values = dict(base.columns), dict(base.values)
+        row.values.update({"cfg.batch": batch, "cfg.model.dtype": dtype, "cfg.input_len": in_len,
+                           "cfg.output_len": out_len, "cfg.repeat": rep, "config_hash": f"h{i % len(configs)}",
+                           "j_per_output_token": jpt, "output_tok_per_s": tok_s, "avg_power_w": 400.0 + batch,
+                           "ttft_ms_p50": 20.0 + in_len / 10, "num_requests": requests,
+                           "output_tokens_total": requests * out_len})
         if i % 101 == 7:
-            row.update(status="failed", error="RuntimeError: CUDA out of memory", error_stage="load")
+            row.values.update(status="failed", error="RuntimeError: CUDA out of memory", error_stage="load")
         if i % 50 == 3:  # an older llem version: fewer columns
-            row = {k: v for k, v in row.items() if k not in ("peak_power_w", "gpu_memory_used_peak_mb")}
+            for gone in ("peak_power_w", "gpu_memory_used_peak_mib"):
+                del row.columns[gone], row.values[gone]
         step_ms = 1000.0 * batch / tok_s
         req_rows = [{"request_id": r, "batch_index": r // batch, "input_tokens": in_len, "output_tokens": out_len,
                      "start_offset_s": 0.0, "ttft_ms": float(20 + rng.exponential(5)),
@@ -89,8 +103,8 @@ def synthesise(root: Path, n_jobs: int, repeats: int = 5, requests: int = 16, se
                     for r in range(requests)]
         ts_rows = [{"t_s": t * 0.1, "phase": "measure", "gpu_index": 0, "power_instant_w": 400.0}
                    for t in range(50)]
-        results.write_rows(req_rows, job / results.REQUESTS, results.REQUEST_COLUMNS)
-        results.write_rows(ts_rows, job / results.TIMESERIES, results.TIMESERIES_COLUMNS)
+        results.write_rows(req_rows, job / results.REQUESTS, RequestRow)
+        results.write_rows(ts_rows, job / results.TIMESERIES, TimeseriesRow)
         results.write_result(row, job)
         if i % 1000 == 0:
             print(f"  synthesised {i}/{n_jobs}", file=sys.stderr)
@@ -127,11 +141,13 @@ def main() -> None:
         shutil.rmtree(index, ignore_errors=True)
 
     def rerun_one_percent():
+        import pyarrow.parquet as pq
+
         from llem import results
 
         for job in sorted(p for p in sweep.iterdir() if (p / results.RESULTS).is_file())[:: 100]:
-            row = results.read_result(job)
-            results.write_result(row, job)  # a re-run job: same content, new file
+            path = job / results.RESULTS
+            pq.write_table(pq.read_table(path), path)  # a re-run job: same content, new file
 
     report = {"cold (no index)": timed(drop_index)}
     drop_index()

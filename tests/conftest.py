@@ -92,3 +92,24 @@ def main_sweep(tmp_path_factory):
     return root / "sweep", proc.stdout + proc.stderr
 
 MAIN_SWEEP = ["-m", *FAST, "isolate=false", "repeat=0,1", "batch=1,2"]
+
+
+def fake_distribution(root: Path, name: str, version: str) -> None:
+    """A ``<name>-<version>.dist-info`` beside a fake package's source, so metadata reports its version."""
+    dist = root / f"{name}-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+@pytest.fixture
+def on_path(tmp_path, monkeypatch):
+    """on_path(module, build) → the fake source tree ``build(tmp_path)`` makes, importable ahead of any
+    installed ``module`` (whose cached import is dropped)."""
+
+    def _put(module: str, build):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+        pkg = build(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        return pkg
+
+    return _put

@@ -107,6 +107,7 @@ def test_an_interrupt_stops_the_measurement_process_first(tmp_path, signum):
     child = ctx.Process(target=time.sleep, args=(60,))
     stage = ctx.RawValue("i", mpr.STAGES.index(mpr.Stage.measure))
     child.start()  # before the handler: a forked child must not inherit it (the real one is spawned)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(mpr.Interrupted) as caught:
         with mpr.interruptible(tmp_path):
             mpr._Running.proc, mpr._Running.stage = child, stage
@@ -115,7 +116,7 @@ def test_an_interrupt_stops_the_measurement_process_first(tmp_path, signum):
     mpr._Running.proc = mpr._Running.stage = None
     assert not child.is_alive() and child.exitcode == -signal.SIGTERM
     assert caught.value.stage == mpr.Stage.measure and caught.value.signal_name == signal.Signals(signum).name
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
 
 
 def test_a_missing_plugin_names_the_extra(monkeypatch):

@@ -19,7 +19,7 @@ from llem.backends.tensorrt import TensorRTEngine, cache_key, llm_kwargs, to_api
 from llem.config import to_config
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
 from llem.records import Request
-from tests.conftest import FAST, run_llem
+from tests.conftest import FAST, fake_distribution, run_llem
 
 
 class QuantAlgo(enum.Enum):  # tensorrt_llm.llmapi.QuantAlgo (the members llem maps to)
@@ -294,18 +294,13 @@ def _fake_trt_source(root, llm_args=None, version="1.2.1"):
     (pkg / "llmapi" / "__init__.py").write_text("")
     fields = "\n".join(f"    {name}: Optional[Any] = Field(default=None)" for name in _BASE_FIELDS)
     (pkg / "llmapi" / "llm_args.py").write_text(llm_args if llm_args is not None else _FAKE_LLM_ARGS % fields)
-    dist = root / f"tensorrt_llm-{version}.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: {version}\n")
+    fake_distribution(root, "tensorrt_llm", version)
     return pkg
 
 
 @pytest.fixture
-def trt_source(tmp_path, monkeypatch):
-    monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
-    pkg = _fake_trt_source(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return pkg
+def trt_source(on_path):
+    return on_path("tensorrt_llm", _fake_trt_source)
 
 
 def _checked(compose_cfg, llm_backend, *engine_args):

@@ -16,6 +16,7 @@ from llem.backends.vllm import VllmEngine, llm_kwargs, write_dummy_model
 from llem.config import to_config
 from llem.errors import ConfigError, DeviceError
 from llem.records import Request
+from tests.conftest import fake_distribution
 
 
 @dataclass
@@ -246,18 +247,13 @@ def _fake_vllm_source(root, llm_py=_FAKE_LLM_PY, version="0.24.0"):
         "from dataclasses import dataclass\nfrom typing import Any, ClassVar\n\nimport torch\n\n\n"
         f"@dataclass\nclass EngineArgs:\n    \"\"\"Arguments for the engine.\"\"\"\n\n{fields}\n"
         "    registry: ClassVar[dict] = {}\n\n    def create_engine_config(self):\n        local: int = 1\n")
-    dist = root / f"vllm-{version}.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    fake_distribution(root, "vllm", version)
     return pkg
 
 
 @pytest.fixture
-def vllm_source(tmp_path, monkeypatch):
-    monkeypatch.delitem(sys.modules, "vllm", raising=False)
-    pkg = _fake_vllm_source(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return pkg
+def vllm_source(on_path):
+    return on_path("vllm", _fake_vllm_source)
 
 
 def test_source_gives_llm_init_parameters_and_engine_args_fields(vllm_source):
