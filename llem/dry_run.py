@@ -39,8 +39,9 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
             raise LlemError(problem)
         check_gpus(config, device)
         engine(config, device).check()
-    except LlemError as exc:
-        log.info("dry run: %s → invalid: %s", overrides, exc)
+    except Exception as exc:  # a dry run reports every problem, and never stops the others
+        why = str(exc) if isinstance(exc, LlemError) else f"{type(exc).__name__}: {exc}"
+        log.info("dry run: %s → invalid: %s", overrides, why)
         status = "would_fail"
         chash = None
     else:

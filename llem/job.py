@@ -28,42 +28,48 @@ from llem.errors import ConfigError, DeviceError
 from llem.experiment import summary_line
 from llem.locks import gpu_lock, job_lock
 from llem.measure_process import Interrupted, interruptible, measure_isolated
-from llem.results.row import Notes, Outcome, ResultRow, Stage, assemble
+from llem.results.row import Notes, Outcome, Stage, assemble
 
 log = logging.getLogger(__name__)
 
 OUTCOME = "outcome.txt"  # ok | skipped | failed: how this job's latest run ended
 
 
-def failed_row(error: str, error_type: str, stage: Stage, *, config: Optional[Config] = None,
-               cfg: Optional[DictConfig] = None, chash: Optional[str] = None) -> ResultRow:
-    """A failed row: the config typed when there is one, else as the DictConfig holds it."""
+def record_failure(job_dir: Path, error: str, error_type: str, stage: Stage, *, config: Optional[Config] = None,
+                   cfg: Optional[DictConfig] = None, chash: Optional[str] = None,
+                   warnings: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Write a failed row (the config typed when there is one, else as the DictConfig holds it) and the
+    job's outcome, and return the row's values. Never raises: if the full row cannot be built or
+    written, a row of the outcome alone is; if not even that, the error is logged."""
     outcome = Outcome(status="failed", error=error, error_type=error_type, error_stage=stage.value, config_hash=chash)
-    row = assemble({Outcome: outcome, Notes: Notes()}, config=config, config_tree=None if config else cfg,
-                   env=environment.capture([]))
-    return row
-
-
-def _write_failed(job_dir: Path, row) -> None:
-    """Write a failed row; if even that fails, a row of the outcome alone (never raises)."""
+    notes = Notes(warnings=list(warnings or []))
     try:
+        row = assemble({Outcome: outcome, Notes: notes}, config=config, config_tree=None if config else cfg,
+                       env=environment.capture([]))
         results.write_result(row, job_dir)
     except Exception as exc:
         log.error("could not write the failed row (%s: %s); writing its outcome alone", type(exc).__name__, exc)
+        row = assemble({Outcome: outcome, Notes: notes})
         try:
-            outcome = Outcome(**{k: row.get(k) for k in ("status", "error", "error_type", "error_stage",
-                                                         "config_hash")})
-            results.write_result(assemble({Outcome: outcome, Notes: Notes()}), job_dir)
+            results.write_result(row, job_dir)
         except Exception as again:
             log.error("no result written for %s: %s", job_dir, again)
+    try:
+        _set_outcome(job_dir, "failed")
+    except OSError as exc:
+        log.error("no outcome written for %s: %s", job_dir, exc)
+    return row.to_dict()
 
 
 def _scrub_hydra_files(job_dir: Path, hydra_cfg: Any) -> None:
     """Hydra saved the config and overrides as given: a secret typed into an override is replaced
     by its variable's name there too (``multirun.yaml`` of a sweep, ``.hydra/*.yaml`` of the job)."""
-    secrets.scrub_tree(job_dir / ".hydra")
-    if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
-        secrets.scrub_file(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    try:
+        secrets.scrub_tree(job_dir / ".hydra")
+        if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+            secrets.scrub_file(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    except OSError as exc:
+        log.warning("Hydra's saved config was not checked for secrets: %s", exc)
 
 
 def resolve_device(config: Config) -> Tuple[str, Optional[str]]:
@@ -118,23 +124,19 @@ def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
             config = to_config(cfg)
             engine_class(config.backend.name).validate_config(config)
             validate.check(config)
-        except ConfigError as exc:
-            log.error("invalid config: %s", exc)
-            row = failed_row(str(exc), "ConfigError", Stage.config, cfg=cfg)
-            _write_failed(job_dir, row)
-            _set_outcome(job_dir, "failed")
-            return row.to_dict(), objective(row.to_dict(), None)
+        except Exception as exc:  # ConfigError names the key; anything else is still this job's failure
+            error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            log.error("invalid config: %s", error)
+            values = record_failure(job_dir, error, type(exc).__name__, Stage.config, cfg=cfg)
+            return values, objective(values, None)
         try:
             values = run_config(config, job_dir)
         except Interrupted:
             raise
         except Exception as exc:  # the parent itself failed: still a row, and the sweep goes on
             log.exception("the job's parent failed: %s", exc)
-            row = failed_row(f"{type(exc).__name__}: {exc}", type(exc).__name__, Stage.start, config=config,
-                             chash=config_hash(config))
-            _write_failed(job_dir, row)
-            _set_outcome(job_dir, "failed")
-            values = row.to_dict()
+            values = record_failure(job_dir, f"{type(exc).__name__}: {exc}", type(exc).__name__, Stage.start,
+                                    config=config, chash=config_hash(config))
         return values, objective(values, config)
 
 
@@ -157,10 +159,7 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
         check_gpus(config, device)
     except DeviceError as exc:
         log.error("%s", exc)
-        row = failed_row(str(exc), "DeviceError", Stage.check, config=config, chash=chash)
-        _write_failed(job_dir, row)
-        _set_outcome(job_dir, "failed")
-        return row.to_dict()
+        return record_failure(job_dir, str(exc), "DeviceError", Stage.check, config=config, chash=chash)
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
     with gpu_lock(visible_uuids(gpus_needed) if device == "cuda" else []):
         values = _measure(config, chash, job_dir, device, gpus_needed, problem)
@@ -189,14 +188,10 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
     values = results.read_result(job_dir)
     if died is not None and (values is None or values.get("status") != "ok"):
         error, stage = died
-        row = failed_row(error, "ProcessDied", stage, config=config, chash=chash)
-        _write_failed(job_dir, row)
-        return row.to_dict()
+        return record_failure(job_dir, error, "ProcessDied", stage, config=config, chash=chash)
     if values is None:
-        row = failed_row("the measurement process wrote no result", "NoResult", Stage.write, config=config,
-                         chash=chash)
-        _write_failed(job_dir, row)
-        return row.to_dict()
+        return record_failure(job_dir, "the measurement process wrote no result", "NoResult", Stage.write,
+                              config=config, chash=chash)
     return values
 
 
@@ -225,12 +220,10 @@ def fail_uncomposable(config: DictConfig, overrides: List[str], exc: Exception) 
               error)
     try:
         job_dir.mkdir(parents=True, exist_ok=True)
-        outcome = Outcome(status="failed", error=error, error_type=type(exc).__name__, error_stage=Stage.config.value)
-        notes = Notes(warnings=[f"overrides: {' '.join(overrides)}"])
-        _write_failed(job_dir, assemble({Outcome: outcome, Notes: notes}, env=environment.capture([])))
-        _set_outcome(job_dir, "failed")
     except OSError as write_error:
         log.error("no result written for it: %s", write_error)
+        return
+    record_failure(job_dir, error, type(exc).__name__, Stage.config, warnings=[f"overrides: {' '.join(overrides)}"])
 
 
 def _set_outcome(job_dir: Path, outcome: str) -> None:

@@ -45,9 +45,9 @@ def test_dry_run_runs_nothing_and_says_what_would(main_sweep, tmp_path):
 
 
 def _as_older_llem(job: Path) -> None:
-    """Rewrite a job's result as an earlier llem wrote it: memory columns named _mb, a column it did not
-    have, and every null column typed as text (the writer typed unknown nulls as strings)."""
-    table = pq.read_table(job / "results.parquet").drop_columns(["peak_power_w"])
+    """Rewrite a job's result as an earlier llem wrote it: no schema version, memory columns named _mb, a
+    column it did not have, and every null column typed as text (the writer typed unknown nulls as strings)."""
+    table = pq.read_table(job / "results.parquet").drop_columns(["peak_power_w", "schema_version"])
     table = table.rename_columns([n.replace("_mib", "_mb") for n in table.column_names])
     for i, field in enumerate(table.schema):
         if table.column(i).null_count == table.num_rows and not pa.types.is_list(field.type):
@@ -92,7 +92,7 @@ def test_runs_count_every_job_with_its_status(out):
     assert runs["status"].value_counts().to_dict() == {"ok": 5, "failed": 1, "incomplete": 4}
     assert runs["sweep_dir"].notna().sum() == 9 and runs["job_id"].is_unique
     assert "5 of 10 jobs did not succeed" in text
-    assert "lack 1 column(s) (peak_power_w)" in text  # the older job: warned, its missing column is null
+    assert "lack 2 column(s) (peak_power_w, schema_version)" in text  # the older job: warned, null there
     older = runs[runs["job_id"] == "zz-older"].iloc[0]
     assert pd.isna(older["peak_power_w"]) and older["status"] == "ok" and older["cpu_rss_peak_mib"] > 0  # renamed
     assert str(runs["engine.compile_s"].dtype) == "float64"  # text nulls of the older file did not win

@@ -77,8 +77,8 @@ def test_an_unwritable_run_dir_is_one_line(tmp_path):
 def test_prefill_steady_state_and_settled_warmup(compose_cfg, tmp_path):
     """measure.prefill adds a prefill window (its own phase rows) and the decode split; more requests
     than batch give a steady-state window; warmup.until_cv stops once batch latencies settle."""
-    r = run_in_process(compose_cfg, ["dataset.num_requests=6", "measure.prefill=true", "warmup.batches=6",
-                                     "warmup.until_cv=0.9"], tmp_path / "run")
+    r = run_in_process(compose_cfg, ["dataset.num_requests=6", "output_len=64", "measure.prefill=true",
+                                     "warmup.batches=6", "warmup.until_cv=0.9"], tmp_path / "run")
     assert r["status"] == "ok"
     assert 0 < r["prefill_s"] < r["window_s"] and r["decode_s"] == pytest.approx(r["window_s"] - r["prefill_s"])
     assert r["prefill_energy_j"] is None and r["decode_energy_j"] is None  # no GPU: null, never 0

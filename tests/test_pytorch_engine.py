@@ -247,13 +247,13 @@ def llama_config():
 @pytest.mark.parametrize("key", ["cache_dir", "low_cpu_mem_usage", "max_memory", "subfolder", "use_cache",
                                  "rope_parameters", "output_attentions"])
 def test_pretrained_takes_loading_arguments_and_config_overrides(llama_config, key):
-    from llem.backends._torch_runner import check_loading_args
+    from llem.backends._torch_args import check_loading_args
 
     check_loading_args({key: 1}, lambda: llama_config, from_config=False)
 
 
 def test_pretrained_unknown_arg_is_named(llama_config):
-    from llem.backends._torch_runner import check_loading_args
+    from llem.backends._torch_args import check_loading_args
 
     with pytest.raises(ConfigError, match=r"^backend.engine_args.max_memroy is not an argument of transformers' "
                                           r"from_pretrained .*did you mean max_memory\?"):
@@ -261,7 +261,7 @@ def test_pretrained_unknown_arg_is_named(llama_config):
 
 
 def test_pretrained_config_is_read_only_for_keys_that_need_it(llama_config):
-    from llem.backends._torch_runner import check_loading_args
+    from llem.backends._torch_args import check_loading_args
 
     reads = []
     check_loading_args({"cache_dir": "x", "variant": "fp16"}, lambda: reads.append(1), from_config=False)

@@ -22,7 +22,7 @@ from llem.results.tables import RequestRow, TimeseriesRow
 UNITS = {"s", "ms", "j", "w", "mib", "pct", "bytes", "g", "kwh", "c", "mhz", "mj", "gb"}
 COUNTS = re.compile(r"(^num_|_total$|_tokens|_tokens_(min|max|mean|p\d+)$|_parameters$|_rows$|_run$|_cv$|"
                     r"^flops_estimate$|^prompts_|_index$|_id$|^gpu_count$|^cpu_count$|_reasons$|_expected$|"
-                    r"^tokens_)")
+                    r"^tokens_|_version$)")
 
 
 def _row(config, **parts):

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SWEEP_MARKER = "multirun.yaml"
 INDEX_DIR = ".llem-index"
 FAMILIES = ("cfg.", "engine.", "codecarbon.")  # column families whose members vary by engine and meter
-INDEX_VERSION = "2"  # 2: conformed column names and types
+INDEX_VERSION = "3"  # 2: conformed column names and types; 3: jobs without a result stamped too
 
 
 @dataclass
@@ -41,14 +41,18 @@ class Job:
         self.job_id = str(self.path.relative_to(self.sweep_dir)) if self.sweep_dir else self.path.name
 
     def stamp(self) -> Optional[str]:
-        """Sizes and mtimes of the job's result files; None when it has no result yet."""
+        """Sizes and mtimes of the job's result files (of its dir while it has no result), so an unchanged
+        job is taken from the index; None when the dir cannot be read."""
         parts = []
         for name in (RESULTS, REQUESTS):
             try:
                 st = os.stat(self.path / name)
             except OSError:
                 if name == RESULTS:
-                    return None
+                    try:
+                        return f"none:{os.stat(self.path).st_mtime_ns}"
+                    except OSError:
+                        return None
                 parts.append("-")
                 continue
             parts.append(f"{st.st_size}:{st.st_mtime_ns}")

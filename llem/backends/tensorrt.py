@@ -54,16 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
+from llem.backends._engine_args import check_engine_args, class_fields, package_dir, source_classes
 from llem.backends._hf_model import count_parameters, write_dummy_model
-from llem.backends.base import (
-    Engine,
-    EngineInfo,
-    check_engine_args,
-    class_fields,
-    installed,
-    package_dir,
-    source_classes,
-)
+from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable

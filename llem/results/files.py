@@ -96,24 +96,29 @@ def write_rows(rows: Sequence[Any], path: Path, cls: type) -> None:
     write_atomic(rows_table(rows, cls), path)
 
 
-# A one-row file gains nothing from column statistics or the embedded Arrow schema (the Parquet
-# types carry ours), and both cost read time: aggregating thousands of jobs reads thousands of these.
-ONE_ROW_OPTIONS = {"write_statistics": False, "store_schema": False}
+# A one-row file gains nothing from column statistics, dictionary pages or the embedded Arrow schema
+# (the Parquet types carry ours), and each costs read time: aggregating thousands of jobs reads
+# thousands of these (a 200-column row: 3.4 ms to read with dictionaries, 2.1 ms without).
+ONE_ROW_OPTIONS = {"write_statistics": False, "store_schema": False, "use_dictionary": False}
 
 
 def result_table(row) -> Any:
     """A :class:`~llem.results.row.ResultRow` → a one-row Arrow table of its declared types. A value
-    that does not fit its column is stored as null and named in ``warnings``."""
+    that does not fit its column is stored as null and named in ``warnings``, never a crash."""
     import pyarrow as pa
 
-    from llem.results.row import stored_values
-
-    columns, values, problems = stored_values(row)
-    if problems:
-        at = [c.name for c in columns].index("warnings") if "warnings" in row.columns else None
-        if at is not None:
-            values[at] = list(values[at] or []) + problems
-    arrays = [pa.array([_scrubbed(v)], type=arrow_type(c.type)) for c, v in zip(columns, values)]
+    columns, arrays, problems = list(row.columns.values()), [], []
+    for column in columns:
+        value = _scrubbed(storable(column, row.values[column.name]))
+        try:
+            arrays.append(pa.array([value], type=arrow_type(column.type)))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            problems.append(f"{column.name}={value!r} could not be stored as {column.type} ({type(exc).__name__}): "
+                            "null")
+            arrays.append(pa.nulls(1, arrow_type(column.type)))
+    if problems and "warnings" in row.columns:
+        at = [c.name for c in columns].index("warnings")
+        arrays[at] = pa.array([list(arrays[at][0].as_py() or []) + problems], type=arrow_type(LIST_STR))
     return pa.Table.from_arrays(arrays, schema=arrow_schema(columns))
 
 

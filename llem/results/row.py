@@ -22,7 +22,6 @@ from llem.results.schema import (
     columns_of,
     config_columns,
     config_values,
-    storable,
     type_of,
     values_of,
 )
@@ -53,6 +52,8 @@ class Outcome:
     error_stage: Optional[str] = col("the stage it failed in: " + ", ".join(s.value for s in Stage))
     config_hash: Optional[str] = col("hash of the measured settings (not repeat, not switches); resume key")
     started_at: Optional[str] = col("UTC time the measurement began (ISO 8601)")
+    schema_version: int = col("version of the result schema the file follows (older files: null)",
+                              default=2)
 
 
 @dataclass
@@ -291,7 +292,8 @@ def part_columns() -> List[Column]:
 
 
 class ResultRow:
-    """One results.parquet row, assembled from typed parts; nothing is read back out of it."""
+    """One results.parquet row: its declared columns and their values, assembled from typed parts in
+    one place (:func:`assemble`); consumers read it (``row["window_s"]``), the assembly never does."""
 
     def __init__(self) -> None:
         self.columns: Dict[str, Column] = {}
@@ -362,23 +364,3 @@ def _dictconfig_columns(node: Any, prefix: str) -> List[Tuple[Column, Any]]:
             nullable = True  # an invalid config may leave any key unset
         out.append((Column(name, kind, nullable, f"config key {name[4:]}"), value))
     return out
-
-
-def stored_values(row: ResultRow) -> Tuple[List[Column], List[Any], List[str]]:
-    """Columns, storable values and problems (a value that does not fit its column is stored as
-    null and named in a problem, never a crash)."""
-    import pyarrow as pa
-
-    from llem.results.files import arrow_type
-
-    cols, vals, problems = [], [], []
-    for name, column in row.columns.items():
-        value = storable(column, row.values[name])
-        try:
-            pa.array([value], type=arrow_type(column.type))
-        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-            problems.append(f"{name}={value!r} could not be stored as {column.type} ({type(exc).__name__}): null")
-            value = None
-        cols.append(column)
-        vals.append(value)
-    return cols, vals, problems
