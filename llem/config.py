@@ -351,20 +351,6 @@ def to_dict(config: Config) -> Dict[str, Any]:
     return _plain(config)
 
 
-def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """Nested dicts → dotted keys; lists and dicts under engine_args/architecture become JSON text."""
-    out: Dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key not in ("engine_args", "architecture"):
-            out.update(flatten(value, name + "."))
-        elif isinstance(value, (dict, list)):
-            out[name] = json.dumps(value, sort_keys=True)
-        else:
-            out[name] = value
-    return out
-
-
 def config_hash(config: Config) -> str:
     """A stable hash of the measured settings (not repeat, not debugging switches)."""
     tree = to_dict(config)

@@ -6,8 +6,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
+from llem.aggregate.collect import flatten
 from llem.backends import engine_class, engine_names
-from llem.config import Config, DType, Weights, config_hash, flatten, to_config, to_dict
+from llem.config import Config, DType, Weights, config_hash, to_config, to_dict
 from llem.errors import ConfigError
 
 
@@ -103,7 +104,7 @@ def test_flatten_dotted_names(compose_cfg):
     assert flat["model.dtype"] == "float32"
     assert flat["baseline.kind"] == "device_idle"
     assert isinstance(flat["model.architecture"], str)  # JSON text, one column
-    assert "backend.engine_args" in flat
+    assert "backend.engine_args" in flat and isinstance(flat["backend.generate_args"], str)
 
 
 # -- checks across keys and facts outside the config (llem.validate), before anything loads ----------------

@@ -13,6 +13,7 @@ jobs whose files changed since, and refreshes it. Deleting the index is always s
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from llem.aggregate.conform import concat, conform
 from llem.results import REQUESTS, RESULTS
+from llem.results.schema import OPAQUE_CONFIG_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +115,6 @@ def _incomplete_row(job: Job, why: str) -> Dict[str, object]:
     """A job with no usable result: why, and its config from .hydra/config.yaml when there is one."""
     from omegaconf import OmegaConf
 
-    from llem.config import flatten
-
     row: Dict[str, object] = {"status": "incomplete", "error": why}
     cfg_file = job.path / ".hydra" / "config.yaml"
     if cfg_file.is_file():
@@ -124,6 +124,21 @@ def _incomplete_row(job: Job, why: str) -> Dict[str, object]:
         except Exception as exc:
             row["error"] = f"no results.parquet, and .hydra/config.yaml unreadable ({exc})"
     return row
+
+
+def flatten(tree: Dict[str, object], prefix: str = "") -> Dict[str, object]:
+    """A saved config (nested dicts) → the dotted ``cfg.*`` names a result row uses; the mappings a row
+    keeps as one JSON column (engine_args, architecture, …) become JSON text here too."""
+    out: Dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in OPAQUE_CONFIG_KEYS:
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (dict, list)):
+            out[name] = json.dumps(value, sort_keys=True)
+        else:
+            out[name] = value
+    return out
 
 
 def _read_job(job: Job) -> Tuple[object, Optional[object]]:
