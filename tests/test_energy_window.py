@@ -329,7 +329,9 @@ def test_background_sampler_runs_and_stops(trace):
     sampler.phase = "bg"
     started = time.perf_counter()
     sampler.start()
-    time.sleep(0.15)
+    deadline = started + 5.0  # at least two ticks (a loaded machine may starve the thread for a while)
+    while len(sampler.rows) < 4 and time.perf_counter() < deadline:
+        time.sleep(0.01)
     sampler.stop()
     stopped = time.perf_counter()
     assert not sampler._thread.is_alive()

@@ -211,7 +211,9 @@ def test_sampler_restarts_after_stop(trace):
     for _ in range(2):
         before = len(sampler.rows)
         sampler.start()
-        time.sleep(0.06)
+        deadline = time.monotonic() + 5.0  # a tick, however long a loaded machine takes to give one
+        while len(sampler.rows) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
         sampler.stop()
         assert len(sampler.rows) > before
 

@@ -79,7 +79,7 @@ def test_a_killed_measurement_process_is_a_failed_row_and_the_sweep_goes_on(tmp_
     """One job's measurement process is killed with SIGKILL mid-measurement: a failed row naming the
     signal and the stage, and the sweep goes on (a rerun measuring it again: test_e2e, test_aggregate)."""
     sizes = "model.architecture.intermediate_size=344,352"
-    args = [sys.executable, "-m", "llem", "-m", "dataset.num_requests=8", "input_len=16", "output_len=128",
+    args = [sys.executable, "-m", "llem", "-m", "dataset.num_requests=8", "input_len=16", "output_len=256",
             "batch=1", "baseline.settle_s=0", "warmup.batches=0", sizes, "hydra.sweep.dir=sweep"]
     sweep = tmp_path / "sweep"
     llem = subprocess.Popen(args, cwd=tmp_path, env=llem_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -99,7 +99,7 @@ def test_a_killed_measurement_process_is_a_failed_row_and_the_sweep_goes_on(tmp_
     assert killed, out
     assert llem.returncode == 1 and "1 ok, 0 skipped, 1 failed" in out, out
     by_size = {_size(name): r for name, r in _results(sweep).items()}
-    assert by_size[344]["status"] == "ok" and by_size[344]["output_tokens_total"] == 8 * 128
+    assert by_size[344]["status"] == "ok" and by_size[344]["output_tokens_total"] == 8 * 256
     assert by_size[352]["status"] == "failed" and "SIGKILL" in by_size[352]["error"]
     assert by_size[352]["error_stage"] == "measure" and by_size[352]["error_type"] == "ProcessDied"
 
