@@ -37,7 +37,7 @@ def main() -> None:
 
     cfg = compose(["device=cuda", *argv[split + 1 :]])
     engine = engine_class(cfg.backend.name)(cfg, "cuda")
-    reqs = list(workload.build(cfg).requests)[: engine.sequences_in_flight()]
+    reqs = list(workload.build(cfg, engine.sequences_in_flight()).requests)
     engine.check()
     engine.load()
     gpus, _, reason = open_gpus(engine.gpus_required(cfg.backend))

@@ -11,6 +11,10 @@
 
 and reports llem tok/s ÷ bare tok/s per A/B pair (median, min, max). Target ≥ 0.995.
 
+``duty`` — a whole sweep, timed from the command's start to its end: the share of its wall time spent
+inside measured windows (the GPU's duty cycle), and per job its build time (``load_s``), whether the build
+hit the compile cache, whether the device-idle floor was measured or reused, its request count and window.
+
 ``job`` — a sweep of ``--repeats`` identical jobs (``python -m llem -m repeat=0,…``); for each job
 after the first, the time from the previous job's end to its own end (llem.log time stamps) minus
 what it measures or waits for on purpose (load, warm-up, baseline settles and idles, window,
@@ -19,6 +23,8 @@ prefill pass): Hydra compose, process spawn, NVML init, writing. Target ≤ 2 s.
     python benchmarks/overhead.py window --repeats 5 -- model=llama3 model.weights=random model.dtype=bfloat16 batch=8
     python benchmarks/overhead.py window --repeats 5 -- backend=vllm model=llama3 model.weights=random batch=32
     python benchmarks/overhead.py job --repeats 4 --dir /tmp/llem-overhead -- model=llama3 model.weights=random
+    python benchmarks/overhead.py duty --dir /tmp/llem-duty -- backend=vllm model=llama3 model.weights=random \
+        model.dtype=bfloat16 -m batch=1,8,32 repeat=0,1
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ def window(args) -> List[dict]:
 
     cfg = compose([f"device={args.device}", *args.overrides])
     engine = engine_class(cfg.backend.name)(cfg, args.device)
-    work = workload.build(cfg)
+    work = workload.build(cfg, cfg.dataset.num_requests or cfg.measure.waves * engine.sequences_in_flight())
     engine.check()
     engine.load()
     gpus, _, reason = open_gpus(engine.gpus_required(cfg.backend)) if args.device == "cuda" else ([], [], "cpu")
@@ -184,9 +190,38 @@ def job(args) -> List[dict]:
     return rows
 
 
+def duty(args) -> List[dict]:
+    """A whole sweep (the overrides after ``--`` include its ``-m`` axes), timed from the command's start to its
+    end: the share of that wall time inside measured windows, and each job's build (load) and what it reused."""
+    import pandas as pd
+
+    sweep = Path(args.dir)
+    cmd = [sys.executable, "-m", "llem", f"hydra.sweep.dir={sweep}", "progress=false", *args.overrides]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=False)
+    wall_s = time.perf_counter() - t0
+    jobs = sorted((p.parent for p in sweep.glob("*/results.parquet")), key=lambda p: _end_time(p / "llem.log"))
+    rows = []
+    for path in jobs:
+        r = pd.read_parquet(path / "results.parquet").iloc[0].to_dict()
+        rows.append({"job": path.name, "status": r.get("status"), "load_s": r.get("load_s"),
+                     "compile_cache": r.get("compile_cache"), "device_idle": r.get("device_idle_source"),
+                     "num_requests": r.get("num_requests"), "window_s": r.get("window_s"),
+                     "flags": list(r.get("flags") if r.get("flags") is not None else [])})
+        print(json.dumps(rows[-1], default=str), flush=True)
+    windows_s = sum(_num(r, "window_s") for r in rows)
+    print(f"\nsweep of {len(rows)} jobs: {wall_s:.1f} s wall, {windows_s:.1f} s in measured windows: "
+          f"duty cycle {100 * windows_s / wall_s:.1f} %")
+    print("| job | load s | compile cache | device idle | requests | window s | flags |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['job']} | {_num(r, 'load_s'):.1f} | {r['compile_cache']} | {r['device_idle']} | "
+              f"{r['num_requests']} | {_num(r, 'window_s'):.2f} | {' '.join(r['flags']) or '-'} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["window", "job"])
+    parser.add_argument("mode", choices=["window", "job", "duty"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of the window mode, no energy")
     parser.add_argument("--no-sampler", action="store_true", help="diagnosis: llem's window without its sampler")
@@ -195,7 +230,7 @@ def main() -> None:
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     args.overrides = argv[split + 1 :]  # llem overrides, after --
-    (window if args.mode == "window" else job)(args)
+    {"window": window, "job": job, "duty": duty}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -70,13 +70,16 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    """Where requests come from. ``num_requests`` requests are measured per job."""
+    """Where requests come from. ``num_requests`` requests are measured per job; null (the default)
+    sizes the workload to the engine and the window (:mod:`llem.sizing`)."""
 
     name: str = MISSING
-    num_requests: int = 16
+    num_requests: Optional[int] = None  # null: measure.waves × the engine's capacity, more until min_window_s
 
     def __post_init__(self) -> None:
-        _require(self.num_requests >= 1, "dataset.num_requests", self.num_requests, "an integer >= 1")
+        if self.num_requests is not None:
+            _require(self.num_requests >= 1, "dataset.num_requests", self.num_requests,
+                     "null (sized automatically) or an integer >= 1")
 
 
 @dataclass
@@ -94,8 +97,9 @@ PROMPT_LAYOUTS = ("column", "alpaca", "sharegpt")
 class TextDatasetConfig(DatasetConfig):
     """Prompts as text, tokenized once with the model's tokenizer (model.tokenizer, else model.hf_id).
 
-    Prompts are taken in the source's order, or shuffled with ``seed`` (``shuffle``), until
-    ``num_requests`` fit: one longer than ``input_len`` tokens is cut to ``input_len``
+    Prompts are taken in the source's order, or shuffled with ``seed`` (``shuffle``), until the
+    requests asked for fit (a source that runs out is repeated, and counted): one longer than
+    ``input_len`` tokens is cut to ``input_len``
     (``long_prompts=truncate``) or skipped (``drop``); one shorter than ``min_input_len`` is
     skipped. What was cut or skipped is counted in the results (``prompts_*`` columns).
     """
@@ -220,7 +224,7 @@ class ObjectiveConfig:
 
 
 # Keys that do not change what is measured: excluded from config_hash.
-HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress", "objective", "dry_run")
+HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress", "objective", "dry_run", "cache_dir")
 INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # engines seed numpy's generators, which take 32 bits
 
@@ -248,6 +252,7 @@ class Config:
     isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
     progress: bool = True  # progress bar while generating (shown only on a terminal)
     dry_run: bool = False  # validate every job and say what would run or be skipped; run nothing
+    cache_dir: str = "~/.cache/llem"  # compile caches, engines, model dirs: shared by jobs and sweeps, never measured
 
     def __post_init__(self) -> None:
         _require(self.batch >= 1, "batch", self.batch, "an integer >= 1")

@@ -48,18 +48,21 @@ class BaselineConfig:
     """Idle power floors. ``kind`` names the one subtracted into ``gpu_energy_adjusted_j``.
 
     device_idle: no CUDA context on the GPU, measured by the job's parent before the
-    measurement process starts (after ``settle_s`` for the previous context to close).
+    measurement process starts (after ``settle_s`` for the previous context to close); a later
+    job of the same sweep on the same GPUs reuses it while it is younger than
+    ``device_idle_reuse_s`` and was taken cleanly (the row says which one it used, and when).
     loaded_idle: the engine loaded and idle, measured in the measurement process.
     """
 
     kind: BaselineKind = BaselineKind.device_idle
     settle_s: float = 3.0
     device_idle_s: float = 5.0
+    device_idle_reuse_s: float = 900.0  # later jobs of a sweep on the same GPUs reuse a floor this recent; 0: never
     loaded_settle_s: float = 1.0  # after warm-up, before loaded idle: the power of the last batch tails off
     loaded_idle_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for key in ("settle_s", "device_idle_s", "loaded_settle_s", "loaded_idle_s"):
+        for key in ("settle_s", "device_idle_s", "device_idle_reuse_s", "loaded_settle_s", "loaded_idle_s"):
             value = getattr(self, key)
             _require(value >= 0, f"baseline.{key}", value, "a number of seconds >= 0")
         if self.kind == BaselineKind.device_idle:
@@ -99,12 +102,26 @@ class EnergyConfig:
 
 @dataclass
 class MeasureConfig:
-    """Extra windows besides the measured one.
+    """How long the measured window is, and extra windows besides it.
 
+    With ``dataset.num_requests`` null, a job measures ``waves`` times the sequences the engine holds
+    at once (so the batch is full and there is a steady state), and on a GPU as many more whole waves
+    as the warm-up predicts are needed for a window of at least ``min_window_s`` (a window that still
+    comes out short is measured once more, longer; at most ``max_requests``).
     prefill: a prefill-only pass (output length 1) of the same workload after the measured
     window; decode = measured − prefill. steady_state: the part of the measured window where
     the engine held ``batch`` sequences (needs more requests than ``batch``).
     """
 
+    waves: int = 4
+    min_window_s: float = 10.0  # on a GPU: the NVML counter steps every ~0.1 s and the window must dwarf its edges
+    max_requests: int = 10_000
     prefill: bool = False
     steady_state: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.waves >= 2, "measure.waves", self.waves,
+                 "an integer >= 2 (one wave fills the batch; a steady state needs more)")
+        _require(0 <= self.min_window_s <= 3600, "measure.min_window_s", self.min_window_s,
+                 "a number of seconds in [0, 3600] (0: no minimum)")
+        _require(self.max_requests >= 1, "measure.max_requests", self.max_requests, "an integer >= 1")

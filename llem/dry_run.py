@@ -1,7 +1,8 @@
 """``dry_run=true``: validate a job as a real run would, say what would happen, run nothing.
 
 With ``-m`` every job of the sweep is checked: its config (types, ranges, the engine's own
-checks that need no import of the engine), its devices, and whether a successful result with
+checks that need no import of the engine), its devices, where pretrained weights would come from
+(a local copy, or a reachable Hugging Face Hub), and whether a successful result with
 the same ``config_hash`` is already in its dir (the job would be skipped). Nothing is written:
 the job dir Hydra made for the check is removed again when it is empty.
 """
@@ -14,7 +15,7 @@ from typing import Any, Dict
 
 from omegaconf import DictConfig
 
-from llem import results, validate
+from llem import model_source, results, validate
 from llem.config import config_hash, to_config
 from llem.errors import LlemError
 
@@ -38,6 +39,7 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         if device == "cuda" and problem:
             raise LlemError(problem)
         check_gpus(config, device)
+        model_source.check(config.model)
         engine(config, device).check()
     except Exception as exc:  # a dry run reports every problem, and never stops the others
         why = str(exc) if isinstance(exc, LlemError) else f"{type(exc).__name__}: {exc}"

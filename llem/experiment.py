@@ -20,19 +20,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from llem import environment, metrics, results, workload
+from llem import compile_cache, environment, metrics, results, sizing, workload
 from llem.backends import engine_class
 from llem.backends.base import EngineInfo
 from llem.config import BaselineKind, Config, config_hash
 from llem.energy import flags as doubt
 from llem.energy import phases
 from llem.energy.codecarbon import HostWindows
-from llem.energy.idle import DeviceIdle, other_processes
+from llem.energy.idle import DeviceIdle, other_processes, taken_at_iso
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
 from llem.records import RequestResult
 from llem.results.row import (
     Baselines,
+    BuildCache,
     CodecarbonFacts,
     EnergySummary,
     GpuEnergy,
@@ -46,6 +47,7 @@ from llem.results.row import (
     Padding,
     PrefillDecode,
     ResultRow,
+    Sizing,
     Stage,
     SteadyState,
     Throughput,
@@ -69,6 +71,7 @@ class Warmup:
     window: Optional[WindowEnergy]
     batches_run: int
     latency_cv: Optional[float]
+    fastest_s: Optional[float] = None  # the quickest batch: one wave, when sized and long as the measured ones
 
 
 @dataclass
@@ -116,9 +119,12 @@ class Experiment:
         host: Optional[HostWindows] = None
         info: Optional[EngineInfo] = None
         flags: List[str] = []
+        plan = sizing.plan(cfg.dataset.num_requests, cfg.measure.waves, cfg.measure.min_window_s,
+                           cfg.measure.max_requests, engine.sequences_in_flight(), on_gpu=bool(gpus))
+        parts[Sizing] = sizing.part(plan, None)
         try:
             self._stage(Stage.workload)
-            work = workload.build(cfg)
+            work = workload.build(cfg, plan.num_requests)
             parts[WorkloadCounts] = work.counts()
             self._stage(Stage.check)
             engine.check()
@@ -127,11 +133,19 @@ class Experiment:
             self._stage(Stage.load)
             log.info("loading %s (%s weights, %s) on %s …", cfg.model.name, cfg.model.weights.value,
                      cfg.model.dtype.value, self.device)
+            root = Path(cfg.cache_dir).expanduser()
+            cache = engine.compile_cache(root)
+            compile_cache.apply(cache)
+            before = compile_cache.snapshot(cache)
             load = host.around("load", lambda: self._window(meter, "load", engine.load))
-            log.info("loaded %s on %s in %.1f s", cfg.model.name, self.device, load.duration_s)
+            parts[BuildCache] = compile_cache.outcome(cache, root, before, compile_cache.snapshot(cache))
+            log.info("loaded %s on %s in %.1f s (compile cache: %s)", cfg.model.name, self.device, load.duration_s,
+                     parts[BuildCache].compile_cache)
             self._check_uuids(engine, gpus)
             self._stage(Stage.warmup)
             warm = self._warmup(meter, engine, work)
+            work = self._size_for_window(plan, work, warm)
+            parts[WorkloadCounts], parts[Sizing] = work.counts(), sizing.part(plan, len(work.requests))
             parts[OutsideWindow] = OutsideWindow(
                 load_s=load.duration_s, load_energy_j=load.energy_j,
                 warmup_s=warm.window.duration_s if warm.window else None,
@@ -141,16 +155,24 @@ class Experiment:
             loaded_idle = self._loaded_idle(meter, sampler, gpus)
             self._stage(Stage.measure)
             measured = self._measure(meter, engine, work, host, gpus)
+            more = sizing.remeasure_count(plan, measured.window.duration_s)
+            if more is not None:
+                log.warning("the window lasted %.2f s, under measure.min_window_s=%g s: measuring again with %d "
+                            "requests (the short window is discarded)", measured.window.duration_s,
+                            cfg.measure.min_window_s, more)
+                work = workload.build(cfg, more)
+                parts[WorkloadCounts] = work.counts()
+                measured = self._measure(meter, engine, work, host, gpus)
+            parts[Sizing] = sizing.part(plan, len(work.requests))
             measure_t0 = measured.window.t0
             window, outputs = measured.window, measured.outputs
             found = doubt.window_flags(window, sampler.between(window.t0, window.t1), [g.facts() for g in gpus],
-                                       measured.busy)
+                                       measured.busy, plan.min_window_s or 0.0, sizing.hint(plan))
             found += host.flags()
+            found += doubt.host_flags(self.job_dir, window)
             found += doubt.baseline_flags("device_idle", self.device_idle.rows)
             if loaded_idle is not None:
                 found += doubt.baseline_flags("loaded_idle", sampler.between(loaded_idle.t0, loaded_idle.t1))
-            flags = sorted({f.code for f in found})
-            self.warnings.extend(f.message for f in found)
             info = engine.info()
             req_rows = metrics.request_rows(outputs, window.t0)
             parts.update(self._measured(engine, work, outputs, req_rows, window, loaded_idle, sampler, info))
@@ -159,6 +181,11 @@ class Experiment:
             if cfg.measure.steady_state:
                 parts[SteadyState] = phases.steady_state(outputs, engine.sequences_in_flight(),
                                                          sampler.between(window.t0, window.t1), baseline_w)
+            steady = parts.get(SteadyState)
+            found += sizing.flags(plan, len(outputs), cfg.measure.steady_state,
+                                  steady.steady_state_null_reason if steady and steady.steady_state_s is None else None)
+            flags = sorted({f.code for f in found})
+            self.warnings.extend(f.message for f in found)
             if cfg.measure.prefill:
                 self._stage(Stage.prefill)
                 parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w)
@@ -233,7 +260,17 @@ class Experiment:
         if cfg.until_cv is not None and (cv is None or cv > cfg.until_cv):
             self.warnings.append(f"warmup did not settle: batch-latency CV {cv if cv is None else f'{cv:.3f}'} "
                                  f"> warmup.until_cv={cfg.until_cv} after {len(latencies)} batches")
-        return Warmup(window, len(latencies), cv)
+        one_wave = size == engine.sequences_in_flight() and out_len == self.config.output_len
+        return Warmup(window, len(latencies), cv, min(latencies) if latencies and one_wave else None)
+
+    def _size_for_window(self, plan: sizing.Plan, work: workload.Workload, warm: Warmup) -> workload.Workload:
+        """More whole waves when the warm-up says the window would be shorter than measure.min_window_s."""
+        n = sizing.extend_for_window(plan, warm.fastest_s)
+        if n <= len(work.requests):
+            return work
+        log.info("%d requests (%d waves of %d) for a window of about %.1f s: one wave took %.2f s in warm-up", n,
+                 round(plan.waves_of(n)), plan.capacity, plan.estimate_s, warm.fastest_s)
+        return workload.build(self.config, n)
 
     def _loaded_idle(self, meter: EnergyMeter, sampler: Sampler, gpus: List[GpuReader]) -> Optional[WindowEnergy]:
         cfg = self.config.baseline
@@ -316,6 +353,10 @@ class Experiment:
             Baselines: Baselines(
                 device_idle_power_w=self.device_idle.power_w,
                 device_idle_power_w_per_gpu=self.device_idle.power_w_per_gpu or None,
+                device_idle_source=self.device_idle.source, device_idle_taken_at=taken_at_iso(self.device_idle),
+                device_idle_age_s=None if self.device_idle.taken_at is None else max(
+                    0.0, time.time() - s - self.device_idle.taken_at),
+                device_idle_job=self.device_idle.job,
                 loaded_idle_power_w=loaded_w,
                 loaded_idle_power_w_per_gpu=loaded_idle.power_per_gpu_w if loaded_idle else None),
             EnergySummary: energy,

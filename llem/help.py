@@ -60,8 +60,11 @@ def hydra_text() -> str:
 
 
 def register_resolvers() -> None:
+    """llem's resolvers in conf/: this help's, and ``llem_job_dir`` (a sweep job's directory name)."""
     from omegaconf import OmegaConf
 
-    for name, fn in (("llem_help_groups", groups_text), ("llem_help_hydra", hydra_text)):
+    from llem.dirnames import resolver
+
+    for name, fn in (("llem_help_groups", groups_text), ("llem_help_hydra", hydra_text), ("llem_job_dir", resolver)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

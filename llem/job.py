@@ -19,14 +19,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from llem import environment, results, secrets, validate
+from llem import dirnames, environment, model_source, results, secrets, validate
 from llem.backends import engine_class
 from llem.config import Config, config_hash, to_config
-from llem.energy.idle import DeviceIdle, device_idle_baseline
+from llem.energy.idle import DeviceIdle, device_idle_baseline, remember_device_idle, reuse_device_idle
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError
 from llem.experiment import summary_line
-from llem.locks import gpu_lock, job_lock
+from llem.locks import gpu_lock, host_lock, job_lock
 from llem.measure_process import Interrupted, interruptible, measure_isolated
 from llem.results.row import Notes, Outcome, Stage, assemble
 
@@ -157,11 +157,13 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
         if device == "cuda" and problem:
             raise DeviceError(problem)
         check_gpus(config, device)
-    except DeviceError as exc:
+        model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
+    except (DeviceError, model_source.ModelUnavailable) as exc:
         log.error("%s", exc)
-        return record_failure(job_dir, str(exc), "DeviceError", Stage.check, config=config, chash=chash)
+        return record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
-    with gpu_lock(visible_uuids(gpus_needed) if device == "cuda" else []):
+    uses_host = device == "cpu" or "codecarbon" in config.energy.meters  # the host's CPU, or a meter of all of it
+    with gpu_lock(visible_uuids(gpus_needed) if device == "cuda" else []), host_lock(job_dir, exclusive=uses_host):
         values = _measure(config, chash, job_dir, device, gpus_needed, problem)
     _set_outcome(job_dir, "ok" if values.get("status") == "ok" else "failed")
     log.info("%s → %s", summary_line(values), job_dir)
@@ -175,9 +177,7 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
         time.sleep(config.cooldown_s)
     idle = DeviceIdle()
     if device == "cuda" and config.baseline.device_idle_s > 0:
-        log.info("device-idle baseline: %.1f s settle, %.1f s metered", config.baseline.settle_s,
-                 config.baseline.device_idle_s)
-        idle = device_idle_baseline(config, gpus_needed)
+        idle = _device_idle(config, gpus_needed, job_dir)
     if problem:
         idle.warnings.append(problem)
     if not config.isolate:
@@ -195,12 +195,45 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
     return values
 
 
+def _device_idle(config: Config, gpus_needed: int, job_dir: Path) -> DeviceIdle:
+    """The device-idle floor: reused from an earlier job of this sweep on the same GPUs while recent
+    (baseline.device_idle_reuse_s), else metered now and kept for the jobs after this one."""
+    sweep = _sweep_dir()
+    uuids = visible_uuids(gpus_needed)
+    reuse_s = config.baseline.device_idle_reuse_s
+    if sweep is not None:
+        idle = reuse_device_idle(sweep, uuids, reuse_s)
+        if idle is not None:
+            return idle
+    log.info("device-idle baseline: %.1f s settle, %.1f s metered", config.baseline.settle_s,
+             config.baseline.device_idle_s)
+    idle = device_idle_baseline(config, gpus_needed)
+    if sweep is not None and reuse_s > 0:
+        from llem.energy.flags import baseline_flags
+
+        unclean = bool(idle.warnings) or bool(baseline_flags("device_idle", idle.rows))
+        remember_device_idle(sweep, uuids, idle, job_dir.name, unclean)
+    return idle
+
+
+def _sweep_dir() -> Optional[Path]:
+    """The sweep dir when this job is one of a multirun (its jobs share a device-idle floor), else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.sweep.dir) if str(hydra_cfg.mode) == "RunMode.MULTIRUN" else None
+
+
 def job_dirname(config: DictConfig, overrides: List[str]) -> str:
-    """The dir name Hydra gives a sweep job with these overrides (its override_dirname), when
-    ``hydra.sweep.subdir`` is llem's default; else a name from the overrides' hash."""
+    """The dir name Hydra gives a sweep job with these overrides, when ``hydra.sweep.subdir`` is llem's
+    default (llem.dirnames) or Hydra's override_dirname; else a name from the overrides' hash."""
     subdir = config.hydra.sweep._get_node("subdir")._value()
+    opts = config.hydra.job.config.override_dirname
+    if subdir == dirnames.SUBDIR:
+        return dirnames.job_dirname(overrides, opts.exclude_keys)
     if subdir == "${hydra.job.override_dirname}":
-        opts = config.hydra.job.config.override_dirname
         lines = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in opts.exclude_keys)
         return opts.item_sep.join(lines).replace("=", opts.kv_sep)
     return "invalid-" + hashlib.sha256("\0".join(overrides).encode()).hexdigest()[:12]

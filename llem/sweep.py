@@ -3,7 +3,9 @@
 - at the start, lock the sweep dir, so a second sweep on the same dir is refused with a clear
   message instead of running (and measuring) every job beside the first;
 - at the end, count how the jobs ended (each leaves its outcome in its own dir), print it, make
-  the exit code say when any failed, and write the sweep's index for ``python -m llem.aggregate``.
+  the exit code say when any failed, and write the sweep's index for ``python -m llem.aggregate``;
+- per job, time it in the process that runs it (:class:`SweepSummary` travels with the job to a
+  submitit worker), for the driver's progress lines (:class:`SweepProgress`, fed by llem's sweeper).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -33,6 +35,23 @@ class SweepSummary(Callback):
         self.lock = None
         self.dry_run = False
         self.created: List[Path] = []
+        self.job_started: Optional[float] = None
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in a launcher's worker (submitit) before its job's dir is named: llem's
+        resolvers (``${llem_job_dir:}`` in hydra.sweep.subdir) must be known there too."""
+        self.__dict__.update(state)
+        from llem.help import register_resolvers
+
+        register_resolvers()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.job_started = time.monotonic()
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """The job's duration rides back to the driver on its JobReturn (``llem_duration_s``), whatever the launcher."""
+        if job_return is not None and self.job_started is not None:
+            job_return.llem_duration_s = time.monotonic() - self.job_started
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.run.dir)
@@ -103,3 +122,106 @@ class SweepSummary(Callback):
                 folder.rmdir()  # only if empty
             except OSError:
                 break
+
+
+class SweepProgress:
+    """What the driver says while a sweep runs: ``job i of N`` with the job's overrides, the sweep's
+    elapsed time and an estimate of the time left, and each finished job's outcome and duration.
+
+    The estimate is the launch time per job that ran (not skipped) times the jobs still to run, so
+    resumed jobs that skip in a second neither shorten it nor count as left: a job whose dir
+    already holds a successful result is expected to skip. Batches launched together (submitit's
+    array_parallelism) count by their wall time, so parallel jobs make the estimate shorter, as they should.
+    """
+
+    def __init__(self, total: int, expect_skip: Iterable[int] = (), clock=time.monotonic) -> None:
+        self.total, self.clock = total, clock
+        self.started = clock()
+        self.expect_skip: Set[int] = set(expect_skip)  # indices (0-based) of jobs that will likely skip
+        self.done: Set[int] = set()
+        self.ran_jobs = 0
+        self.ran_s = 0.0
+
+    def opening(self) -> str:
+        skip = len(self.expect_skip)
+        return f"sweep of {self.total} jobs" + (f"; {skip} already have a successful result and should skip"
+                                               if skip else "")
+
+    def left_s(self) -> Optional[float]:
+        """Seconds left, or None while no job has run to time it by."""
+        to_run = sum(1 for i in range(self.total) if i not in self.done and i not in self.expect_skip)
+        if not to_run:
+            return 0.0
+        return self.ran_s / self.ran_jobs * to_run if self.ran_jobs else None
+
+    def clock_line(self) -> str:
+        left = self.left_s()
+        estimate = "time left unknown until a job has run" if left is None else f"about {duration(left)} left"
+        return f"elapsed {duration(self.clock() - self.started)}, {estimate}"
+
+    def starting(self, first: int, batch: Sequence[Sequence[str]]) -> List[str]:
+        """The lines before a batch (jobs ``first``, ``first + 1``, … of the grid, 0-based) is launched."""
+        jobs = [f"job {first + k + 1} of {self.total}: {' '.join(overrides) or '(defaults)'}"
+                for k, overrides in enumerate(batch)]
+        if len(jobs) == 1:
+            return [f"{jobs[0]} | {self.clock_line()}"]
+        return [f"jobs {first + 1}-{first + len(jobs)} of {self.total} launched together | {self.clock_line()}",
+                *jobs]
+
+    def finished(self, results: Sequence[Tuple[int, str, Optional[float]]], wall_s: float) -> List[str]:
+        """(index, outcome, duration or None) of each job of a batch that took ``wall_s`` → its lines."""
+        ran = 0
+        lines = []
+        for index, outcome, seconds in results:
+            self.done.add(index)
+            ran += outcome in ("ok", "failed") or outcome.startswith("crashed")  # skipped, uncomposable: no time
+            took = f" in {duration(seconds)}" if seconds is not None else ""
+            lines.append(f"job {index + 1} of {self.total}: {outcome}{took}")
+        if ran:
+            self.ran_jobs += ran
+            self.ran_s += wall_s
+        return lines
+
+
+def duration(seconds: float) -> str:
+    """0.04 s, 12.3 s, 4m05s, 2h03m."""
+    if seconds < 60:
+        return f"{seconds:.{2 if seconds < 1 else 1}f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m{int(seconds % 60):02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def job_outcome(job_return: Any, since: float) -> Tuple[str, Optional[float]]:
+    """How a launched job ended (its dir's outcome, written after ``since``) and how long it took."""
+    from hydra.core.utils import JobStatus
+    from omegaconf import OmegaConf
+
+    seconds = getattr(job_return, "llem_duration_s", None)
+    job_dir = OmegaConf.select(job_return.hydra_cfg, "hydra.runtime.output_dir") if job_return.hydra_cfg else None
+    path = Path(job_dir) / OUTCOME if job_dir else None
+    try:
+        if path is not None and path.stat().st_mtime + 1 >= since:
+            return path.read_text().strip(), seconds
+    except OSError:
+        pass
+    if job_return.status == JobStatus.FAILED:
+        return f"crashed ({type(job_return._return_value).__name__})", seconds
+    return "no outcome written (its dir in use by another llem process?)", seconds
+
+
+def expected_skips(config: DictConfig, jobs: Sequence[Sequence[str]]) -> List[int]:
+    """Indices of the jobs whose dir already ended ok or skipped: a rerun resumes them by skipping."""
+    from llem.job import job_dirname
+
+    sweep = Path(config.hydra.sweep.dir)
+    found = []
+    for index, overrides in enumerate(jobs):
+        try:
+            outcome = (sweep / job_dirname(config, list(overrides)) / OUTCOME).read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if outcome in ("ok", "skipped"):
+            found.append(index)
+    return found

@@ -33,6 +33,7 @@ class Workload:
     dropped_short: int = 0  # prompts skipped: fewer than dataset.min_input_len tokens (or empty)
     dropped_long: int = 0  # prompts skipped: more than input_len tokens with long_prompts=drop
     read: Optional[int] = None  # source records looked at (None: one per request)
+    repeated: int = 0  # requests that reuse an earlier prompt: the source ran out
 
     def counts(self) -> WorkloadCounts:
         """How many requests, their input-length distribution, what was cut or skipped."""
@@ -54,6 +55,7 @@ class Workload:
             prompts_truncated=self.truncated,
             prompts_dropped_short=self.dropped_short,
             prompts_dropped_long=self.dropped_long,
+            prompts_repeated=self.repeated,
             workload_sha256=digest.hexdigest()[:16],  # equal ⇔ the same token ids were measured
         )
 
@@ -75,12 +77,12 @@ def random_requests(num: int, input_len: int, vocab_size: int, seed: int, avoid:
 
     if vocab_size <= len(avoid) + 1:
         raise WorkloadError(f"vocab_size={vocab_size} is too small for random prompts")
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab_size, size=(num, input_len))
-    if avoid:
+    ids = np.random.default_rng(seed).integers(0, vocab_size, size=(num, input_len))
+    if avoid:  # redrawn from a second stream in row order: a larger num keeps the first rows as they were
+        redraw = np.random.default_rng([seed, 1])
         bad = np.isin(ids, list(avoid))
         while bad.any():
-            ids[bad] = rng.integers(0, vocab_size, size=int(bad.sum()))
+            ids[bad] = redraw.integers(0, vocab_size, size=int(bad.sum()))
             bad = np.isin(ids, list(avoid))
     return [Request(i, row.tolist()) for i, row in enumerate(ids)]
 
@@ -226,14 +228,15 @@ def load_tokenizer(model: Any) -> Any:
 
 
 def tokenize_prompts(texts: Iterable[str], tok: Any, dataset: Any, input_len: int, vocab_size: Optional[int],
-                     ) -> Workload:
-    """Tokenize prompts in order until ``dataset.num_requests`` fit the length bounds; count the rest."""
+                     num_requests: int) -> Workload:
+    """Tokenize prompts in order until ``num_requests`` fit the length bounds; count the rest. A source
+    that runs out first is repeated from its first prompt (counted, and warned about)."""
     if dataset.min_input_len > input_len:
         raise WorkloadError(f"dataset.min_input_len={dataset.min_input_len} is larger than input_len={input_len}: "
                             "no prompt could fit")
     work = Workload([], read=0)
     for text in texts:
-        if len(work.requests) >= dataset.num_requests:
+        if len(work.requests) >= num_requests:
             break
         work.read += 1
         text = (text or "").strip()
@@ -258,10 +261,15 @@ def tokenize_prompts(texts: Iterable[str], tok: Any, dataset: Any, input_len: in
             f"dataset.min_input_len={dataset.min_input_len}, {work.dropped_long} longer than input_len={input_len} "
             "(dataset.long_prompts=drop)"
         )
-    if len(work.requests) < dataset.num_requests:
-        log.warning("dataset %s gave %d prompts, fewer than dataset.num_requests=%d (%d read, %d too short, "
-                    "%d too long)", dataset.name, len(work.requests), dataset.num_requests, work.read,
-                    work.dropped_short, work.dropped_long)
+    distinct = len(work.requests)
+    if distinct < num_requests:
+        log.warning("dataset %s gave %d prompts for %d requests (%d read, %d too short, %d too long): each is "
+                    "repeated in turn", dataset.name, distinct, num_requests, work.read, work.dropped_short,
+                    work.dropped_long)
+        for i in range(distinct, num_requests):
+            first = work.requests[i % distinct]
+            work.requests.append(Request(i, first.token_ids, first.text))
+        work.repeated = num_requests - distinct
     return work
 
 
@@ -274,18 +282,21 @@ def shuffled(items: List[Any], shuffle: bool, seed: int) -> List[Any]:
     return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
 
 
-def build(config: Any) -> Workload:
-    """The requests of one job, from the typed config."""
+def build(config: Any, num_requests: Optional[int] = None) -> Workload:
+    """``num_requests`` requests of one job (default: ``dataset.num_requests``, else measure.waves ×
+    batch), from the typed config. The same config and a larger count give the same first requests
+    and more after them."""
     from llem.config import BuiltinDatasetConfig, FileDatasetConfig, HFDatasetConfig, RandomDatasetConfig
 
     dataset = config.dataset
+    count = num_requests or dataset.num_requests or config.measure.waves * config.batch
     arch = config.model.architecture
     if isinstance(dataset, RandomDatasetConfig):
         vocab = arch.get("vocab_size")
         if not vocab:
             tok = load_tokenizer(config.model)
             vocab = len(tok)
-        reqs = random_requests(dataset.num_requests, config.input_len, int(vocab), config.seed, special_token_ids(arch))
+        reqs = random_requests(count, config.input_len, int(vocab), config.seed, special_token_ids(arch))
         return Workload(reqs)
     if isinstance(dataset, (FileDatasetConfig, BuiltinDatasetConfig, HFDatasetConfig)):
         if isinstance(dataset, HFDatasetConfig):
@@ -300,5 +311,5 @@ def build(config: Any) -> Workload:
             texts = shuffled(read_prompts(path, fmt, field), dataset.shuffle, config.seed)
             tok = load_tokenizer(config.model)
         vocab = arch.get("vocab_size")
-        return tokenize_prompts(texts, tok, dataset, config.input_len, int(vocab) if vocab else None)
+        return tokenize_prompts(texts, tok, dataset, config.input_len, int(vocab) if vocab else None, count)
     raise WorkloadError(f"dataset.name={dataset.name!r} is not known to this version of llem")

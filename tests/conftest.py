@@ -6,6 +6,7 @@ import copy
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import List
 
@@ -17,6 +18,9 @@ from llem.backends import register_all
 from llem.config import conf_dir
 
 register_all()
+# Each test worker (xdist) has its own lock folder: CPU jobs of different tests would otherwise wait on
+# each other for the host (llem.locks.host_lock), which is right for measurements and slow for tests.
+os.environ.setdefault("LLEM_LOCK_DIR", tempfile.mkdtemp(prefix="llem-test-locks-"))
 
 
 @pytest.fixture(scope="package")

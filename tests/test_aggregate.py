@@ -112,6 +112,9 @@ def test_groups_are_configs_without_repeat_and_seed(out):
     assert sorted(ok.index) == [1, 2]
     assert ok.loc[1, "n_ok"] + ok.loc[2, "n_ok"] == 5  # 2 + 2 repeats, + the older copy of one job
     assert summary["n_failed"].sum() == 1 and summary["n_incomplete"].sum() == 4
+    for name in ("runs", "summary"):  # typed as declared even where no job raised a flag
+        assert pq.read_schema(root / "out" / f"{name}.parquet").field("flags").type == pa.list_(pa.string())
+    assert (summary["flagged"] == summary["flags"].map(len).gt(0)).all()
     assert runs.groupby("config_key")["cfg.repeat"].nunique().max() >= 2
 
 
@@ -170,7 +173,7 @@ def test_index_picks_up_a_rerun_job(dirs, tmp_path):
 
     sweep = dirs / "sweep"
     assert (sweep / ".llem-index" / "runs.parquet").is_file()
-    job = sorted(p for p in sweep.iterdir() if p.name.startswith("baseline"))[0]
+    job = sorted(p for p in sweep.iterdir() if not p.name.startswith("zz-") and (p / "results.parquet").is_file())[0]
     table = pq.read_table(job / "results.parquet")
     i = table.column_names.index("output_tok_per_s")
     pq.write_table(table.set_column(i, "output_tok_per_s", pa.array([123456.0])), job / "results.parquet")

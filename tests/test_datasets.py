@@ -59,7 +59,8 @@ def _build(compose_cfg, overrides):
 
 
 def _texts(work):
-    return [r.text for r in work.requests]
+    """The distinct prompts taken (a source with fewer than the count asked for is then repeated)."""
+    return [r.text for r in work.requests[: len(work.requests) - work.repeated]]
 
 
 # --- the built-in prompt set ---------------------------------------------------------------------
@@ -134,11 +135,12 @@ def test_long_prompts_truncate_or_drop_and_short_ones_are_dropped(compose_cfg, t
     assert [r.input_tokens for r in work.requests] == [30, 20]
     assert work.counts().prompts_truncated == 1 and work.counts().prompts_dropped_short == 2
     assert work.counts().prompts_read == 4  # stopped once 2 fitted
-    work = _build(compose_cfg, [*base, "dataset.long_prompts=drop"])
+    work = _build(compose_cfg, [*base, "dataset.long_prompts=drop", "dataset.num_requests=5"])
     assert _texts(work) == ["c" * 20, "d" * 12]
+    assert [r.text for r in work.requests] == ["c" * 20, "d" * 12] * 2 + ["c" * 20]  # run out: repeated in turn
     c = work.counts()
-    assert (c.prompts_read, c.prompts_dropped_short, c.prompts_dropped_long, c.prompts_truncated) == (
-        5, 2, 1, 0)
+    assert (c.prompts_read, c.prompts_dropped_short, c.prompts_dropped_long, c.prompts_truncated,
+            c.prompts_repeated) == (5, 2, 1, 0, 3)
     with pytest.raises(WorkloadError, match="no prompt"):
         _build(compose_cfg, [*base, "dataset.long_prompts=drop", "dataset.min_input_len=25"])
     with pytest.raises(WorkloadError, match="min_input_len=40 is larger than input_len=30"):

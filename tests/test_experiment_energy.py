@@ -53,7 +53,8 @@ def test_energy_columns_from_replayed_counters(compose_cfg, trace, tmp_path, mon
         row["gpu_energy_j"] - row["prefill_energy_j"])
     assert row["steady_state_energy_j"] is not None and row["steady_state_null_reason"] is None
     assert 0 < row["steady_state_s"] <= row["window_s"]
-    assert ("short_window" in row["flags"]) is (row["window_s"] < 1.0)
+    assert ("short_window" in row["flags"]) is (row["window_s"] < 10.0)  # measure.min_window_s, metered GPU
+    assert row["requests_sizing"] == "set" and row["window_min_s"] == 10.0
     assert any("prefill pass lasted" in w for w in row["warnings"])  # a tiny model's prefill: far under 1 s
     assert {"load", "warmup", "loaded_idle", "measure", "prefill"} <= set(ts["phase"])
     assert set(ts["gpu_index"].dropna()) == {0}

@@ -292,3 +292,21 @@ def test_baseline_unstable_names_the_gpu_and_uses_the_average_without_instant_po
 def test_baseline_kind_is_checked():
     with pytest.raises(ValueError, match="baseline kind"):
         baseline_flags("idle", [])
+
+
+# ---------------------------------------------------------------------------------------
+# every code: declared once with its meaning, raised somewhere, documented
+
+
+def test_every_flag_code_is_declared_once_and_documented():
+    import re
+    from pathlib import Path
+
+    from llem.results.row import FLAG_MEANINGS as MEANINGS
+
+    root = Path(__file__).resolve().parents[1]
+    raised = {code for path in (root / "llem").rglob("*.py")
+              for code in re.findall(r'Flag\(\s*"(\w+)"', path.read_text())}
+    assert raised == set(MEANINGS), (raised ^ set(MEANINGS))
+    documented = set(re.findall(r"^\| `(\w+)` \|", (root / "docs" / "method.md").read_text(), re.M))
+    assert set(MEANINGS) <= documented, set(MEANINGS) - documented

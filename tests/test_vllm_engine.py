@@ -12,7 +12,8 @@ from typing import List
 import pytest
 
 from llem.backends import engine_class
-from llem.backends.vllm import VllmEngine, llm_kwargs, write_dummy_model
+from llem.backends._hf_model import write_dummy_model
+from llem.backends.vllm import VllmEngine, llm_kwargs
 from llem.config import to_config
 from llem.errors import ConfigError, DeviceError
 from llem.records import Request

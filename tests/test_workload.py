@@ -36,6 +36,8 @@ def test_random_dataset_from_config(compose_cfg):
     again = workload.build(to_config(compose_cfg(["dataset.num_requests=3", "input_len=10", "seed=3"])))
     other = workload.build(to_config(compose_cfg(["dataset.num_requests=3", "input_len=10", "seed=4"])))
     assert counts.workload_sha256 == again.counts().workload_sha256 != other.counts().workload_sha256
+    longer = workload.build(config, 40)  # sized up after the warm-up: the first requests stay the same
+    assert [r.token_ids for r in longer.requests[:3]] == [r.token_ids for r in work.requests]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_file_dataset_jsonl_and_truncation(compose_cfg, tmp_path, tokenizer_dir)
     config = to_config(
         compose_cfg(["dataset=file", f"dataset.path={path}", f"model.tokenizer={tokenizer_dir}", "input_len=20"])
     )
-    work = workload.build(config)
+    work = workload.build(config, 2)
     assert [r.input_tokens for r in work.requests] == [5, 20]
     assert work.truncated == 1 and work.requests[0].text == "the energy of one token"
     path.write_text(json.dumps(lines[2]) + "\n")
@@ -74,7 +76,10 @@ def test_text_file_and_missing_file(compose_cfg, tmp_path, tokenizer_dir):
     path = tmp_path / "prompts.txt"
     path.write_text("the gpu\n\njoules per second\n")
     config = to_config(compose_cfg(["dataset=file", f"dataset.path={path}", f"model.tokenizer={tokenizer_dir}"]))
-    assert [r.input_tokens for r in workload.build(config).requests] == [2, 3]
+    assert [r.input_tokens for r in workload.build(config, 2).requests] == [2, 3]
+    more = workload.build(config, 5)  # the file runs out: its prompts are repeated in turn, and counted
+    assert [r.input_tokens for r in more.requests] == [2, 3, 2, 3, 2] and more.repeated == 3
+    assert [r.request_id for r in more.requests] == list(range(5)) and more.counts().prompts_repeated == 3
     config = to_config(compose_cfg(["dataset=file", f"dataset.path={tmp_path}/nope.txt"]))
     with pytest.raises(WorkloadError, match="no such file"):
         workload.build(config)

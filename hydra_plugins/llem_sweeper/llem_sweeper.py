@@ -6,12 +6,17 @@ Hydra composes every job's config before launching it, and a job whose config ca
 such a job is failed alone: it gets a job dir with a failed result row (``error_stage=config``,
 Hydra's message) and an outcome, and the other jobs of the batch are launched as usual. The batch
 size (one job at a time on one machine) is the config's ``max_batch_size``.
+
+Around each batch it logs the sweep's progress (``llem.sweep.SweepProgress``): ``job i of N`` with
+the job's overrides, the elapsed time and an estimate of the time left, then each job's outcome
+and duration. Dry runs print their own line per job instead.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Sequence
+import time
+from typing import Any, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
@@ -21,30 +26,65 @@ log = logging.getLogger(__name__)
 class LlemSweeper(BasicSweeper):
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.launcher = _ComposableOnly(self.launcher, hydra_context, config)
+        self.launcher = _ComposableOnly(self.launcher, hydra_context, config, self)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing here: the launcher wrapper composes each job and fails the bad ones alone."""
 
 
 class _ComposableOnly:
-    """Wraps the launcher: jobs whose config cannot be composed get a failed row and are not launched."""
+    """Wraps the launcher: jobs whose config cannot be composed get a failed row and are not launched;
+    the progress of the sweep is logged around each batch."""
 
-    def __init__(self, launcher: Any, hydra_context: Any, config: Any) -> None:
-        self.launcher, self.hydra_context, self.config = launcher, hydra_context, config
+    def __init__(self, launcher: Any, hydra_context: Any, config: Any, sweeper: BasicSweeper) -> None:
+        self.launcher, self.hydra_context, self.config, self.sweeper = launcher, hydra_context, config, sweeper
+        self.progress: Optional[Any] = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        progress = self._progress()
+        self._say(progress.starting(initial_job_idx, job_overrides) if progress else [])
         good: List[Sequence[str]] = []
-        for overrides in job_overrides:
+        indices: List[int] = []
+        uncomposable = []
+        for offset, overrides in enumerate(job_overrides):
             try:
                 self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             except Exception as exc:
                 from llem.job import fail_uncomposable
 
                 fail_uncomposable(self.config, list(overrides), exc)
+                uncomposable.append((initial_job_idx + offset, "failed (its config cannot be composed)", None))
             else:
                 good.append(overrides)
-        return self.launcher.launch(good, initial_job_idx=initial_job_idx) if good else []
+                indices.append(initial_job_idx + offset)
+        started, tic = time.time(), time.monotonic()
+        returns = self.launcher.launch(good, initial_job_idx=initial_job_idx) if good else []
+        if progress:
+            from llem.sweep import job_outcome
+
+            ended = [(index, *job_outcome(ret, started)) for index, ret in zip(indices, returns)]
+            self._say(progress.finished(sorted(uncomposable + ended), time.monotonic() - tic))
+        return returns
+
+    def _progress(self) -> Optional[Any]:
+        """The sweep's progress, made at its first batch (the grid is known by then); none in a dry run."""
+        if self.progress is None and not self.config.get("dry_run"):
+            from llem.sweep import SweepProgress, expected_skips
+
+            jobs = [job for batch in self.sweeper.overrides or [] for job in batch]
+            self.progress = SweepProgress(len(jobs), expected_skips(self.config, jobs))
+            self._say([self.progress.opening()])
+        return self.progress
+
+    def _say(self, lines: List[str]) -> None:
+        """Log through Hydra's driver logging (a job run in this process leaves its own log set up)."""
+        if not lines:
+            return
+        from hydra.core.utils import configure_log
+
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        for line in lines:
+            log.info("%s", line)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.launcher, name)

@@ -2,8 +2,9 @@
 
 Writes ``runs.parquet`` (one row per job: ok, failed and incomplete), ``requests.parquet``
 (every request row, keyed by ``job_key``) and ``summary.parquet`` (one row per configuration,
-see :mod:`llem.aggregate.stats`), prints the table, lists failed jobs, and optionally draws
-plots and recommends a configuration under latency/throughput bounds.
+see :mod:`llem.aggregate.stats`, with its doubt flags: :mod:`llem.aggregate.doubt`), prints the
+table (flagged configurations marked), lists failed jobs, and optionally draws plots and
+recommends a configuration under latency/throughput bounds.
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ def write(agg: Aggregate, out: Path) -> List[Path]:
     """runs.parquet, requests.parquet, summary.parquet into ``out`` (atomically each)."""
     import pyarrow as pa
 
+    from llem.aggregate.conform import untyped_as_declared
+    from llem.aggregate.doubt import arrow_columns
     from llem.results import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "runs.parquet", out / "requests.parquet", out / "summary.parquet"]
-    write_atomic(pa.Table.from_pandas(agg.runs, preserve_index=False), paths[0])
+    write_atomic(untyped_as_declared(pa.Table.from_pandas(agg.runs, preserve_index=False)), paths[0])
     write_atomic(agg.requests, paths[1])
-    write_atomic(pa.Table.from_pandas(agg.summary, preserve_index=False), paths[2])
+    write_atomic(arrow_columns(pa.Table.from_pandas(agg.summary, preserve_index=False)), paths[2])
     return paths
 
 

@@ -1,7 +1,8 @@
 """Command line of ``python -m llem.aggregate``.
 
 Bad input (a missing dir, ``--rows 0``, ``--plots`` without matplotlib, an unknown ``--job`` or
-``--slo`` metric) is one line on stderr and exit status 2, found before anything is written.
+``--slo`` metric, ``--unflagged`` without ``--slo``) is one line on stderr and exit status 2, found
+before anything is written.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def _parser() -> _Parser:
     ap.add_argument("--slo", nargs="+", metavar="BOUND",
                     help="bounds such as ttft_ms_p99<=500 output_tok_per_s>=1000: print the Pareto front and the "
                          "lowest-J/token configuration meeting them, per model")
+    ap.add_argument("--unflagged", action="store_true",
+                    help="with --slo: recommend only configurations whose repeats raised no doubt flag (default: the "
+                         "lowest J/token, its flags spelled out and the best unflagged one named beside it)")
+    ap.add_argument("--warnings", action="store_true",
+                    help="after the table, print the warnings of each doubt-flagged configuration's flagged jobs")
     ap.add_argument("--seed", type=_count(0), default=0, help="bootstrap seed, >= 0 (default 0)")
     ap.add_argument("--rows", type=_count(1), default=60, help="rows of the printed table, >= 1 (default 60)")
     ap.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -97,11 +103,13 @@ def _check_outputs(ap: _Parser, args: argparse.Namespace) -> None:
                  "(or write --plots=DIR)")
     if args.job and args.plots is None:
         ap.error("--job picks the job of the power plot: give --plots too")
+    if args.unflagged and not args.slo:
+        ap.error("--unflagged narrows the --slo recommendation: give --slo too")
     if args.plots is not None and find_spec("matplotlib") is None:
         ap.error("--plots needs matplotlib: pip install 'llem[plots]'")
 
 
-def _checked_choices(ap: _Parser, agg, job, bounds):
+def _checked_choices(ap: _Parser, agg, job, bounds, unflagged: bool = False):
     """--job and --slo checked against the aggregate before anything is written; the recommendation text."""
     try:
         if job:
@@ -111,7 +119,7 @@ def _checked_choices(ap: _Parser, agg, job, bounds):
         if bounds:
             from llem.aggregate.recommend import recommend_text
 
-            return recommend_text(agg.summary, bounds)
+            return recommend_text(agg.summary, bounds, unflagged=unflagged)
     except ValueError as exc:
         ap.error(str(exc))
     return None
@@ -129,7 +137,7 @@ def main(argv=None) -> int:
     log = logging.getLogger(NAME)
 
     from llem.aggregate import aggregate, table, write
-    from llem.aggregate.report import failed_list
+    from llem.aggregate.report import failed_list, flag_messages
 
     bounds = None
     if args.slo:
@@ -143,7 +151,7 @@ def main(argv=None) -> int:
         agg = aggregate(args.dirs, seed=args.seed)
     except FileNotFoundError as exc:
         ap.error(str(exc))
-    advice = _checked_choices(ap, agg, args.job, bounds)
+    advice = _checked_choices(ap, agg, args.job, bounds, args.unflagged)
     try:
         paths = write(agg, args.out)
     except OSError as exc:
@@ -152,6 +160,9 @@ def main(argv=None) -> int:
         log.warning("warning: %s", warning)
     if not args.quiet:
         print(table(agg, args.rows))
+        if args.warnings:
+            for line in flag_messages(agg.runs, agg.summary):
+                print(line)
         for line in failed_list(agg.runs):
             print(line)
         print(f"wrote {', '.join(str(p) for p in paths)}")

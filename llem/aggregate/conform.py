@@ -52,10 +52,27 @@ def conform(table):
             try:
                 column = column.cast(want)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                continue  # left as written; concat() combines it as text and says so
+                if column.null_count != len(column):
+                    continue  # left as written; concat() combines it as text and says so
+                column = pa.nulls(len(column), want)  # only nulls (a list column an old writer typed as text)
         else:
             continue
         table = table.set_column(i, name, column)
+    return table
+
+
+def untyped_as_declared(table):
+    """``table`` with declared columns that carry no type of their own (null, or lists of nothing: a
+    ``flags`` column no job raised a flag in, after a trip through pandas) cast to their declared type."""
+    import pyarrow as pa
+
+    types = declared()
+    for i, field in enumerate(table.schema):
+        want = types.get(field.name)
+        untyped = pa.types.is_null(field.type) or (pa.types.is_list(field.type)
+                                                   and pa.types.is_null(field.type.value_type))
+        if want is not None and untyped and field.type != want:
+            table = table.set_column(i, field.name, table.column(i).cast(want))
     return table
 
 

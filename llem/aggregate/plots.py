@@ -1,6 +1,8 @@
 """PNG figures from an aggregate: J/token and throughput vs batch with CI bars, the throughput vs
 J/token trade-off, latency distributions from the raw request rows, and one job's power time
-series with its phases shaded. matplotlib is imported here only (``pip install 'llem[plots]'``)."""
+series with its phases shaded. Doubt-flagged configurations are drawn hollow (dashed in the
+latency plot), with a legend entry saying so. matplotlib is imported here only
+(``pip install 'llem[plots]'``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from llem.aggregate.doubt import MARK, codes_of, flag_text, is_flagged
 from llem.aggregate.stats import varying_columns
 
 log = logging.getLogger(__name__)
@@ -18,6 +21,8 @@ log = logging.getLogger(__name__)
 PHASE_COLOURS = {"device_idle": "#d9d9d9", "settle": "#f0f0f0", "setup": "#fde0c5", "load": "#f8c291",
                  "warmup": "#f6e58d", "loaded_idle": "#c7ecee", "measure": "#badc58"}
 MAX_SERIES = 12
+FLAGGED_HOLLOW = "hollow: doubt-flagged (see flags)"
+FLAGGED_DASHED = "dashed: doubt-flagged (! flags)"
 
 
 def _plt():
@@ -64,22 +69,63 @@ def _errorbars(rows, metric: str):
     return mean, np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
 
 
+def _flagged(rows) -> np.ndarray:
+    """Which rows (configurations) are doubt-flagged."""
+    return np.array([is_flagged(r) for _, r in rows.iterrows()], dtype=bool)
+
+
+def _points(ax, x, y, xerr, yerr, flagged: np.ndarray, label: str) -> None:
+    """One series: a line with CI bars, filled markers where unflagged, hollow where doubt-flagged."""
+    bars = ax.errorbar(x, y, xerr=xerr, yerr=yerr, capsize=4, label=label)
+    colour = bars.lines[0].get_color()
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ax.plot(x[~flagged], y[~flagged], "o", color=colour, ms=7)
+    ax.plot(x[flagged], y[flagged], "o", mfc="white", mec=colour, mew=1.8, ms=9)
+
+
+def _legend(ax, any_flagged: bool, dashed: bool = False) -> None:
+    """The series legend, with an entry for how doubt-flagged configurations are drawn (hollow markers,
+    or dashed lines) when there are any."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    if any_flagged and dashed:
+        handles.append(Line2D([], [], ls="--", color="#444444"))
+        labels.append(FLAGGED_DASHED)
+    elif any_flagged:
+        handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#444444", mew=1.8, ms=9))
+        labels.append(FLAGGED_HOLLOW)
+    ax.legend(handles, labels, fontsize=8)
+
+
 def _no_data(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="#666666")
 
 
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
 def per_batch(summary, path: Path) -> Path:
+    return _save(per_batch_figure(summary), path)
+
+
+def per_batch_figure(summary):
+    """J/token and tok/s against batch, one line per series; doubt-flagged configurations hollow."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, metric, title in ((axes[0], "j_per_output_token", "energy per output token (adjusted), J"),
                               (axes[1], "output_tok_per_s", "output tokens per second")):
-        drawn = False
+        drawn = any_flagged = False
         for label, rows in _series(summary):
             if f"{metric}_mean" not in rows or rows[f"{metric}_mean"].isna().all():
                 continue
             mean, err = _errorbars(rows, metric)
-            ax.errorbar(rows["cfg.batch"], mean, yerr=err, marker="o", capsize=4, label=label)
-            drawn = True
+            flagged = _flagged(rows)
+            _points(ax, rows["cfg.batch"], mean, None, err, flagged, label)
+            drawn, any_flagged = True, any_flagged or bool(flagged.any())
         ax.set_xscale("log", base=2)
         batches = sorted(summary["cfg.batch"].dropna().unique())
         ax.set_xticks(batches)
@@ -88,29 +134,34 @@ def per_batch(summary, path: Path) -> Path:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         if drawn:
-            ax.legend(fontsize=8)
+            _legend(ax, any_flagged)
         else:
             _no_data(ax, "not measured\n(no NVML GPU)" if metric.startswith("j_") else "no data")
     fig.suptitle("mean across repeats, bars: bootstrap 95% CI")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def tradeoff(summary, path: Path) -> Path:
+    return _save(tradeoff_figure(summary), path)
+
+
+def tradeoff_figure(summary):
+    """Throughput against J/token per configuration (labels: batch); doubt-flagged configurations hollow."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 6))
-    drawn = False
+    drawn = any_flagged = False
     for label, rows in _series(summary):
-        if rows["j_per_output_token_mean"].isna().all():
+        if "j_per_output_token_mean" not in rows or rows["j_per_output_token_mean"].isna().all():
             continue
         y, yerr = _errorbars(rows, "j_per_output_token")
         x, xerr = _errorbars(rows, "output_tok_per_s")
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=label)
-        for xi, yi, b in zip(x, y, rows["cfg.batch"]):
-            ax.annotate(f"b{b}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        drawn = True
+        flagged = _flagged(rows)
+        _points(ax, x, y, xerr, yerr, flagged, label)
+        for xi, yi, b, doubtful in zip(x, y, rows["cfg.batch"], flagged):
+            ax.annotate(f"b{_batch(b)}{MARK if doubtful else ''}", (xi, yi), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        drawn, any_flagged = True, any_flagged or bool(flagged.any())
     ax.set_xlabel("output tokens per second (higher is better)")
     ax.set_ylabel("J per output token, adjusted (lower is better)")
     ax.set_title("throughput vs energy per token (labels: batch)")
@@ -120,13 +171,15 @@ def tradeoff(summary, path: Path) -> Path:
         ax.set_yscale("log")
         _plain_ticks(ax, "x")
         _plain_ticks(ax, "y")
-        ax.legend(fontsize=8)
+        _legend(ax, any_flagged)
     else:
         _no_data(ax, "energy not measured (no NVML GPU)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _batch(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def latency(agg, path: Path, max_points: int = 20000) -> Path:
@@ -137,6 +190,8 @@ def latency(agg, path: Path, max_points: int = 20000) -> Path:
     labels = {r["config_key"]: " ".join(f"{c.removeprefix('cfg.')}={r[c]}" for c in
                                         dict.fromkeys(["cfg.batch", *varying_columns(agg.summary)]))
               for _, r in agg.summary.iterrows()}
+    flagged = {r["config_key"]: flag_text(r) for _, r in agg.summary.iterrows() if is_flagged(r)}
+    labels.update({k: f"{labels[k]} {MARK} {text}" for k, text in flagged.items()})
     req = agg.requests.select([c for c in ("job_key", "ttft_ms", "itl_ms") if c in agg.requests.column_names])
     frame = req.to_pandas()
     frame["config_key"] = frame["job_key"].map(config_of)
@@ -151,7 +206,8 @@ def latency(agg, path: Path, max_points: int = 20000) -> Path:
             if values.size > max_points:
                 values = rng.choice(values, max_points, replace=False)
             values = np.sort(values)
-            ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=labels.get(key, key))
+            ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=labels.get(key, key),
+                    ls="--" if key in flagged else "-")
     for ax, name in ((axes[0], "time to first token, ms"), (axes[1], "inter-token latency, ms (every gap)")):
         ax.set_xscale("log")
         _plain_ticks(ax, "x")
@@ -159,7 +215,7 @@ def latency(agg, path: Path, max_points: int = 20000) -> Path:
         ax.set_ylabel("fraction of requests" if "first" in name else "fraction of gaps")
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize=8)
+            _legend(ax, any(line.get_linestyle() == "--" for line in ax.lines), dashed=True)
         else:
             _no_data(ax, "no request timings")
     fig.suptitle("latency distributions (empirical CDF over all request rows)")
@@ -208,17 +264,25 @@ def power_timeseries(row, path: Path) -> Path:
                    label=phase if phase not in seen else None, lw=0)
         seen.add(phase)
     ax.set_xlabel("seconds from the start of the measured window")
-    energy = row.get("gpu_energy_j")
-    title = f"{row['job_id']}"
-    if energy == energy and energy is not None:
-        title += f" — window {row['window_s']:.2f} s, {energy:.0f} J raw, {row.get('j_per_output_token'):.4g} J/token"
-    ax.set_title(title, fontsize=10)
+    ax.set_title(power_title(row), fontsize=10)
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def power_title(row) -> str:
+    """The job, its window and energy, and its doubt flags on a second line when it raised any."""
+    energy = row.get("gpu_energy_j")
+    title = f"{row['job_id']}"
+    if energy == energy and energy is not None:
+        title += f" — window {row['window_s']:.2f} s, {energy:.0f} J raw, {row.get('j_per_output_token'):.4g} J/token"
+    codes = codes_of(row.get("flags"))
+    if codes:
+        title += f"\n{MARK} doubt-flagged: {', '.join(codes)} (warnings in runs.parquet)"
+    return title
 
 
 def draw_all(agg, out_dir: Path, job: Optional[str] = None) -> List[Path]:

@@ -7,7 +7,8 @@ A configuration is every ``cfg.*`` column except the ones that do not change wha
 - per-job metrics (J/token, tok/s, power, and each job's own latency percentiles) get n, mean,
   std and a seeded percentile-bootstrap 95% CI of the mean across its successful jobs;
 - latency percentiles (TTFT p50/p99, ITL p50, e2e p50) are computed once over *all* request
-  rows (ITL: all inter-token gaps) of its successful jobs — never by averaging job percentiles.
+  rows (ITL: all inter-token gaps) of its successful jobs — never by averaging job percentiles;
+- the doubt flags its successful jobs raised (:mod:`llem.aggregate.doubt`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from llem.aggregate.doubt import summarise_flags
 from llem.results.row import part_columns
 from llem.results.schema import columns_of
 from llem.results.tables import RequestRow
@@ -121,6 +123,8 @@ def summarise(runs, requests, seed: int = 0):
         summary[f"n_{status}"] = counts[status] if status in counts else 0
     positions = ok.groupby("config_key", sort=False).indices
     keys = list(summary.index)
+    for name, values in summarise_flags(ok, keys).items():
+        summary[name] = values
     for metric in REPEAT_METRICS:
         if metric not in ok.columns:
             continue

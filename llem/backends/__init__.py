@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, List, Type
+from typing import Any, List, Optional, Type
 
 from llem.errors import ConfigError
 
@@ -20,12 +20,33 @@ def engine_class(name: str) -> Type:
     return importlib.import_module(f"{__name__}.{name}").ENGINE
 
 
-def gpus_resolver(*, _root_: Any) -> int:
-    """``${llem_gpus:}``: the GPUs one job of the selected engine needs (sizes launcher tasks)."""
+def gpus_resolver(launcher: str = "local", *, _root_: Any) -> Optional[int]:
+    """``${llem_gpus:local}``, ``${llem_gpus:slurm}``: the GPUs one job asks its launcher for. The engine's
+    count (``Engine.gpus_required``), but none for a job on the CPU: device=cpu, or (SLURM) device=auto on
+    a partition whose nodes have no GPU — submitit's local executor takes 0 (it hides every GPU), sbatch
+    no request at all (a GPU asked of a node without one is refused)."""
+    if launcher not in ("local", "slurm"):
+        raise ValueError(f"llem_gpus: launcher {launcher!r} is not one of local, slurm")
     if "backend" not in _root_:  # the hydra node printed on its own (--cfg hydra)
         return 1
     backend = _root_.backend
-    return int(engine_class(backend.name).gpus_required(backend))
+    needed = int(engine_class(backend.name).gpus_required(backend))
+    device = getattr(_root_.get("device"), "name", str(_root_.get("device")))
+    if device == "cpu":
+        return 0 if launcher == "local" else None
+    if launcher == "slurm" and device == "auto":
+        from llem.slurm import partition_has_gpus
+
+        if partition_has_gpus(_root_) is False:
+            return None
+    return needed
+
+
+def _fit_resolver(key: str, preset: Any, *, _root_: Any) -> Any:
+    """``${llem_fit:cpus_per_task,8}``: a SLURM request that fits the partition's nodes (llem.slurm)."""
+    from llem.slurm import fit_resolver
+
+    return fit_resolver(key, preset, _root_=_root_)
 
 
 def register_all() -> None:
@@ -39,6 +60,8 @@ def register_all() -> None:
     register_configs()
     if not OmegaConf.has_resolver("llem_gpus"):
         OmegaConf.register_new_resolver("llem_gpus", gpus_resolver)
+    if not OmegaConf.has_resolver("llem_fit"):
+        OmegaConf.register_new_resolver("llem_fit", _fit_resolver)
     cs = ConfigStore.instance()
     for name in engine_names():
         cs.store(group="backend", name=f"base_{name}", node=engine_class(name).config_class)

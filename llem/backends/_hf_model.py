@@ -13,8 +13,7 @@ from llem.config import Config, Weights
 log = logging.getLogger(__name__)
 
 
-def write_dummy_model(architecture: Dict[str, Any], dtype: str, folder: Path) -> Path:
-    """A model dir an engine can load with ``load_format="dummy"``: config.json from the architecture."""
+def _dummy_config_text(architecture: Dict[str, Any], dtype: str) -> str:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -23,9 +22,36 @@ def write_dummy_model(architecture: Dict[str, Any], dtype: str, folder: Path) ->
     hf_config = AutoConfig.for_model(model_type, **arch)
     hf_config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
     hf_config.torch_dtype = dtype
+    return json.dumps(hf_config.to_dict(), indent=1, default=str)
+
+
+def write_dummy_model(architecture: Dict[str, Any], dtype: str, folder: Path) -> Path:
+    """A model dir an engine can load with ``load_format="dummy"``: config.json from the architecture."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=1, default=str))
+    (folder / "config.json").write_text(_dummy_config_text(architecture, dtype))
     return folder
+
+
+def shared_dummy_model(architecture: Dict[str, Any], dtype: str, cache_root: Path) -> Path:
+    """The dummy model dir under ``cache_root/models``, named by its config's hash and kept: every job of
+    the same architecture loads the same path, so an engine's compile cache (keyed by the model path,
+    as vLLM's is) is hit by the jobs after the first. Written atomically; never deleted."""
+    import hashlib
+    import tempfile
+
+    text = _dummy_config_text(architecture, dtype)
+    target = cache_root.expanduser() / "models" / hashlib.sha256(text.encode()).hexdigest()[:16]
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    (tmp / "config.json").write_text(text)
+    try:
+        tmp.rename(target)
+    except OSError:  # another job wrote it first: the same content
+        (tmp / "config.json").unlink(missing_ok=True)
+        tmp.rmdir()
+    return target
 
 
 def count_parameters(config: Config) -> Optional[int]:

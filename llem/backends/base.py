@@ -11,6 +11,7 @@ import importlib.util
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
 
 from llem.config import BackendConfig, Config
@@ -40,6 +41,15 @@ class WorkCounts:
 
     tokens_computed: int
     tokens_requested: int
+
+
+@dataclass
+class CompileCache:
+    """Where an engine keeps what it compiles, under llem's ``cache_dir`` (so it outlives the job's
+    process and later jobs of a sweep load it instead of compiling again)."""
+
+    env: Dict[str, str] = field(default_factory=dict)  # variables pointing its caches there (one already set is kept)
+    artifacts: List[str] = field(default_factory=list)  # absolute globs: a file new or changed during load = compiled
 
 
 class Engine(ABC):
@@ -75,6 +85,11 @@ class Engine(ABC):
 
     def check(self) -> None:
         """Before loading: raise EngineUnavailable/DeviceError if this engine cannot run here."""
+
+    def compile_cache(self, root: Path) -> CompileCache:
+        """This job's compile caches under ``root`` (the environment, as already set, wins); nothing by
+        default: an engine that compiles nothing has none."""
+        return CompileCache()
 
     @abstractmethod
     def load(self) -> None:

@@ -15,11 +15,13 @@ The model itself lives in ``_torch_runner.Runner``.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends._torch_runner import PyTorchResolved
-from llem.backends.base import Engine, EngineInfo, WorkCounts, installed
+from llem.backends.base import CompileCache, Engine, EngineInfo, WorkCounts, installed
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
 from llem.errors import ConfigError, EngineUnavailable
@@ -154,6 +156,16 @@ class PyTorchEngine(Engine):
     @classmethod
     def gpus_required(cls, backend: Any) -> int:
         return int(backend.num_processes) * int(backend.gpus_per_process)
+
+    def compile_cache(self, root: Path) -> CompileCache:
+        """With backend.torch_compile: Inductor's FX-graph and AOTAutograd caches (the hit/miss signal) and
+        Triton's kernels under the root; nothing is compiled otherwise."""
+        if self.backend.torch_compile == "off":
+            return CompileCache()
+        inductor = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or root / "inductor").expanduser()
+        env = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "TRITON_CACHE_DIR": str(root / "triton")}
+        return CompileCache(env=env, artifacts=[str(inductor / "fxgraph" / "**" / "*"),
+                                                str(inductor / "aotautograd" / "**" / "*")])
 
     def check(self) -> None:
         """Cheap checks only (no import of torch or transformers: importing them and creating the CUDA

@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from llem.backends._engine_args import check_engine_args, class_fields, package_dir, source_classes
-from llem.backends._hf_model import count_parameters, write_dummy_model
-from llem.backends.base import Engine, EngineInfo, installed
+from llem.backends._hf_model import count_parameters, shared_dummy_model
+from llem.backends.base import CompileCache, Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
@@ -89,7 +89,7 @@ class TensorRTConfig(BackendConfig):
     enable_block_reuse: bool = False  # off: every request does its full prefill, as on other engines
     quantization: str = "none"  # see QUANT_ALGOS
     kv_cache_dtype: str = "auto"  # auto | fp8 | int8
-    engine_cache_dir: Optional[str] = None  # llm_backend=trt: built engines kept here; None: ~/.cache/llem/trt
+    engine_cache_dir: Optional[str] = None  # llm_backend=trt: built engines kept here; None: <cache_dir>/trt
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> ConfigError:
@@ -239,12 +239,10 @@ class TensorRTEngine(Engine):
         from tensorrt_llm import llmapi
 
         cfg = self.config
-        self._tmp = None
         self.cache = None
         path = cfg.model.hf_id
-        if cfg.model.weights == Weights.random:
-            self._tmp = tempfile.TemporaryDirectory(prefix="llem-trt-model-")
-            path = str(write_dummy_model(cfg.model.architecture, cfg.model.dtype.value, Path(self._tmp.name)))
+        if cfg.model.weights == Weights.random:  # one path per architecture: the engine cache keys on it
+            path = str(shared_dummy_model(cfg.model.architecture, cfg.model.dtype.value, Path(cfg.cache_dir)))
         # llem hands over token ids; without a tokenizer TensorRT-LLM needs the end id from the architecture
         self.kwargs = llm_kwargs(cfg, path, token_ids_only=bool(self._end_ids()))
         self.version = getattr(tensorrt_llm, "__version__", "unknown")
@@ -256,10 +254,19 @@ class TensorRTEngine(Engine):
         else:
             self.llm = tensorrt_llm.LLM(**to_api(self.kwargs, llmapi))
 
+    def compile_cache(self, root: Path) -> CompileCache:
+        """Built TensorRT engines (llm_backend=trt: the hit/miss signal), and Triton's and Inductor's
+        kernels, under the root."""
+        env = {"TRITON_CACHE_DIR": str(root / "triton"), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor")}
+        if self.backend.llm_backend != "trt":
+            return CompileCache(env=env)
+        engines = Path(self.backend.engine_cache_dir or root / "trt").expanduser()
+        return CompileCache(env=env, artifacts=[str(engines / "*" / "*")])
+
     def _cached_build(self, llm_class, llmapi):
         """The TensorRT backend's engine: from the cache when built before with the same settings,
         else built now and saved there (atomically, so concurrent jobs never see half an engine)."""
-        root = Path(self.backend.engine_cache_dir or Path.home() / ".cache" / "llem" / "trt").expanduser()
+        root = Path(self.backend.engine_cache_dir or Path(self.config.cache_dir) / "trt").expanduser()
         built = root / cache_key({k: v for k, v in self.kwargs.items() if k != "return_perf_metrics"}, self.version)
         args = to_api(self.kwargs, llmapi)
         if (built / "config.json").is_file():
@@ -336,8 +343,6 @@ class TensorRTEngine(Engine):
         if llm is not None and hasattr(llm, "shutdown"):
             llm.shutdown()
         self.llm = None
-        if getattr(self, "_tmp", None) is not None:
-            self._tmp.cleanup()
 
 
 class _Track:

@@ -25,14 +25,14 @@ import ast
 import functools
 import json
 import logging
-import tempfile
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from llem.backends._engine_args import check_engine_args, class_fields, package_dir, source_classes
-from llem.backends._hf_model import count_parameters, write_dummy_model
-from llem.backends.base import Engine, EngineInfo, installed
+from llem.backends._hf_model import count_parameters, shared_dummy_model
+from llem.backends.base import CompileCache, Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
@@ -162,6 +162,20 @@ class VllmEngine(Engine):
             raise EngineUnavailable("backend=vllm needs vllm, which is not installed: pip install 'llem[vllm]'")
         self._check_engine_args()
 
+    def compile_cache(self, root: Path) -> CompileCache:
+        """vLLM's torch.compile cache (its AOT artifacts and Inductor graphs: the hit/miss signal), Triton's
+        kernels, Inductor's and FlashInfer's JIT caches, all under the root; none with enforce_eager."""
+        env = {"VLLM_CACHE_ROOT": str(root / "vllm"), "TRITON_CACHE_DIR": str(root / "triton"),
+               "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "FLASHINFER_WORKSPACE_BASE": str(root / "flashinfer")}
+        if self.backend.enforce_eager:
+            return CompileCache(env=env)
+        vllm_root = Path(os.environ.get("VLLM_CACHE_ROOT") or env["VLLM_CACHE_ROOT"]).expanduser()
+        compiled = vllm_root / "torch_compile_cache"
+        return CompileCache(env=env, artifacts=[
+            str(compiled / "torch_aot_compile" / "*" / "rank_*" / "model"),
+            str(compiled / "*" / "rank_*" / "*" / "artifact_compile_range_*"),
+            str(compiled / "*" / "rank_*" / "*" / "vllm_compile_cache.py")])
+
     def _check_engine_args(self) -> None:
         """An engine_args key vllm.LLM does not take fails here, named as llem's key, instead of in load
         inside vLLM (its argument set is read from vllm's source: importing vllm is start-up)."""
@@ -176,10 +190,8 @@ class VllmEngine(Engine):
         from vllm import LLM
 
         cfg = self.config
-        self._tmp = None
-        if cfg.model.weights == Weights.random:
-            self._tmp = tempfile.TemporaryDirectory(prefix="llem-vllm-model-")
-            path = str(write_dummy_model(cfg.model.architecture, cfg.model.dtype.value, Path(self._tmp.name)))
+        if cfg.model.weights == Weights.random:  # one path per architecture: vLLM's compile cache keys on it
+            path = str(shared_dummy_model(cfg.model.architecture, cfg.model.dtype.value, Path(cfg.cache_dir)))
         else:
             path = cfg.model.hf_id
         self.kwargs = llm_kwargs(cfg, path, token_ids_only=True)
@@ -242,8 +254,6 @@ class VllmEngine(Engine):
             if hasattr(core, "shutdown"):
                 core.shutdown()
             self.llm = None
-        if getattr(self, "_tmp", None) is not None:
-            self._tmp.cleanup()
 
 
 class _Track:

@@ -9,8 +9,11 @@ the replay tests use to force each flag on and off, and from llem runs on that G
 
 from __future__ import annotations
 
+import logging
 import statistics
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from llem.energy.nvml import throttle_names
@@ -103,18 +106,23 @@ def edge_drift_c(temps: List[float]) -> Optional[float]:
 
 
 def window_flags(window: WindowEnergy, rows: List[dict], gpu_facts: List[dict],
-                 other_processes: Dict[int, int]) -> List[Flag]:
+                 other_processes: Dict[int, int], min_window_s: float = 0.0, hint: str = "") -> List[Flag]:
     """Doubt flags of one measured window: ``rows`` are its sampler rows, ``gpu_facts`` the metered
-    GPUs' ``GpuReader.facts()``, ``other_processes`` GPU index → processes not of this job."""
+    GPUs' ``GpuReader.facts()``, ``other_processes`` GPU index → processes not of this job;
+    ``min_window_s`` the window asked for (measure.min_window_s), ``hint`` what the user can change."""
     flags: List[Flag] = []
     phase = window.phase
     per_gpu = _by_gpu(rows)
     metered = {f.get("index") for f in gpu_facts if f.get("index") is not None} | set(per_gpu)
 
-    if window.energy_j is not None and window.duration_s < SHORT_WINDOW_S:
+    if window.energy_j is not None and window.duration_s < max(min_window_s, SHORT_WINDOW_S):
+        s = window.duration_s
+        under = (f"under measure.min_window_s={min_window_s:g} s" if s >= SHORT_WINDOW_S else
+                 f"under {MIN_WINDOW_UPDATES} energy-counter updates")
         flags.append(Flag("short_window", (
-            f"{phase} window lasted {window.duration_s:.2f} s, under {MIN_WINDOW_UPDATES} energy-counter updates "
-            f"(~{COUNTER_UPDATE_S:.1f} s each): its energy is coarse, off by up to one update at each edge")))
+            f"{phase} window lasted {s:.2f} s, {under}: the counter steps every ~{COUNTER_UPDATE_S:.1f} s and each "
+            f"edge can miss a step, up to {200 * COUNTER_UPDATE_S / s:.0f} % of the window's energy"
+            f"{'; ' + hint if hint else ''}")))
 
     busy = {i: n for i, n in sorted((other_processes or {}).items()) if n and i in metered}
     if busy:
@@ -192,3 +200,23 @@ def baseline_flags(kind: str, rows: List[dict]) -> List[Flag]:
         f"the {kind} baseline was not flat ({'; '.join(unstable)}; a settled floor varies under "
         f"{100 * BASELINE_CV_MAX:.0f} %): it likely caught the tail of earlier work or other activity, and "
         "every adjusted energy moves with it"))]
+
+
+def host_flags(job_dir: Path, window: WindowEnergy) -> List[Flag]:
+    """``shared_host``: other llem jobs held this host during the window while either used the host
+    itself (device=cpu, codecarbon), which the host lock (llem/locks.py) exists to prevent; the
+    lock's notes say which and for how long. Never raises: a flag check must not fail a job."""
+    try:
+        from llem.locks import host_overlaps
+
+        to_epoch = time.time() - time.perf_counter()  # the window's clock (perf_counter) → the notes' (epoch)
+        seen = host_overlaps(job_dir, window.t0 + to_epoch, window.t1 + to_epoch)
+    except Exception as exc:
+        logging.getLogger(__name__).debug("host overlap not checked: %s", exc)
+        return []
+    if not seen:
+        return []
+    jobs = "; ".join(f"{use.describe()} for {seconds:.1f} s" for use, seconds in seen)
+    return [Flag("shared_host", (
+        f"other llem jobs ran on this host during the {window.duration_s:.1f} s {window.phase} window ({jobs}): "
+        "they shared its CPUs, and any host meter counted their work too, so times and host energy are disturbed"))]

@@ -71,7 +71,21 @@ class WorkloadCounts:
     prompts_truncated: Optional[int] = col("prompts cut to input_len")
     prompts_dropped_short: Optional[int] = col("prompts skipped: shorter than dataset.min_input_len")
     prompts_dropped_long: Optional[int] = col("prompts skipped: longer than input_len with long_prompts=drop")
+    prompts_repeated: Optional[int] = col("requests that reuse a prompt: the source ran out before the count")
     workload_sha256: Optional[str] = col("hash of the token ids measured: equal means the same prompts")
+
+
+@dataclass
+class Sizing:
+    """How the request count was decided (dataset.num_requests, or sized to the engine and the window)."""
+
+    requests_sizing: Optional[str] = col("auto (measure.waves × capacity, more for measure.min_window_s) or set "
+                                         "(dataset.num_requests)")
+    num_in_flight: Optional[int] = col("sequences the engine holds at once (batch × replicas)")
+    num_waves: Optional[float] = col("num_requests ÷ num_in_flight")
+    window_min_s: Optional[float] = col("the window asked for (measure.min_window_s; null on the CPU)")
+    window_estimate_s: Optional[float] = col("the window predicted for the count measured (s)")
+    measure_passes_run: Optional[int] = col("measured passes: 2 when the first window came out short and was discarded")
 
 
 @dataclass
@@ -84,6 +98,16 @@ class OutsideWindow:
     warmup_energy_j: Optional[float] = col("GPU energy of the warm-up (J)")
     warmup_batches_run: Optional[int] = col("warm-up batches run")
     warmup_latency_cv: Optional[float] = col("coefficient of variation of the last warm-up batch latencies")
+
+
+@dataclass
+class BuildCache:
+    """What the engine's build reused from the compile caches under cache_dir (never in a window)."""
+
+    compile_cache: Optional[str] = col("hit: the build loaded compiled artifacts and compiled nothing; miss: it "
+                                       "compiled (and saved) now; none: this engine and config compile nothing")
+    compile_cache_dir: Optional[str] = col("llem's cache root (cache_dir) the engine's caches were pointed at")
+    num_compile_files_written: Optional[int] = col("compiled artifacts the build wrote (new or changed files)")
 
 
 @dataclass
@@ -129,6 +153,11 @@ class Baselines:
 
     device_idle_power_w: Optional[float] = col("idle power with no CUDA context, summed over GPUs (W)")
     device_idle_power_w_per_gpu: Optional[List[float]] = col("device-idle power of each GPU (W)")
+    device_idle_source: Optional[str] = col("measured by this job, or reused from an earlier job of the sweep on "
+                                            "the same GPUs (baseline.device_idle_reuse_s)")
+    device_idle_taken_at: Optional[str] = col("UTC time the device-idle floor was metered (ISO 8601)")
+    device_idle_age_s: Optional[float] = col("how long before this job's measurement began it was metered (s)")
+    device_idle_job: Optional[str] = col("the job dir (name) that metered a reused device-idle floor")
     loaded_idle_power_w: Optional[float] = col("idle power with the engine loaded, summed over GPUs (W)")
     loaded_idle_power_w_per_gpu: Optional[List[float]] = col("loaded-idle power of each GPU (W)")
 
@@ -241,6 +270,25 @@ class CodecarbonFacts:
     carbon_intensity_source: Optional[str] = col("where the carbon intensity came from")
 
 
+# The vocabulary of the flags column: every doubt-flag code llem raises (llem/energy/flags.py, llem/sizing.py),
+# with what it means in one line. The aggregate's table and --slo read these; a test checks that every code
+# raised in the code is here and in docs/method.md.
+FLAG_MEANINGS = {
+    "short_window": "the measured window was shorter than asked, or than ~10 energy-counter steps: coarse energy",
+    "shared_gpu": "another process used a metered GPU: its work and idle draw are in the energy",
+    "shared_host": "other llem jobs ran on this host during the window: times and host energy are disturbed",
+    "mig": "MIG mode was on: energy and power are the whole GPU's, not this slice's",
+    "persistence_off": "persistence mode was off: the driver may reset clocks and counters between jobs",
+    "throttled": "clocks were slowed by heat or a hardware limit: slower and costlier than this GPU usually is",
+    "temp_drift": "the GPU temperature drifted 10 °C or more: no thermal steady state",
+    "baseline_unstable": "an idle baseline was not flat: every adjusted energy moves with it",
+    "power_stale": "power readings went stale or the sampler missed samples: the window has gaps",
+    "host_energy_estimated": "CPU energy is codecarbon's estimate, not a counter",
+    "batch_not_filled": "fewer requests than the engine holds at once: the numbers are those of a smaller batch",
+    "no_steady_state": "the engine never held its full batch steadily: every number includes ramp-up and drain",
+}
+
+
 @dataclass
 class Notes:
     """Doubt flags and warnings."""
@@ -253,9 +301,10 @@ class Notes:
 # Fixed parts, in column order, with their column prefix. cfg.* follows Outcome; engine.* follows
 # ModelFacts; env.* (llem.environment.Environment) and codecarbon.* precede Notes.
 PARTS: Tuple[Tuple[type, str], ...] = (
-    (Outcome, ""), (WorkloadCounts, ""), (OutsideWindow, ""), (Throughput, ""), (Padding, ""), (GpuEnergy, ""),
-    (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""), (SteadyState, ""),
-    (PrefillDecode, ""), (HostEnergy, ""), (CodecarbonFacts, "codecarbon."), (Notes, ""),
+    (Outcome, ""), (WorkloadCounts, ""), (Sizing, ""), (OutsideWindow, ""), (BuildCache, ""),
+    (Throughput, ""), (Padding, ""),
+    (GpuEnergy, ""), (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""),
+    (SteadyState, ""), (PrefillDecode, ""), (HostEnergy, ""), (CodecarbonFacts, "codecarbon."), (Notes, ""),
 )
 
 

@@ -1,0 +1,120 @@
+"""How many requests a job measures: the user's ``dataset.num_requests``, or sized by llem.
+
+With ``dataset.num_requests`` null (the default) a job measures ``measure.waves`` whole waves of
+the sequences the engine holds at once (``batch`` × replicas), so every wave fills the batch and
+the window has a steady state. On a GPU the energy counter steps every ~0.1 s, so the window must
+also last ``measure.min_window_s``: the warm-up's fastest batch (one wave, the same output length)
+predicts how many whole waves that takes, and a window that still comes out short is measured once
+more with the count scaled by what it showed (the short one is discarded, like a warm-up).
+
+A count the user set is honoured as given; what it cannot give (a full batch, a steady state, a
+long enough window) is flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+from llem.energy.flags import Flag
+from llem.results.row import Sizing
+
+MARGIN = 1.1  # aim 10 % past the minimum: a wave's time varies a little between warm-up and window
+
+
+@dataclass
+class Plan:
+    """The request count of one job and how it was decided."""
+
+    auto: bool  # sized by llem (dataset.num_requests null)
+    capacity: int  # sequences the engine holds at once
+    num_requests: int
+    min_window_s: Optional[float]  # the window asked for; None where no minimum applies (CPU, or 0)
+    max_requests: int
+    estimate_s: Optional[float] = None  # the window the warm-up predicted for num_requests
+    passes: int = 1  # measured passes run (2: the first window was short and discarded)
+    capped: bool = False  # the count the window needed was more than max_requests
+
+    def waves_of(self, n: int) -> float:
+        return n / self.capacity
+
+
+def plan(num_requests: Optional[int], waves: int, min_window_s: float, max_requests: int, capacity: int,
+         on_gpu: bool) -> Plan:
+    """The starting count: the user's, or ``waves`` × ``capacity`` (within ``max_requests``)."""
+    minimum = min_window_s if on_gpu and min_window_s > 0 else None
+    if num_requests is not None:
+        return Plan(False, capacity, num_requests, minimum, max_requests)
+    n = waves * capacity
+    capped = n > max_requests
+    return Plan(True, capacity, min(n, _whole_waves_within(max_requests, capacity)), minimum, max_requests,
+                capped=capped)
+
+
+def _whole_waves_within(limit: int, capacity: int) -> int:
+    return max(capacity, (limit // capacity) * capacity) if limit >= capacity else limit
+
+
+def _count_for(p: Plan, seconds_per_request: float) -> int:
+    """Whole waves enough for MARGIN × the minimum window at this rate (never fewer than now)."""
+    wanted = math.ceil(MARGIN * p.min_window_s / seconds_per_request)
+    n = max(p.num_requests, math.ceil(wanted / p.capacity) * p.capacity)
+    if n > p.max_requests:
+        p.capped = True
+        n = max(p.num_requests, _whole_waves_within(p.max_requests, p.capacity))
+    return n
+
+
+def extend_for_window(p: Plan, wave_s: Optional[float]) -> int:
+    """The count after the warm-up: enough whole waves for the minimum window, predicted from one
+    wave's time ``wave_s`` (None: no prediction, the count stays)."""
+    if not p.auto or p.min_window_s is None or not wave_s or wave_s <= 0:
+        return p.num_requests
+    n = _count_for(p, wave_s / p.capacity)
+    p.num_requests = n
+    p.estimate_s = p.waves_of(n) * wave_s
+    return n
+
+
+def remeasure_count(p: Plan, window_s: float) -> Optional[int]:
+    """After a measured window: the larger count to measure again when it came out shorter than the
+    minimum (auto only, once), else None."""
+    if not p.auto or p.min_window_s is None or p.passes > 1 or window_s >= p.min_window_s or window_s <= 0:
+        return None
+    old = p.num_requests
+    n = _count_for(p, window_s / old)
+    if n <= old:
+        return None
+    p.num_requests, p.passes = n, p.passes + 1
+    p.estimate_s = window_s * n / old  # the short window's rate, the new count
+    return n
+
+
+def part(p: Plan, measured: Optional[int]) -> Sizing:
+    """The row's sizing columns."""
+    return Sizing(requests_sizing="auto" if p.auto else "set", num_in_flight=p.capacity,
+                  num_waves=p.waves_of(measured) if measured else None, window_min_s=p.min_window_s,
+                  window_estimate_s=p.estimate_s, measure_passes_run=p.passes)
+
+
+def hint(p: Plan) -> str:
+    """What the user can change when the count fell short ('' when nothing)."""
+    if not p.auto:
+        return "leave dataset.num_requests unset (null) for llem to size it"
+    return f"raise measure.max_requests (now {p.max_requests})" if p.capped else ""
+
+
+def flags(p: Plan, measured: int, steady_wanted: bool, steady_null_reason: Optional[str]) -> List[Flag]:
+    """What the count could not give: a full batch, a steady state (a short window is a window flag)."""
+    out: List[Flag] = []
+    hint_ = hint(p)
+    if measured < p.capacity:
+        out.append(Flag("batch_not_filled", (
+            f"{measured} requests for an engine that holds {p.capacity} sequences at once: the batch was never full, "
+            f"so the numbers are those of a smaller batch{'; ' + hint_ if hint_ else ''}")))
+    if steady_wanted and steady_null_reason:
+        out.append(Flag("no_steady_state", (
+            f"no steady state ({steady_null_reason}): every number includes the ramp-up and the drain"
+            f"{'; ' + hint_ if hint_ and measured <= p.capacity else ''}")))
+    return out

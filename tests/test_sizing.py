@@ -1,0 +1,61 @@
+"""How many requests a job measures: whole waves of the engine's capacity, extended for the window."""
+
+import pytest
+
+from llem import sizing
+from llem.config import to_config
+from llem.errors import ConfigError
+
+
+def test_auto_count_is_whole_waves_of_the_capacity():
+    p = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=32, on_gpu=False)
+    assert p.auto and p.num_requests == 128 and p.min_window_s is None  # no window minimum on the CPU
+    assert sizing.extend_for_window(p, wave_s=0.5) == 128  # nothing to extend without a minimum
+    part = sizing.part(p, 128)
+    assert (part.requests_sizing, part.num_in_flight, part.num_waves, part.measure_passes_run) == ("auto", 32, 4.0, 1)
+
+
+def test_the_warmup_wave_predicts_whole_waves_for_the_window():
+    p = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=32, on_gpu=True)
+    assert p.num_requests == 128 and p.min_window_s == 10.0
+    n = sizing.extend_for_window(p, wave_s=0.8)  # 11 s wanted (10 % margin) → 14 waves of 0.8 s
+    assert n == 14 * 32 and n % 32 == 0 and p.estimate_s == pytest.approx(14 * 0.8)
+    assert p.estimate_s >= 10.0
+    slow = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=1, on_gpu=True)
+    assert sizing.extend_for_window(slow, wave_s=5.0) == 4  # 4 waves already last 20 s: never fewer
+
+
+def test_a_short_window_is_measured_once_more_scaled_by_its_rate():
+    p = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=8, on_gpu=True)
+    n = sizing.remeasure_count(p, window_s=4.0)  # 32 requests in 4 s → 88 wanted → 11 waves
+    assert n == 88 and p.passes == 2 and p.estimate_s == pytest.approx(11.0)
+    assert sizing.remeasure_count(p, window_s=4.0) is None  # once only
+    fine = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=8, on_gpu=True)
+    assert sizing.remeasure_count(fine, window_s=10.5) is None
+
+
+def test_the_users_count_is_honoured_and_flagged_when_it_cannot_fill_the_batch():
+    p = sizing.plan(16, waves=4, min_window_s=10.0, max_requests=10_000, capacity=32, on_gpu=True)
+    assert not p.auto and p.num_requests == 16
+    assert sizing.extend_for_window(p, wave_s=0.1) == 16 and sizing.remeasure_count(p, 0.75) is None
+    found = {f.code: f.message for f in sizing.flags(p, 16, True, "needs more requests than the 32 sequences")}
+    assert set(found) == {"batch_not_filled", "no_steady_state"}
+    assert "16 requests for an engine that holds 32" in found["batch_not_filled"]
+    assert "dataset.num_requests unset" in found["batch_not_filled"]
+    full = sizing.plan(64, waves=4, min_window_s=10.0, max_requests=10_000, capacity=32, on_gpu=True)
+    assert sizing.flags(full, 64, True, None) == []
+
+
+def test_max_requests_caps_the_count_and_says_so():
+    p = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=100, capacity=8, on_gpu=True)
+    n = sizing.extend_for_window(p, wave_s=0.01)  # the window would need 8,800 requests
+    assert n == 96 and p.capped  # whole waves within the cap
+    assert "measure.max_requests" in sizing.hint(p)
+
+
+def test_measure_keys_are_checked(compose_cfg):
+    for override, key in (("measure.waves=1", "measure.waves"), ("measure.min_window_s=-1", "measure.min_window_s"),
+                          ("measure.max_requests=0", "measure.max_requests"),
+                          ("dataset.num_requests=0", "dataset.num_requests")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            to_config(compose_cfg([override]))
