@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 from omegaconf import DictConfig
 
-from llem import model_source, results, validate
+from llem import model_source, results, sizing, validate
 from llem.config import config_hash, to_config
 from llem.errors import LlemError
 
@@ -40,7 +40,11 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
             raise LlemError(problem)
         check_gpus(config, device)
         model_source.check(config.model)
-        engine(config, device).check()
+        instance = engine(config, device)
+        instance.check()
+        m = config.measure
+        plan = sizing.plan(config.dataset.num_requests, m.waves, m.min_window_s, m.max_requests,
+                           instance.sequences_in_flight(), on_gpu=device == "cuda")
     except Exception as exc:  # a dry run reports every problem, and never stops the others
         why = str(exc) if isinstance(exc, LlemError) else f"{type(exc).__name__}: {exc}"
         log.info("dry run: %s → invalid: %s", overrides, why)
@@ -51,7 +55,8 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         previous = results.read_result(job_dir)
         done = bool(previous) and previous.get("status") == "ok" and previous.get("config_hash") == chash
         status = "would_skip" if done else "would_run"
-        what = "would be skipped (a successful result is there)" if done else f"would run on {device}"
+        what = ("would be skipped (a successful result is there)" if done else
+                f"would run on {device}, {sizing.describe(plan)}")
         log.info("dry run: %s → config_hash %s, %s: %s", overrides, chash, what, job_dir)
     _remove_if_empty(job_dir)
     return {"status": status, "config_hash": chash}

@@ -91,6 +91,17 @@ def remeasure_count(p: Plan, window_s: float) -> Optional[int]:
     return n
 
 
+def describe(p: Plan) -> str:
+    """The count as a dry run says it, before anything is measured."""
+    if not p.auto:
+        short = p.num_requests < p.capacity
+        return (f"{p.num_requests} requests as set" + (
+            f" (fewer than the {p.capacity} sequences the engine holds at once: flagged batch_not_filled)"
+            if short else ""))
+    more = f", more whole waves until the window lasts {p.min_window_s:g} s" if p.min_window_s else ""
+    return f"{p.num_requests} requests ({p.num_requests // p.capacity} waves of {p.capacity}{more})"
+
+
 def part(p: Plan, measured: Optional[int]) -> Sizing:
     """The row's sizing columns."""
     return Sizing(requests_sizing="auto" if p.auto else "set", num_in_flight=p.capacity,

@@ -59,3 +59,12 @@ def test_measure_keys_are_checked(compose_cfg):
                           ("dataset.num_requests=0", "dataset.num_requests")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             to_config(compose_cfg([override]))
+
+
+def test_a_dry_run_says_the_count():
+    set_ = sizing.plan(16, waves=4, min_window_s=10.0, max_requests=10_000, capacity=32, on_gpu=True)
+    assert "16 requests as set" in sizing.describe(set_) and "batch_not_filled" in sizing.describe(set_)
+    auto = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=8, on_gpu=True)
+    assert sizing.describe(auto) == "32 requests (4 waves of 8, more whole waves until the window lasts 10 s)"
+    cpu = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=8, on_gpu=False)
+    assert sizing.describe(cpu) == "32 requests (4 waves of 8)"

@@ -56,8 +56,8 @@ def summary_table(summary, max_rows: Optional[int] = 60) -> str:
             line[header] = _with_ci(r, metric, spec) if f"{metric}_mean" in r else "–"
         for metric, header, spec in POOLED:
             line[header] = _fmt(r.get(metric), spec)
-        if any(flagged):
-            line["flags"] = flag_text(r) if doubtful else ""
+        if "flagged" in summary.columns:  # always there: "–" says no repeat raised a flag
+            line["flags"] = flag_text(r) if doubtful else "–"
         rows.append(line)
     frame = pd.DataFrame(rows)
     if "flags" in frame:  # left-aligned: codes read as text
