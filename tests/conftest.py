@@ -20,7 +20,9 @@ from llem.config import conf_dir
 register_all()
 # Each test worker (xdist) has its own lock folder: CPU jobs of different tests would otherwise wait on
 # each other for the host (llem.locks.host_lock), which is right for measurements and slow for tests.
-os.environ.setdefault("LLEM_LOCK_DIR", tempfile.mkdtemp(prefix="llem-test-locks-"))
+# Set in every process that imports this (each worker does): an inherited value is the controller's, shared.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ["LLEM_LOCK_DIR"] = tempfile.mkdtemp(prefix=f"llem-test-locks-{WORKER}-")
 
 
 @pytest.fixture(scope="package")
