@@ -1,5 +1,7 @@
 """How many requests a job measures: whole waves of the engine's capacity, extended for the window."""
 
+import time
+
 import pytest
 
 from llem import sizing
@@ -68,3 +70,82 @@ def test_a_dry_run_says_the_count():
     assert sizing.describe(auto) == "32 requests (4 waves of 8, more whole waves until the window lasts 10 s)"
     cpu = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=8, on_gpu=False)
     assert sizing.describe(cpu) == "32 requests (4 waves of 8)"
+
+
+# --- the protocol around it: an engine whose waves take a known time --------------------------------
+
+
+class _Waves:
+    """An engine whose every wave of ``batch`` requests takes ``wave_s`` (the first call ``first_s``): the
+    sizing logic is about time, so here time is what is fixed (the real engines are measured elsewhere)."""
+
+    def __new__(cls, wave_s: float, first_s: float):
+        from llem.backends.base import Engine
+        from llem.records import RequestResult, now
+
+        class Waves(Engine):
+            name = "waves"
+            config_class = None
+            calls = 0
+
+            def load(self):
+                pass
+
+            def generate(self, requests, output_len, progress):
+                out = []
+                for first in range(0, len(requests), self.config.batch):
+                    wave = requests[first:first + self.config.batch]
+                    t0 = now()
+                    time.sleep(first_s if Waves.calls == 0 else wave_s)
+                    Waves.calls += 1
+                    t1 = now()
+                    times = [t0 + (t1 - t0) * (k + 1) / output_len for k in range(output_len)]
+                    out += [RequestResult(r.request_id, r.input_tokens, output_len, t0, t1, times[0], times)
+                            for r in wave]
+                    progress(len(wave))
+                return out
+
+        return Waves
+
+
+def _measure(compose_cfg, tmp_path, monkeypatch, engine, overrides):
+    from llem import experiment
+
+    monkeypatch.setattr(experiment, "engine_class", lambda name: engine)
+    monkeypatch.setattr(experiment, "metered_gpus", lambda cfg, cls, device: ([], [], "no GPU here"))
+    monkeypatch.setattr(experiment.sizing, "plan", _on_gpu(experiment.sizing.plan))
+    config = to_config(compose_cfg(["device=cpu", "batch=4", "input_len=8", "output_len=4", "baseline.kind=none",
+                                    "baseline.loaded_idle_s=0", *overrides]))
+    return experiment.Experiment(config, tmp_path, "cpu", experiment.DeviceIdle()).run()
+
+
+def _on_gpu(plan):
+    """The window minimum applies where a GPU is metered: here, as if one were."""
+    return lambda *a, on_gpu: plan(*a, on_gpu=True)
+
+
+def test_the_warmup_wave_sizes_the_measured_window(compose_cfg, tmp_path, monkeypatch):
+    row = _measure(compose_cfg, tmp_path, monkeypatch, _Waves(wave_s=0.05, first_s=0.05),
+                   ["measure.min_window_s=0.6"])
+    assert row["status"] == "ok", row["error"]
+    # 0.66 s wanted at ~0.05 s a wave → ~14 whole waves of 4, not the 4 waves it starts with
+    assert (row["requests_sizing"], row["num_in_flight"]) == ("auto", 4) and row["num_requests"] % 4 == 0
+    assert row["num_waves"] == row["num_requests"] / 4 and row["num_waves"] > 4
+    assert row["measure_passes_run"] == 2 or 0.66 <= row["window_estimate_s"] < 1.0  # (2: a loaded machine)
+    assert row["steady_state_s"] is not None and row["flags"] == []
+
+
+def test_a_window_that_comes_out_short_is_measured_once_more(compose_cfg, tmp_path, monkeypatch):
+    # a cold first batch (0.5 s) predicts 4 waves are plenty; they take 0.2 s: measured again, scaled by that rate
+    row = _measure(compose_cfg, tmp_path, monkeypatch, _Waves(wave_s=0.05, first_s=0.5), ["measure.min_window_s=0.6"])
+    assert row["status"] == "ok", row["error"]
+    assert row["measure_passes_run"] == 2 and row["num_requests"] % 4 == 0 and row["num_requests"] > 16
+
+
+def test_a_set_count_that_cannot_fill_the_batch_is_measured_as_set_and_flagged(compose_cfg, tmp_path, monkeypatch):
+    row = _measure(compose_cfg, tmp_path, monkeypatch, _Waves(wave_s=0.01, first_s=0.01),
+                   ["dataset.num_requests=3", "measure.min_window_s=0.6"])
+    assert row["status"] == "ok", row["error"]
+    assert (row["requests_sizing"], row["num_requests"], row["measure_passes_run"]) == ("set", 3, 1)
+    assert {"batch_not_filled", "no_steady_state"} <= set(row["flags"])
+    assert any("leave dataset.num_requests unset" in w for w in row["warnings"])
