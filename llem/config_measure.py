@@ -20,7 +20,8 @@ class BaselineKind(Enum):
 
 @dataclass
 class WarmupConfig:
-    """Warm-up batches run after load and before the baseline; excluded from every metric.
+    """Warm-up batches run after load and before the baseline; excluded from every metric (at least two
+    when their fastest predicts the window's request count: ``dataset.num_requests`` null, on a GPU).
 
     A fixed count (``batches``), or, with ``until_cv``, batches until the coefficient of
     variation of the last ``cv_window`` batch latencies is at most ``until_cv`` (``batches``

@@ -143,7 +143,7 @@ class Experiment:
                      parts[BuildCache].compile_cache)
             self._check_uuids(engine, gpus)
             self._stage(Stage.warmup)
-            warm = self._warmup(meter, engine, work)
+            warm = self._warmup(meter, engine, work, predict=plan.auto and plan.min_window_s is not None)
             work = self._size_for_window(plan, work, warm)
             parts[WorkloadCounts], parts[Sizing] = work.counts(), sizing.part(plan, len(work.requests))
             parts[OutsideWindow] = OutsideWindow(
@@ -229,9 +229,11 @@ class Experiment:
         self.warnings.extend(window.warnings)
         return window
 
-    def _warmup(self, meter: EnergyMeter, engine, work: workload.Workload) -> Warmup:
+    def _warmup(self, meter: EnergyMeter, engine, work: workload.Workload, predict: bool = False) -> Warmup:
         """Warm-up batches of as many requests as the engine holds at once, one generate call each:
-        a fixed count, or until the CV of the last ``cv_window`` batch latencies is ≤ ``until_cv``."""
+        a fixed count, or until the CV of the last ``cv_window`` batch latencies is ≤ ``until_cv``. When the
+        fastest batch is to predict the window (``predict``), at least two: an engine's first call can be
+        cold (seen on an H200: 16.6 s, then 2.8 s, for one batch-1 wave of PyTorch)."""
         cfg = self.config.warmup
         if cfg.batches == 0:
             return Warmup(None, 0, None)
@@ -240,7 +242,7 @@ class Experiment:
         out_len = cfg.output_len or self.config.output_len
         latencies: List[float] = []
         cv = None
-        most = cfg.batches
+        most = max(cfg.batches, 2) if predict and cfg.until_cv is None else cfg.batches
 
         def run() -> None:
             nonlocal cv

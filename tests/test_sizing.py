@@ -135,9 +135,17 @@ def test_the_warmup_wave_sizes_the_measured_window(compose_cfg, tmp_path, monkey
     assert row["steady_state_s"] is not None and row["flags"] == []
 
 
-def test_a_window_that_comes_out_short_is_measured_once_more(compose_cfg, tmp_path, monkeypatch):
-    # a cold first batch (0.5 s) predicts 4 waves are plenty; they take 0.2 s: measured again, scaled by that rate
+def test_a_cold_first_call_does_not_mislead_the_prediction(compose_cfg, tmp_path, monkeypatch):
+    # alone, a cold first batch (0.5 s) would predict 4 waves last 2 s; the second warm-up batch says 0.05 s a wave
     row = _measure(compose_cfg, tmp_path, monkeypatch, _Waves(wave_s=0.05, first_s=0.5), ["measure.min_window_s=0.6"])
+    assert row["status"] == "ok", row["error"]
+    assert row["warmup_batches_run"] == 2 and row["window_estimate_s"] < 1.5 and row["num_waves"] > 4
+
+
+def test_a_window_that_comes_out_short_is_measured_once_more(compose_cfg, tmp_path, monkeypatch):
+    # warm-up batches of another output length predict nothing: the first window (4 waves, ~0.2 s) is the probe
+    row = _measure(compose_cfg, tmp_path, monkeypatch, _Waves(wave_s=0.05, first_s=0.05),
+                   ["measure.min_window_s=0.6", "warmup.output_len=1"])
     assert row["status"] == "ok", row["error"]
     assert row["measure_passes_run"] == 2 and row["num_requests"] % 4 == 0 and row["num_requests"] > 16
 
