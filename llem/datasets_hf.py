@@ -17,12 +17,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from llem import hub
 from llem.errors import WorkloadError
 
 log = logging.getLogger(__name__)
@@ -33,28 +31,14 @@ _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "
              ".arrow": "arrow"}
 
 
-def _endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
 @functools.cache
-def _probe(endpoint: str, timeout_s: float) -> Optional[str]:
-    result = {"why": f"no answer from {endpoint} within {timeout_s:g} s"}
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
-            result["why"] = None
-        except urllib.error.HTTPError:  # it answered: reachable
-            result["why"] = None
-        except Exception as exc:
-            result["why"] = f"{endpoint} unreachable ({type(exc).__name__}: {exc})"
-
-    # a thread bounds the whole probe, name resolution included (socket timeouts do not cover it)
-    thread = threading.Thread(target=probe, name="llem-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s + 1.0)
-    return result["why"]
+def _probe(base: str, timeout_s: float) -> Optional[str]:
+    """None when the Hub answers (any HTTP status); else why not."""
+    status, error = hub.head(base, timeout_s)
+    if status is not None:
+        return None
+    return f"no answer from {base} within {timeout_s:g} s" if error.startswith("no answer") else (
+        f"{base} unreachable ({error})")
 
 
 def hub_unreachable(timeout_s: float = PROBE_TIMEOUT_S) -> Optional[str]:
@@ -62,7 +46,7 @@ def hub_unreachable(timeout_s: float = PROBE_TIMEOUT_S) -> Optional[str]:
     for var in _OFFLINE_VARS:
         if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
             return f"{var} is set"
-    return _probe(_endpoint(), timeout_s)
+    return _probe(hub.endpoint(), timeout_s)
 
 
 def _import_datasets() -> Any:

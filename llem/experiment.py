@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from llem import compile_cache, environment, metrics, results, sizing, workload
 from llem.backends import engine_class
 from llem.backends.base import EngineInfo
 from llem.config import BaselineKind, Config, config_hash
+from llem.console import ProgressBar
 from llem.energy import flags as doubt
 from llem.energy import phases
 from llem.energy.codecarbon import HostWindows
@@ -290,7 +290,7 @@ class Experiment:
         engine.reset_memory_peak()
         log.info("measuring %d requests (batch %d, %d → %d tokens)", len(work.requests), cfg.batch,
                  cfg.input_len, cfg.output_len)
-        with _progress(cfg, len(work.requests)) as bar:
+        with ProgressBar(cfg.progress, len(work.requests)) as bar:
             def measured():
                 mark = meter.start("measure")
                 outputs = engine.generate(work.requests, cfg.output_len, bar.update)
@@ -383,49 +383,3 @@ class Experiment:
 
 def _empty(cls: Optional[type]) -> Any:
     return cls() if cls is not None else None
-
-
-class _progress:
-    """A tqdm bar over requests, shown only on a terminal. Its lock is a thread lock: tqdm's default
-    also takes a multiprocessing semaphore, which a measurement process that ends with ``os._exit``
-    never releases (the parent's resource tracker then warns of a leaked semaphore)."""
-
-    def __init__(self, config: Config, total: int):
-        self.bar = None
-        if config.progress and sys.stderr.isatty():
-            try:
-                import threading
-
-                from tqdm import tqdm
-
-                tqdm.set_lock(threading.RLock())
-                self.bar = tqdm(total=total, unit="req", desc="measure", leave=False)
-            except ImportError:
-                pass
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def summary_line(row: Dict[str, Any]) -> str:
-    """The one line a person reads at the end of a run (from the row's values)."""
-    if row.get("status") != "ok":
-        return f"FAILED during {row.get('error_stage')}: {row.get('error')}"
-
-    def fmt(v, spec, unit):
-        return "n/a" if v is None else f"{v:{spec}}{unit}"
-
-    jpt = fmt(row.get("j_per_output_token"), ".4g", " J/token")
-    if row.get("j_per_output_token") is None:
-        jpt = f"J/token n/a ({row.get('energy_null_reason') or 'see warnings'})"
-    return (f"{fmt(row.get('output_tok_per_s'), ',.1f', ' tok/s')}, {jpt}, TTFT p50 "
-            f"{fmt(row.get('ttft_ms_p50'), '.1f', ' ms')}, {row.get('output_tokens_total')} tokens in "
-            f"{row.get('window_s', 0):.2f} s")

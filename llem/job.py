@@ -22,10 +22,10 @@ from omegaconf import DictConfig
 from llem import dirnames, environment, model_source, results, secrets, validate
 from llem.backends import engine_class
 from llem.config import Config, config_hash, to_config
+from llem.console import summary_line
 from llem.energy.idle import DeviceIdle, device_idle_baseline, remember_device_idle, reuse_device_idle
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError
-from llem.experiment import summary_line
 from llem.locks import gpu_lock, host_lock, job_lock
 from llem.measure_process import Interrupted, interruptible, measure_isolated
 from llem.results.row import Notes, Outcome, Stage, assemble

@@ -10,21 +10,17 @@ no import of huggingface_hub or transformers, and the Hub is asked one short que
 
 from __future__ import annotations
 
-import http.client
 import importlib.metadata
 import os
 import re
-import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
+from llem import hub
 from llem.config import ModelConfig, Weights
 from llem.errors import LlemError
 
-HUB_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 1.0  # the Hub answers a HEAD in well under this; a closed network must not stall a job
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads its boolean variables
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -77,10 +73,6 @@ def hub_offline() -> Optional[str]:
     return None
 
 
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", HUB_ENDPOINT).rstrip("/")
-
-
 def missing_from_cache(hf_id: str, revision: Optional[str]) -> Optional[str]:
     """None when the cache holds a snapshot of ``hf_id`` at ``revision`` with config and weights; else what
     is missing (the cache layout: ``models--<org>--<name>/refs/<revision>`` → ``snapshots/<commit>/``)."""
@@ -123,46 +115,19 @@ def _has_weights(snapshot: Path) -> bool:
 
 def probe_hub(hf_id: str, revision: Optional[str], timeout_s: float = PROBE_TIMEOUT_S) -> Optional[str]:
     """None when the Hub serves the repo's config.json at ``revision``; else why not (never the token).
-
-    One HEAD request, as transformers makes before a download, bounded in time as a whole (a name
-    lookup that hangs included): it runs in a thread that is given up on after ``timeout_s``."""
-    endpoint = hub_endpoint()
-    url = f"{endpoint}/{hf_id}/resolve/{urllib.parse.quote(revision or 'main', safe='')}/config.json"
-    answer: list = []
-    thread = threading.Thread(target=lambda: answer.append(_head(url, timeout_s)), daemon=True)
-    thread.start()
-    thread.join(timeout_s + 0.5)
-    if not answer:
-        return f"the Hugging Face Hub at {endpoint} did not answer within {timeout_s:g} s"
-    status, error = answer[0]
-    if status is None:
-        return f"the Hugging Face Hub at {endpoint} cannot be reached ({error})"
-    if status in (401, 403, 404):
-        access = ("HF_TOKEN is set but gives no access to it" if _token() else "set HF_TOKEN to a token with access")
-        return f"{endpoint} answers {status} for it: not found or gated; {access}"
-    return None  # 2xx or a redirect to the file: downloadable; any other answer is left to the engine's load
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a redirect already says the file is there
-        return None
-
-
-def _head(url: str, timeout_s: float) -> Tuple[Optional[int], Optional[str]]:
-    """(HTTP status, None), or (None, the network error)."""
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "llem"})
+    One HEAD request, as transformers makes before a download, bounded in time as a whole."""
+    base = hub.endpoint()
+    url = f"{base}/{hf_id}/resolve/{urllib.parse.quote(revision or 'main', safe='')}/config.json"
     token = _token()
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    opener = urllib.request.build_opener(_NoRedirect)
-    try:
-        with opener.open(request, timeout=timeout_s) as response:
-            return response.status, None
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, (f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason))
+    status, error = hub.head(url, timeout_s, {"Authorization": f"Bearer {token}"} if token else None)
+    if status is None:
+        if error and error.startswith("no answer"):
+            return f"the Hugging Face Hub at {base} did not answer within {timeout_s:g} s"
+        return f"the Hugging Face Hub at {base} cannot be reached ({error})"
+    if status in (401, 403, 404):
+        access = ("HF_TOKEN is set but gives no access to it" if token else "set HF_TOKEN to a token with access")
+        return f"{base} answers {status} for it: not found or gated; {access}"
+    return None  # 2xx or a redirect to the file: downloadable; any other answer is left to the engine's load
 
 
 def _token() -> Optional[str]:

@@ -302,7 +302,7 @@ def test_every_flag_code_is_declared_once_and_documented():
     import re
     from pathlib import Path
 
-    from llem.results.row import FLAG_MEANINGS as MEANINGS
+    from llem.results.flag_codes import FLAG_MEANINGS as MEANINGS
 
     root = Path(__file__).resolve().parents[1]
     raised = {code for path in (root / "llem").rglob("*.py")

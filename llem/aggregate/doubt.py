@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
 from llem.results.files import arrow_type
-from llem.results.row import FLAG_MEANINGS as MEANINGS
+from llem.results.flag_codes import FLAG_MEANINGS as MEANINGS
 from llem.results.schema import col, columns_of
 
 MARK = "!"  # next to a flagged configuration in the printed table and the recommendation

@@ -43,8 +43,6 @@ trtllm-llmapi-launch python -m llem …``; the job uses tp × pp GPUs (``gpus_re
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import json
 import logging
 import os
@@ -52,10 +50,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
-from llem.backends._engine_args import check_engine_args, class_fields, package_dir, source_classes
+from llem.backends._engine_args import check_engine_args, package_dir
 from llem.backends._hf_model import count_parameters, shared_dummy_model
+from llem.backends._trt_args import (
+    ARGS_CLASSES,
+    KV_CACHE_ALGOS,
+    QUANT_ALGOS,
+    cache_key,
+    llm_arguments,
+    llm_kwargs,
+    to_api,
+)
 from llem.backends.base import CompileCache, Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
@@ -66,10 +73,6 @@ from llem.workload import special_token_ids
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'llem[tensorrt]' (or use docker/Dockerfile.tensorrt, NVIDIA's release image)"
-# llem's names → tensorrt_llm.llmapi.QuantAlgo members
-QUANT_ALGOS = {"none": None, "fp8": "FP8", "fp8_block": "FP8_BLOCK_SCALES", "nvfp4": "NVFP4",
-               "w8a16": "W8A16", "w4a16": "W4A16", "w4a16_awq": "W4A16_AWQ", "w8a8_sq": "W8A8_SQ_PER_CHANNEL"}
-KV_CACHE_ALGOS = {"auto": None, "fp8": "FP8", "int8": "INT8"}
 WEIGHT_PRECISION = {"fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4", "w8a16": "int8", "w4a16": "int4",
                     "w4a16_awq": "int4", "w8a8_sq": "int8"}
 
@@ -132,69 +135,6 @@ _RESERVED = {
     "quant_config": "backend.quantization / backend.kv_cache_dtype", "backend": "backend.llm_backend",
     "return_perf_metrics": "nothing (llem needs the executor's request timestamps)",
 }
-
-
-# backend.llm_backend → the pydantic class (tensorrt_llm/llmapi/llm_args.py) that checks LLM's arguments
-ARGS_CLASSES = {"pytorch": "TorchLlmArgs", "trt": "TrtLlmArgs"}
-
-
-@functools.cache
-def llm_arguments(package: Path, llm_backend: str) -> FrozenSet[str]:
-    """The keyword arguments ``LLM`` accepts with ``llm_backend``, read from the tensorrt_llm source under
-    ``package`` without importing it: the fields of its args class and of the classes it derives from in
-    llmapi/llm_args.py (BaseLlmArgs), i.e. the ``model_fields`` TensorRT-LLM checks LLM's kwargs against.
-    Private attributes and ``model_config`` are not fields. Empty where the source has another shape."""
-    classes = source_classes(package / "llmapi" / "llm_args.py")
-    fields = class_fields(classes, ARGS_CLASSES[llm_backend], fieldless=("BaseModel", "StrictBaseModel"))
-    return frozenset(n for n in fields or () if not n.startswith("_") and n != "model_config")
-
-
-def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[str, Any]:
-    """The arguments of ``LLM`` as plain values (llem's keys, then engine_args); :func:`to_api`
-    turns the nested ones into TensorRT-LLM's config objects. Shown by ``engine.*`` columns."""
-    b = config.backend
-    kwargs: Dict[str, Any] = {
-        "model": model_path,
-        "dtype": config.model.dtype.value,
-        "max_batch_size": config.batch,
-        "tensor_parallel_size": b.tensor_parallel_size,
-        "pipeline_parallel_size": b.pipeline_parallel_size,
-        "max_seq_len": b.max_seq_len or (config.input_len + config.output_len),
-        "kv_cache_config": {"free_gpu_memory_fraction": b.kv_cache_free_gpu_memory_fraction,
-                            "enable_block_reuse": b.enable_block_reuse},
-        "skip_tokenizer_init": token_ids_only,
-        "trust_remote_code": config.model.trust_remote_code,
-        "return_perf_metrics": True,
-    }
-    if b.max_num_tokens is not None:
-        kwargs["max_num_tokens"] = b.max_num_tokens
-    quant = {"quant_algo": QUANT_ALGOS[b.quantization], "kv_cache_quant_algo": KV_CACHE_ALGOS[b.kv_cache_dtype]}
-    if any(quant.values()):
-        kwargs["quant_config"] = quant
-    if config.model.weights == Weights.random:
-        kwargs["load_format"] = "dummy"
-    else:
-        kwargs["revision"] = config.model.revision
-        if config.model.tokenizer:
-            kwargs["tokenizer"] = config.model.tokenizer
-    kwargs.update(b.engine_args)
-    return kwargs
-
-
-def to_api(kwargs: Dict[str, Any], llmapi: Any) -> Dict[str, Any]:
-    """Plain kwargs → TensorRT-LLM objects (KvCacheConfig, QuantConfig with QuantAlgo members)."""
-    out = dict(kwargs)
-    out["kv_cache_config"] = llmapi.KvCacheConfig(**kwargs["kv_cache_config"])
-    if "quant_config" in kwargs:
-        q = kwargs["quant_config"]
-        out["quant_config"] = llmapi.QuantConfig(**{k: getattr(llmapi.QuantAlgo, v) for k, v in q.items() if v})
-    return out
-
-
-def cache_key(kwargs: Dict[str, Any], version: str) -> str:
-    """A name for a built engine: every build setting and the TensorRT-LLM version."""
-    text = json.dumps({**kwargs, "tensorrt_llm": version}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class TensorRTEngine(Engine):
