@@ -53,6 +53,25 @@ def phase_span(trace: Trace, phase: str) -> Tuple[float, float]:
     return ts[0], ts[-1]
 
 
+def looped(trace: Trace, phase: str, total_s: float) -> Trace:
+    """``phase``'s rows repeated back to back for ``total_s`` seconds, times and the energy counter
+    carried on across each seam (the counter keeps counting): a replay that lasts however long a
+    job under test takes, on a loaded machine too, instead of running off the trace's end."""
+    rows = [r for r in trace if r["phase"] == phase]
+    span_s = rows[-1]["t_s"] - rows[0]["t_s"]
+    step_s = span_s / (len(rows) - 1)
+    gained_mj = rows[-1]["energy_counter_mj"] - rows[0]["energy_counter_mj"]
+    per_row_mj = gained_mj / (len(rows) - 1)
+    out: Trace = []
+    lap = 0
+    while not out or out[-1]["t_s"] < total_s:
+        dt = lap * (span_s + step_s) - rows[0]["t_s"]
+        dmj = round(lap * (gained_mj + per_row_mj))
+        out += [{**r, "t_s": r["t_s"] + dt, "energy_counter_mj": r["energy_counter_mj"] + dmj} for r in rows]
+        lap += 1
+    return out
+
+
 def long_phases(trace: Trace) -> List[str]:
     return [p for p in PHASES if phase_span(trace, p)[1] - phase_span(trace, p)[0] >= 4.0]
 

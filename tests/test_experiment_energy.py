@@ -1,6 +1,6 @@
 """The whole measurement protocol on CPU with GPUs replayed from the real H100 trace in real time:
 the tiny model runs (one process, or two data-parallel gloo processes) while fake NVML GPUs replay
-the trace's heavy phase, so every energy column — window, per GPU, phases, steady state, flags —
+the trace's heavy phase (looped), so every energy column — window, per GPU, phases, steady state, flags —
 is computed from counter readings the way it is on hardware."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from llem import experiment
 from llem.config import to_config
 from llem.energy.nvml import GpuReader
 from tests.fake_nvml import FakeClock, FakeNVML
-from tests.replay import phase_span
+from tests.replay import looped
 
 pytest.importorskip("transformers")
 
@@ -31,7 +31,8 @@ class WallClock(FakeClock):
 
 
 def _run(compose_cfg, trace, tmp_path, monkeypatch, overrides, n_gpus=1):
-    nvml = FakeNVML(trace, WallClock(phase_span(trace, "heavy")[0]), n_gpus, scales=[1.0, 1.25][:n_gpus])
+    # the heavy phase on a loop: the job runs its whole protocol on it however slow the machine is
+    nvml = FakeNVML(looped(trace, "heavy", 600.0), WallClock(0.0), n_gpus, scales=[1.0, 1.25][:n_gpus])
     nvml.nvmlInit()
     gpus = [GpuReader(nvml, i) for i in range(n_gpus)]
     monkeypatch.setattr(experiment, "metered_gpus", lambda cfg, cls, device: (gpus, [], None))
@@ -105,3 +106,17 @@ def test_host_meter_adds_cpu_ram_and_co2_without_counting_the_gpu_twice(compose_
     written = pd.read_parquet(tmp_path / "results.parquet").iloc[0]
     assert written["co2_g"] == pytest.approx(row["co2_g"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["requests.parquet", "results.parquet", "timeseries.parquet"]
+
+
+def test_looped_trace_keeps_counting(trace):
+    """The looped replay: time and the counter only move forward across seams, and each lap adds the
+    phase's own energy, so a window anywhere on it reads the heavy phase's power."""
+    rows = looped(trace, "heavy", 30.0)
+    heavy = [r for r in trace if r["phase"] == "heavy"]
+    assert rows[-1]["t_s"] >= 30.0 and {r["phase"] for r in rows} == {"heavy"}
+    assert all(b["t_s"] > a["t_s"] and b["energy_counter_mj"] >= a["energy_counter_mj"]
+               for a, b in zip(rows, rows[1:]))
+    lap = len(heavy)
+    per_lap_mj = rows[lap]["energy_counter_mj"] - rows[0]["energy_counter_mj"]
+    phase_mj = heavy[-1]["energy_counter_mj"] - heavy[0]["energy_counter_mj"]
+    assert phase_mj < per_lap_mj < phase_mj * 1.01  # the phase plus one row's worth across the seam
