@@ -19,11 +19,13 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from llem.config_load import LoadConfig, OutputLengthsConfig, ServerConfig
 from llem.config_measure import BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
 from llem.errors import ConfigError
 from llem.errors import require as _require
 
-__all__ = ["BaselineConfig", "BaselineKind", "EnergyConfig", "MeasureConfig", "WarmupConfig"]
+__all__ = ["BaselineConfig", "BaselineKind", "EnergyConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
+           "ServerConfig", "WarmupConfig"]
 
 
 class DType(Enum):
@@ -75,6 +77,7 @@ class DatasetConfig:
 
     name: str = MISSING
     num_requests: Optional[int] = None  # null: measure.waves × the engine's capacity, more until min_window_s
+    output_lengths: OutputLengthsConfig = field(default_factory=OutputLengthsConfig)  # with output_len=null
 
     def __post_init__(self) -> None:
         if self.num_requests is not None:
@@ -223,8 +226,10 @@ class ObjectiveConfig:
             _require(ok, f"objective.bounds.{column}", bound, "'<=NUMBER' or '>=NUMBER'")
 
 
-# Keys that do not change what is measured: excluded from config_hash.
-HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress", "objective", "dry_run", "cache_dir")
+# Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).
+HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress", "objective", "dry_run", "cache_dir", "server.host",
+                      "server.port", "server.startup_timeout_s", "server.reuse")
+INF_ALLOWED = ("load.request_rate",)  # floats that may be inf (all at once); every other one must be finite
 INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # engines seed numpy's generators, which take 32 bits
 
@@ -238,7 +243,7 @@ class Config:
     dataset: Any = MISSING
     batch: int = 1  # sequences in flight
     input_len: int = 128  # tokens per prompt, for synthetic prompts (and truncation of real ones)
-    output_len: int = 128  # tokens generated per request, exactly
+    output_len: Optional[int] = 128  # tokens per request, exactly; null: each its own (dataset.output_lengths)
     seed: int = 0
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     repeat: int = 0  # a label swept to repeat a configuration; not part of config_hash
@@ -247,6 +252,8 @@ class Config:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cooldown_s: float = 0.0  # wait before the job's baseline (thermal gap between jobs)
     isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
@@ -257,13 +264,19 @@ class Config:
     def __post_init__(self) -> None:
         _require(self.batch >= 1, "batch", self.batch, "an integer >= 1")
         _require(self.input_len >= 1, "input_len", self.input_len, "an integer >= 1")
-        _require(self.output_len >= 1, "output_len", self.output_len, "an integer >= 1")
+        _require(self.output_len is None or self.output_len >= 1, "output_len", self.output_len,
+                 "an integer >= 1, or null (each request its own length: dataset.output_lengths)")
         _require(self.repeat >= 0, "repeat", self.repeat, "an integer >= 0")
         _require(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"an integer in [0, {SEED_MAX}]")
         _require(self.cooldown_s >= 0, "cooldown_s", self.cooldown_s, "a number of seconds >= 0")
         _require(isinstance(self.backend, BackendConfig), "backend", self.backend, "a backend group (backend=...)")
         _require(isinstance(self.model, ModelConfig), "model", self.model, "a model group (model=...)")
         _require(isinstance(self.dataset, DatasetConfig), "dataset", self.dataset, "a dataset group (dataset=...)")
+
+    @property
+    def output_len_max(self) -> int:
+        """The longest output a request can ask for: output_len, or the natural lengths' maximum."""
+        return self.output_len if self.output_len is not None else self.dataset.output_lengths.max
 
 
 def register_configs() -> None:
@@ -336,7 +349,8 @@ def _storable(obj: Any, prefix: str = "") -> None:
         elif isinstance(value, int):
             _require(-INT64_MAX - 1 <= value <= INT64_MAX, key, value, "an integer that fits in 64 bits")
         elif isinstance(value, float):
-            _require(math.isfinite(value), key, value, "a finite number")
+            _require(math.isfinite(value) or (key in INF_ALLOWED and value == math.inf), key, value,
+                     "a finite number" + (" or inf" if key in INF_ALLOWED else ""))
 
 
 def _plain(value: Any) -> Any:
@@ -360,6 +374,12 @@ def config_hash(config: Config) -> str:
     """A stable hash of the measured settings (not repeat, not debugging switches)."""
     tree = to_dict(config)
     for key in HASH_EXCLUDED_KEYS:
-        tree.pop(key, None)
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    if tree.get("server", {}).get("mode") == "none":  # in-process: the server's settings measure nothing
+        tree["server"] = {"mode": "none"}
     text = json.dumps(tree, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -21,6 +21,11 @@ class WorkloadError(LlemError):
     """The requests could not be built (missing file, no tokenizer offline, empty dataset)."""
 
 
+class ServerError(LlemError):
+    """An OpenAI-compatible server could not be started, reached, or died while measured; the message
+    carries its last log lines."""
+
+
 class MeterError(LlemError):
     """An energy meter failed in a way that makes its numbers unusable."""
 

@@ -19,18 +19,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from llem import compile_cache, environment, metrics, results, sizing, workload
+from llem import arrivals, compile_cache, environment, load_metrics, metrics, results, sizing, workload
 from llem.backends import engine_class
 from llem.backends.base import EngineInfo
 from llem.config import BaselineKind, Config, config_hash
 from llem.console import ProgressBar
+from llem.energy import attribution, phases
 from llem.energy import flags as doubt
-from llem.energy import phases
 from llem.energy.codecarbon import HostWindows
 from llem.energy.idle import DeviceIdle, other_processes, taken_at_iso
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
-from llem.records import RequestResult
+from llem.records import Request, RequestResult
+from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
 from llem.results.row import (
     Baselines,
     BuildCache,
@@ -87,8 +88,9 @@ class Experiment:
     """One measured job inside the measurement process."""
 
     def __init__(self, config: Config, job_dir: Path, device: str, device_idle: DeviceIdle,
-                 stage: Callable[[Stage], None] = lambda s: None):
+                 stage: Callable[[Stage], None] = lambda s: None, endpoint: Any = None):
         self.config = config
+        self.endpoint = endpoint  # the server measured over HTTP (server=launch/external), else None
         self.job_dir = job_dir
         self.device = device
         self.device_idle = device_idle
@@ -109,6 +111,10 @@ class Experiment:
                           started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         engine_cls = engine_class(cfg.backend.name)
         engine = engine_cls(cfg, self.device)
+        if self.endpoint is not None:  # the server serves; the engine's class says how to ask it
+            from llem.serving.client import ServerEngine
+
+            engine = ServerEngine(cfg, self.device, self.endpoint, engine.request_extras)
         gpus, warns, reason = metered_gpus(cfg, engine_cls, self.device)
         self.warnings.extend(warns)
         sampler = Sampler(gpus, cfg.energy.sample_interval_ms / 1000.0).start()
@@ -120,12 +126,12 @@ class Experiment:
         info: Optional[EngineInfo] = None
         flags: List[str] = []
         plan = sizing.plan(cfg.dataset.num_requests, cfg.measure.waves, cfg.measure.min_window_s,
-                           cfg.measure.max_requests, engine.sequences_in_flight(), on_gpu=bool(gpus))
+                           cfg.measure.max_requests, engine.sequences_in_flight(), on_gpu=bool(gpus),
+                           request_rate=cfg.load.request_rate)
         parts[Sizing] = sizing.part(plan, None)
         try:
             self._stage(Stage.workload)
-            work = workload.build(cfg, plan.num_requests)
-            parts[WorkloadCounts] = work.counts()
+            work = self._build(plan.num_requests, parts)
             self._stage(Stage.check)
             engine.check()
             host = HostWindows(cfg.energy.meters, cfg.energy.country_iso_code, self.job_dir)
@@ -144,8 +150,8 @@ class Experiment:
             self._check_uuids(engine, gpus)
             self._stage(Stage.warmup)
             warm = self._warmup(meter, engine, work, predict=plan.auto and plan.min_window_s is not None)
-            work = self._size_for_window(plan, work, warm)
-            parts[WorkloadCounts], parts[Sizing] = work.counts(), sizing.part(plan, len(work.requests))
+            work = self._size_for_window(plan, work, warm, parts)
+            parts[Sizing] = sizing.part(plan, len(work.requests))
             parts[OutsideWindow] = OutsideWindow(
                 load_s=load.duration_s, load_energy_j=load.energy_j,
                 warmup_s=warm.window.duration_s if warm.window else None,
@@ -160,8 +166,7 @@ class Experiment:
                 log.warning("the window lasted %.2f s, under measure.min_window_s=%g s: measuring again with %d "
                             "requests (the short window is discarded)", measured.window.duration_s,
                             cfg.measure.min_window_s, more)
-                work = workload.build(cfg, more)
-                parts[WorkloadCounts] = work.counts()
+                work = self._build(more, parts)
                 measured = self._measure(meter, engine, work, host, gpus)
             parts[Sizing] = sizing.part(plan, len(work.requests))
             measure_t0 = measured.window.t0
@@ -178,9 +183,14 @@ class Experiment:
             parts.update(self._measured(engine, work, outputs, req_rows, window, loaded_idle, sampler, info))
             energy = parts[EnergySummary]
             baseline_w = 0.0 if cfg.baseline.kind == BaselineKind.none else energy.baseline_power_w
+            self._per_request_energy(req_rows, outputs, sampler, window, baseline_w)
+            parts[LoadMetrics], load_flags = load_metrics.load_part(outputs, req_rows, work.requests,
+                                                                    window.duration_s, cfg)
+            found += load_flags
             if cfg.measure.steady_state:
+                span = load_metrics.arrival_span(outputs) if cfg.load.timed else None
                 parts[SteadyState] = phases.steady_state(outputs, engine.sequences_in_flight(),
-                                                         sampler.between(window.t0, window.t1), baseline_w)
+                                                         sampler.between(window.t0, window.t1), baseline_w, span)
             steady = parts.get(SteadyState)
             found += sizing.flags(plan, len(outputs), cfg.measure.steady_state,
                                   steady.steady_state_null_reason if steady and steady.steady_state_s is None else None)
@@ -189,6 +199,7 @@ class Experiment:
             if cfg.measure.prefill:
                 self._stage(Stage.prefill)
                 parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w)
+            parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None))
             parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,
                                                                     gpu_used=self.device == "cuda" or bool(gpus))
             outcome.status = "ok"
@@ -237,9 +248,9 @@ class Experiment:
         cfg = self.config.warmup
         if cfg.batches == 0:
             return Warmup(None, 0, None)
-        reqs = work.requests
+        reqs = [_at_once(r) for r in work.requests]  # warm-up batches arrive at once, whatever the load
         size = min(len(reqs), engine.sequences_in_flight())
-        out_len = cfg.output_len or self.config.output_len
+        out_len = cfg.output_len or self.config.output_len  # None: each request's own length
         latencies: List[float] = []
         cv = None
         most = max(cfg.batches, 2) if predict and cfg.until_cv is None else cfg.batches
@@ -265,14 +276,33 @@ class Experiment:
         one_wave = size == engine.sequences_in_flight() and out_len == self.config.output_len
         return Warmup(window, len(latencies), cv, min(latencies) if latencies and one_wave else None)
 
-    def _size_for_window(self, plan: sizing.Plan, work: workload.Workload, warm: Warmup) -> workload.Workload:
+    def _build(self, n: int, parts: Dict[type, Any]) -> workload.Workload:
+        """The workload of ``n`` requests with their output lengths and arrival times; its row parts."""
+        work = workload.build(self.config, n)
+        shaped = arrivals.shape(work.requests, self.config)
+        parts[WorkloadCounts] = work.counts()
+        parts[OutputLengths] = arrivals.lengths_part(work.requests, self.config, shaped)
+        return work
+
+    def _size_for_window(self, plan: sizing.Plan, work: workload.Workload, warm: Warmup,
+                         parts: Dict[type, Any]) -> workload.Workload:
         """More whole waves when the warm-up says the window would be shorter than measure.min_window_s."""
-        n = sizing.extend_for_window(plan, warm.fastest_s)
+        n = sizing.extend_for_window(plan, None if self.config.load.timed else warm.fastest_s)
         if n <= len(work.requests):
             return work
         log.info("%d requests (%d waves of %d) for a window of about %.1f s: one wave took %.2f s in warm-up", n,
                  round(plan.waves_of(n)), plan.capacity, plan.estimate_s, warm.fastest_s)
-        return workload.build(self.config, n)
+        return self._build(n, parts)
+
+    def _per_request_energy(self, req_rows: List[RequestRow], outputs: List[RequestResult], sampler: Sampler,
+                            window: WindowEnergy, baseline_w: Optional[float]) -> None:
+        """Each request's share of the window's energy (llem.energy.attribution) into its row."""
+        raw, adjusted, _ = attribution.per_request(sampler.between(window.t0, window.t1), outputs, window.t0,
+                                                   window.t1, window.energy_j, baseline_w)
+        by_id = {o.request_id: i for i, o in enumerate(outputs)}
+        for row in req_rows:
+            i = by_id[row.request_id]
+            row.energy_j, row.energy_adjusted_j = raw[i], adjusted[i]
 
     def _loaded_idle(self, meter: EnergyMeter, sampler: Sampler, gpus: List[GpuReader]) -> Optional[WindowEnergy]:
         cfg = self.config.baseline
@@ -288,8 +318,8 @@ class Experiment:
         cfg = self.config
         busy = other_processes(gpus, expect_own=True) if gpus else {}
         engine.reset_memory_peak()
-        log.info("measuring %d requests (batch %d, %d → %d tokens)", len(work.requests), cfg.batch,
-                 cfg.input_len, cfg.output_len)
+        log.info("measuring %d requests (batch %d, %d → %s tokens)", len(work.requests), cfg.batch,
+                 cfg.input_len, cfg.output_len if cfg.output_len is not None else "natural")
         with ProgressBar(cfg.progress, len(work.requests)) as bar:
             def measured():
                 mark = meter.start("measure")
@@ -303,7 +333,7 @@ class Experiment:
     def _prefill(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
                  window: WindowEnergy, outputs: List[RequestResult], baseline_w: Optional[float]) -> PrefillDecode:
         pre = host.around("prefill", lambda: self._window(
-            meter, "prefill", lambda: engine.generate(work.requests, 1, lambda n: None)))
+            meter, "prefill", lambda: engine.generate([_at_once(r) for r in work.requests], 1, lambda n: None)))
         cols, warns = phases.prefill_decode(
             window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
             sum(o.input_tokens for o in outputs), sum(o.output_tokens for o in outputs), len(outputs))
@@ -323,7 +353,7 @@ class Experiment:
         cfg = self.config
         out_tokens = sum(o.output_tokens for o in outputs)
         in_tokens = sum(o.input_tokens for o in outputs)
-        expected = len(work.requests) * cfg.output_len
+        expected = sum(r.output_len or cfg.output_len for r in work.requests)
         if out_tokens != expected:
             self.warnings.append(f"engine returned {out_tokens} output tokens, expected {expected}")
         missing = {o.timing_note for o in outputs if o.timing_note}
@@ -379,6 +409,13 @@ class Experiment:
             return []
         origin = t0 if t0 is not None else min(r["t_s"] for r in rows)
         return [{**r, "t_s": r["t_s"] - origin} for r in rows]
+
+
+def _at_once(request: Request) -> Request:
+    """The request arriving with every other (warm-up batches, the prefill pass)."""
+    import dataclasses
+
+    return dataclasses.replace(request, arrival_s=None) if request.arrival_s is not None else request
 
 
 def _empty(cls: Optional[type]) -> Any:

@@ -25,7 +25,7 @@ from llem.config import Config, config_hash, to_config
 from llem.console import summary_line
 from llem.energy.idle import DeviceIdle, device_idle_baseline, remember_device_idle, reuse_device_idle
 from llem.energy.nvml import gpu_counts, visible_uuids
-from llem.errors import ConfigError, DeviceError
+from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
 from llem.locks import gpu_lock, host_lock, job_lock
 from llem.measure_process import Interrupted, interruptible, measure_isolated
 from llem.results.row import Notes, Outcome, Stage, assemble
@@ -33,6 +33,7 @@ from llem.results.row import Notes, Outcome, Stage, assemble
 log = logging.getLogger(__name__)
 
 OUTCOME = "outcome.txt"  # ok | skipped | failed: how this job's latest run ended
+SERVER_LOGS = ".llem-servers"  # in a sweep dir: the log of each server its jobs started
 
 
 def record_failure(job_dir: Path, error: str, error_type: str, stage: Stage, *, config: Optional[Config] = None,
@@ -157,14 +158,25 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
         if device == "cuda" and problem:
             raise DeviceError(problem)
         check_gpus(config, device)
-        model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
-    except (DeviceError, model_source.ModelUnavailable) as exc:
+        if config.server.mode == "external":  # the server holds the model: it must answer now, within 2 s
+            from llem.serving.server import check_external
+
+            check_external(config.server.url)
+        else:
+            model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
+    except (DeviceError, model_source.ModelUnavailable, ServerError) as exc:
         log.error("%s", exc)
         return record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
     uses_host = device == "cpu" or "codecarbon" in config.energy.meters  # the host's CPU, or a meter of all of it
     with gpu_lock(visible_uuids(gpus_needed) if device == "cuda" else []), host_lock(job_dir, exclusive=uses_host):
-        values = _measure(config, chash, job_dir, device, gpus_needed, problem)
+        try:
+            values = _measure(config, chash, job_dir, device, gpus_needed, problem)
+        finally:
+            if config.server.mode == "launch" and _sweep_dir() is None:  # a single run: its server goes with it
+                from llem.serving.server import stop
+
+                stop()
     _set_outcome(job_dir, "ok" if values.get("status") == "ok" else "failed")
     log.info("%s → %s", summary_line(values), job_dir)
     return values
@@ -175,16 +187,66 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
     if config.cooldown_s > 0:
         log.info("cooldown %.1f s", config.cooldown_s)
         time.sleep(config.cooldown_s)
-    idle = DeviceIdle()
-    if device == "cuda" and config.baseline.device_idle_s > 0:
-        idle = _device_idle(config, gpus_needed, job_dir)
+    holder = {"idle": DeviceIdle()}
+
+    def take_idle() -> None:  # with no CUDA context on the GPUs: before a server is started
+        if device == "cuda" and config.baseline.device_idle_s > 0:
+            holder["idle"] = _device_idle(config, gpus_needed, job_dir)
+
+    endpoint, log_from = None, 0
+    if config.server.mode == "launch":
+        from llem.serving.server import launch, log_size
+
+        try:
+            sweep = _sweep_dir()  # a sweep's server outlives its jobs: its log is the sweep's
+            endpoint = launch(engine_class(config.backend.name)(config, device), config,
+                              sweep / SERVER_LOGS if sweep else job_dir,
+                              visible_uuids(gpus_needed) if device == "cuda" else [], before_start=take_idle,
+                              log_name=None if sweep else "server.log")
+        except (ServerError, EngineUnavailable, OSError, RuntimeError) as exc:
+            log.error("the server did not start: %s", exc)
+            return record_failure(job_dir, f"{type(exc).__name__}: {exc}", type(exc).__name__, Stage.load,
+                                  config=config, chash=chash)
+        log_from = 0 if endpoint.start_s is not None else log_size(endpoint)
+        if endpoint.reused and device == "cuda":
+            holder["idle"] = _server_idle(config, gpus_needed)
+    else:
+        take_idle()
+        if config.server.mode == "external":
+            from llem.serving.server import external
+
+            endpoint = external(config)
+    idle = holder["idle"]
     if problem:
         idle.warnings.append(problem)
+    try:
+        values = _run_measurement(config, chash, job_dir, device, idle, endpoint)
+    finally:
+        if endpoint is not None and endpoint.mode == "launch":
+            from llem.serving.server import copy_log
+
+            copy_log(endpoint, log_from, job_dir)
+    return values
+
+
+def _server_idle(config: Config, gpus_needed: int) -> DeviceIdle:
+    """A reused server holds the GPUs: the device-idle floor is the one the sweep took before it started,
+    whatever its age (the row says how old), else none."""
+    sweep = _sweep_dir()
+    idle = reuse_device_idle(sweep, visible_uuids(gpus_needed), float("inf")) if sweep is not None else None
+    if idle is None:
+        idle = DeviceIdle(warnings=["no device-idle baseline: the server kept running since an earlier job, and no "
+                                    "floor was taken before it started"])
+    return idle
+
+
+def _run_measurement(config: Config, chash: str, job_dir: Path, device: str, idle: DeviceIdle,
+                     endpoint: Any) -> Dict[str, Any]:
     if not config.isolate:
         from llem.experiment import Experiment
 
-        return Experiment(config, job_dir, device, idle).run().to_dict()
-    died = measure_isolated(config, job_dir, device, idle)
+        return Experiment(config, job_dir, device, idle, endpoint=endpoint).run().to_dict()
+    died = measure_isolated(config, job_dir, device, idle, endpoint)
     values = results.read_result(job_dir)
     if died is not None and (values is None or values.get("status") != "ok"):
         error, stage = died

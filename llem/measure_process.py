@@ -103,7 +103,7 @@ def _log_file() -> Optional[str]:
 
 
 def _child(config, job_dir: str, device: str, idle, stage, log_file: Optional[str], level: int,
-           parent_pid: int) -> None:
+           parent_pid: int, endpoint=None) -> None:
     """Entry point of the measurement process (spawned): a fresh interpreter, a fresh CUDA context."""
     os.setpgid(0, 0)
     _die_with_parent(parent_pid)
@@ -122,7 +122,7 @@ def _child(config, job_dir: str, device: str, idle, stage, log_file: Optional[st
 
     from llem.experiment import Experiment
 
-    Experiment(config, Path(job_dir), device, idle, set_stage).run()
+    Experiment(config, Path(job_dir), device, idle, set_stage, endpoint=endpoint).run()
     _exit_now()
 
 
@@ -145,13 +145,13 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-def measure_isolated(config, job_dir: Path, device: str, idle) -> Optional[Tuple[str, Stage]]:
+def measure_isolated(config, job_dir: Path, device: str, idle, endpoint=None) -> Optional[Tuple[str, Stage]]:
     """Run the experiment in a spawned process; return (why it died, stage), or None if it exited cleanly."""
     ctx = mp.get_context("spawn")
     stage = ctx.RawValue("i", 0)  # no lock: one writer, and a lock would leak a semaphore at exit
     proc = ctx.Process(target=_child, name="llem-measure",
                        args=(config, str(job_dir), device, idle, stage, _log_file(), logging.getLogger().level,
-                             os.getpid()))
+                             os.getpid(), endpoint))
     _Running.proc, _Running.stage = proc, stage
     try:
         proc.start()

@@ -29,7 +29,11 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             process_index=r.process_index,
             input_tokens=r.input_tokens,
             output_tokens=r.output_tokens,
+            arrival_offset_s=(r.arrival_s if r.arrival_s is not None else window_t0) - window_t0,
             start_offset_s=r.start_s - window_t0,
+            queue_ms=_ms(r.start_s - (r.arrival_s if r.arrival_s is not None else window_t0)),
+            output_tokens_requested=r.output_len_requested,
+            error=r.error,
             ttft_ms=_ms(r.first_token_s - r.start_s) if r.first_token_s is not None else None,
             e2e_ms=_ms(r.end_s - r.start_s),
             tpot_ms=tpot,
@@ -52,7 +56,9 @@ def _stats(values: List[float], name: str, pcts=(50, 99), mean: bool = True) -> 
 
 
 def latency_summary(rows: List[RequestRow]) -> Latency:
-    """Percentiles over all requests (TTFT, e2e) and over all inter-token gaps (ITL)."""
+    """Percentiles over all requests (TTFT, e2e) and over all inter-token gaps (ITL); failed requests
+    (an error) are left out: they are counted, not averaged in."""
+    rows = [r for r in rows if not r.error]
     ttft = [r.ttft_ms for r in rows if r.ttft_ms is not None]
     e2e = [r.e2e_ms for r in rows if r.e2e_ms is not None]
     itl = [x for r in rows for x in (r.itl_ms or [])]

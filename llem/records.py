@@ -16,11 +16,15 @@ def now() -> float:
 
 @dataclass
 class Request:
-    """One prompt, as token ids (every engine does the same work), with its text when it had one."""
+    """One prompt, as token ids (every engine does the same work), with its text when it had one, the
+    output length it asks for (None: the job's ``output_len``) and when it arrives: seconds after the
+    measured call starts (None: at once, with every other request)."""
 
     request_id: int
     token_ids: List[int]
     text: Optional[str] = None
+    output_len: Optional[int] = None
+    arrival_s: Optional[float] = None
 
     @property
     def input_tokens(self) -> int:
@@ -32,7 +36,8 @@ class RequestResult:
     """What the engine returned for one request, timed on :func:`now` (seconds).
 
     ``token_times_s`` holds the time each generated token reached the host, when the engine
-    can tell; the experiment derives TTFT, end-to-end latency and ITL from these.
+    can tell; the experiment derives TTFT, end-to-end latency and ITL from these. ``start_s`` is the
+    start of service (first scheduled by the engine; sent, for a server).
     """
 
     request_id: int
@@ -45,6 +50,9 @@ class RequestResult:
     batch_index: Optional[int] = None
     process_index: Optional[int] = None  # the data-parallel replica that served it
     timing_note: Optional[str] = None  # why a timing is missing, if it is
+    arrival_s: Optional[float] = None  # when it arrived (None: when the call started); start_s − arrival_s is queueing
+    output_len_requested: Optional[int] = None  # the length it asked for
+    error: Optional[str] = None  # why it failed (an HTTP error, a dropped stream): recorded, never dropped
 
 
 Progress = Callable[[int], None]  # called with the number of requests just completed

@@ -7,6 +7,9 @@ also last ``measure.min_window_s``: the warm-up's fastest batch (one wave, the s
 predicts how many whole waves that takes, and a window that still comes out short is measured once
 more with the count scaled by what it showed (the short one is discarded, like a warm-up).
 
+At a finite ``load.request_rate`` the window lasts about count ÷ rate: the count is at least
+rate × ``measure.min_window_s`` (on a GPU), and a short window is measured again the same way.
+
 A count the user set is honoured as given; what it cannot give (a full batch, a steady state, a
 long enough window) is flagged.
 """
@@ -41,12 +44,15 @@ class Plan:
 
 
 def plan(num_requests: Optional[int], waves: int, min_window_s: float, max_requests: int, capacity: int,
-         on_gpu: bool) -> Plan:
-    """The starting count: the user's, or ``waves`` × ``capacity`` (within ``max_requests``)."""
+         on_gpu: bool, request_rate: float = math.inf) -> Plan:
+    """The starting count: the user's, or ``waves`` × ``capacity`` (within ``max_requests``); at a finite
+    ``request_rate`` at least as many as arrive in MARGIN × the minimum window."""
     minimum = min_window_s if on_gpu and min_window_s > 0 else None
     if num_requests is not None:
         return Plan(False, capacity, num_requests, minimum, max_requests)
     n = waves * capacity
+    if request_rate != math.inf and minimum is not None:
+        n = max(n, math.ceil(MARGIN * minimum * request_rate))
     capped = n > max_requests
     return Plan(True, capacity, min(n, _whole_waves_within(max_requests, capacity)), minimum, max_requests,
                 capped=capped)

@@ -86,6 +86,9 @@ class SweepSummary(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from llem.serving.server import stop
+
+        stop()  # the server the last jobs shared (server=launch), if one runs
         sweep = Path(config.hydra.sweep.dir)
         if self.dry_run:
             self._remove_dry_run_files(sweep)

@@ -83,7 +83,7 @@ def _pooled(requests, key_of_job: Dict[str, str]) -> Dict[str, Dict[str, float]]
         if sorted_keys[s]:
             rows_of[sorted_keys[s]] = order[s:e]
     scalars = {c: requests.column(c).to_numpy().astype(float)
-               for c in ("ttft_ms", "e2e_ms") if c in requests.column_names}
+               for c in sorted({column for column, _ in POOLED.values()} - {"itl_ms"}) if c in requests.column_names}
     itl_values = itl_offsets = None
     if "itl_ms" in requests.column_names:  # every gap, addressed by each row's offsets (no copies)
         itl = requests.column("itl_ms").combine_chunks()

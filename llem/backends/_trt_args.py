@@ -43,7 +43,7 @@ def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[st
         "max_batch_size": config.batch,
         "tensor_parallel_size": b.tensor_parallel_size,
         "pipeline_parallel_size": b.pipeline_parallel_size,
-        "max_seq_len": b.max_seq_len or (config.input_len + config.output_len),
+        "max_seq_len": b.max_seq_len or (config.input_len + config.output_len_max),
         "kv_cache_config": {"free_gpu_memory_fraction": b.kv_cache_free_gpu_memory_fraction,
                             "enable_block_reuse": b.enable_block_reuse},
         "skip_tokenizer_init": token_ids_only,

@@ -52,6 +52,17 @@ class CompileCache:
     artifacts: List[str] = field(default_factory=list)  # absolute globs: a file new or changed during load = compiled
 
 
+@dataclass
+class ServerLaunch:
+    """How to start an engine's own OpenAI-compatible server (``server=launch``) and talk to it."""
+
+    argv: List[str]  # the command, with the host and port already in it
+    env: Dict[str, str] = field(default_factory=dict)  # set on top of the job's environment
+    prompt: str = "token_ids"  # what its /v1/completions takes: token_ids, or text only
+    id_words: bool = False  # its tokenizer is llem's id-word one (random weights): text prompts are exact
+    health_path: str = "/health"
+
+
 class Engine(ABC):
     """One inference engine behind llem's measurement protocol."""
 
@@ -60,6 +71,10 @@ class Engine(ABC):
     resolved_class: ClassVar[Optional[type]] = None  # the dataclass EngineInfo.resolved holds (engine.* columns)
     # engine_args keys that duplicate llem's own keys (rejected, naming the llem key to use)
     reserved_args: ClassVar[Dict[str, str]] = {}
+    # What the engine cannot do in llem's own process: None where it can, else why not (a config asking
+    # for it is refused before anything loads, with this reason and what to use instead).
+    no_arrivals: ClassVar[Optional[str]] = "it submits every request at once"
+    no_natural_lengths: ClassVar[Optional[str]] = "it generates the same length for every request"
 
     def __init__(self, config: Config, device: str) -> None:
         self.config = config
@@ -76,6 +91,18 @@ class Engine(ABC):
                 raise ConfigError(
                     f"backend.engine_args.{key} duplicates llem's own key: use {cls.reserved_args[key]} instead"
                 )
+        if config.server.mode != "none":
+            return  # the server does the serving: arrivals and lengths are the client's
+        server = "server=launch (its own OpenAI-compatible server)"
+        if config.load.timed and cls.no_arrivals:
+            raise ConfigError(f"load.request_rate={config.load.request_rate:g} is not honoured by backend={cls.name} "
+                              f"in-process: {cls.no_arrivals}. Use {server}, or load.request_rate=inf")
+        if config.load.max_concurrency is not None and cls.no_arrivals:
+            raise ConfigError(f"load.max_concurrency is not honoured by backend={cls.name} in-process: "
+                              f"{cls.no_arrivals}; batch sets its concurrency. Use {server}")
+        if config.output_len is None and cls.no_natural_lengths:
+            raise ConfigError(f"output_len=null is not honoured by backend={cls.name} in-process: "
+                              f"{cls.no_natural_lengths}. Use {server}, or a fixed output_len")
 
     @classmethod
     def gpus_required(cls, backend: Any) -> int:
@@ -96,8 +123,27 @@ class Engine(ABC):
         """Build the model and everything generate needs (timed and metered as the load phase)."""
 
     @abstractmethod
-    def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
-        """Generate exactly ``output_len`` tokens for every request; return one result per request."""
+    def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
+                 ) -> List[RequestResult]:
+        """Generate exactly ``output_len`` tokens for every request (None: each request's own
+        ``output_len``), each submitted at its ``arrival_s`` (None: at once); one result per request."""
+
+    def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
+        """The engine's own OpenAI-compatible server for this config (``server=launch``); ``model_dir``
+        is what :meth:`served_model` prepared. Raise EngineUnavailable where the engine has none."""
+        from llem.errors import EngineUnavailable
+
+        raise EngineUnavailable(f"backend={self.name} has no OpenAI-compatible server in llem: use server=none")
+
+    def served_model(self, root: Path) -> Optional[Path]:
+        """A model directory the server can load (random weights: written under ``root`` once), or None
+        to serve ``model.hf_id``. Runs in the job's parent, which never opens a CUDA context."""
+        return None
+
+    def request_extras(self, output_len: int) -> Dict[str, Any]:
+        """Keys this engine's server needs in a completion request to generate exactly ``output_len``
+        tokens (EOS ignored)."""
+        return {"ignore_eos": True, "min_tokens": output_len}
 
     def synchronize(self) -> None:
         """Wait until all queued device work has finished (measurement window edges)."""

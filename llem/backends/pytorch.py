@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends._torch_runner import PyTorchResolved
-from llem.backends.base import CompileCache, Engine, EngineInfo, WorkCounts, installed
+from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, WorkCounts, installed
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
 from llem.errors import ConfigError, EngineUnavailable
@@ -133,6 +133,9 @@ class PyTorchEngine(Engine):
     config_class = PyTorchConfig
     resolved_class = PyTorchResolved
     reserved_args = _RESERVED
+    no_arrivals = ("it runs static batches of `batch` requests, each to its end, so it cannot take requests as "
+                   "they arrive (transformers' continuous batching is its server's)")
+    no_natural_lengths = "a static batch generates one length for all its rows"
 
     def __init__(self, config: Config, device: str) -> None:
         super().__init__(config, device)
@@ -199,6 +202,46 @@ class PyTorchEngine(Engine):
         if b.quantization.method != "none" and not installed("bitsandbytes"):
             raise EngineUnavailable(
                 f"backend.quantization.method={b.quantization.method} needs bitsandbytes: pip install bitsandbytes")
+
+    # -- server ---------------------------------------------------------------------------
+    def served_model(self, root: Path) -> Optional[Path]:
+        """Random weights: a seeded random checkpoint with llem's id-word tokenizer (written once)."""
+        from llem.config import Weights
+
+        m = self.config.model
+        if m.weights != Weights.random:
+            return None
+        from llem.serving.model_dir import random_checkpoint
+
+        return random_checkpoint(m.architecture, m.dtype.value, self.config.seed, root)
+
+    def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
+        """``transformers serve MODEL --continuous-batching`` on the job's device (it takes text prompts only;
+        it has no maximum batch size: ``batch`` is not applied to it)."""
+        import sys
+
+        missing = [name for name in ("fastapi", "uvicorn") if not installed(name)]
+        if missing:
+            raise EngineUnavailable(f"transformers serve needs {', '.join(missing)}: "
+                                    "pip install 'llem[serving-pytorch]'")
+        b, cfg = self.backend, self.config
+        argv = [sys.executable, "-m", "transformers.cli.transformers", "serve",
+                str(model_dir) if model_dir else cfg.model.hf_id, "--continuous-batching",
+                "--device", "cuda:0" if self.device == "cuda" else "cpu", "--dtype", cfg.model.dtype.value,
+                "--attn-implementation", b.attn_implementation, "--host", host, "--port", str(port),
+                "--max-model-len", str(cfg.input_len + cfg.output_len_max), "--log-level", "warning"]
+        if b.torch_compile != "off":
+            argv.append("--compile")
+        if cfg.model.trust_remote_code:
+            argv.append("--trust-remote-code")
+        env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
+        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None)
+
+    def request_extras(self, output_len: int) -> Dict[str, Any]:
+        """transformers serve has no ignore_eos: a generation config with min_new_tokens does it."""
+        import json
+
+        return {"generation_config": json.dumps({"min_new_tokens": output_len})}
 
     # -- load / generate ------------------------------------------------------------------
     def load(self) -> None:

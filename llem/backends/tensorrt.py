@@ -50,7 +50,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends._engine_args import check_engine_args, package_dir
 from llem.backends._hf_model import count_parameters, shared_dummy_model
@@ -63,7 +63,7 @@ from llem.backends._trt_args import (
     llm_kwargs,
     to_api,
 )
-from llem.backends.base import CompileCache, Engine, EngineInfo, installed
+from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
@@ -142,6 +142,8 @@ class TensorRTEngine(Engine):
     config_class = TensorRTConfig
     resolved_class = TensorRTResolved
     reserved_args = _RESERVED
+    no_arrivals = None  # generate_async at each request's arrival time
+    no_natural_lengths = None  # SamplingParams per request
 
     @classmethod
     def validate_config(cls, config: Config) -> None:
@@ -245,24 +247,95 @@ class TensorRTEngine(Engine):
         return SamplingParams(max_tokens=output_len, min_tokens=output_len, ignore_eos=True, detokenize=False,
                               **ids, **sampling)
 
-    def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
-        params = self.sampling_params(output_len)
+    def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
+                 ) -> List[RequestResult]:
+        """Every request submitted before any is drained, or each at its arrival time, at most
+        ``load.max_concurrency`` in flight."""
+        params: Dict[int, Any] = {}
         tracks = [_Track(r) for r in requests]
+        cap = self.config.load.max_concurrency
+        timed = any(r.arrival_s for r in requests) or cap is not None
+
+        def submit(track: _Track) -> None:
+            length = output_len if output_len is not None else (track.request.output_len or self.config.output_len)
+            if length not in params:
+                params[length] = self.sampling_params(length)
+            track.start = now()
+            prompt = {"prompt_token_ids": list(track.request.token_ids)}
+            track.stream = self.llm.generate_async(prompt, params[length], streaming=True)
 
         async def drain(track: _Track) -> None:
             async for out in track.stream:
                 track.add(out, now())
             progress(1)
 
+        async def arrive(track: _Track, t0: float, slots) -> None:
+            await asyncio.sleep(max(0.0, t0 + (track.request.arrival_s or 0.0) - now()))
+            track.arrival = now()
+            if slots is not None:
+                await slots.acquire()
+            try:
+                submit(track)
+                await drain(track)
+            finally:
+                if slots is not None:
+                    slots.release()
+
         async def run() -> None:
-            for track in tracks:  # every request submitted before any is drained
-                track.start = now()
-                prompt = {"prompt_token_ids": list(track.request.token_ids)}
-                track.stream = self.llm.generate_async(prompt, params, streaming=True)
-            await asyncio.gather(*(drain(t) for t in tracks))
+            if not timed:
+                for track in tracks:
+                    submit(track)
+                await asyncio.gather(*(drain(t) for t in tracks))
+                return
+            slots = asyncio.Semaphore(cap) if cap else None
+            t0 = now()
+            await asyncio.gather(*(arrive(t, t0, slots) for t in tracks))
 
         asyncio.run(run())
         return [t.result() for t in tracks]
+
+    def served_model(self, root: Path) -> Optional[Path]:
+        """Random weights: the dummy model dir with llem's id-word tokenizer beside it."""
+        cfg = self.config
+        if cfg.model.weights != Weights.random:
+            return None
+        from llem.serving.model_dir import write_id_tokenizer
+
+        folder = shared_dummy_model(cfg.model.architecture, cfg.model.dtype.value, root)
+        ends = self._end_ids()
+        write_id_tokenizer(folder, int(cfg.model.architecture["vocab_size"]), ends[0] if ends else None)
+        return folder
+
+    def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
+        """``trtllm-serve MODEL`` with its documented flags; the other LLM arguments (load_format, KV-cache and
+        quantisation configs, engine_args) in the YAML file ``--extra_llm_api_options`` reads."""
+        import shutil
+        import sys
+
+        import yaml
+
+        cfg, b = self.config, self.backend
+        kwargs = llm_kwargs(cfg, str(model_dir) if model_dir else cfg.model.hf_id, token_ids_only=False)
+        model = kwargs.pop("model")
+        flags = {"--backend": "tensorrt" if b.llm_backend == "trt" else "pytorch",
+                 "--max_batch_size": kwargs.pop("max_batch_size"), "--max_seq_len": kwargs.pop("max_seq_len"),
+                 "--tp_size": kwargs.pop("tensor_parallel_size"), "--pp_size": kwargs.pop("pipeline_parallel_size"),
+                 "--kv_cache_free_gpu_memory_fraction": kwargs["kv_cache_config"].pop("free_gpu_memory_fraction")}
+        for key in ("skip_tokenizer_init", "return_perf_metrics"):
+            kwargs.pop(key, None)
+        extra = Path(cfg.cache_dir).expanduser() / "served" / f"trtllm-{cache_key(kwargs, 'serve')}.yaml"
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        extra.write_text(yaml.safe_dump(kwargs, sort_keys=True))
+        exe = shutil.which("trtllm-serve")
+        argv = ([exe] if exe else [sys.executable, "-m", "tensorrt_llm.commands.serve"]) + [model, "--host", host,
+                                                                                            "--port", str(port)]
+        for flag, value in flags.items():
+            argv += [flag, str(value)]
+        if kwargs.get("trust_remote_code"):
+            argv.append("--trust_remote_code")
+        argv += ["--extra_llm_api_options", str(extra)]
+        env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
+        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None)
 
     def synchronize(self) -> None:
         pass  # generate returns when every request's last token is on the host
@@ -291,6 +364,7 @@ class _Track:
     def __init__(self, request: Request) -> None:
         self.request = request
         self.start = 0.0
+        self.arrival: Optional[float] = None  # when it arrived (host clock), if it arrived over time
         self.stream = None
         self.times: List[float] = []
         self.scheduled: Optional[float] = None
@@ -315,7 +389,8 @@ class _Track:
         end = self.times[-1] if self.times else start
         return RequestResult(request_id=self.request.request_id, input_tokens=self.request.input_tokens,
                              output_tokens=len(self.times), start_s=start, end_s=end, first_token_s=first,
-                             token_times_s=list(self.times) or None, timing_note=note)
+                             token_times_s=list(self.times) or None, timing_note=note, arrival_s=self.arrival,
+                             output_len_requested=self.request.output_len)
 
 
 ENGINE = TensorRTEngine

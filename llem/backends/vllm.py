@@ -26,13 +26,14 @@ import functools
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from llem.backends._engine_args import check_engine_args, class_fields, package_dir, source_classes
 from llem.backends._hf_model import count_parameters, shared_dummy_model
-from llem.backends.base import CompileCache, Engine, EngineInfo, installed
+from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
@@ -96,7 +97,7 @@ def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[st
         "max_num_seqs": config.batch,
         "tensor_parallel_size": b.tensor_parallel_size,
         "pipeline_parallel_size": b.pipeline_parallel_size,
-        "max_model_len": b.max_model_len or (config.input_len + config.output_len),
+        "max_model_len": b.max_model_len or (config.input_len + config.output_len_max),
         "gpu_memory_utilization": b.gpu_memory_utilization,
         "enforce_eager": b.enforce_eager,
         "enable_prefix_caching": b.enable_prefix_caching,
@@ -150,6 +151,8 @@ class VllmEngine(Engine):
     config_class = VllmConfig
     resolved_class = VllmResolved
     reserved_args = _RESERVED
+    no_arrivals = None  # each request is added to the engine at its arrival, between steps
+    no_natural_lengths = None  # each request has its own SamplingParams
 
     @classmethod
     def gpus_required(cls, backend: Any) -> int:
@@ -198,6 +201,35 @@ class VllmEngine(Engine):
         self.llm = LLM(**self.kwargs)
         self._params = count_parameters(cfg)
 
+    def served_model(self, root: Path) -> Optional[Path]:
+        """Random weights: the dummy model dir (config.json) with llem's id-word tokenizer beside it."""
+        cfg = self.config
+        if cfg.model.weights != Weights.random:
+            return None
+        from llem.serving.model_dir import write_id_tokenizer
+
+        folder = shared_dummy_model(cfg.model.architecture, cfg.model.dtype.value, root)
+        arch = cfg.model.architecture
+        eos = arch.get("eos_token_id")
+        write_id_tokenizer(folder, int(arch["vocab_size"]), eos[0] if isinstance(eos, (list, tuple)) else eos)
+        return folder
+
+    def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
+        """``vllm serve`` with the job's engine arguments as its flags (``engine_args`` keys in kebab case)."""
+        import shutil
+        import sys
+
+        cfg = self.config
+        kwargs = llm_kwargs(cfg, str(model_dir) if model_dir else cfg.model.hf_id, token_ids_only=False)
+        model = kwargs.pop("model")
+        for key in ("skip_tokenizer_init", "disable_log_stats"):
+            kwargs.pop(key, None)
+        exe = shutil.which("vllm")
+        argv = ([exe] if exe else [sys.executable, "-m", "vllm.entrypoints.cli.main"]) + ["serve", model]
+        argv += ["--host", host, "--port", str(port)] + cli_flags(kwargs)
+        env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
+        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None)
+
     def sampling_params(self, output_len: int):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -208,22 +240,40 @@ class VllmEngine(Engine):
                               temperature=d.temperature, detokenize=False, output_kind=RequestOutputKind.DELTA,
                               **sampling)
 
-    def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
+    def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
+                 ) -> List[RequestResult]:
+        """Every request added before the first step, or each at its arrival time (between steps; the
+        engine sleeps only while nothing is in flight), at most ``load.max_concurrency`` in flight."""
         from vllm.inputs import TokensPrompt
 
         engine = self.llm.llm_engine
-        params = self.sampling_params(output_len)
+        cap = self.config.load.max_concurrency
+        params: Dict[int, Any] = {}
         tracks = {f"llem-{r.request_id}": _Track(r) for r in requests}
-        for rid, track in tracks.items():  # every request submitted before the first step
-            track.start = now()
-            engine.add_request(rid, TokensPrompt(prompt_token_ids=list(track.request.token_ids)), params)
-        while engine.has_unfinished_requests():
+        waiting = sorted(tracks.items(), key=lambda kv: kv[1].request.arrival_s or 0.0)
+        t0, in_flight = now(), 0
+        while waiting or engine.has_unfinished_requests():
+            clock = now()
+            while waiting and (cap is None or in_flight < cap) and t0 + (waiting[0][1].request.arrival_s or 0) <= clock:
+                rid, track = waiting.pop(0)
+                length = output_len if output_len is not None else (track.request.output_len or self.config.output_len)
+                if length not in params:
+                    params[length] = self.sampling_params(length)
+                track.arrival = t0 + (track.request.arrival_s or 0.0)
+                track.start = now()
+                engine.add_request(rid, TokensPrompt(prompt_token_ids=list(track.request.token_ids)), params[length])
+                in_flight += 1
+            if not engine.has_unfinished_requests():
+                if waiting:
+                    time.sleep(max(0.0, t0 + (waiting[0][1].request.arrival_s or 0.0) - now()))
+                continue
             outputs = engine.step()
             host = now()
             for out in outputs:
                 track = tracks[out.request_id]
                 track.add(len(out.outputs[0].token_ids) if out.outputs else 0, host, out.metrics)
                 if out.finished:
+                    in_flight -= 1
                     progress(1)
         return [t.result() for t in tracks.values()]
 
@@ -256,12 +306,34 @@ class VllmEngine(Engine):
             self.llm = None
 
 
+NEGATED_FLAGS = ("enable_prefix_caching",)  # False must be said: vLLM's default is True
+
+
+def cli_flags(kwargs: Dict[str, Any]) -> List[str]:
+    """Engine arguments as ``vllm serve`` flags: ``--kebab-key value``; True → ``--key``; False left out (the
+    default) or ``--no-key`` where vLLM's default is True; None left out; mappings and lists as JSON."""
+    flags: List[str] = []
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            if value or key in NEGATED_FLAGS:
+                flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, (dict, list, tuple)):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
 class _Track:
     """One request's tokens as they arrive: engine step stamps and host receive times."""
 
     def __init__(self, request: Request) -> None:
         self.request = request
         self.start = 0.0  # submitted (host clock)
+        self.arrival: Optional[float] = None  # when it arrived (host clock), if it arrived over time
         self.scheduled = 0.0  # first scheduled (engine clock)
         self.engine: List[float] = []
         self.host: List[float] = []
@@ -290,7 +362,7 @@ class _Track:
         return RequestResult(request_id=self.request.request_id, input_tokens=self.request.input_tokens,
                              output_tokens=n, start_s=start, end_s=times[-1] if times else start,
                              first_token_s=times[0] if times else None, token_times_s=list(times) or None,
-                             timing_note=note)
+                             timing_note=note, arrival_s=self.arrival, output_len_requested=self.request.output_len)
 
 
 ENGINE = VllmEngine

@@ -88,8 +88,10 @@ def energy_between(rows: List[Dict[str, Any]], t0: float, t1: float) -> Tuple[Op
 
 
 def steady_state(results: Sequence[RequestResult], in_flight: int, rows: List[Dict[str, Any]],
-                 baseline_power_w: Optional[float]) -> SteadyState:
-    span, why = saturated_span(results, in_flight)
+                 baseline_power_w: Optional[float],
+                 found: Optional[Tuple[Optional[Tuple[float, float]], str]] = None) -> SteadyState:
+    """The steady state's columns; ``found``: (span, why none) decided by the caller (a timed load's)."""
+    span, why = found if found is not None else saturated_span(results, in_flight)
     if span is None:
         return SteadyState(steady_state_null_reason=why)
     t0, t1 = span

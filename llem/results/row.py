@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Dict, List, Optional, Tuple
 
+from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
 from llem.results.schema import (
     JSON,
     STR,
@@ -173,7 +174,7 @@ class EnergySummary:
     j_per_output_token: Optional[float] = col("adjusted energy per output token (J)", summary=True, label="J/token",
                                               fmt=".4g")
     j_per_output_token_raw: Optional[float] = col("raw energy per output token (J)", summary=True)
-    j_per_request: Optional[float] = col("adjusted energy per request (J)")
+    j_per_request: Optional[float] = col("adjusted energy per request (J)", summary=True, label="J/req", fmt=".4g")
     output_tokens_per_j: Optional[float] = col("output tokens per adjusted joule")
 
 
@@ -282,8 +283,8 @@ class Notes:
 # Fixed parts, in column order, with their column prefix. cfg.* follows Outcome; engine.* follows
 # ModelFacts; env.* (llem.environment.Environment) and codecarbon.* precede Notes.
 PARTS: Tuple[Tuple[type, str], ...] = (
-    (Outcome, ""), (WorkloadCounts, ""), (Sizing, ""), (OutsideWindow, ""), (BuildCache, ""),
-    (Throughput, ""), (Padding, ""),
+    (Outcome, ""), (WorkloadCounts, ""), (OutputLengths, ""), (Sizing, ""), (OutsideWindow, ""), (BuildCache, ""),
+    (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (Padding, ""),
     (GpuEnergy, ""), (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""),
     (SteadyState, ""), (PrefillDecode, ""), (HostEnergy, ""), (CodecarbonFacts, "codecarbon."), (Notes, ""),
 )

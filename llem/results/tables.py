@@ -16,12 +16,20 @@ class RequestRow:
     process_index: Optional[int] = col("the data-parallel replica that served it")
     input_tokens: int = col("prompt tokens", default=0)
     output_tokens: int = col("output tokens returned", default=0)
+    arrival_offset_s: Optional[float] = col("when it arrived, from the window's start (s; 0: all at once)")
     start_offset_s: Optional[float] = col("wait from the window's start to the start of its service (s)")
+    queue_ms: Optional[float] = col("wait from its arrival to the start of its service (ms): a full batch, or "
+                                    "load.max_concurrency", pooled=(50, 99))
+    output_tokens_requested: Optional[int] = col("the output length it asked for")
     ttft_ms: Optional[float] = col("time to first token from the start of service (ms)", pooled=(50, 99),
                                    label="TTFT", fmt=".1f")
     e2e_ms: Optional[float] = col("end-to-end latency from the start of service (ms)", pooled=(50,))
     tpot_ms: Optional[float] = col("time per output token after the first (ms)")
     itl_ms: Optional[List[float]] = col("every inter-token gap (ms)", pooled=(50, 99), label="ITL", fmt=".2f")
+    energy_j: Optional[float] = col("its share of the window's raw GPU energy (J): each sampling interval split "
+                                    "over the requests in flight by tokens produced (docs/method.md)")
+    energy_adjusted_j: Optional[float] = col("its share of the window's adjusted energy (J), by the same rule")
+    error: Optional[str] = col("why it failed (HTTP status and body, dropped stream, timeout), if it did")
     timing_note: Optional[str] = col("why a timing is missing or came from the host, if so")
 
 

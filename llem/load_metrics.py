@@ -1,0 +1,121 @@
+"""Metrics of a window measured at a load: the arrival process as it happened, goodput under the
+latency bounds of ``objective.bounds``, the server's facts, and the steady state of a timed load.
+
+Goodput counts a request as good when it meets every per-request latency bound: a bound on a TTFT,
+end-to-end or queueing statistic (``ttft_ms_p99<=200``, ``e2e_ms_p50<=2000``, ``queue_ms_p99<=50``)
+applies to each request's own TTFT, e2e or queueing time; a bound on ITL or TPOT
+(``itl_ms_p99<=50``) to each request's mean gap between tokens (its TPOT), as ``vllm bench serve
+--goodput`` does. A failed request is never good.
+
+Steady state at a timed load (``load.request_rate`` finite) is the span while requests keep arriving:
+from the arrival of the request at the 10th percentile of arrivals to the last arrival — the ramp-up
+before it and the drain after the last arrival are left out.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from llem.energy.flags import Flag
+from llem.records import Request, RequestResult
+from llem.results.load import LoadMetrics, ServerFacts
+from llem.results.tables import RequestRow
+
+PER_REQUEST = {"ttft_ms": "ttft_ms", "e2e_ms": "e2e_ms", "queue_ms": "queue_ms", "itl_ms": "tpot_ms",
+               "tpot_ms": "tpot_ms"}
+_STAT = re.compile(r"^(ttft_ms|e2e_ms|queue_ms|itl_ms|tpot_ms)(_p\d+|_mean)?$")
+RAMP_QUANTILE = 0.1
+
+
+def request_bounds(bounds: Dict[str, str]) -> List[Tuple[str, str, float, str]]:
+    """(request column, op, limit, the bound as written) for each bound goodput applies per request."""
+    out = []
+    for key, text in bounds.items():
+        m = _STAT.match(key)
+        if m:
+            text = str(text).strip()
+            out.append((PER_REQUEST[m.group(1)], text[:2], float(text[2:]), f"{key}{text}"))
+    return out
+
+
+def _good(row: RequestRow, bounds) -> bool:
+    if row.error:
+        return False
+    for column, op, limit, _ in bounds:
+        value = getattr(row, column)
+        if value is None or (value > limit if op == "<=" else value < limit):
+            return False
+    return True
+
+
+def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requests: Sequence[Request],
+              window_s: float, config: Any) -> Tuple[LoadMetrics, List[Flag]]:
+    import numpy as np
+
+    flags: List[Flag] = []
+    out = LoadMetrics(request_rate_target=float(config.load.request_rate))
+    failed = [r for r in results if r.error]
+    out.requests_failed = len(failed)
+    out.request_rate_achieved = (len(results) - len(failed)) / window_s if window_s > 0 else None
+    arrived = sorted(r.arrival_s for r in results if r.arrival_s is not None)
+    if len(arrived) > 1 and arrived[-1] > arrived[0]:
+        gaps = np.diff(arrived)
+        out.arrival_rate_achieved = (len(arrived) - 1) / (arrived[-1] - arrived[0])
+        out.inter_arrival_s_mean = float(gaps.mean())
+        out.inter_arrival_cv = float(gaps.std(ddof=1) / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else None
+        lag = _lag_s(results, requests)
+        if lag is not None and config.load.timed and lag > max(0.05, 0.25 / config.load.request_rate):
+            flags.append(Flag("rate_not_met", (
+                f"requests were sent up to {lag:.3f} s (90th percentile) after they were due at "
+                f"load.request_rate={config.load.request_rate:g}: the client fell behind, so the load was lighter "
+                "than asked")))
+    queue = [r.queue_ms for r in rows if r.queue_ms is not None]
+    if queue:
+        out.queue_ms_p50, out.queue_ms_p99 = (float(np.percentile(queue, q)) for q in (50, 99))
+    bounds = request_bounds(config.objective.bounds)
+    if not bounds:
+        out.goodput_null_reason = "objective.bounds sets no TTFT, ITL, TPOT, e2e or queueing bound"
+    elif window_s > 0 and rows:
+        good = sum(_good(r, bounds) for r in rows)
+        out.goodput_requests_per_s, out.goodput_share = good / window_s, good / len(rows)
+        out.goodput_bounds = " ".join(b[3] for b in bounds)
+    if failed:
+        first = failed[0].error
+        flags.append(Flag("request_errors", (
+            f"{len(failed)} of {len(results)} requests failed (first: {first}): their tokens count, their "
+            "latencies do not, and goodput counts them as missed")))
+    return out, flags
+
+
+def _lag_s(results: Sequence[RequestResult], requests: Sequence[Request]) -> Optional[float]:
+    """90th percentile of how late requests were sent against their due times (both from the first)."""
+    import numpy as np
+
+    due = {r.request_id: r.arrival_s for r in requests if r.arrival_s is not None}
+    pairs = sorted((due[r.request_id], r.arrival_s) for r in results
+                   if r.arrival_s is not None and r.request_id in due)
+    if len(pairs) < 2:
+        return None
+    d0, a0 = pairs[0]
+    return float(np.percentile([(a - a0) - (d - d0) for d, a in pairs], 90))
+
+
+def arrival_span(results: Sequence[RequestResult]) -> Tuple[Optional[Tuple[float, float]], str]:
+    """The steady state of a timed load: from the 10th-percentile arrival to the last one."""
+    arrived = sorted(r.arrival_s for r in results if r.arrival_s is not None)
+    if len(arrived) < 3:
+        return None, "needs at least three arrivals"
+    t0, t1 = arrived[int(RAMP_QUANTILE * (len(arrived) - 1))], arrived[-1]
+    if t1 <= t0:
+        return None, "the arrivals span no time"
+    return (t0, t1), ""
+
+
+def server_part(endpoint: Any, prompt: Optional[str]) -> ServerFacts:
+    if endpoint is None:
+        return ServerFacts(server_mode="none")
+    return ServerFacts(server_mode=endpoint.mode, server_url=endpoint.url, server_command=endpoint.command,
+                       server_start_s=endpoint.start_s, server_reused=endpoint.reused,
+                       server_starts=endpoint.starts if endpoint.mode == "launch" else None, server_prompt=prompt,
+                       server_log=endpoint.log_path)

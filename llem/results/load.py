@@ -1,0 +1,59 @@
+"""Result parts of a job measured at a load: where output lengths came from, the arrival process as it
+happened, goodput, and the server that answered (``server=launch`` / ``external``). Columns as in
+:mod:`llem.results.row`: the field is the column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from llem.results.schema import col
+
+
+@dataclass
+class OutputLengths:
+    """The output lengths the requests asked for (fixed output_len, or natural lengths)."""
+
+    output_len_source: Optional[str] = col("fixed (output_len), reference (the dataset's completions), distribution "
+                                           "(dataset.output_lengths), or reference+distribution")
+    output_len_distribution: Optional[str] = col("the distribution drawn from, when one was")
+    output_tokens_requested_total: Optional[int] = col("output tokens the requests asked for")
+    output_tokens_requested_mean: Optional[float] = col("mean output length asked for (tokens)")
+    output_tokens_requested_p50: Optional[float] = col("median output length asked for (tokens)")
+    output_tokens_requested_p90: Optional[float] = col("90th-percentile output length asked for (tokens)")
+    output_tokens_requested_max: Optional[int] = col("longest output asked for (tokens)")
+
+
+@dataclass
+class LoadMetrics:
+    """The arrival process as it happened, and goodput under objective.bounds."""
+
+    request_rate_target: Optional[float] = col("load.request_rate asked for (requests/s; inf: all at once)")
+    arrival_rate_achieved: Optional[float] = col("requests that arrived per second, first to last arrival")
+    inter_arrival_s_mean: Optional[float] = col("mean gap between consecutive arrivals (s)")
+    inter_arrival_cv: Optional[float] = col("coefficient of variation of the gaps (1: Poisson)")
+    request_rate_achieved: Optional[float] = col("requests completed per second of the window", summary=True,
+                                                 label="req/s", fmt=".3g")
+    requests_failed: Optional[int] = col("requests that ended in an error (HTTP status, dropped stream, timeout)")
+    queue_ms_p50: Optional[float] = col("median wait from arrival to the start of service (ms)")
+    queue_ms_p99: Optional[float] = col("99th-percentile wait from arrival to the start of service (ms)")
+    goodput_requests_per_s: Optional[float] = col("requests per second of the window meeting every latency bound "
+                                                  "of objective.bounds", summary=True)
+    goodput_share: Optional[float] = col("share of the requests meeting every latency bound (0-1)")
+    goodput_bounds: Optional[str] = col("the per-request bounds goodput counts (from objective.bounds)")
+    goodput_null_reason: Optional[str] = col("why goodput is null, when it is")
+
+
+@dataclass
+class ServerFacts:
+    """The OpenAI-compatible server measured over HTTP (server=launch or external)."""
+
+    server_mode: Optional[str] = col("none (in-process), launch or external")
+    server_url: Optional[str] = col("the server's base URL")
+    server_command: Optional[str] = col("the command llem started it with (launch)")
+    server_start_s: Optional[float] = col("how long the server took to answer /health, paid by the job that "
+                                          "started it; never in a window (s)")
+    server_reused: Optional[bool] = col("the server was started by an earlier job of the sweep and kept running")
+    server_starts: Optional[int] = col("servers started in this sweep so far, this job's included")
+    server_prompt: Optional[str] = col("how prompts were sent: token_ids or text")
+    server_log: Optional[str] = col("the server's log file (its lines from this job are in the job dir)")

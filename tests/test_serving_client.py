@@ -1,0 +1,161 @@
+"""The HTTP client and the server lifecycle on their error paths, against a stand-in server: HTTP
+errors, dropped streams and timeouts are recorded per request, never dropped; arrivals and the
+concurrency cap are honoured; a server that fails to start or dies says why with its log; an
+unreachable server.url fails its check in under 2 s; a port in use is avoided."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from llem.arrivals import shape
+from llem.backends.base import ServerLaunch
+from llem.config import to_config
+from llem.errors import ServerError
+from llem.records import Request
+from llem.serving import server as srv
+from llem.serving.client import ServerEngine
+from llem.serving.server import Endpoint
+from tests.stand_in_server import StandIn
+
+pytest.importorskip("aiohttp")
+
+
+def _client(compose_cfg, url, overrides=(), prompt="auto", id_words=True, pid=None):
+    config = to_config(compose_cfg(["server=external", f"server.url={url}", *overrides]))
+    engine = ServerEngine(config, "cpu", Endpoint(url=url, mode="external", prompt=prompt, id_words=id_words,
+                                                  pid=pid), lambda n: {"ignore_eos": True, "min_tokens": n})
+    engine.load()
+    return engine, config
+
+
+def _requests(config, n):
+    reqs = [Request(i, [5, 6, 7]) for i in range(n)]
+    shape(reqs, config)
+    return reqs
+
+
+def test_arrivals_concurrency_and_timing(compose_cfg):
+    with StandIn(delay_s=0.02) as server:
+        engine, config = _client(compose_cfg, server.url, ["load.request_rate=40", "load.max_concurrency=2",
+                                                           "output_len=8"])
+        out = engine.generate(_requests(config, 24), None, lambda n: None)
+    assert all(r.error is None and r.output_tokens == 8 and len(r.token_times_s) == 8 for r in out)
+    assert server.most_in_flight <= 2  # load.max_concurrency
+    assert engine.prompt == "token_ids" and server.bodies[-1]["prompt"] == [5, 6, 7]
+    assert server.bodies[-1]["ignore_eos"] is True and server.bodies[-1]["stream"] is True
+    arrivals = np.array(sorted(r.arrival_s for r in out))
+    assert np.diff(arrivals).mean() == pytest.approx(1 / 40, rel=0.25)
+    queued = [r.start_s - r.arrival_s for r in out]
+    assert max(queued) > 0.01  # with two slots, arrivals waited for one
+    assert all(r.first_token_s > r.start_s >= r.arrival_s for r in out)
+
+
+def test_text_only_server_gets_id_words(compose_cfg):
+    with StandIn(tokens_only=True) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4"])
+        out = engine.generate(_requests(config, 3), None, lambda n: None)
+    assert engine.prompt == "text" and server.bodies[-1]["prompt"] == "t5 t6 t7"
+    assert all(r.error is None and r.output_tokens == 4 for r in out)
+
+
+@pytest.mark.parametrize("mode, expect", [("fail500", "HTTP 500: internal error: out of blocks"),
+                                          ("drop", "stream"), ("slow", "Timeout")])
+def test_errors_are_recorded_per_request(compose_cfg, mode, expect):
+    with StandIn(mode=mode) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=6", "server.request_timeout_s=1"])
+        t0 = time.monotonic()
+        out = engine.generate(_requests(config, 4), None, lambda n: None)
+        assert time.monotonic() - t0 < 10
+    assert len(out) == 4 and all(expect in (r.error or "") for r in out), [r.error for r in out]
+
+
+def test_a_failed_request_is_a_row_and_a_flag(compose_cfg):
+    from llem.load_metrics import load_part
+    from llem.metrics import latency_summary, request_rows
+
+    with StandIn(mode="fail500") as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=6", "+objective.bounds.ttft_ms_p99='<=500'"])
+        reqs = _requests(config, 3)
+        out = engine.generate(reqs, None, lambda n: None)
+    rows = request_rows(out, min(r.start_s for r in out))
+    part, flags = load_part(out, rows, reqs, 1.0, config)
+    assert part.requests_failed == 3 and part.goodput_share == 0.0 and [f.code for f in flags] == ["request_errors"]
+    assert all(r.error.startswith("HTTP 500") for r in rows) and latency_summary(rows).ttft_ms_p50 is None
+
+
+def test_unreachable_url_fails_the_check_fast():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connection refused
+        t0 = time.monotonic()
+        with pytest.raises(ServerError, match="did not answer"):
+            srv.check_external(f"http://127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 2.0
+    t0 = time.monotonic()
+    with pytest.raises(ServerError):
+        srv.check_external("http://10.255.255.1:9")  # never routed: only the timeout ends it
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_a_port_in_use_is_avoided():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert srv.free_port("127.0.0.1", port) != port
+
+
+class _FakeEngine:
+    def __init__(self, argv):
+        self.argv = argv
+
+    def served_model(self, root):
+        return None
+
+    def server_launch(self, model_dir, host, port):
+        return ServerLaunch(argv=[*self.argv, "--port", str(port)])
+
+
+def test_a_server_that_fails_to_start_says_why(compose_cfg, tmp_path):
+    config = to_config(compose_cfg(["server=launch", "server.startup_timeout_s=20"]))
+    crash = [sys.executable, "-c", "import sys; print('CUDA out of memory while loading'); sys.exit(3)"]
+    with pytest.raises(ServerError, match="(?s)exited with code 3.*CUDA out of memory") as err:
+        srv.launch(_FakeEngine(crash), config, tmp_path, [])
+    assert "CUDA out of memory" in str(err.value) and srv.Servers.current is None
+
+
+def test_servers_are_reused_by_key_and_stopped(compose_cfg, tmp_path):
+    code = ("import sys,http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
+            "  s.send_response(200); s.end_headers(); s.wfile.write(b'{}')\n"
+            "h.HTTPServer(('127.0.0.1', int(sys.argv[-1])), H).serve_forever()")
+    config = to_config(compose_cfg(["server=launch", "server.port=18500"]))
+    calls = []
+    try:
+        first = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], lambda: calls.append(1))
+        again = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], lambda: calls.append(2))
+        assert first.start_s is not None and again.reused and again.url == first.url and calls == [1]
+        other = srv.launch(_FakeEngine([sys.executable, "-c", code, "x"]), config, tmp_path, [],
+                           lambda: calls.append(3))
+        assert not other.reused and other.pid != first.pid and calls == [1, 3] and not srv.alive(first.pid)
+    finally:
+        srv.stop()
+    assert srv.Servers.current is None and not srv.alive(other.pid)
+
+
+def test_a_server_that_died_fails_the_window(compose_cfg, tmp_path):
+    import subprocess
+
+    log = tmp_path / "server.log"
+    log.write_text("loading\nKilled: out of memory\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with StandIn() as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=2"], pid=dead.pid)
+        engine.endpoint.log_path = str(log)
+        with pytest.raises(ServerError, match="(?s)died while it was measured.*out of memory"):
+            engine.generate(_requests(config, 2), None, lambda n: None)
