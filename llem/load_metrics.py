@@ -59,7 +59,7 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requ
     out.requests_failed = len(failed)
     out.request_rate_achieved = (len(results) - len(failed)) / window_s if window_s > 0 else None
     arrived = sorted(r.arrival_s for r in results if r.arrival_s is not None)
-    if len(arrived) > 1 and arrived[-1] > arrived[0]:
+    if config.load.timed and len(arrived) > 1 and arrived[-1] > arrived[0]:
         gaps = np.diff(arrived)
         out.arrival_rate_achieved = (len(arrived) - 1) / (arrived[-1] - arrived[0])
         out.inter_arrival_s_mean = float(gaps.mean())

@@ -81,9 +81,11 @@ def check_lengths(config: Config) -> None:
     if limit is None:
         log.debug("maximum positions not checked before loading: %s", source)
         return
-    longest = config.input_len + max(config.output_len, config.warmup.output_len or 0)
+    out = config.output_len_max
+    longest = config.input_len + max(out, config.warmup.output_len or 0)
     if longest > limit:
-        which = "warmup.output_len" if (config.warmup.output_len or 0) > config.output_len else "output_len"
+        own = "output_len" if config.output_len is not None else "dataset.output_lengths.max"
+        which = "warmup.output_len" if (config.warmup.output_len or 0) > out else own
         raise ConfigError(f"input_len + {which} = {config.input_len} + {longest - config.input_len} = {longest} "
                           f"is invalid: allowed at most {limit}, the model's maximum positions ({source})")
 

@@ -117,9 +117,12 @@ def _checked_choices(ap: _Parser, agg, job, bounds, unflagged: bool = False):
 
             pick_job(agg.runs, job)
         if bounds:
+            from llem.aggregate.capacity import capacity_text
             from llem.aggregate.recommend import recommend_text
 
-            return recommend_text(agg.summary, bounds, unflagged=unflagged)
+            text = recommend_text(agg.summary, bounds, unflagged=unflagged)
+            capacity = capacity_text(agg.summary, bounds)
+            return text + ("\n" + capacity if capacity else "")
     except ValueError as exc:
         ap.error(str(exc))
     return None

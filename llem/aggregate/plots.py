@@ -291,6 +291,10 @@ def draw_all(agg, out_dir: Path, job: Optional[str] = None) -> List[Path]:
     paths = [per_batch(agg.summary, out_dir / "j_per_token_vs_batch.png"),
              tradeoff(agg.summary, out_dir / "throughput_vs_j_per_token.png"),
              latency(agg, out_dir / "latency_distributions.png")]
+    from llem.aggregate.load_plots import has_rates, load_curves
+
+    if has_rates(agg.summary):
+        paths.append(load_curves(agg.summary, out_dir / "load_j_per_token_and_latency_vs_rate.png"))
     row = pick_job(agg.runs, job)
     if row is not None and (Path(row["job_dir"]) / "timeseries.parquet").is_file():
         name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(row["job_id"]))[:80]

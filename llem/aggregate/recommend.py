@@ -39,13 +39,17 @@ class Bound:
         return f"{self.metric}{self.op}{self.limit:g}"
 
 
+_UNIT_LAST = re.compile(r"^(\w+?)_(p\d+|mean)_(ms|s|w|j)$")  # ttft_p99_ms → ttft_ms_p99, as the columns read
+
+
 def parse_bounds(texts: Sequence[str]) -> List[Bound]:
     bounds = []
     for text in texts:
         m = _BOUND.match(text)
         if not m:
             raise ValueError(f"--slo {text!r}: expected METRIC<=NUMBER or METRIC>=NUMBER, e.g. ttft_ms_p99<=500")
-        bounds.append(Bound(m.group(1), m.group(2), float(m.group(3))))
+        metric = _UNIT_LAST.sub(r"\1_\3_\2", m.group(1))
+        bounds.append(Bound(metric, m.group(2), float(m.group(3))))
     return bounds
 
 

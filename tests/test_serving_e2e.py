@@ -1,0 +1,43 @@
+"""server=launch against a real OpenAI-compatible server: transformers serve --continuous-batching on the
+tiny random model (llem writes its checkpoint and id-word tokenizer), real HTTP, real streaming: one run
+as the README gives it (the sweep is tests/test_serving_sweep.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from tests.conftest import run_llem
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("aiohttp")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+
+def _servers_left(cache):
+    return [p for p in psutil.process_iter(["cmdline"]) if str(cache) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_launch_at_a_rate(tmp_path):
+    """The issue's command on CPU: ends ok, arrivals at the rate asked, every token asked for, the server's
+    log kept in the job dir, and no server left behind."""
+    cache = tmp_path / "cache"
+    proc = run_llem(["server=launch", "load.request_rate=8", "dataset.num_requests=32", "hydra.run.dir=run",
+                     f"cache_dir={cache}"], cwd=tmp_path, check=True, timeout=600)
+    job = tmp_path / "run"
+    r = pd.read_parquet(job / "results.parquet").iloc[0]
+    req = pd.read_parquet(job / "requests.parquet").sort_values("arrival_offset_s")
+    assert r["status"] == "ok" and r["server_mode"] == "launch" and r["server_prompt"] == "text"
+    assert r["server_start_s"] > 0 and not r["server_reused"] and r["server_starts"] == 1
+    assert len(req) == 32 and (req["output_tokens"] == 128).all() and req["error"].isna().all()
+    gaps = np.diff(req["arrival_offset_s"].to_numpy())
+    assert gaps.mean() == pytest.approx(1 / 8, rel=0.25), gaps.mean()
+    assert r["inter_arrival_s_mean"] == pytest.approx(1 / 8, rel=0.25) and r["request_rate_target"] == 8.0
+    assert 0.5 < r["inter_arrival_cv"] < 1.6  # Poisson gaps (CV 1), not a fixed clock
+    assert (req["ttft_ms"] > 0).all() and (req["queue_ms"] >= 0).all()
+    assert r["output_tokens_total"] == r["output_tokens_expected"] == 32 * 128
+    assert "Uvicorn running" in (job / "server.log").read_text()
+    assert "server: stopped" in proc.stdout + proc.stderr and not _servers_left(cache)
