@@ -54,14 +54,13 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requ
     import numpy as np
 
     flags: List[Flag] = []
-    out = LoadMetrics(request_rate_target=float(config.load.request_rate))
+    out = LoadMetrics(target_requests_per_s=float(config.load.request_rate))
     failed = [r for r in results if r.error]
-    out.requests_failed = len(failed)
-    out.request_rate_achieved = (len(results) - len(failed)) / window_s if window_s > 0 else None
+    out.num_requests_failed = len(failed)
     arrived = sorted(r.arrival_s for r in results if r.arrival_s is not None)
     if config.load.timed and len(arrived) > 1 and arrived[-1] > arrived[0]:
         gaps = np.diff(arrived)
-        out.arrival_rate_achieved = (len(arrived) - 1) / (arrived[-1] - arrived[0])
+        out.arrivals_per_s = (len(arrived) - 1) / (arrived[-1] - arrived[0])
         out.inter_arrival_s_mean = float(gaps.mean())
         out.inter_arrival_cv = float(gaps.std(ddof=1) / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else None
         lag = _lag_s(results, requests)
@@ -78,7 +77,7 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requ
         out.goodput_null_reason = "objective.bounds sets no TTFT, ITL, TPOT, e2e or queueing bound"
     elif window_s > 0 and rows:
         good = sum(_good(r, bounds) for r in rows)
-        out.goodput_requests_per_s, out.goodput_share = good / window_s, good / len(rows)
+        out.goodput_requests_per_s, out.goodput_pct = good / window_s, 100.0 * good / len(rows)
         out.goodput_bounds = " ".join(b[3] for b in bounds)
     if failed:
         first = failed[0].error
@@ -117,5 +116,5 @@ def server_part(endpoint: Any, prompt: Optional[str]) -> ServerFacts:
         return ServerFacts(server_mode="none")
     return ServerFacts(server_mode=endpoint.mode, server_url=endpoint.url, server_command=endpoint.command,
                        server_start_s=endpoint.start_s, server_reused=endpoint.reused,
-                       server_starts=endpoint.starts if endpoint.mode == "launch" else None, server_prompt=prompt,
+                       num_server_starts=endpoint.starts if endpoint.mode == "launch" else None, server_prompt=prompt,
                        server_log=endpoint.log_path)

@@ -31,11 +31,11 @@ def test_launch_at_a_rate(tmp_path):
     r = pd.read_parquet(job / "results.parquet").iloc[0]
     req = pd.read_parquet(job / "requests.parquet").sort_values("arrival_offset_s")
     assert r["status"] == "ok" and r["server_mode"] == "launch" and r["server_prompt"] == "text"
-    assert r["server_start_s"] > 0 and not r["server_reused"] and r["server_starts"] == 1
+    assert r["server_start_s"] > 0 and not r["server_reused"] and r["num_server_starts"] == 1
     assert len(req) == 32 and (req["output_tokens"] == 128).all() and req["error"].isna().all()
     gaps = np.diff(req["arrival_offset_s"].to_numpy())
     assert gaps.mean() == pytest.approx(1 / 8, rel=0.25), gaps.mean()
-    assert r["inter_arrival_s_mean"] == pytest.approx(1 / 8, rel=0.25) and r["request_rate_target"] == 8.0
+    assert r["inter_arrival_s_mean"] == pytest.approx(1 / 8, rel=0.25) and r["target_requests_per_s"] == 8.0
     assert 0.5 < r["inter_arrival_cv"] < 1.6  # Poisson gaps (CV 1), not a fixed clock
     assert (req["ttft_ms"] > 0).all() and (req["queue_ms"] >= 0).all()
     assert r["output_tokens_total"] == r["output_tokens_expected"] == 32 * 128

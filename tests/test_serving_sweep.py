@@ -28,7 +28,7 @@ def test_rate_sweep_shares_one_server_then_capacity(tmp_path):
     sweep = tmp_path / "sweep"
     rows = pd.concat([pd.read_parquet(p) for p in sorted(sweep.glob("*/results.parquet"))])
     assert len(rows) == 3 and (rows["status"] == "ok").all()
-    assert (rows["server_starts"] == 1).all() and rows["server_reused"].sum() == 2  # one engine start
+    assert (rows["num_server_starts"] == 1).all() and rows["server_reused"].sum() == 2  # one engine start
     assert len(list((sweep / ".llem-servers").glob("*.log"))) == 1 and len(list(sweep.glob("*/server.log"))) == 3
     assert (rows["output_len_source"] == "distribution").all()
     req = pd.concat([pd.read_parquet(p) for p in sweep.glob("*/requests.parquet")])
@@ -40,4 +40,4 @@ def test_rate_sweep_shares_one_server_then_capacity(tmp_path):
     assert "== capacity under ttft_ms_p99<=100000" in out.stdout and "req/s achieved" in out.stdout
     assert (tmp_path / "aggregate" / "figures" / "load_j_per_token_and_latency_vs_rate.png").is_file()
     summary = pd.read_parquet(tmp_path / "aggregate" / "summary.parquet")
-    assert summary["request_rate_achieved_mean"].notna().all() and summary["queue_ms_p99"].notna().all()
+    assert summary["requests_per_s_mean"].notna().all() and summary["queue_ms_p99"].notna().all()

@@ -121,7 +121,7 @@ def _measure(compose_cfg, tmp_path, monkeypatch, engine, overrides):
 
 def _on_gpu(plan):
     """The window minimum applies where a GPU is metered: here, as if one were."""
-    return lambda *a, on_gpu: plan(*a, on_gpu=True)
+    return lambda *a, on_gpu, **kw: plan(*a, on_gpu=True, **kw)
 
 
 def test_the_warmup_wave_sizes_the_measured_window(compose_cfg, tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ def capacity_text(summary, bounds: Sequence[Bound]) -> Optional[str]:
             lines.append(f"{label}: no rate tried meets every bound (from {_rate(group['_rate'].iloc[0])})")
             continue
         best = group[meets].iloc[-1]
-        achieved = best.get("request_rate_achieved_mean")
+        achieved = best.get("requests_per_s_mean")
         got = f", {achieved:.3g} req/s achieved" if achieved is not None and achieved == achieved else ""
         seen = ", ".join(f"{b.metric}={best[value_column(group, b.metric)]:.4g}" for b in bounds)
         line = (f"{label}: {_rate(best['_rate'])}{got}; J/token {_ci(best, 'j_per_output_token', 'J')}, "

@@ -19,13 +19,13 @@ def _series(summary) -> List[tuple]:
     out = []
     for values, rows in summary.groupby(list(dict.fromkeys(keys)), dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        out.append((" ".join(str(v) for v in values), rows.sort_values("request_rate_achieved_mean")))
+        out.append((" ".join(str(v) for v in values), rows.sort_values("requests_per_s_mean")))
     return out
 
 
 def has_rates(summary) -> bool:
     return RATE in summary.columns and summary[RATE].astype(float).nunique() > 1 and \
-        "request_rate_achieved_mean" in summary.columns
+        "requests_per_s_mean" in summary.columns
 
 
 def load_curves(summary, path: Path) -> Path:
@@ -33,7 +33,7 @@ def load_curves(summary, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     any_flagged = False
     for label, rows in _series(summary):
-        x = rows["request_rate_achieved_mean"].to_numpy(float)
+        x = rows["requests_per_s_mean"].to_numpy(float)
         flagged = _flagged(rows)
         any_flagged |= bool(flagged.any())
         y, yerr = _errorbars(rows, "j_per_output_token")

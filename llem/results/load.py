@@ -28,18 +28,16 @@ class OutputLengths:
 class LoadMetrics:
     """The arrival process as it happened, and goodput under objective.bounds."""
 
-    request_rate_target: Optional[float] = col("load.request_rate asked for (requests/s; inf: all at once)")
-    arrival_rate_achieved: Optional[float] = col("requests that arrived per second, first to last arrival")
+    target_requests_per_s: Optional[float] = col("load.request_rate asked for (requests/s; inf: all at once)")
+    arrivals_per_s: Optional[float] = col("requests that arrived per second, first to last arrival")
     inter_arrival_s_mean: Optional[float] = col("mean gap between consecutive arrivals (s)")
     inter_arrival_cv: Optional[float] = col("coefficient of variation of the gaps (1: Poisson)")
-    request_rate_achieved: Optional[float] = col("requests completed per second of the window", summary=True,
-                                                 label="req/s", fmt=".3g")
-    requests_failed: Optional[int] = col("requests that ended in an error (HTTP status, dropped stream, timeout)")
+    num_requests_failed: Optional[int] = col("requests that ended in an error (HTTP status, dropped stream, timeout)")
     queue_ms_p50: Optional[float] = col("median wait from arrival to the start of service (ms)")
     queue_ms_p99: Optional[float] = col("99th-percentile wait from arrival to the start of service (ms)")
     goodput_requests_per_s: Optional[float] = col("requests per second of the window meeting every latency bound "
                                                   "of objective.bounds", summary=True)
-    goodput_share: Optional[float] = col("share of the requests meeting every latency bound (0-1)")
+    goodput_pct: Optional[float] = col("share of the requests meeting every latency bound (%)")
     goodput_bounds: Optional[str] = col("the per-request bounds goodput counts (from objective.bounds)")
     goodput_null_reason: Optional[str] = col("why goodput is null, when it is")
 
@@ -54,6 +52,6 @@ class ServerFacts:
     server_start_s: Optional[float] = col("how long the server took to answer /health, paid by the job that "
                                           "started it; never in a window (s)")
     server_reused: Optional[bool] = col("the server was started by an earlier job of the sweep and kept running")
-    server_starts: Optional[int] = col("servers started in this sweep so far, this job's included")
+    num_server_starts: Optional[int] = col("servers started in this sweep so far, this job's included")
     server_prompt: Optional[str] = col("how prompts were sent: token_ids or text")
     server_log: Optional[str] = col("the server's log file (its lines from this job are in the job dir)")

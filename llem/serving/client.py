@@ -177,7 +177,8 @@ class ServerEngine(Engine):
         except aiohttp.ClientPayloadError as exc:
             error = f"the stream was cut off after {len(times)} tokens ({exc})"
         except asyncio.TimeoutError:
-            error = f"TimeoutError: no answer within server.request_timeout_s={self.config.server.request_timeout_s:g} s"
+            limit = self.config.server.request_timeout_s
+            error = f"TimeoutError: no answer within server.request_timeout_s={limit:g} s"
         except (aiohttp.ClientError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         end = times[-1] if times else now()

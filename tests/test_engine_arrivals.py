@@ -1,0 +1,104 @@
+"""Engines that take arrivals in llem's process (vLLM, TensorRT-LLM, against the fakes of their APIs), and
+the server commands each engine launches (vllm serve, trtllm-serve, transformers serve)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from llem.arrivals import shape
+from llem.backends.pytorch import PyTorchEngine
+from llem.backends.tensorrt import TensorRTEngine
+from llem.backends.vllm import VllmEngine, cli_flags
+from llem.config import to_config
+from llem.records import Request
+from tests.test_tensorrt_engine import FakeLLM as FakeTrtLLM
+from tests.test_tensorrt_engine import fake_trt  # noqa: F401 - a fixture
+from tests.test_vllm_engine import fake_vllm  # noqa: F401 - a fixture
+
+
+def _timed(config, n):
+    reqs = [Request(i, [11, 12, 13]) for i in range(n)]
+    shape(reqs, config)
+    return reqs
+
+
+def test_vllm_adds_each_request_at_its_arrival(compose_cfg, fake_vllm, tmp_path):  # noqa: F811
+    config = to_config(compose_cfg(["backend=vllm", "model=llama3", "model.weights=random", "batch=4",
+                                    "load.request_rate=50", "load.max_concurrency=2", "output_len=null",
+                                    "dataset.output_lengths.mean=6", "dataset.output_lengths.max=12",
+                                    f"cache_dir={tmp_path}"]))
+    engine = VllmEngine(config, "cuda")
+    engine.load()
+    reqs = _timed(config, 12)
+    t0 = time.perf_counter()
+    out = engine.generate(reqs, None, lambda n: None)
+    for req, res in zip(reqs, out):
+        assert res.output_tokens == res.output_len_requested == req.output_len  # each its own length
+        assert res.arrival_s >= t0 + req.arrival_s - 1e-3 and res.start_s >= res.arrival_s
+    queue = engine.llm.llm_engine
+    assert len(queue.added) == 12 and max(res.start_s - res.arrival_s for res in out) > 0  # the cap made some wait
+    spans = sorted((r.start_s, r.end_s) for r in out)
+    assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) <= 2  # load.max_concurrency
+
+
+def test_tensorrt_submits_each_request_at_its_arrival(compose_cfg, fake_trt):  # noqa: F811
+    config = to_config(compose_cfg(["backend=tensorrt", "model=tiny", "batch=2", "load.request_rate=40",
+                                    "output_len=null", "dataset.output_lengths.mean=4",
+                                    "dataset.output_lengths.max=8"]))
+    engine = TensorRTEngine(config, "cuda")
+    engine.load()
+    reqs = _timed(config, 8)
+    t0 = time.perf_counter()
+    out = engine.generate(reqs, None, lambda n: None)
+    assert len(FakeTrtLLM.built[-1].prompts) == 8
+    for req, res in zip(reqs, out):
+        assert res.output_tokens == req.output_len and res.arrival_s >= t0 + req.arrival_s - 1e-3
+
+
+def test_vllm_serve_command(compose_cfg, tmp_path):
+    config = to_config(compose_cfg(["backend=vllm", "model=llama3", "model.weights=random", "batch=32",
+                                    "model.dtype=bfloat16", "server=launch", f"cache_dir={tmp_path}",
+                                    "+backend.engine_args.kv_cache_dtype=fp8",
+                                    "+backend.engine_args.compilation_config={level: 3}"]))
+    engine = VllmEngine(config, "cuda")
+    folder = engine.served_model(tmp_path)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    assert len(tokenizer["model"]["vocab"]) == config.model.architecture["vocab_size"]
+    spec = engine.server_launch(folder, "127.0.0.1", 8123)
+    argv = spec.argv
+    assert argv[argv.index("serve") + 1] == str(folder) and spec.prompt == "token_ids" and spec.id_words
+    pairs = dict(zip(argv, argv[1:]))
+    assert pairs["--port"] == "8123" and pairs["--max-num-seqs"] == "32" and pairs["--load-format"] == "dummy"
+    assert pairs["--dtype"] == "bfloat16" and pairs["--max-model-len"] == "256" and pairs["--kv-cache-dtype"] == "fp8"
+    assert json.loads(pairs["--compilation-config"]) == {"level": 3}
+    assert "--no-enable-prefix-caching" in argv and "--enforce-eager" not in argv
+    assert "--skip-tokenizer-init" not in argv and "--disable-log-stats" not in argv
+    assert spec.env["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
+    assert cli_flags({"a_b": True, "c": False, "d": None}) == ["--a-b"]
+
+
+def test_trtllm_serve_command(compose_cfg, tmp_path):
+    config = to_config(compose_cfg(["backend=tensorrt", "model=tiny", "batch=16", "server=launch",
+                                    f"cache_dir={tmp_path}"]))
+    engine = TensorRTEngine(config, "cuda")
+    spec = engine.server_launch(engine.served_model(tmp_path), "127.0.0.1", 8124)
+    pairs = dict(zip(spec.argv, spec.argv[1:]))
+    assert pairs["--backend"] == "pytorch" and pairs["--max_batch_size"] == "16" and pairs["--tp_size"] == "1"
+    assert pairs["--max_seq_len"] == "256" and pairs["--port"] == "8124"
+    extra = yaml.safe_load(Path(pairs["--extra_llm_api_options"]).read_text())
+    assert extra["load_format"] == "dummy" and extra["kv_cache_config"] == {"enable_block_reuse": False}
+    assert "skip_tokenizer_init" not in extra and "max_batch_size" not in extra
+
+
+def test_transformers_serve_command(compose_cfg, tmp_path):
+    config = to_config(compose_cfg(["server=launch", f"cache_dir={tmp_path}"]))
+    engine = PyTorchEngine(config, "cpu")
+    spec = engine.server_launch(Path("/m"), "127.0.0.1", 8125)
+    assert spec.argv[3:5] == ["serve", "/m"] and "--continuous-batching" in spec.argv
+    pairs = dict(zip(spec.argv, spec.argv[1:]))
+    assert pairs["--device"] == "cpu" and pairs["--port"] == "8125" and spec.prompt == "text" and spec.id_words
+    assert json.loads(engine.request_extras(7)["generation_config"]) == {"min_new_tokens": 7}
