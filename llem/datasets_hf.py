@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 from llem import hub
 from llem.errors import WorkloadError
@@ -131,6 +131,21 @@ def _first_human_turn(conversation: Any) -> str:
     return ""
 
 
+def record_reference(record: dict, layout: str, column: str) -> Optional[str]:
+    """The reference completion of one record, where its layout has one: Alpaca's ``output``, the answer
+    that follows ShareGPT's first human turn (``vllm bench serve`` takes its output lengths from it)."""
+    if layout == "alpaca":
+        value = record.get("output")
+        return None if value is None else str(value)
+    if layout == "sharegpt":
+        turns = [t for t in (record.get(column) or ()) if isinstance(t, dict)]
+        for a, b in zip(turns, turns[1:]):
+            if str(a.get("from", a.get("role", ""))).lower() in ("human", "user"):
+                who = str(b.get("from", b.get("role", ""))).lower()
+                return str(b.get("value", b.get("content")) or "") if who in ("gpt", "assistant") else None
+    return None
+
+
 def record_prompt(record: dict, layout: str, column: str) -> str:
     """The prompt text of one record under a layout (see HFDatasetConfig)."""
     if layout == "alpaca":
@@ -143,8 +158,9 @@ def record_prompt(record: dict, layout: str, column: str) -> str:
     return "" if value is None else str(value)
 
 
-def hf_prompts(cfg: Any, seed: int) -> Iterator[str]:
-    """Prompt texts of the configured dataset, in order or shuffled with ``seed``; read lazily."""
+def hf_prompts(cfg: Any, seed: int) -> Iterator[Tuple[str, Optional[str]]]:
+    """(prompt text, reference completion or None) of the configured dataset, in order or shuffled with
+    ``seed``; read lazily."""
     split = load_split(cfg)
     needed = ("instruction",) if cfg.layout == "alpaca" else (cfg.column,)
     missing = [c for c in needed if c not in split.column_names]
@@ -160,4 +176,5 @@ def hf_prompts(cfg: Any, seed: int) -> Iterator[str]:
         order = np.random.default_rng(seed).permutation(len(split)).tolist()
     else:
         order = range(len(split))
-    return (record_prompt(split[i], cfg.layout, cfg.column) for i in order)
+    return ((record_prompt(split[i], cfg.layout, cfg.column), record_reference(split[i], cfg.layout, cfg.column))
+            for i in order)

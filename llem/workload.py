@@ -227,10 +227,12 @@ def load_tokenizer(model: Any) -> Any:
         ) from None
 
 
-def tokenize_prompts(texts: Iterable[str], tok: Any, dataset: Any, input_len: int, vocab_size: Optional[int],
-                     num_requests: int) -> Workload:
+def tokenize_prompts(texts: Iterable[Any], tok: Any, dataset: Any, input_len: int, vocab_size: Optional[int],
+                     num_requests: int, natural: bool = False) -> Workload:
     """Tokenize prompts in order until ``num_requests`` fit the length bounds; count the rest. A source
-    that runs out first is repeated from its first prompt (counted, and warned about)."""
+    that runs out first is repeated from its first prompt (counted, and warned about). An item may be
+    (text, reference completion): with ``natural`` lengths the request asks for the reference's length
+    in tokens (within dataset.output_lengths' min and max)."""
     if dataset.min_input_len > input_len:
         raise WorkloadError(f"dataset.min_input_len={dataset.min_input_len} is larger than input_len={input_len}: "
                             "no prompt could fit")
@@ -239,6 +241,7 @@ def tokenize_prompts(texts: Iterable[str], tok: Any, dataset: Any, input_len: in
         if len(work.requests) >= num_requests:
             break
         work.read += 1
+        text, reference = text if isinstance(text, tuple) else (text, None)
         text = (text or "").strip()
         ids = list(tok(text, add_special_tokens=True)["input_ids"]) if text else []
         if len(ids) < dataset.min_input_len:
@@ -254,7 +257,11 @@ def tokenize_prompts(texts: Iterable[str], tok: Any, dataset: Any, input_len: in
                 f"the tokenizer gives token id {max(ids)} but model.architecture.vocab_size={vocab_size}: set "
                 "model.tokenizer to one that fits the model"
             )
-        work.requests.append(Request(len(work.requests), ids, text))
+        asked = None
+        if natural and reference:
+            bounds = dataset.output_lengths
+            asked = min(max(len(tok(reference, add_special_tokens=False)["input_ids"]), bounds.min), bounds.max)
+        work.requests.append(Request(len(work.requests), ids, text, output_len=asked))
     if not work.requests:
         raise WorkloadError(
             f"no prompt of dataset {dataset.name!r} fits: {work.read} read, {work.dropped_short} shorter than "
@@ -268,7 +275,7 @@ def tokenize_prompts(texts: Iterable[str], tok: Any, dataset: Any, input_len: in
                     work.dropped_long)
         for i in range(distinct, num_requests):
             first = work.requests[i % distinct]
-            work.requests.append(Request(i, first.token_ids, first.text))
+            work.requests.append(Request(i, first.token_ids, first.text, output_len=first.output_len))
         work.repeated = num_requests - distinct
     return work
 
@@ -311,5 +318,6 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
             texts = shuffled(read_prompts(path, fmt, field), dataset.shuffle, config.seed)
             tok = load_tokenizer(config.model)
         vocab = arch.get("vocab_size")
-        return tokenize_prompts(texts, tok, dataset, config.input_len, int(vocab) if vocab else None, count)
+        return tokenize_prompts(texts, tok, dataset, config.input_len, int(vocab) if vocab else None, count,
+                                natural=config.output_len is None)
     raise WorkloadError(f"dataset.name={dataset.name!r} is not known to this version of llem")

@@ -219,6 +219,25 @@ def test_sharegpt_takes_the_first_human_turn(compose_cfg, local_copies):
     assert work.counts().prompts_dropped_short == 1 and work.counts().prompts_read == 4
 
 
+def test_natural_lengths_follow_the_reference_completions(compose_cfg, local_copies):
+    """output_len=null: a record's reference answer sets its length (in the model's tokens, here bytes);
+    a record without one draws from dataset.output_lengths."""
+    from llem.arrivals import shape
+    from llem.config import to_config
+
+    work = _build(compose_cfg, ["dataset=alpaca", f"dataset.path={local_copies / 'alpaca'}", BYTES,
+                                "dataset.shuffle=false", "output_len=null"])
+    assert [r.output_len for r in work.requests[:4]] == [len("red, yellow, blue"), 1, len("Joules measure energy."), 17]
+    config = to_config(compose_cfg(["dataset=sharegpt", f"dataset.path={local_copies / 'sharegpt.json'}", BYTES,
+                                    "dataset.shuffle=false", "output_len=null", "dataset.num_requests=3"]))
+    work = _build(compose_cfg, ["dataset=sharegpt", f"dataset.path={local_copies / 'sharegpt.json'}", BYTES,
+                                "dataset.shuffle=false", "output_len=null"])
+    assert work.requests[0].output_len == 3 and work.requests[1].output_len is None  # "...", no answer
+    assert shape(work.requests, config).source == "reference+distribution" and work.requests[1].output_len >= 1
+    fixed = _build(compose_cfg, ["dataset=alpaca", f"dataset.path={local_copies / 'alpaca'}", BYTES])
+    assert all(r.output_len is None for r in fixed.requests)  # a fixed output_len ignores the references
+
+
 def test_aienergyscore_and_generic_hf_columns(compose_cfg, local_copies):
     work = _build(compose_cfg, ["dataset=aienergyscore", f"dataset.path={local_copies / 'aienergyscore.parquet'}",
                                 BYTES, "dataset.shuffle=false"])
