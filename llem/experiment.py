@@ -316,7 +316,8 @@ class Experiment:
     def _measure(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
                  gpus: List[GpuReader]) -> Measured:
         cfg = self.config
-        busy = other_processes(gpus, expect_own=True) if gpus else {}
+        server_pid = getattr(self.endpoint, "pid", None)
+        busy = other_processes(gpus, expect_own=True, server_pid=server_pid) if gpus else {}
         engine.reset_memory_peak()
         log.info("measuring %d requests (batch %d, %d → %s tokens)", len(work.requests), cfg.batch,
                  cfg.input_len, cfg.output_len if cfg.output_len is not None else "natural")
@@ -327,7 +328,7 @@ class Experiment:
                 return outputs, meter.stop(mark)
 
             outputs, window = host.around("measure", measured)
-        busy.update(other_processes(gpus, expect_own=True) if gpus else {})
+        busy.update(other_processes(gpus, expect_own=True, server_pid=server_pid) if gpus else {})
         return Measured(outputs, window, busy)
 
     def _prefill(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,

@@ -228,8 +228,7 @@ class PyTorchEngine(Engine):
         argv = [sys.executable, "-m", "transformers.cli.transformers", "serve",
                 str(model_dir) if model_dir else cfg.model.hf_id, "--continuous-batching",
                 "--device", "cuda:0" if self.device == "cuda" else "cpu", "--dtype", cfg.model.dtype.value,
-                "--attn-implementation", b.attn_implementation, "--host", host, "--port", str(port),
-                "--max-model-len", str(cfg.input_len + cfg.output_len_max), "--log-level", "warning"]
+                "--attn-implementation", b.attn_implementation, "--host", host, "--port", str(port)]
         if b.torch_compile != "off":
             argv.append("--compile")
         if cfg.model.trust_remote_code:

@@ -88,14 +88,21 @@ def taken_at_iso(idle: DeviceIdle) -> Optional[str]:
     return datetime.fromtimestamp(idle.taken_at, timezone.utc).isoformat(timespec="seconds")
 
 
-def other_processes(gpus: List[GpuReader], expect_own: bool) -> Dict[int, int]:
-    """GPU index → number of processes other than this job's holding a context on it."""
+def other_processes(gpus: List[GpuReader], expect_own: bool, server_pid: Optional[int] = None) -> Dict[int, int]:
+    """GPU index → number of processes other than this job's holding a context on it (a server the job
+    launched, and its own processes, are the job's)."""
     import psutil
 
     me = psutil.Process()
     own = {me.pid} | {c.pid for c in me.children(recursive=True)}
     if me.parent() is not None:
         own.add(me.parent().pid)
+    if server_pid is not None:
+        try:
+            server = psutil.Process(server_pid)
+            own |= {server_pid} | {c.pid for c in server.children(recursive=True)}
+        except psutil.Error:
+            pass
     out = {}
     for gpu in gpus:
         pids = gpu.processes()
