@@ -20,6 +20,7 @@ def report(job: Path) -> str:
     if pd.isna(r["gpu_energy_j"]):
         return f"{job.name}: {len(q)} requests, no GPU energy ({r['energy_null_reason']})"
     raw, adj = q["energy_j"].sum(), q["energy_adjusted_j"].sum()
+    per = q["energy_adjusted_j"]
     window, adjusted = r["gpu_energy_j"], r["gpu_energy_adjusted_j"]
     ratio = f"{100 * (raw - window) / window:+.4f} %" if window else "n/a"
     ratio_adj = f"{100 * (adj - adjusted) / adjusted:+.4f} %" if adjusted else "n/a"
@@ -27,8 +28,8 @@ def report(job: Path) -> str:
             f"{r['requests_per_s']:.3g} done per s, window {r['window_s']:.2f} s, "
             f"{r['output_tok_per_s']:.1f} tok/s\n"
             f"  window {window:.1f} J, requests sum {raw:.1f} J ({ratio}); adjusted {adjusted:.1f} J, sum {adj:.1f} J "
-            f"({ratio_adj}); J/request {r['j_per_request']:.3f} (median of requests {q['energy_adjusted_j'].median():.3f},"
-            f" p90 {q['energy_adjusted_j'].quantile(0.9):.3f}); J/token {r['j_per_output_token']:.4f}\n"
+            f"({ratio_adj}); J/request {r['j_per_request']:.3f} (requests' median {per.median():.3f}, "
+            f"p90 {per.quantile(0.9):.3f}); J/token {r['j_per_output_token']:.4f}\n"
             f"  TTFT p50 {r['ttft_ms_p50']:.1f} ms, ITL p50 {r['itl_ms_p50']:.2f} ms, server {r['server_mode']} "
             f"(start {r['server_start_s']} s), energy {r['energy_method']}, flags {list(r['flags'])}")
 
