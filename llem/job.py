@@ -164,7 +164,9 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
             check_external(config.server.url)
         else:
             model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
-    except (DeviceError, model_source.ModelUnavailable, ServerError) as exc:
+        if config.server.mode == "launch":
+            engine_class(config.backend.name)(config, device).server_check()
+    except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable) as exc:
         log.error("%s", exc)
         return record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)

@@ -135,6 +135,10 @@ class Engine(ABC):
 
         raise EngineUnavailable(f"backend={self.name} has no OpenAI-compatible server in llem: use server=none")
 
+    def server_check(self) -> None:
+        """Before anything is written or started: raise EngineUnavailable where this engine's server cannot
+        run here (a missing package), cheaply."""
+
     def served_model(self, root: Path) -> Optional[Path]:
         """A model directory the server can load (random weights: written under ``root`` once), or None
         to serve ``model.hf_id``. Runs in the job's parent, which never opens a CUDA context."""

@@ -204,6 +204,12 @@ class PyTorchEngine(Engine):
                 f"backend.quantization.method={b.quantization.method} needs bitsandbytes: pip install bitsandbytes")
 
     # -- server ---------------------------------------------------------------------------
+    def server_check(self) -> None:
+        missing = [name for name in ("transformers", "fastapi", "uvicorn") if not installed(name)]
+        if missing:
+            raise EngineUnavailable(f"transformers serve needs {', '.join(missing)}: "
+                                    "pip install 'llem[serving-pytorch]'")
+
     def served_model(self, root: Path) -> Optional[Path]:
         """Random weights: a seeded random checkpoint with llem's id-word tokenizer (written once)."""
         from llem.config import Weights
@@ -220,10 +226,6 @@ class PyTorchEngine(Engine):
         it has no maximum batch size: ``batch`` is not applied to it)."""
         import sys
 
-        missing = [name for name in ("fastapi", "uvicorn") if not installed(name)]
-        if missing:
-            raise EngineUnavailable(f"transformers serve needs {', '.join(missing)}: "
-                                    "pip install 'llem[serving-pytorch]'")
         b, cfg = self.backend, self.config
         argv = [sys.executable, "-m", "transformers.cli.transformers", "serve",
                 str(model_dir) if model_dir else cfg.model.hf_id, "--continuous-batching",

@@ -294,6 +294,9 @@ class TensorRTEngine(Engine):
         asyncio.run(run())
         return [t.result() for t in tracks]
 
+    def server_check(self) -> None:
+        self.check()  # trtllm-serve needs what the engine needs
+
     def served_model(self, root: Path) -> Optional[Path]:
         """Random weights: the dummy model dir with llem's id-word tokenizer beside it."""
         cfg = self.config

@@ -201,6 +201,9 @@ class VllmEngine(Engine):
         self.llm = LLM(**self.kwargs)
         self._params = count_parameters(cfg)
 
+    def server_check(self) -> None:
+        self.check()  # vllm serve needs what the engine needs
+
     def served_model(self, root: Path) -> Optional[Path]:
         """Random weights: the dummy model dir (config.json) with llem's id-word tokenizer beside it."""
         cfg = self.config
