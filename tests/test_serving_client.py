@@ -159,3 +159,17 @@ def test_a_server_that_died_fails_the_window(compose_cfg, tmp_path):
         engine.endpoint.log_path = str(log)
         with pytest.raises(ServerError, match="(?s)died while it was measured.*out of memory"):
             engine.generate(_requests(config, 2), None, lambda n: None)
+
+
+def test_an_external_server_measured_as_a_job(compose_cfg, tmp_path):
+    """server=external through a whole job (in-process): the server's facts in the row, its requests timed."""
+    from tests.conftest import run_in_process
+
+    with StandIn() as server:
+        row = run_in_process(compose_cfg, ["server=external", f"server.url={server.url}", "load.request_rate=50",
+                                           "+objective.bounds.ttft_ms_p99='<=1000'"], tmp_path / "job")
+    assert row["status"] == "ok", row["error"]
+    assert row["server_mode"] == "external" and row["server_url"] == server.url and row["server_prompt"] == "token_ids"
+    assert row["num_server_starts"] is None and row["target_requests_per_s"] == 50.0
+    assert row["output_tokens_total"] == row["output_tokens_expected"] == 4 * 8 and row["goodput_pct"] == 100.0
+    assert row["goodput_bounds"] == "ttft_ms_p99<=1000" and row["num_requests_failed"] == 0
