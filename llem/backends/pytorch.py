@@ -217,7 +217,7 @@ class PyTorchEngine(Engine):
         m = self.config.model
         if m.weights != Weights.random:
             return None
-        from llem.serving.model_dir import random_checkpoint
+        from llem.backends._served_model import random_checkpoint
 
         return random_checkpoint(m.architecture, m.dtype.value, self.config.seed, root)
 

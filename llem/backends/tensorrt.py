@@ -302,7 +302,7 @@ class TensorRTEngine(Engine):
         cfg = self.config
         if cfg.model.weights != Weights.random:
             return None
-        from llem.serving.model_dir import write_id_tokenizer
+        from llem.backends._served_model import write_id_tokenizer
 
         folder = shared_dummy_model(cfg.model.architecture, cfg.model.dtype.value, root)
         ends = self._end_ids()

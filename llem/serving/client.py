@@ -10,7 +10,7 @@ timeout is the request's ``error``: recorded, never dropped.
 
 Prompts go as token ids where the server takes them (``server.prompt=auto`` asks once with a one-token
 request), as text otherwise: the request's own text, or its ids as id-words when the server's tokenizer
-is llem's (random weights; :mod:`llem.serving.model_dir`), so the work is the same token for token.
+is llem's (random weights; :mod:`llem.backends._served_model`), so the work is the same token for token.
 Chunks are not always tokens: with the id-word tokenizer each word of a chunk is one token; elsewhere
 each chunk is stamped once and the request's ``timing_note`` says so when their count differs from
 the server's token count.
@@ -27,7 +27,7 @@ from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
 from llem.records import Progress, Request, RequestResult, now
-from llem.serving.model_dir import id_words, words_in
+from llem.backends._served_model import id_words, words_in
 from llem.serving.server import Endpoint, alive, last_lines
 
 log = logging.getLogger(__name__)

@@ -69,7 +69,7 @@ def random_checkpoint(architecture: Dict[str, Any], dtype: str, seed: int, root:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     log.info("writing a random-weight checkpoint for the server under %s (once)", target)
-    proc = subprocess.run([sys.executable, "-m", "llem.serving.model_dir", str(tmp), json.dumps(spec, default=str)],
+    proc = subprocess.run([sys.executable, "-m", "llem.backends._served_model", str(tmp), json.dumps(spec, default=str)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"writing the random-weight checkpoint failed: {proc.stderr.strip()[-2000:]}")
@@ -95,5 +95,5 @@ def _build(folder: Path, spec: Dict[str, Any]) -> None:
     write_id_tokenizer(folder, int(hf_config.vocab_size), eos)
 
 
-if __name__ == "__main__":  # python -m llem.serving.model_dir FOLDER SPEC_JSON
+if __name__ == "__main__":  # python -m llem.backends._served_model FOLDER SPEC_JSON
     _build(Path(sys.argv[1]), json.loads(sys.argv[2]))
