@@ -69,8 +69,8 @@ def random_checkpoint(architecture: Dict[str, Any], dtype: str, seed: int, root:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     log.info("writing a random-weight checkpoint for the server under %s (once)", target)
-    proc = subprocess.run([sys.executable, "-m", "llem.backends._served_model", str(tmp), json.dumps(spec, default=str)],
-                          capture_output=True, text=True)
+    argv = [sys.executable, "-m", "llem.backends._served_model", str(tmp), json.dumps(spec, default=str)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"writing the random-weight checkpoint failed: {proc.stderr.strip()[-2000:]}")
     try:

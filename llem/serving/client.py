@@ -23,11 +23,11 @@ import json
 import logging
 from typing import Any, Dict, List, Optional, Sequence
 
+from llem.backends._served_model import id_words, words_in
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
 from llem.records import Progress, Request, RequestResult, now
-from llem.backends._served_model import id_words, words_in
 from llem.serving.server import Endpoint, alive, last_lines
 
 log = logging.getLogger(__name__)
