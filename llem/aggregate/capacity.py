@@ -52,10 +52,12 @@ def capacity_text(summary, bounds: Sequence[Bound]) -> Optional[str]:
         seen = ", ".join(f"{b.metric}={best[value_column(group, b.metric)]:.4g}" for b in bounds)
         line = (f"{label}: {_rate(best['_rate'])}{got}; J/token {_ci(best, 'j_per_output_token', 'J')}, "
                 f"J/request {_ci(best, 'j_per_request', 'J')}; {seen}")
-        if meets[-1]:
+        last = len(meets) - 1 - meets[::-1].index(True)
+        broken = [_rate(r) for r, ok in zip(group["_rate"], meets[:last]) if not ok]
+        if all(meets):
             line += f" (every rate tried meets the bounds: the capacity is at least {_rate(best['_rate'])})"
-        elif not all(meets[: meets.index(False)] + [True]):
-            line += " (a lower rate breaks a bound)"
+        elif broken:
+            line += f" (but {', '.join(broken)}, lower, breaks a bound: the margin is thin or the runs are noisy)"
         lines.append(line)
         if is_flagged(best):
             lines.append(f"    {MARK} doubt-flagged: {flag_text(best, limit=0)}")
