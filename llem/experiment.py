@@ -96,7 +96,7 @@ class Experiment:
         self.device_idle = device_idle
         self.set_stage = stage
         self.stage = Stage.start
-        self.warnings: List[str] = list(device_idle.warnings)
+        self.warnings: List[str] = list(device_idle.warnings) + list(getattr(endpoint, "warnings", []))
 
     def _stage(self, stage: Stage) -> None:
         self.stage = stage

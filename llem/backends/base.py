@@ -61,6 +61,7 @@ class ServerLaunch:
     prompt: str = "token_ids"  # what its /v1/completions takes: token_ids, or text only
     id_words: bool = False  # its tokenizer is llem's id-word one (random weights): text prompts are exact
     health_path: str = "/health"
+    warnings: List[str] = field(default_factory=list)  # what the server does not take of the job's settings
 
 
 class Engine(ABC):

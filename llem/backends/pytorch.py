@@ -236,7 +236,9 @@ class PyTorchEngine(Engine):
         if cfg.model.trust_remote_code:
             argv.append("--trust-remote-code")
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
-        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None)
+        unbounded = [f"transformers serve takes no maximum batch size: batch={cfg.batch} does not bound how many "
+                     "requests it runs at once (load.max_concurrency does, from the client)"]
+        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None, warnings=unbounded)
 
     def request_extras(self, output_len: int) -> Dict[str, Any]:
         """transformers serve has no ignore_eos: a generation config with min_new_tokens does it."""

@@ -55,6 +55,7 @@ class Endpoint:
     start_s: Optional[float] = None  # how long this job waited for it to answer (None: reused or external)
     reused: bool = False
     starts: int = 0  # servers started by this driver so far
+    warnings: List[str] = field(default_factory=list)  # what the server does not take of the job's settings
 
 
 @dataclass
@@ -205,7 +206,7 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
     Servers.starts += 1
     endpoint = Endpoint(url=f"http://{s.host}:{port}", mode="launch", prompt=spec.prompt if s.prompt == "auto"
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
-                        command=" ".join(argv), starts=Servers.starts)
+                        command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings))
     Servers.current = _Running(key, proc, endpoint, log_file)
     try:
         endpoint.start_s = _wait_healthy(Servers.current, spec, s.startup_timeout_s)
