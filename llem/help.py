@@ -9,7 +9,7 @@ from typing import List
 
 from llem.config import conf_dir
 
-GROUPS = ("backend", "model", "dataset")
+GROUPS = ("backend", "model", "dataset", "server")
 # Hydra's own options worth listing beside llem's presets, and the plugin each needs.
 HYDRA_OPTIONS = {
     "launcher": [("basic", "Hydra's: one job after another in this process (default)", None)],

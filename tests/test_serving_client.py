@@ -173,3 +173,19 @@ def test_an_external_server_measured_as_a_job(compose_cfg, tmp_path):
     assert row["num_server_starts"] is None and row["target_requests_per_s"] == 50.0
     assert row["output_tokens_total"] == row["output_tokens_expected"] == 4 * 8 and row["goodput_pct"] == 100.0
     assert row["goodput_bounds"] == "ttft_ms_p99<=1000" and row["num_requests_failed"] == 0
+
+
+def test_a_secret_the_server_prints_never_stays_in_its_log(compose_cfg, tmp_path, monkeypatch):
+    secret = "hf_ServerSideSecret123"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    code = ("import os,sys,http.server as h\nprint('token', os.environ['HF_TOKEN'], flush=True)\n"
+            "class H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
+            "  s.send_response(200); s.end_headers(); s.wfile.write(b'{}')\n"
+            "h.HTTPServer(('127.0.0.1', int(sys.argv[-1])), H).serve_forever()")
+    config = to_config(compose_cfg(["server=launch", "server.port=18600"]))
+    try:
+        endpoint = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], log_name="server.log")
+    finally:
+        srv.stop()
+    text = (tmp_path / "server.log").read_text()
+    assert endpoint.log_path == str(tmp_path / "server.log") and "token <HF_TOKEN>" in text and secret not in text

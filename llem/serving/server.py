@@ -242,6 +242,9 @@ def stop() -> None:
             continue
     if cur.log_file is not None:
         cur.log_file.close()
+        from llem import secrets
+
+        secrets.scrub_file(cur.endpoint.log_path)  # the server's own output, as any file llem keeps
     log.info("server: stopped (pid %d)", cur.proc.pid)
 
 
@@ -255,6 +258,10 @@ def copy_log(endpoint: Endpoint, offset: int, job_dir: Path) -> None:
             (job_dir / "server.log").write_bytes(src.read())
     except OSError as exc:
         log.warning("server log not copied: %s", exc)
+        return
+    from llem import secrets
+
+    secrets.scrub_file(job_dir / "server.log")
 
 
 def log_size(endpoint: Endpoint) -> int:
