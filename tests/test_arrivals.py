@@ -88,20 +88,37 @@ def test_inf_is_a_storable_rate(compose_cfg):
         to_config(compose_cfg(["cooldown_s=inf"]))  # other floats stay finite
 
 
-@pytest.mark.parametrize("override, key", [("load.request_rate=4", "load.request_rate"),
-                                           ("load.max_concurrency=2", "load.max_concurrency"),
-                                           ("output_len=null", "output_len=null")])
-def test_pytorch_in_process_says_plainly_why_it_cannot(compose_cfg, override, key):
-    config = to_config(compose_cfg([override]))
-    with pytest.raises(ConfigError, match=key) as err:
-        engine_class("pytorch").validate_config(config)
-    assert "server=launch" in str(err.value)
-    served = to_config(compose_cfg([override, "server=launch"]))
-    engine_class("pytorch").validate_config(served)  # the server takes them
+def test_data_parallel_pytorch_says_plainly_why_it_cannot(compose_cfg):
+    for override in ("load.request_rate=4", "load.max_concurrency=2"):
+        config = to_config(compose_cfg([override, "backend.num_processes=2"]))
+        with pytest.raises(ConfigError, match="backend.num_processes=1") as err:
+            engine_class("pytorch").validate_config(config)
+        assert "server=launch" in str(err.value)
+        engine_class("pytorch").validate_config(to_config(compose_cfg([override])))  # one process takes it
+        engine_class("pytorch").validate_config(to_config(compose_cfg([override, "backend.num_processes=2",
+                                                                       "server=launch"])))
 
 
-def test_vllm_and_tensorrt_take_arrivals_in_process(compose_cfg):
-    for backend in ("vllm", "tensorrt"):
+def test_an_engine_without_arrivals_is_refused_before_it_loads(compose_cfg):
+    from llem.backends.base import Engine
+
+    class Batch(Engine):  # an engine that keeps the contract's defaults
+        name = "batchonly"
+
+        def load(self):
+            pass
+
+        def generate(self, requests, output_len, progress):
+            return []
+
+    for override, key in (("load.request_rate=4", "load.request_rate"), ("output_len=null", "output_len=null")):
+        with pytest.raises(ConfigError, match=key) as err:
+            Batch.validate_config(to_config(compose_cfg([override])))
+        assert "backend=batchonly" in str(err.value) and "server=launch" in str(err.value)
+
+
+def test_every_engine_takes_arrivals_in_process(compose_cfg):
+    for backend in ("vllm", "tensorrt", "pytorch"):
         config = to_config(compose_cfg([f"backend={backend}", "load.request_rate=4", "output_len=null"]))
         engine_class(backend).validate_config(config)
 

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
+import pytest
 import yaml
 
 from llem.arrivals import shape
@@ -102,3 +104,22 @@ def test_transformers_serve_command(compose_cfg, tmp_path):
     pairs = dict(zip(spec.argv, spec.argv[1:]))
     assert pairs["--device"] == "cpu" and pairs["--port"] == "8125" and spec.prompt == "text" and spec.id_words
     assert json.loads(engine.request_extras(7)["generation_config"]) == {"min_new_tokens": 7}
+
+
+def test_pytorch_batches_what_has_arrived(compose_cfg, tmp_path):
+    """The tiny model in-process at a rate with natural lengths: static batches of the requests that have
+    arrived, each request its own length, the waits recorded."""
+    from tests.conftest import run_in_process
+
+    row = run_in_process(compose_cfg, ["load.request_rate=200", "output_len=null", "dataset.num_requests=24",
+                                       "dataset.output_lengths.mean=6", "dataset.output_lengths.max=12", "batch=4"],
+                         tmp_path / "job")
+    assert row["status"] == "ok", row["error"]
+    req = pd.read_parquet(tmp_path / "job" / "requests.parquet")
+    assert (req["output_tokens"] == req["output_tokens_requested"]).all() and req["output_tokens"].nunique() > 3
+    assert row["output_tokens_total"] == row["output_tokens_expected"] == req["output_tokens_requested"].sum()
+    sizes = req.groupby("batch_index").size()
+    assert sizes.max() <= 4 and len(sizes) > 6 and sizes.iloc[0] == 1  # what had arrived: the first alone
+    assert (req["queue_ms"] >= 0).all() and (req["start_offset_s"] >= req["arrival_offset_s"] - 1e-6).all()
+    assert row["arrivals_per_s"] == pytest.approx(200, rel=0.25)
+    assert row["padding_overhead_pct"] > 0 or (sizes == 1).all()  # a batch runs to its longest request

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -198,7 +199,7 @@ class Runner:
         t0 = now()
         batch = self.config.batch
         ids = [Request(-1 - i, [self._filler_id()] * self.config.input_len) for i in range(batch)]
-        self.generate(ids, self.config.output_len, lambda n: None)
+        self.generate(ids, self.config.output_len_max, lambda n: None)
         self.compile_s = now() - t0
         log.info("torch.compile (%s, %s cache): %.1f s", mode, self.backend.cache_implementation, self.compile_s)
 
@@ -209,13 +210,13 @@ class Runner:
 
         cfg = self.config
         t0 = now()
-        capacity = max(cfg.output_len, cfg.warmup.output_len or 0)
+        capacity = max(cfg.output_len_max, cfg.warmup.output_len or 0)
         self.decoder = Decoder(self.model, cfg.batch, cfg.input_len, capacity, sorted(self.eos), cfg.decoding,
                                compile_mode=self.backend.torch_compile)
         filler = [Request(-1 - i, [self._filler_id()] * cfg.input_len) for i in range(cfg.batch)]
         ids, mask = self._batch_tensors(filler, cfg.batch, cfg.input_len)
         self.decoder.prepare(ids, mask)
-        self.decoder.run(ids, mask, cfg.output_len)
+        self.decoder.run(ids, mask, cfg.output_len_max)
         self.compile_s = now() - t0
         log.info("llem decode loop (torch.compile %s, CUDA graph %s): ready in %.1f s", self.backend.torch_compile,
                  "captured" if self.decoder.graph is not None else "not used", self.compile_s)
@@ -268,45 +269,71 @@ class Runner:
             **self.backend.generate_args,
         )
 
-    def generate(self, requests: Sequence[Request], output_len: int, progress: Progress) -> List[RequestResult]:
-        """Static batches of ``batch`` requests (longest first with ``sort_by_length``); with a
-        static cache every batch is padded to ``batch`` rows × ``input_len`` so shapes never change."""
+    def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
+                 ) -> List[RequestResult]:
+        """Static batches of up to ``batch`` requests, each run to its end: consecutive ones (longest first
+        with ``sort_by_length``) when all arrive at once, else, whenever the model is free, those that have
+        arrived (waiting for the next arrival when none has; at most ``load.max_concurrency``). With a static
+        cache every batch is padded to ``batch`` rows × ``input_len`` so shapes never change. A batch runs
+        to its longest request's length; each request keeps its own (the rest is padding work)."""
         cfg = self.config
-        gen_cfg = self._generation_config(output_len)
-        static = self.backend.cache_implementation == "static"
         order = list(requests)
-        if self.backend.sort_by_length:
+        timed = any(r.arrival_s is not None for r in order)
+        if self.backend.sort_by_length and not timed:
             order.sort(key=lambda r: (-r.input_tokens, r.request_id))
+        size = min(cfg.batch, cfg.load.max_concurrency or cfg.batch)
         results: List[RequestResult] = []
-        computed = requested = 0
-        for b, first in enumerate(range(0, len(order), cfg.batch)):
-            batch = order[first : first + cfg.batch]
-            rows = cfg.batch if static else len(batch)
-            width = max(cfg.input_len, *(r.input_tokens for r in batch)) if static else max(
-                r.input_tokens for r in batch)
-            ids, mask = self._batch_tensors(batch, rows, width)
-            computed += rows * (width + output_len)
-            requested += sum(r.input_tokens for r in batch) + len(batch) * output_len
-            start = now()
-            if self.decoder is not None:
-                new_tokens, step_times = self.decoder.run(ids, mask, output_len)
+        self._work = [0, 0]
+        t0, b = now(), 0
+        while order:
+            if timed:
+                order.sort(key=lambda r: r.arrival_s or 0.0)
+                wait = t0 + (order[0].arrival_s or 0.0) - now()
+                if wait > 0:
+                    time.sleep(wait)
+                clock = now()
+                batch = [r for r in order if t0 + (r.arrival_s or 0.0) <= clock][:size]
             else:
-                clock = _TokenClock()
-                with self.torch.inference_mode():
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
-                                              streamer=clock)
-                self.synchronize()
-                new_tokens, step_times = out[:, width:], clock.times
-            end = now()
-            for req, n in zip(batch, self.count_generated(new_tokens[: len(batch)])):
-                times = step_times[:n]
-                results.append(RequestResult(
-                    request_id=req.request_id, input_tokens=req.input_tokens, output_tokens=n, start_s=start,
-                    end_s=times[-1] if times else end, first_token_s=times[0] if times else None,
-                    token_times_s=times, batch_index=b))
+                batch = order[:size]
+            taken = {id(r) for r in batch}
+            order = [r for r in order if id(r) not in taken]
+            results += self._run_batch(batch, output_len, b, t0 if timed else None)
             progress(len(batch))
-        self.counts = WorkCounts(computed, requested)
+            b += 1
+        self.counts = WorkCounts(*self._work)
         return sorted(results, key=lambda r: r.request_id)
+
+    def _run_batch(self, batch: List[Request], output_len: Optional[int], b: int,
+                   t0: Optional[float]) -> List[RequestResult]:
+        cfg = self.config
+        lengths = [output_len if output_len is not None else (r.output_len or cfg.output_len_max) for r in batch]
+        steps = max(lengths)
+        static = self.backend.cache_implementation == "static"
+        rows = cfg.batch if static else len(batch)
+        width = max(cfg.input_len, *(r.input_tokens for r in batch)) if static else max(r.input_tokens for r in batch)
+        ids, mask = self._batch_tensors(batch, rows, width)
+        self._work[0] += rows * (width + steps)
+        self._work[1] += sum(r.input_tokens for r in batch) + sum(lengths)
+        start = now()
+        if self.decoder is not None:
+            new_tokens, step_times = self.decoder.run(ids, mask, steps)
+        else:
+            clock = _TokenClock()
+            with self.torch.inference_mode():
+                out = self.model.generate(input_ids=ids, attention_mask=mask,
+                                          generation_config=self._generation_config(steps), streamer=clock)
+            self.synchronize()
+            new_tokens, step_times = out[:, width:], clock.times
+        end = now()
+        out_rows = []
+        for req, n, own in zip(batch, self.count_generated(new_tokens[: len(batch)]), lengths):
+            times = step_times[:min(n, own)]
+            out_rows.append(RequestResult(
+                request_id=req.request_id, input_tokens=req.input_tokens, output_tokens=len(times) if times else n,
+                start_s=start, end_s=times[-1] if times else end, first_token_s=times[0] if times else None,
+                token_times_s=times, batch_index=b, output_len_requested=own,
+                arrival_s=None if t0 is None else t0 + (req.arrival_s or 0.0)))
+        return out_rows
 
     # -- device -------------------------------------------------------------------------
     def synchronize(self) -> None:

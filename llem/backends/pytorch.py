@@ -133,9 +133,8 @@ class PyTorchEngine(Engine):
     config_class = PyTorchConfig
     resolved_class = PyTorchResolved
     reserved_args = _RESERVED
-    no_arrivals = ("it runs static batches of `batch` requests, each to its end, so it cannot take requests as "
-                   "they arrive (transformers' continuous batching is its server's)")
-    no_natural_lengths = "a static batch generates one length for all its rows"
+    no_arrivals = None  # static batches of what has arrived (one process; data parallel refuses a rate)
+    no_natural_lengths = None  # a batch runs to its longest request; each keeps its own length
 
     def __init__(self, config: Config, device: str) -> None:
         super().__init__(config, device)
@@ -152,6 +151,11 @@ class PyTorchEngine(Engine):
                 raise ConfigError(
                     f"backend.generate_args.{key} duplicates llem's own key: use {_RESERVED_GENERATE[key]} instead"
                 )
+        if config.server.mode == "none" and config.backend.num_processes > 1 and (
+                config.load.timed or config.load.max_concurrency is not None):
+            raise ConfigError("load.request_rate and load.max_concurrency need backend.num_processes=1 in-process: "
+                              "data-parallel replicas each take a fixed share of the requests, not what has arrived; "
+                              "use one process, or server=launch")
         q = config.backend.quantization
         if q.method != "none" and config.model.dtype.value == "float32" and q.method != "bnb_8bit":
             log.info("4-bit quantisation with model.dtype=float32: non-quantised layers stay float32")
