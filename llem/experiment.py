@@ -377,7 +377,7 @@ class Experiment:
         return {
             Throughput: Throughput(output_tokens_total=out_tokens, output_tokens_expected=expected, window_s=s,
                                    output_tok_per_s=out_tokens / s, total_tok_per_s=(out_tokens + in_tokens) / s,
-                                   requests_per_s=len(outputs) / s),
+                                   requests_per_s=sum(1 for o in outputs if not o.error) / s),
             Padding: Padding() if counts is None else Padding(
                 tokens_computed=counts.tokens_computed, tokens_requested=counts.tokens_requested,
                 padding_overhead_pct=100.0 * (counts.tokens_computed - counts.tokens_requested)
