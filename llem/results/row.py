@@ -121,7 +121,8 @@ class Throughput:
     output_tok_per_s: Optional[float] = col("output tokens per second of the window", summary=True, label="tok/s",
                                             fmt=",.1f")
     total_tok_per_s: Optional[float] = col("input + output tokens per second of the window")
-    requests_per_s: Optional[float] = col("requests completed (without an error) per second of the window: the rate achieved",
+    requests_per_s: Optional[float] = col("requests completed without an error per second of the window (the rate "
+                                          "achieved)",
                                           summary=True, label="req/s", fmt=".3g")
 
 
