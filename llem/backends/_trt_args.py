@@ -1,6 +1,6 @@
 """TensorRT-LLM's ``LLM`` arguments from llem's config: which arguments its source accepts (read
 without importing it), the plain values a job passes, their conversion to TensorRT-LLM's config
-objects, and the name a built engine is cached under."""
+objects, the name a built engine is cached under, and the same arguments as ``trtllm-serve``'s."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, FrozenSet
+from typing import Any, Dict, FrozenSet, List
 
 from llem.backends._engine_args import class_fields, source_classes
 from llem.config import Config, Weights
@@ -79,3 +79,32 @@ def cache_key(kwargs: Dict[str, Any], version: str) -> str:
     """A name for a built engine: every build setting and the TensorRT-LLM version."""
     text = json.dumps({**kwargs, "tensorrt_llm": version}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def serve_argv(config: Config, model: str, host: str, port: int) -> List[str]:
+    """``trtllm-serve MODEL`` with its documented flags; the other LLM arguments (load_format, KV-cache and
+    quantisation configs, engine_args) in the YAML file ``--extra_llm_api_options`` reads (under cache_dir)."""
+    import shutil
+    import sys
+
+    import yaml
+
+    kwargs = llm_kwargs(config, model, token_ids_only=False)
+    kwargs.pop("model")
+    flags = {"--backend": "tensorrt" if config.backend.llm_backend == "trt" else "pytorch",
+             "--max_batch_size": kwargs.pop("max_batch_size"), "--max_seq_len": kwargs.pop("max_seq_len"),
+             "--tp_size": kwargs.pop("tensor_parallel_size"), "--pp_size": kwargs.pop("pipeline_parallel_size"),
+             "--kv_cache_free_gpu_memory_fraction": kwargs["kv_cache_config"].pop("free_gpu_memory_fraction")}
+    for key in ("skip_tokenizer_init", "return_perf_metrics"):
+        kwargs.pop(key, None)
+    extra = Path(config.cache_dir).expanduser() / "served" / f"trtllm-{cache_key(kwargs, 'serve')}.yaml"
+    extra.parent.mkdir(parents=True, exist_ok=True)
+    extra.write_text(yaml.safe_dump(kwargs, sort_keys=True))
+    exe = shutil.which("trtllm-serve")
+    argv = ([exe] if exe else [sys.executable, "-m", "tensorrt_llm.commands.serve"]) + [model, "--host", host,
+                                                                                        "--port", str(port)]
+    for flag, value in flags.items():
+        argv += [flag, str(value)]
+    if kwargs.get("trust_remote_code"):
+        argv.append("--trust_remote_code")
+    return argv + ["--extra_llm_api_options", str(extra)]

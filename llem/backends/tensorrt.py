@@ -61,6 +61,7 @@ from llem.backends._trt_args import (
     cache_key,
     llm_arguments,
     llm_kwargs,
+    serve_argv,
     to_api,
 )
 from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, installed
@@ -312,31 +313,8 @@ class TensorRTEngine(Engine):
     def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
         """``trtllm-serve MODEL`` with its documented flags; the other LLM arguments (load_format, KV-cache and
         quantisation configs, engine_args) in the YAML file ``--extra_llm_api_options`` reads."""
-        import shutil
-        import sys
-
-        import yaml
-
-        cfg, b = self.config, self.backend
-        kwargs = llm_kwargs(cfg, str(model_dir) if model_dir else cfg.model.hf_id, token_ids_only=False)
-        model = kwargs.pop("model")
-        flags = {"--backend": "tensorrt" if b.llm_backend == "trt" else "pytorch",
-                 "--max_batch_size": kwargs.pop("max_batch_size"), "--max_seq_len": kwargs.pop("max_seq_len"),
-                 "--tp_size": kwargs.pop("tensor_parallel_size"), "--pp_size": kwargs.pop("pipeline_parallel_size"),
-                 "--kv_cache_free_gpu_memory_fraction": kwargs["kv_cache_config"].pop("free_gpu_memory_fraction")}
-        for key in ("skip_tokenizer_init", "return_perf_metrics"):
-            kwargs.pop(key, None)
-        extra = Path(cfg.cache_dir).expanduser() / "served" / f"trtllm-{cache_key(kwargs, 'serve')}.yaml"
-        extra.parent.mkdir(parents=True, exist_ok=True)
-        extra.write_text(yaml.safe_dump(kwargs, sort_keys=True))
-        exe = shutil.which("trtllm-serve")
-        argv = ([exe] if exe else [sys.executable, "-m", "tensorrt_llm.commands.serve"]) + [model, "--host", host,
-                                                                                            "--port", str(port)]
-        for flag, value in flags.items():
-            argv += [flag, str(value)]
-        if kwargs.get("trust_remote_code"):
-            argv.append("--trust_remote_code")
-        argv += ["--extra_llm_api_options", str(extra)]
+        cfg = self.config
+        argv = serve_argv(cfg, str(model_dir) if model_dir else cfg.model.hf_id, host, port)
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
         return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None)
 
