@@ -58,6 +58,18 @@ def _eos(architecture: Dict[str, Any]) -> Optional[int]:
     return eos[0] if isinstance(eos, (list, tuple)) and eos else eos if isinstance(eos, int) else None
 
 
+def dummy_model_dir(model: Any, root: Path) -> Optional[Path]:
+    """For engines that create random weights themselves (``load_format=dummy``): the shared dummy model dir
+    (config.json, llem.backends._hf_model) with the id-word tokenizer beside it; None for pretrained weights."""
+    if getattr(model.weights, "value", model.weights) != "random":
+        return None
+    from llem.backends._hf_model import shared_dummy_model
+
+    folder = shared_dummy_model(model.architecture, model.dtype.value, root)
+    write_id_tokenizer(folder, int(model.architecture["vocab_size"]), _eos(model.architecture))
+    return folder
+
+
 def random_checkpoint(architecture: Dict[str, Any], dtype: str, seed: int, root: Path) -> Path:
     """A saved random-weight checkpoint of ``architecture`` with the id-word tokenizer, under
     ``root/served``, named by what defines it; built once (in a separate process) and kept."""

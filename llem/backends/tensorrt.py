@@ -299,16 +299,10 @@ class TensorRTEngine(Engine):
         self.check()  # trtllm-serve needs what the engine needs
 
     def served_model(self, root: Path) -> Optional[Path]:
-        """Random weights: the dummy model dir with llem's id-word tokenizer beside it."""
-        cfg = self.config
-        if cfg.model.weights != Weights.random:
-            return None
-        from llem.backends._served_model import write_id_tokenizer
+        """Random weights: the dummy model dir (config.json) with llem's id-word tokenizer beside it."""
+        from llem.backends._served_model import dummy_model_dir
 
-        folder = shared_dummy_model(cfg.model.architecture, cfg.model.dtype.value, root)
-        ends = self._end_ids()
-        write_id_tokenizer(folder, int(cfg.model.architecture["vocab_size"]), ends[0] if ends else None)
-        return folder
+        return dummy_model_dir(self.config.model, root)
 
     def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
         """``trtllm-serve MODEL`` with its documented flags; the other LLM arguments (load_format, KV-cache and

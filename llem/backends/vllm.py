@@ -206,16 +206,9 @@ class VllmEngine(Engine):
 
     def served_model(self, root: Path) -> Optional[Path]:
         """Random weights: the dummy model dir (config.json) with llem's id-word tokenizer beside it."""
-        cfg = self.config
-        if cfg.model.weights != Weights.random:
-            return None
-        from llem.backends._served_model import write_id_tokenizer
+        from llem.backends._served_model import dummy_model_dir
 
-        folder = shared_dummy_model(cfg.model.architecture, cfg.model.dtype.value, root)
-        arch = cfg.model.architecture
-        eos = arch.get("eos_token_id")
-        write_id_tokenizer(folder, int(arch["vocab_size"]), eos[0] if isinstance(eos, (list, tuple)) else eos)
-        return folder
+        return dummy_model_dir(self.config.model, root)
 
     def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
         """``vllm serve`` with the job's engine arguments as its flags (``engine_args`` keys in kebab case)."""
