@@ -54,7 +54,7 @@ class Outcome:
     config_hash: Optional[str] = col("hash of the measured settings (not repeat, not switches); resume key")
     started_at: Optional[str] = col("UTC time the measurement began (ISO 8601)")
     schema_version: int = col("version of the result schema the file follows (older files: null)",
-                              default=2)
+                              default=3)
 
 
 @dataclass
