@@ -27,35 +27,29 @@ from llem.console import ProgressBar
 from llem.energy import attribution, phases
 from llem.energy import flags as doubt
 from llem.energy.codecarbon import HostWindows
-from llem.energy.idle import DeviceIdle, other_processes, taken_at_iso
+from llem.energy.idle import DeviceIdle, other_processes
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
 from llem.records import Request, RequestResult
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
 from llem.results.row import (
-    Baselines,
     BuildCache,
     CodecarbonFacts,
     EnergySummary,
-    GpuEnergy,
     HostEnergy,
-    Latency,
-    Memory,
-    ModelFacts,
     Notes,
     Outcome,
     OutsideWindow,
-    Padding,
     PrefillDecode,
     ResultRow,
     Sizing,
     Stage,
     SteadyState,
-    Throughput,
     WorkloadCounts,
     assemble,
 )
 from llem.results.tables import RequestRow, TimeseriesRow
+from llem.window_parts import window_parts
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +165,8 @@ class Experiment:
             parts[Sizing] = sizing.part(plan, len(work.requests))
             measure_t0 = measured.window.t0
             window, outputs = measured.window, measured.outputs
-            found = doubt.window_flags(window, sampler.between(window.t0, window.t1), [g.facts() for g in gpus],
+            in_window = sampler.between(window.t0, window.t1)
+            found = doubt.window_flags(window, in_window, [g.facts() for g in gpus],
                                        measured.busy, plan.min_window_s or 0.0, sizing.hint(plan))
             found += host.flags()
             found += doubt.host_flags(self.job_dir, window)
@@ -180,17 +175,18 @@ class Experiment:
                 found += doubt.baseline_flags("loaded_idle", sampler.between(loaded_idle.t0, loaded_idle.t1))
             info = engine.info()
             req_rows = metrics.request_rows(outputs, window.t0)
-            parts.update(self._measured(engine, work, outputs, req_rows, window, loaded_idle, sampler, info))
+            parts.update(window_parts(cfg, engine, work, outputs, req_rows, window, loaded_idle, sampler, info,
+                                      self.device_idle, self.warnings))
             energy = parts[EnergySummary]
             baseline_w = 0.0 if cfg.baseline.kind == BaselineKind.none else energy.baseline_power_w
-            self._per_request_energy(req_rows, outputs, sampler, window, baseline_w)
+            self._per_request_energy(req_rows, outputs, in_window, window, baseline_w)
             parts[LoadMetrics], load_flags = load_metrics.load_part(outputs, req_rows, work.requests,
                                                                     window.duration_s, cfg)
             found += load_flags
             if cfg.measure.steady_state:
                 span = load_metrics.arrival_span(outputs) if cfg.load.timed else None
                 parts[SteadyState] = phases.steady_state(outputs, engine.sequences_in_flight(),
-                                                         sampler.between(window.t0, window.t1), baseline_w, span)
+                                                         in_window, baseline_w, span)
             steady = parts.get(SteadyState)
             found += sizing.flags(plan, len(outputs), cfg.measure.steady_state,
                                   steady.steady_state_null_reason if steady and steady.steady_state_s is None else None)
@@ -294,11 +290,11 @@ class Experiment:
                  round(plan.waves_of(n)), plan.capacity, plan.estimate_s, warm.fastest_s)
         return self._build(n, parts)
 
-    def _per_request_energy(self, req_rows: List[RequestRow], outputs: List[RequestResult], sampler: Sampler,
-                            window: WindowEnergy, baseline_w: Optional[float]) -> None:
+    def _per_request_energy(self, req_rows: List[RequestRow], outputs: List[RequestResult],
+                            in_window: List[Dict[str, Any]], window: WindowEnergy, baseline_w: Optional[float]) -> None:
         """Each request's share of the window's energy (llem.energy.attribution) into its row."""
-        raw, adjusted, _ = attribution.per_request(sampler.between(window.t0, window.t1), outputs, window.t0,
-                                                   window.t1, window.energy_j, baseline_w)
+        raw, adjusted, _ = attribution.per_request(in_window, outputs, window.t0, window.t1, window.energy_j,
+                                                   baseline_w)
         by_id = {o.request_id: i for i, o in enumerate(outputs)}
         for row in req_rows:
             i = by_id[row.request_id]
@@ -347,62 +343,6 @@ class Experiment:
             metered = [g.uuid for g in gpus]
             if seen != metered[: len(seen)]:
                 self.warnings.append(f"engine runs on GPUs {seen} but NVML meters {metered}: energy is misattributed")
-
-    def _measured(self, engine, work, outputs: List[RequestResult], req_rows: List[RequestRow], window: WindowEnergy,
-                  loaded_idle: Optional[WindowEnergy], sampler: Sampler, info: EngineInfo) -> Dict[type, Any]:
-        """The parts computed from the measured window."""
-        cfg = self.config
-        out_tokens = sum(o.output_tokens for o in outputs)
-        in_tokens = sum(o.input_tokens for o in outputs)
-        expected = sum(r.output_len or cfg.output_len for r in work.requests)
-        if out_tokens != expected:
-            self.warnings.append(f"engine returned {out_tokens} output tokens, expected {expected}")
-        missing = {o.timing_note for o in outputs if o.timing_note}
-        self.warnings.extend(f"request timing: {m}" for m in sorted(missing))
-        self.warnings.extend(window.warnings)
-        s = window.duration_s
-        gpu = GpuEnergy(
-            energy_method=window.method, energy_null_reason=window.null_reason, gpu_energy_j=window.energy_j,
-            gpu_energy_j_per_gpu=window.energy_j_per_gpu or None, gpu_energy_integrated_j=window.integrated_j,
-            avg_power_w=window.avg_power_w, peak_power_w=window.peak_power_w)
-        if window.integrated_j is not None and window.energy_j and window.method == "nvml_counter":
-            gpu.energy_integral_vs_counter_pct = 100.0 * (window.integrated_j - window.energy_j) / window.energy_j
-        loaded_w = loaded_idle.avg_power_w if loaded_idle else None
-        energy, warns = metrics.energy_summary(
-            window.energy_j, s, out_tokens, len(outputs), cfg.baseline.kind.value,
-            {"device_idle": self.device_idle.power_w, "loaded_idle": loaded_w})
-        self.warnings.extend(warns)
-        counts = engine.work_counts()
-        rss = [r["rss_mib"] for r in sampler.rows if r.get("rss_mib") is not None]
-        return {
-            Throughput: Throughput(output_tokens_total=out_tokens, output_tokens_expected=expected, window_s=s,
-                                   output_tok_per_s=out_tokens / s, total_tok_per_s=(out_tokens + in_tokens) / s,
-                                   requests_per_s=sum(1 for o in outputs if not o.error) / s),
-            Padding: Padding() if counts is None else Padding(
-                tokens_computed=counts.tokens_computed, tokens_requested=counts.tokens_requested,
-                padding_overhead_pct=100.0 * (counts.tokens_computed - counts.tokens_requested)
-                / counts.tokens_requested if counts.tokens_requested else None),
-            GpuEnergy: gpu,
-            Baselines: Baselines(
-                device_idle_power_w=self.device_idle.power_w,
-                device_idle_power_w_per_gpu=self.device_idle.power_w_per_gpu or None,
-                device_idle_source=self.device_idle.source, device_idle_taken_at=taken_at_iso(self.device_idle),
-                device_idle_age_s=None if self.device_idle.taken_at is None else max(
-                    0.0, time.time() - s - self.device_idle.taken_at),
-                device_idle_job=self.device_idle.job,
-                loaded_idle_power_w=loaded_w,
-                loaded_idle_power_w_per_gpu=loaded_idle.power_per_gpu_w if loaded_idle else None),
-            EnergySummary: energy,
-            Memory: Memory(gpu_memory_allocated_peak_mib=engine.memory_peak_mib(),
-                           gpu_memory_used_peak_mib=window.peak_memory_used_mib,
-                           cpu_rss_peak_mib=max(rss) if rss else None),
-            ModelFacts: ModelFacts(
-                model_parameters=info.num_parameters, model_weight_bytes=info.weight_bytes,
-                weight_precision=info.weight_precision or cfg.model.dtype.value,
-                compute_precision=info.compute_precision or cfg.model.dtype.value,
-                flops_estimate=2.0 * info.num_parameters * (in_tokens + out_tokens) if info.num_parameters else None),
-            Latency: metrics.latency_summary(req_rows),
-        }
 
     def _timeseries(self, sampler: Sampler, t0: Optional[float]) -> List[Dict[str, Any]]:
         rows = self.device_idle.rows + sampler.rows
