@@ -123,3 +123,14 @@ def test_pytorch_batches_what_has_arrived(compose_cfg, tmp_path):
     assert (req["queue_ms"] >= 0).all() and (req["start_offset_s"] >= req["arrival_offset_s"] - 1e-6).all()
     assert row["arrivals_per_s"] == pytest.approx(200, rel=0.25)
     assert row["padding_overhead_pct"] > 0 or (sizes == 1).all()  # a batch runs to its longest request
+
+
+def test_static_batches_take_what_has_arrived():
+    from llem.backends._torch_batches import static_batches
+
+    reqs = [Request(i, [1] * (3 + i), arrival_s=t) for i, t in enumerate([0.0, 0.0, 0.05, 0.05, 0.2])]
+    got = [[r.request_id for r in batch] for batch, _ in static_batches(reqs, 2, sort_by_length=False)]
+    assert got == [[0, 1], [2, 3], [4]]
+    at_once = [Request(i, [1] * (3 + i)) for i in range(5)]
+    batches = list(static_batches(at_once, 2, sort_by_length=True))
+    assert [[r.request_id for r in b] for b, _ in batches] == [[4, 3], [2, 1], [0]] and batches[0][1] is None

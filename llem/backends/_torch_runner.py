@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends._torch_args import HUB_KWARGS, check_loading_args
+from llem.backends._torch_batches import static_batches
 from llem.backends.base import EngineInfo, WorkCounts
 from llem.config import Config, Weights
 from llem.errors import DeviceError
@@ -271,35 +271,17 @@ class Runner:
 
     def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
                  ) -> List[RequestResult]:
-        """Static batches of up to ``batch`` requests, each run to its end: consecutive ones (longest first
-        with ``sort_by_length``) when all arrive at once, else, whenever the model is free, those that have
-        arrived (waiting for the next arrival when none has; at most ``load.max_concurrency``). With a static
-        cache every batch is padded to ``batch`` rows × ``input_len`` so shapes never change. A batch runs
+        """Static batches of up to ``batch`` requests (and ``load.max_concurrency``), each run to its end, formed
+        by ``_torch_batches.static_batches`` (all at once, or what has arrived). With a static cache every
+        batch is padded to ``batch`` rows × ``input_len`` so shapes never change. A batch runs
         to its longest request's length; each request keeps its own (the rest is padding work)."""
         cfg = self.config
-        order = list(requests)
-        timed = any(r.arrival_s is not None for r in order)
-        if self.backend.sort_by_length and not timed:
-            order.sort(key=lambda r: (-r.input_tokens, r.request_id))
         size = min(cfg.batch, cfg.load.max_concurrency or cfg.batch)
         results: List[RequestResult] = []
         self._work = [0, 0]
-        t0, b = now(), 0
-        while order:
-            if timed:
-                order.sort(key=lambda r: r.arrival_s or 0.0)
-                wait = t0 + (order[0].arrival_s or 0.0) - now()
-                if wait > 0:
-                    time.sleep(wait)
-                clock = now()
-                batch = [r for r in order if t0 + (r.arrival_s or 0.0) <= clock][:size]
-            else:
-                batch = order[:size]
-            taken = {id(r) for r in batch}
-            order = [r for r in order if id(r) not in taken]
-            results += self._run_batch(batch, output_len, b, t0 if timed else None)
+        for b, (batch, t0) in enumerate(static_batches(requests, size, self.backend.sort_by_length)):
+            results += self._run_batch(batch, output_len, b, t0)
             progress(len(batch))
-            b += 1
         self.counts = WorkCounts(*self._work)
         return sorted(results, key=lambda r: r.request_id)
 
