@@ -227,8 +227,8 @@ class ObjectiveConfig:
 
 
 # Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).
-HASH_EXCLUDED_KEYS = ("repeat", "isolate", "progress", "objective", "dry_run", "cache_dir", "server.host",
-                      "server.port", "server.startup_timeout_s", "server.reuse")
+HASH_EXCLUDED_KEYS = ("repeat", "isolate", "reuse_engine", "progress", "objective", "dry_run", "cache_dir",
+                      "server.host", "server.port", "server.startup_timeout_s", "server.reuse")
 INF_ALLOWED = ("load.request_rate",)  # floats that may be inf (all at once); every other one must be finite
 INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # engines seed numpy's generators, which take 32 bits
@@ -257,6 +257,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cooldown_s: float = 0.0  # wait before the job's baseline (thermal gap between jobs)
     isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
+    reuse_engine: bool = True  # consecutive jobs of a sweep whose engine build is the same measure on one kept engine
     progress: bool = True  # progress bar while generating (shown only on a terminal)
     dry_run: bool = False  # validate every job and say what would run or be skipped; run nothing
     cache_dir: str = "~/.cache/llem"  # compile caches, engines, model dirs: shared by jobs and sweeps, never measured

@@ -52,7 +52,9 @@ class BaselineConfig:
     measurement process starts (after ``settle_s`` for the previous context to close); a later
     job of the same sweep on the same GPUs reuses it while it is younger than
     ``device_idle_reuse_s`` and was taken cleanly (the row says which one it used, and when).
-    loaded_idle: the engine loaded and idle, measured in the measurement process.
+    loaded_idle: the engine loaded and idle, measured in the measurement process; a later job
+    measuring on the same kept engine (``reuse_engine``) reuses it while it is younger than
+    ``loaded_idle_reuse_s`` and was taken cleanly.
     """
 
     kind: BaselineKind = BaselineKind.device_idle
@@ -61,9 +63,11 @@ class BaselineConfig:
     device_idle_reuse_s: float = 900.0  # later jobs of a sweep on the same GPUs reuse a floor this recent; 0: never
     loaded_settle_s: float = 1.0  # after warm-up, before loaded idle: the power of the last batch tails off
     loaded_idle_s: float = 5.0
+    loaded_idle_reuse_s: float = 900.0  # later jobs on the same kept engine reuse a floor this recent; 0: never
 
     def __post_init__(self) -> None:
-        for key in ("settle_s", "device_idle_s", "device_idle_reuse_s", "loaded_settle_s", "loaded_idle_s"):
+        for key in ("settle_s", "device_idle_s", "device_idle_reuse_s", "loaded_settle_s", "loaded_idle_s",
+                    "loaded_idle_reuse_s"):
             value = getattr(self, key)
             _require(value >= 0, f"baseline.{key}", value, "a number of seconds >= 0")
         if self.kind == BaselineKind.device_idle:

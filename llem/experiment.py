@@ -30,12 +30,15 @@ from llem.energy.codecarbon import HostWindows
 from llem.energy.idle import DeviceIdle, other_processes
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
+from llem.kept_engine import KeptEngine
 from llem.records import Request, RequestResult
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
 from llem.results.row import (
+    Baselines,
     BuildCache,
     CodecarbonFacts,
     EnergySummary,
+    EngineReuse,
     HostEnergy,
     Notes,
     Outcome,
@@ -82,8 +85,12 @@ class Experiment:
     """One measured job inside the measurement process."""
 
     def __init__(self, config: Config, job_dir: Path, device: str, device_idle: DeviceIdle,
-                 stage: Callable[[Stage], None] = lambda s: None, endpoint: Any = None):
+                 stage: Callable[[Stage], None] = lambda s: None, endpoint: Any = None,
+                 kept: Optional[KeptEngine] = None, keep: Optional[Tuple[str, Optional[int], int]] = None):
         self.config = config
+        self.held = kept  # an engine an earlier job loaded with the same build (reuse_engine), or None
+        self.keep = keep  # (build key, capacity to build for, builds so far): keep the engine loaded after an ok job
+        self.kept: Optional[KeptEngine] = None  # after run: the engine kept loaded for the next job
         self.endpoint = endpoint  # the server measured over HTTP (server=launch/external), else None
         self.job_dir = job_dir
         self.device = device
@@ -104,7 +111,12 @@ class Experiment:
         outcome = Outcome(config_hash=config_hash(cfg),
                           started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         engine_cls = engine_class(cfg.backend.name)
-        engine = engine_cls(cfg, self.device)
+        if self.held is not None:
+            engine = self.held.engine
+            engine.reconfigure(cfg)
+        else:
+            engine = engine_cls(cfg, self.device)
+            engine.build_for = self.keep[1] if self.keep else None
         if self.endpoint is not None:  # the server serves; the engine's class says how to ask it
             from llem.serving.client import ServerEngine
 
@@ -131,28 +143,19 @@ class Experiment:
             host = HostWindows(cfg.energy.meters, cfg.energy.country_iso_code, self.job_dir)
             meter.sync = engine.synchronize
             self._stage(Stage.load)
-            log.info("loading %s (%s weights, %s) on %s …", cfg.model.name, cfg.model.weights.value,
-                     cfg.model.dtype.value, self.device)
-            root = Path(cfg.cache_dir).expanduser()
-            cache = engine.compile_cache(root)
-            compile_cache.apply(cache)
-            before = compile_cache.snapshot(cache)
-            load = host.around("load", lambda: self._window(meter, "load", engine.load))
-            parts[BuildCache] = compile_cache.outcome(cache, root, before, compile_cache.snapshot(cache))
-            log.info("loaded %s on %s in %.1f s (compile cache: %s)", cfg.model.name, self.device, load.duration_s,
-                     parts[BuildCache].compile_cache)
+            load = self._load(engine, meter, host, parts)
             self._check_uuids(engine, gpus)
             self._stage(Stage.warmup)
             warm = self._warmup(meter, engine, work, predict=plan.auto and plan.min_window_s is not None)
             work = self._size_for_window(plan, work, warm, parts)
             parts[Sizing] = sizing.part(plan, len(work.requests))
             parts[OutsideWindow] = OutsideWindow(
-                load_s=load.duration_s, load_energy_j=load.energy_j,
+                load_s=load.duration_s if load else None, load_energy_j=load.energy_j if load else None,
                 warmup_s=warm.window.duration_s if warm.window else None,
                 warmup_energy_j=warm.window.energy_j if warm.window else None,
                 warmup_batches_run=warm.batches_run, warmup_latency_cv=warm.latency_cv)
             self._stage(Stage.baseline)
-            loaded_idle = self._loaded_idle(meter, sampler, gpus)
+            loaded_idle, loaded_rows = self._loaded_idle(meter, sampler, gpus)
             self._stage(Stage.measure)
             measured = self._measure(meter, engine, work, host, gpus)
             more = sizing.remeasure_count(plan, measured.window.duration_s)
@@ -172,11 +175,12 @@ class Experiment:
             found += doubt.host_flags(self.job_dir, window)
             found += doubt.baseline_flags("device_idle", self.device_idle.rows)
             if loaded_idle is not None:
-                found += doubt.baseline_flags("loaded_idle", sampler.between(loaded_idle.t0, loaded_idle.t1))
+                found += doubt.baseline_flags("loaded_idle", loaded_rows)
             info = engine.info()
             req_rows = metrics.request_rows(outputs, window.t0)
             parts.update(window_parts(cfg, engine, work, outputs, req_rows, window, loaded_idle, sampler, info,
                                       self.device_idle, self.warnings))
+            self._loaded_idle_source(parts[Baselines], window)
             energy = parts[EnergySummary]
             baseline_w = 0.0 if cfg.baseline.kind == BaselineKind.none else energy.baseline_power_w
             self._per_request_energy(req_rows, outputs, in_window, window, baseline_w)
@@ -209,10 +213,7 @@ class Experiment:
             if host is not None:
                 host.close()
                 self.warnings.extend(host.warnings)
-            try:
-                engine.close()
-            except Exception as exc:
-                log.warning("engine close: %s", exc)
+            self._keep_or_close(engine, outcome.status == "ok")
         self._stage(Stage.write)
         ts = self._timeseries(sampler, measure_t0)
         warnings = list(dict.fromkeys(self.warnings))
@@ -227,6 +228,58 @@ class Experiment:
         results.write_rows(ts, self.job_dir / results.TIMESERIES, TimeseriesRow)
         results.write_result(row, self.job_dir)
         return row
+
+    # -- the engine: loaded here, or kept from an earlier job ----------------------------------
+    def _load(self, engine, meter: EnergyMeter, host: HostWindows, parts: Dict[type, Any]) -> Optional[WindowEnergy]:
+        """Load the engine (timed and metered), or take the kept one (None: no load was paid here)."""
+        cfg, held = self.config, self.held
+        builds = self.keep[2] if self.keep else None
+        if held is not None:
+            held.jobs_served += 1
+            parts[BuildCache] = held.build_cache
+            parts[EngineReuse] = EngineReuse(engine_reused=True, engine_build_s=held.build_s,
+                                             engine_build_job=held.build_job, num_engine_jobs=held.jobs_served,
+                                             num_engine_builds=held.num_builds)
+            log.info("measuring on the engine %s built (%.1f s; job %d on it): no load", held.build_job,
+                     held.build_s, held.jobs_served)
+            return None
+        log.info("loading %s (%s weights, %s) on %s …", cfg.model.name, cfg.model.weights.value,
+                 cfg.model.dtype.value, self.device)
+        root = Path(cfg.cache_dir).expanduser()
+        cache = engine.compile_cache(root)
+        compile_cache.apply(cache)
+        before = compile_cache.snapshot(cache)
+        load = host.around("load", lambda: self._window(meter, "load", engine.load))
+        parts[BuildCache] = compile_cache.outcome(cache, root, before, compile_cache.snapshot(cache))
+        parts[EngineReuse] = EngineReuse(engine_reused=False, engine_build_s=load.duration_s,
+                                         engine_build_job=self.job_dir.name, num_engine_jobs=1,
+                                         num_engine_builds=builds)
+        log.info("loaded %s on %s in %.1f s (compile cache: %s)", cfg.model.name, self.device, load.duration_s,
+                 parts[BuildCache].compile_cache)
+        if self.keep:
+            self.held = KeptEngine(engine=engine, key=self.keep[0], built_for=self.keep[1],
+                                   build_job=self.job_dir.name, build_s=load.duration_s,
+                                   build_cache=parts[BuildCache], num_builds=builds)
+        return load
+
+    def _keep_or_close(self, engine, ok: bool) -> None:
+        """Keep the engine loaded for the next job (reuse_engine, and this job ended ok), else close it."""
+        if ok and self.keep and self.held is not None and self.held.engine is engine:
+            self.kept = self.held
+            return
+        try:
+            engine.close()
+        except Exception as exc:
+            log.warning("engine close: %s", exc)
+
+    def _loaded_idle_source(self, baselines: Baselines, window: WindowEnergy) -> None:
+        """The loaded-idle floor's age and, when it came from an earlier job on the kept engine, that job."""
+        held = self.held
+        if held is None or held.loaded_idle is None or baselines.loaded_idle_power_w is None:
+            return
+        baselines.loaded_idle_age_s = max(0.0, time.time() - window.duration_s - held.loaded_idle_at)
+        if held.loaded_idle_job != self.job_dir.name:
+            baselines.loaded_idle_job = held.loaded_idle_job
 
     # -- phases ---------------------------------------------------------------------------
     def _window(self, meter: EnergyMeter, phase: str, fn: Callable[[], Any]) -> WindowEnergy:
@@ -300,14 +353,28 @@ class Experiment:
             i = by_id[row.request_id]
             row.energy_j, row.energy_adjusted_j = raw[i], adjusted[i]
 
-    def _loaded_idle(self, meter: EnergyMeter, sampler: Sampler, gpus: List[GpuReader]) -> Optional[WindowEnergy]:
-        cfg = self.config.baseline
+    def _loaded_idle(self, meter: EnergyMeter, sampler: Sampler, gpus: List[GpuReader]
+                     ) -> Tuple[Optional[WindowEnergy], List[Dict[str, Any]]]:
+        """The loaded-idle floor and its samples: metered now, or the kept engine's while recent
+        (baseline.loaded_idle_reuse_s)."""
+        cfg, held = self.config.baseline, self.held
         if not gpus or cfg.loaded_idle_s <= 0:
-            return None
+            return None, []
+        reuse_s = cfg.loaded_idle_reuse_s
+        if held is not None and held.build_job != self.job_dir.name and held.recent_loaded_idle(reuse_s):
+            log.info("loaded-idle baseline reused: %.1f W, metered %.0f s ago by %s", held.loaded_idle.avg_power_w,
+                     time.time() - held.loaded_idle_at, held.loaded_idle_job)
+            return held.loaded_idle, held.loaded_idle_rows
         sampler.phase = "settle"
         time.sleep(cfg.loaded_settle_s)  # measured on an H100: ~0.3 s of the last batch's tail
         log.info("loaded-idle baseline: %.1f s", cfg.loaded_idle_s)
-        return meter.idle("loaded_idle", cfg.loaded_idle_s)
+        idle = meter.idle("loaded_idle", cfg.loaded_idle_s)
+        rows = sampler.between(idle.t0, idle.t1)
+        if held is not None:
+            held.loaded_idle, held.loaded_idle_rows, held.loaded_idle_at = idle, rows, time.time()
+            held.loaded_idle_job = self.job_dir.name
+            held.loaded_idle_clean = not idle.warnings and not doubt.baseline_flags("loaded_idle", rows)
+        return idle, rows
 
     def _measure(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
                  gpus: List[GpuReader]) -> Measured:

@@ -26,8 +26,9 @@ from llem.console import summary_line
 from llem.energy.idle import DeviceIdle, device_idle_baseline, remember_device_idle, reuse_device_idle
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
+from llem.kept_engine import Reuse, reuse_for
 from llem.locks import gpu_lock, host_lock, job_lock
-from llem.measure_process import Interrupted, interruptible, measure_isolated
+from llem.measure_process import Interrupted, interruptible, kept_serves, measure_isolated, measure_kept, stop_kept
 from llem.results.row import Notes, Outcome, Stage, assemble
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,16 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
         if device == "cuda" and config.baseline.device_idle_s > 0:
             holder["idle"] = _device_idle(config, gpus_needed, job_dir)
 
+    reuse = _reuse(config, device)
+    kept_idle = _kept_idle(config, gpus_needed, device) if kept_serves(reuse) else None
+    if kept_idle is not None:
+        holder["idle"] = kept_idle  # the kept engine holds the GPUs: the floor the sweep took before its build
+    else:
+        stop_kept()  # a kept engine of an earlier job frees the GPUs before this job's floor or server
+    if config.server.mode == "none":
+        from llem.serving.server import stop
+
+        stop()  # a server an earlier job of the sweep left running would share the GPUs
     endpoint, log_from = None, 0
     if config.server.mode == "launch":
         from llem.serving.server import launch, log_size
@@ -213,7 +224,8 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
         if endpoint.reused and device == "cuda":
             holder["idle"] = _server_idle(config, gpus_needed)
     else:
-        take_idle()
+        if not kept_serves(reuse):
+            take_idle()
         if config.server.mode == "external":
             from llem.serving.server import external
 
@@ -222,7 +234,7 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
     if problem:
         idle.warnings.append(problem)
     try:
-        values = _run_measurement(config, chash, job_dir, device, idle, endpoint)
+        values = _run_measurement(config, chash, job_dir, device, idle, endpoint, reuse)
     finally:
         if endpoint is not None and endpoint.mode == "launch":
             from llem.serving.server import copy_log
@@ -242,13 +254,39 @@ def _server_idle(config: Config, gpus_needed: int) -> DeviceIdle:
     return idle
 
 
+def _reuse(config: Config, device: str) -> Optional[Reuse]:
+    """What this job asks of a kept engine: only jobs of a sweep run here, in turn, keep one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if _sweep_dir() is None:
+        return None
+    return reuse_for(config, device, list(HydraConfig.get().overrides.task))
+
+
+def _kept_idle(config: Config, gpus_needed: int, device: str) -> Optional[DeviceIdle]:
+    """The device-idle floor for a job on the kept engine: the one the sweep metered before it was built, while
+    younger than baseline.device_idle_reuse_s and clean; None when it is not (the kept engine is then closed,
+    the floor metered again and the engine rebuilt)."""
+    if device != "cuda" or config.baseline.device_idle_s <= 0:
+        return DeviceIdle()
+    sweep = _sweep_dir()
+    idle = reuse_device_idle(sweep, visible_uuids(gpus_needed), config.baseline.device_idle_reuse_s) if sweep else None
+    if idle is None:
+        log.info("the device-idle floor is older than baseline.device_idle_reuse_s=%g s (or was not clean): the "
+                 "kept engine is closed and the floor metered again", config.baseline.device_idle_reuse_s)
+    return idle
+
+
 def _run_measurement(config: Config, chash: str, job_dir: Path, device: str, idle: DeviceIdle,
-                     endpoint: Any) -> Dict[str, Any]:
+                     endpoint: Any, reuse: Optional[Reuse] = None) -> Dict[str, Any]:
     if not config.isolate:
         from llem.experiment import Experiment
 
         return Experiment(config, job_dir, device, idle, endpoint=endpoint).run().to_dict()
-    died = measure_isolated(config, job_dir, device, idle, endpoint)
+    if reuse is not None and endpoint is None:
+        died = measure_kept(config, job_dir, device, idle, reuse)
+    else:
+        died = measure_isolated(config, job_dir, device, idle, endpoint)
     values = results.read_result(job_dir)
     if died is not None and (values is None or values.get("status") != "ok"):
         error, stage = died

@@ -1,7 +1,9 @@
-"""The measurement process: spawned fresh for every job, stopped with its driver.
+"""The measurement process: spawned for a job, stopped with its driver.
 
-Each job measures in a freshly spawned interpreter (a fresh CUDA context; all device memory freed
-when it exits). It is tied to the job's parent so that no measurement outlives the driver:
+A job measures in a freshly spawned interpreter (a fresh CUDA context; all device memory freed
+when it exits), or, with ``reuse_engine``, in the process an earlier job of the sweep left running
+with its engine loaded (:class:`Kept`, llem.kept_engine). Either is tied to the job's parent so
+that no measurement outlives the driver:
 
 - it runs in its own process group, so a terminal's Ctrl-C reaches the parent only, and the parent
   stops the whole group (the engine's own worker processes included) before it says so once;
@@ -13,6 +15,7 @@ when it exits). It is tied to the job's parent so that no measurement outlives t
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing as mp
 import os
@@ -111,11 +114,7 @@ def _child(config, job_dir: str, device: str, idle, stage, log_file: Optional[st
     from llem import secrets
 
     secrets.install()
-    fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-    handlers = [logging.StreamHandler()]
-    if log_file:
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
+    _logging_to(log_file, level)
 
     def set_stage(s: Stage) -> None:
         stage.value = STAGES.index(s)
@@ -143,6 +142,136 @@ def _exit_now() -> None:
     for child in alive:
         child.kill()
     os._exit(0)
+
+
+class Kept:
+    """The driver's kept measurement process (``reuse_engine``): it holds a loaded engine between jobs."""
+
+    proc: Any = None
+    conn: Any = None
+    stage: Any = None
+    key: Optional[str] = None
+    built_for: Optional[int] = None
+    builds: int = 0  # engine builds this driver asked kept processes for
+    hooked = False
+
+
+def kept_serves(reuse) -> bool:
+    """Whether the kept process (alive, holding an engine) can measure a job that asks ``reuse``."""
+    return (reuse is not None and Kept.proc is not None and Kept.proc.is_alive()
+            and reuse.served_by(Kept.key, Kept.built_for))
+
+
+def stop_kept() -> None:
+    """Close the kept engine and end its process (its device memory is freed); nothing if none is kept."""
+    proc, conn = Kept.proc, Kept.conn
+    Kept.proc = Kept.conn = Kept.stage = Kept.key = Kept.built_for = None
+    if proc is None:
+        return
+    try:
+        conn.send(None)  # the process closes its engine and exits
+    except (OSError, ValueError):
+        pass
+    proc.join(STOP_GRACE_S)
+    if proc.is_alive():
+        stop(proc)
+    conn.close()
+    log.info("the kept engine was closed")
+
+
+def measure_kept(config, job_dir: Path, device: str, idle, reuse) -> Optional[Tuple[str, Stage]]:
+    """Run the experiment in the kept process (started, and the engine built, when none serves ``reuse``);
+    return (why it died, stage), or None. The process stays for the next job only if it kept its engine."""
+    if not kept_serves(reuse):
+        stop_kept()
+        ctx = mp.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe()
+        Kept.stage = ctx.RawValue("i", 0)
+        Kept.proc = ctx.Process(target=_kept_child, name="llem-measure-kept",
+                                args=(child_conn, Kept.stage, os.getpid()))
+        Kept.proc.start()
+        if not Kept.hooked:  # registered after multiprocessing's own exit hook, so it runs first: no join hangs
+            atexit.register(stop_kept)
+            Kept.hooked = True
+        child_conn.close()
+        Kept.conn, Kept.key, Kept.built_for = parent_conn, reuse.key, reuse.build_for
+        Kept.builds += 1
+    proc, stage = Kept.proc, Kept.stage
+    stage.value = 0
+    _Running.proc, _Running.stage = proc, stage
+    kept = False
+    try:
+        Kept.conn.send((config, str(job_dir), device, idle, _log_file(), logging.getLogger().level, reuse.key,
+                        reuse.build_for, Kept.builds))
+        kept = bool(Kept.conn.recv())  # blocks until the job ends; EOFError if the process died
+    except (EOFError, OSError):
+        pass
+    finally:
+        _Running.proc = _Running.stage = None
+    if kept:
+        return None
+    proc.join(STOP_GRACE_S)  # it ends itself after a job that did not keep its engine
+    if proc.is_alive():
+        stop(proc)
+    Kept.proc = Kept.conn = Kept.key = Kept.built_for = None
+    where = STAGES[stage.value]
+    if proc.exitcode == 0:
+        return None
+    if proc.exitcode is not None and proc.exitcode < 0:
+        sig = signal.Signals(-proc.exitcode).name
+        return f"the measurement process was killed by {sig} during {where.value}", where
+    return f"the measurement process exited with code {proc.exitcode} during {where.value}", where
+
+
+def _kept_child(conn, stage, parent_pid: int) -> None:
+    """Entry point of a kept measurement process: jobs one after another on one loaded engine, until the
+    driver says stop (None), a job does not keep its engine, or the driver goes."""
+    os.setpgid(0, 0)
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from llem import secrets
+
+    secrets.install()
+    from llem.experiment import Experiment
+
+    held = None
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            break
+        if job is None:
+            break
+        config, job_dir, device, idle, log_file, level, key, build_for, builds = job
+        _logging_to(log_file, level)
+
+        def set_stage(s: Stage) -> None:
+            stage.value = STAGES.index(s)
+
+        experiment = Experiment(config, Path(job_dir), device, idle, set_stage, kept=held,
+                                keep=(key, build_for, builds))
+        experiment.run()
+        held = experiment.kept
+        try:
+            conn.send(held is not None)
+        except (OSError, ValueError):
+            break
+        if held is None:
+            break
+    if held is not None:
+        try:
+            held.engine.close()
+        except Exception as exc:
+            log.warning("engine close: %s", exc)
+    _exit_now()
+
+
+def _logging_to(log_file: Optional[str], level: int) -> None:
+    fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    handlers = [logging.StreamHandler()]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
 
 
 def measure_isolated(config, job_dir: Path, device: str, idle, endpoint=None) -> Optional[Tuple[str, Stage]]:

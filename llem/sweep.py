@@ -86,9 +86,11 @@ class SweepSummary(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from llem.measure_process import stop_kept
         from llem.serving.server import stop
 
         stop()  # the server the last jobs shared (server=launch), if one runs
+        stop_kept()  # the engine the last jobs measured on (reuse_engine), if one is kept
         sweep = Path(config.hydra.sweep.dir)
         if self.dry_run:
             self._remove_dry_run_files(sweep)

@@ -47,6 +47,21 @@ def test_vllm_adds_each_request_at_its_arrival(compose_cfg, fake_vllm, tmp_path)
     assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) <= 2  # load.max_concurrency
 
 
+def test_vllm_built_for_a_larger_batch_keeps_only_its_own_in_flight(compose_cfg, fake_vllm, tmp_path):  # noqa: F811
+    """An engine kept for the sweep is built with max_num_seqs 8 (a later job's batch); a batch-2 job on it
+    never has more than 2 requests in the engine at once, and sees them all through."""
+    config = to_config(compose_cfg(["backend=vllm", "model=llama3", "model.weights=random", "batch=2",
+                                    "output_len=4", f"cache_dir={tmp_path}"]))
+    engine = VllmEngine(config, "cuda")
+    engine.build_for = 8
+    engine.load()
+    assert engine.kwargs["max_num_seqs"] == 8
+    out = engine.generate([Request(i, [11, 12, 13]) for i in range(7)], 4, lambda n: None)
+    assert [r.output_tokens for r in out] == [4] * 7 and all(r.arrival_s is None for r in out)
+    spans = sorted((r.start_s, r.end_s) for r in out)
+    assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) <= 2
+
+
 def test_tensorrt_submits_each_request_at_its_arrival(compose_cfg, fake_trt):  # noqa: F811
     config = to_config(compose_cfg(["backend=tensorrt", "model=tiny", "batch=2", "load.request_rate=40",
                                     "output_len=null", "dataset.output_lengths.mean=4",

@@ -9,7 +9,8 @@ size (one job at a time on one machine) is the config's ``max_batch_size``.
 
 Around each batch it logs the sweep's progress (``llem.sweep.SweepProgress``): ``job i of N`` with
 the job's overrides, the elapsed time and an estimate of the time left, then each job's outcome
-and duration. Dry runs print their own line per job instead.
+and duration. Dry runs print their own line per job instead. It also shares the grid with the jobs
+(``llem.kept_engine.SweepJobs``), so that an engine kept for the next jobs is built for all of them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class _ComposableOnly:
         self.progress: Optional[Any] = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        self._share_grid()
         progress = self._progress()
         self._say(progress.starting(initial_job_idx, job_overrides) if progress else [])
         good: List[Sequence[str]] = []
@@ -65,6 +67,27 @@ class _ComposableOnly:
             ended = [(index, *job_outcome(ret, started)) for index, ret in zip(indices, returns)]
             self._say(progress.finished(sorted(uncomposable + ended), time.monotonic() - tic))
         return returns
+
+    def _share_grid(self) -> None:
+        """The whole grid, and how to type one job's config, for a job that builds an engine the jobs after it
+        can measure on (llem.kept_engine: a build is sized for the largest batch among them)."""
+        from llem.kept_engine import SweepJobs
+
+        jobs = [tuple(job) for batch in self.sweeper.overrides or [] for job in batch]
+        if SweepJobs.jobs == jobs:
+            return
+
+        def compose(overrides: Sequence[str]) -> Any:
+            from omegaconf import open_dict
+
+            from llem.config import to_config
+
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                del cfg["hydra"]
+            return to_config(cfg)
+
+        SweepJobs.jobs, SweepJobs.compose = jobs, compose
 
     def _progress(self) -> Optional[Any]:
         """The sweep's progress, made at its first batch (the grid is known by then); none in a dry run."""

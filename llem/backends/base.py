@@ -81,6 +81,7 @@ class Engine(ABC):
         self.config = config
         self.backend = config.backend
         self.device = device  # "cpu" or "cuda"
+        self.build_for: Optional[int] = None  # set before load: a larger capacity to build for (later jobs' batch)
 
     @classmethod
     def validate_config(cls, config: Config) -> None:
@@ -110,6 +111,25 @@ class Engine(ABC):
         """How many of the visible GPUs one job uses, from its backend config (typed or a DictConfig:
         launchers ask before the config is typed, to size a SLURM task)."""
         return 1
+
+    @classmethod
+    def build_key(cls, config: Config) -> Optional[str]:
+        """What a loaded engine depends on, as text (:func:`build_text`): a later job of a sweep with the same key
+        may measure on the engine an earlier job loaded, after :meth:`reconfigure` (``reuse_engine``). None, the
+        default: this engine is loaded afresh for every job."""
+        return None
+
+    @classmethod
+    def build_capacity(cls, config: Config) -> Optional[int]:
+        """The sequences in flight a build for this config must hold; a build for more serves it as well (the
+        job caps what it keeps in flight at its own ``batch``). None: the build does not depend on it."""
+        return None
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the next job's config on this loaded engine (the same :meth:`build_key`): what differs is what
+        the engine reads at run time (batch, requests, lengths, arrivals)."""
+        self.config = config
+        self.backend = config.backend
 
     def check(self) -> None:
         """Before loading: raise EngineUnavailable/DeviceError if this engine cannot run here."""
@@ -178,6 +198,17 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the model and device memory."""
+
+
+def build_text(**parts: Any) -> str:
+    """A build key: the parts as sorted JSON (dataclasses as dicts, anything else as text)."""
+    import dataclasses
+    import json
+
+    def plain(value: Any) -> Any:
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    return json.dumps({k: plain(v) for k, v in parts.items()}, sort_keys=True, default=str)
 
 
 def installed(package: str) -> bool:

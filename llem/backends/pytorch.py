@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends._torch_runner import PyTorchResolved
-from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, WorkCounts, installed
+from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, WorkCounts, build_text, installed
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
 from llem.errors import ConfigError, EngineUnavailable
@@ -251,6 +251,23 @@ class PyTorchEngine(Engine):
         return {"generation_config": json.dumps({"min_new_tokens": output_len})}
 
     # -- load / generate ------------------------------------------------------------------
+    @classmethod
+    def build_key(cls, config: Config) -> Optional[str]:
+        """One process: the model, its seed (random weights) and every backend key; with a compiled or static
+        decode, the shapes it was built at (batch, lengths) too. Data parallel replicas are built per job."""
+        b = config.backend
+        if config.server.mode != "none" or b.num_processes > 1:
+            return None
+        shaped = b.torch_compile != "off" or b.cache_implementation == "static" or b.decode_loop == "llem"
+        shapes = (config.batch, config.input_len, config.output_len_max, config.warmup.output_len) if shaped else None
+        return build_text(engine=cls.name, model=config.model, backend=b, seed=config.seed, shapes=shapes,
+                          cache_dir=config.cache_dir)
+
+    def reconfigure(self, config: Config) -> None:
+        super().reconfigure(config)
+        if self._runner is not None:
+            self._runner.config, self._runner.backend = config, config.backend
+
     def load(self) -> None:
         if self.backend.num_processes > 1:
             from llem.backends._torch_workers import WorkerPool

@@ -7,14 +7,17 @@ workloads go in as token ids with no tokenizer; ``model.weights=random`` loads v
 weights for a ``config.json`` written from the model group's architecture (no download).
 
 Timing: ``LLM.generate`` only returns finished requests, so the engine is stepped here with
-``RequestOutputKind.DELTA`` outputs (the same loop generate runs), all requests added first.
+``RequestOutputKind.DELTA`` outputs (the same loop generate runs), ``batch`` requests added first
+and each of the rest as a slot frees (as vLLM's scheduler admits its waiting queue: in the next step).
+An engine kept for the next jobs of a sweep (``reuse_engine``) is built for the largest batch among
+them; each job still holds at most its own ``batch`` in flight.
 Each token is stamped with the engine's own time of the step that produced it: V1's
 ``RequestStateStats.last_token_ts`` (``disable_log_stats=False`` attaches it), a CLOCK_MONOTONIC
 stamp taken in the engine-core process — the clock ``time.perf_counter`` reads on Linux, so it
 compares with the submission time taken here. A request's service starts when the scheduler
 first scheduled it (``scheduled_ts``; preemptions are not tracked): as for the PyTorch engine's
-static batches, TTFT and e2e count from there, and the wait before it (all requests are
-submitted at once, so most wait for a free slot) is the request's ``start_offset_s``. ITL are
+static batches, TTFT and e2e count from there, and the wait before it (requests
+beyond ``batch`` wait in llem's queue for a free slot) is the request's ``start_offset_s``. ITL are
 the gaps between steps. Where the engine gives no stamps (or they do not fit the host clock),
 the host times are used and ``timing_note`` says so.
 """
@@ -33,7 +36,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from llem.backends._engine_args import check_engine_args, class_fields, package_dir, source_classes
 from llem.backends._hf_model import count_parameters, shared_dummy_model
-from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, installed
+from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, build_text, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
@@ -158,6 +161,21 @@ class VllmEngine(Engine):
     def gpus_required(cls, backend: Any) -> int:
         return int(backend.tensor_parallel_size) * int(backend.pipeline_parallel_size)
 
+    @classmethod
+    def build_key(cls, config: Config) -> Optional[str]:
+        """The engine's arguments less ``max_num_seqs`` (a build for a larger batch holds a smaller one: the job
+        keeps only ``batch`` in flight) and ``seed`` (requests carry their own), the model, the cache root."""
+        if config.server.mode != "none":
+            return None
+        kwargs = llm_kwargs(config, "", token_ids_only=True)
+        for key in ("max_num_seqs", "seed", "model"):
+            kwargs.pop(key, None)
+        return build_text(engine=cls.name, model=config.model, kwargs=kwargs, cache_dir=config.cache_dir)
+
+    @classmethod
+    def build_capacity(cls, config: Config) -> Optional[int]:
+        return config.batch
+
     def check(self) -> None:
         if self.device != "cuda":
             raise DeviceError("backend=vllm runs on GPUs only: use device=cuda (or auto on a GPU machine)")
@@ -198,6 +216,8 @@ class VllmEngine(Engine):
         else:
             path = cfg.model.hf_id
         self.kwargs = llm_kwargs(cfg, path, token_ids_only=True)
+        if self.build_for and self.build_for > cfg.batch and "max_num_seqs" not in cfg.backend.engine_args:
+            self.kwargs["max_num_seqs"] = self.build_for  # later jobs of the sweep measure larger batches on it
         self.llm = LLM(**self.kwargs)
         self._params = count_parameters(cfg)
 
@@ -239,11 +259,12 @@ class VllmEngine(Engine):
     def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
                  ) -> List[RequestResult]:
         """Every request added before the first step, or each at its arrival time (between steps; the
-        engine sleeps only while nothing is in flight), at most ``load.max_concurrency`` in flight."""
+        engine sleeps only while nothing is in flight), at most ``batch`` (and ``load.max_concurrency``) in
+        flight: a request waiting for a slot is added as one frees, in time for the next step."""
         from vllm.inputs import TokensPrompt
 
         engine = self.llm.llm_engine
-        cap = self.config.load.max_concurrency
+        cap = min(c for c in (self.config.load.max_concurrency, self.config.batch) if c)  # the build may hold more
         params: Dict[int, Any] = {}
         tracks = {f"llem-{r.request_id}": _Track(r) for r in requests}
         waiting = sorted(tracks.items(), key=lambda kv: kv[1].request.arrival_s or 0.0)
@@ -255,7 +276,7 @@ class VllmEngine(Engine):
                 length = output_len if output_len is not None else (track.request.output_len or self.config.output_len)
                 if length not in params:
                     params[length] = self.sampling_params(length)
-                track.arrival = t0 + (track.request.arrival_s or 0.0)
+                track.arrival = None if track.request.arrival_s is None else t0 + track.request.arrival_s
                 track.start = now()
                 engine.add_request(rid, TokensPrompt(prompt_token_ids=list(track.request.token_ids)), params[length])
                 in_flight += 1

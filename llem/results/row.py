@@ -54,7 +54,7 @@ class Outcome:
     config_hash: Optional[str] = col("hash of the measured settings (not repeat, not switches); resume key")
     started_at: Optional[str] = col("UTC time the measurement began (ISO 8601)")
     schema_version: int = col("version of the result schema the file follows (older files: null)",
-                              default=3)
+                              default=4)
 
 
 @dataclass
@@ -112,6 +112,20 @@ class BuildCache:
 
 
 @dataclass
+class EngineReuse:
+    """The loaded engine a job measured on: built by this job, or kept loaded from an earlier job of the sweep
+    whose build was the same (reuse_engine; the rule in docs/sweeps.md)."""
+
+    engine_reused: Optional[bool] = col("the engine was built by an earlier job of the sweep and kept loaded: this "
+                                        "job paid no load (load_s null)")
+    engine_build_s: Optional[float] = col("how long the build this job measured on took, paid by the job that "
+                                          "built it; never in a window (s)")
+    engine_build_job: Optional[str] = col("the job dir (name) that built the engine this job measured on")
+    num_engine_jobs: Optional[int] = col("jobs this engine build has measured, this one included")
+    num_engine_builds: Optional[int] = col("engine builds in this sweep so far, this job's included")
+
+
+@dataclass
 class Throughput:
     """The measured window and its throughput."""
 
@@ -163,6 +177,10 @@ class Baselines:
     device_idle_job: Optional[str] = col("the job dir (name) that metered a reused device-idle floor")
     loaded_idle_power_w: Optional[float] = col("idle power with the engine loaded, summed over GPUs (W)")
     loaded_idle_power_w_per_gpu: Optional[List[float]] = col("loaded-idle power of each GPU (W)")
+    loaded_idle_age_s: Optional[float] = col("how long before this job's window the loaded-idle floor was metered "
+                                             "(s)")
+    loaded_idle_job: Optional[str] = col("the job dir (name) that metered a reused loaded-idle floor (the same kept "
+                                         "engine; baseline.loaded_idle_reuse_s)")
 
 
 @dataclass
@@ -204,11 +222,13 @@ class ModelFacts:
 class Latency:
     """Latency over the window's requests (ITL over every inter-token gap)."""
 
-    ttft_ms_mean: Optional[float] = col("mean time to first token over requests, from the start of service (ms)")
+    ttft_ms_mean: Optional[float] = col("mean time to first token over requests (ms): from arrival at a timed "
+                                        "load, else from the start of service")
     ttft_ms_p50: Optional[float] = col("median TTFT (ms)", summary=True)
     ttft_ms_p90: Optional[float] = col("90th-percentile TTFT (ms)")
     ttft_ms_p99: Optional[float] = col("99th-percentile TTFT (ms)", summary=True)
-    e2e_ms_mean: Optional[float] = col("mean end-to-end latency, from the start of service (ms)")
+    e2e_ms_mean: Optional[float] = col("mean end-to-end latency (ms): from arrival at a timed load, else from "
+                                       "the start of service")
     e2e_ms_p50: Optional[float] = col("median end-to-end latency (ms)")
     e2e_ms_p99: Optional[float] = col("99th-percentile end-to-end latency (ms)")
     itl_ms_mean: Optional[float] = col("mean inter-token latency over every gap (ms)")
@@ -286,6 +306,7 @@ class Notes:
 # ModelFacts; env.* (llem.environment.Environment) and codecarbon.* precede Notes.
 PARTS: Tuple[Tuple[type, str], ...] = (
     (Outcome, ""), (WorkloadCounts, ""), (OutputLengths, ""), (Sizing, ""), (OutsideWindow, ""), (BuildCache, ""),
+    (EngineReuse, ""),
     (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (Padding, ""),
     (GpuEnergy, ""), (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""),
     (SteadyState, ""), (PrefillDecode, ""), (HostEnergy, ""), (CodecarbonFacts, "codecarbon."), (Notes, ""),

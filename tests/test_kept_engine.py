@@ -1,0 +1,151 @@
+"""reuse_engine: consecutive jobs of a sweep with the same engine build measure on one kept engine."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from llem.backends import engine_class
+from llem.config import to_config
+from llem.kept_engine import Reuse, SweepJobs, reuse_for
+from tests.conftest import FAST, run_llem
+
+VLLM = ["backend=vllm", "model=llama3", "device=cuda"]
+
+
+def _rows(sweep):
+    rows = {}
+    for path in sorted(sweep.glob("*/results.parquet")):
+        rows[path.parent.name] = pd.read_parquet(path).iloc[0]
+    return rows
+
+
+def test_vllm_build_key_leaves_out_batch_and_seed_only(compose_cfg):
+    key = engine_class("vllm").build_key
+    base = key(to_config(compose_cfg(VLLM)))
+    assert base is not None
+    assert key(to_config(compose_cfg([*VLLM, "batch=32", "seed=7", "repeat=3", "dataset.num_requests=9"]))) == base
+    for change in ("model.dtype=float16", "backend.gpu_memory_utilization=0.5", "input_len=64", "output_len=64",
+                   "backend.enforce_eager=true", "cache_dir=/elsewhere"):
+        assert key(to_config(compose_cfg([*VLLM, change]))) != base, change
+    assert key(to_config(compose_cfg([*VLLM, "server=launch"]))) is None  # the server holds the engine
+
+
+def test_pytorch_build_key_keeps_the_shapes_a_compiled_decode_was_built_at(compose_cfg):
+    key = engine_class("pytorch").build_key
+    eager = key(to_config(compose_cfg(["batch=1"])))
+    assert eager == key(to_config(compose_cfg(["batch=8"])))  # eager generate takes any batch
+    assert eager != key(to_config(compose_cfg(["batch=1", "seed=1"])))  # random weights follow the seed
+    compiled = ["backend.torch_compile=default"]
+    assert key(to_config(compose_cfg([*compiled, "batch=1"]))) != key(to_config(compose_cfg([*compiled, "batch=8"])))
+    assert key(to_config(compose_cfg(["backend.num_processes=2"]))) is None
+
+
+def test_a_build_is_sized_for_the_largest_batch_of_the_jobs_after_it(compose_cfg, monkeypatch):
+    jobs = [("batch=1",), ("batch=32",), ("batch=8",), ("batch=64", "model.dtype=float16"), ("batch=128",)]
+    monkeypatch.setattr(SweepJobs, "jobs", jobs)
+    monkeypatch.setattr(SweepJobs, "compose", lambda ov: to_config(compose_cfg([*VLLM, *ov])))
+    first = reuse_for(to_config(compose_cfg([*VLLM, "batch=1"])), "cuda", ["batch=1"])
+    assert (first.capacity, first.build_for) == (1, 32)  # the float16 job ends the run of this build
+    after = reuse_for(to_config(compose_cfg([*VLLM, "batch=64", "model.dtype=float16"])), "cuda",
+                      ["batch=64", "model.dtype=float16"])
+    assert after.build_for == 64 and after.key != first.key
+    assert first.served_by(first.key, 32) and not first.served_by(first.key, 0)
+    assert Reuse(first.key, 64, 64).served_by(first.key, 32) is False  # a build too small for the batch
+    assert reuse_for(to_config(compose_cfg([*VLLM, "reuse_engine=false"])), "cuda", []) is None
+    assert reuse_for(to_config(compose_cfg([*VLLM, "isolate=false"])), "cuda", []) is None
+
+
+def _by(rows, *keys):
+    return {tuple(int(r[f"cfg.{k}"]) for k in keys): r for r in rows.values()}
+
+
+def test_sweep_measures_on_one_kept_engine(tmp_path):
+    """Four jobs, one build: the later three pay no load, measure their own batch, and say whose build it was."""
+    run_llem(["-m", *FAST, "batch=1,2", "repeat=0,1", "hydra.sweep.dir=sweep"], cwd=tmp_path, check=True)
+    rows = _by(_rows(tmp_path / "sweep"), "batch", "repeat")
+    assert len(rows) == 4 and all(r.status == "ok" for r in rows.values())
+    first = rows[(1, 0)]
+    assert not first.engine_reused and first.load_s > 0 and first.num_engine_jobs == 1
+    for k in ((1, 1), (2, 0), (2, 1)):
+        r = rows[k]
+        assert r.engine_reused and pd.isna(r.load_s), k
+        assert r.engine_build_job == first.engine_build_job and r.engine_build_s == first.load_s
+        assert r.num_engine_builds == 1
+    assert [rows[k].num_engine_jobs for k in ((1, 0), (1, 1), (2, 0), (2, 1))] == [1, 2, 3, 4]
+    assert rows[(2, 1)].output_tokens_total == 4 * 8 and rows[(2, 1)].num_in_flight == 2  # its own batch
+
+
+def test_a_different_build_closes_the_kept_engine_and_off_builds_every_job(tmp_path):
+    """Seeds differ (random weights follow the seed): each job builds its own; reuse_engine=false too."""
+    run_llem(["-m", *FAST, "seed=0,1", "hydra.sweep.dir=a"], cwd=tmp_path, check=True)
+    rows = _by(_rows(tmp_path / "a"), "seed")
+    assert [bool(rows[(k,)].engine_reused) for k in (0, 1)] == [False, False]
+    assert [int(rows[(k,)].num_engine_builds) for k in (0, 1)] == [1, 2]
+
+    run_llem(["-m", *FAST, "reuse_engine=false", "repeat=0,1", "hydra.sweep.dir=b"], cwd=tmp_path, check=True)
+    rows = _rows(tmp_path / "b")
+    assert len(rows) == 2 and not any(r.engine_reused for r in rows.values())
+    assert all(r.load_s > 0 and pd.isna(r.num_engine_builds) for r in rows.values())
+
+
+def test_a_failed_job_in_the_kept_process_is_a_row_and_the_next_builds_again(tmp_path):
+    """The second job fails inside the kept process (its prompt file is empty, found at the workload): it gets
+    its failed row, the kept engine is closed with it, and the third job builds its own."""
+    first, empty, last = tmp_path / "first.txt", tmp_path / "empty.txt", tmp_path / "last.txt"
+    for path in (first, last):
+        path.write_text("".join(f"prompt number {i} about energy\n" for i in range(8)))
+    empty.write_text("")
+    run_llem(["-m", *FAST, "dataset=file", "model.tokenizer=bytes", f"dataset.path={first},{empty},{last}",
+              "hydra.sweep.dir=c"], cwd=tmp_path)
+    rows = {r["cfg.dataset.path"]: r for r in _rows(tmp_path / "c").values()}
+    assert [rows[str(p)].status for p in (first, empty, last)] == ["ok", "failed", "ok"]
+    assert rows[str(empty)].error_stage == "workload"
+    assert [bool(rows[str(p)].engine_reused) for p in (first, last)] == [False, False]
+    assert [int(rows[str(p)].num_engine_builds) for p in (first, last)] == [1, 2]
+
+
+def test_a_kept_process_that_died_is_replaced(compose_cfg, tmp_path):
+    """Killed between two jobs (the kernel's OOM killer, a driver fault): the next job starts a new process
+    and builds again instead of writing into a dead pipe."""
+    from llem import measure_process
+    from llem.energy.idle import DeviceIdle
+
+    config = to_config(compose_cfg(FAST))
+    reuse = reuse_for(config, "cpu", [])
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    try:
+        assert measure_process.measure_kept(config, tmp_path / "one", "cpu", DeviceIdle(), reuse) is None
+        assert measure_process.kept_serves(reuse)
+        first = measure_process.Kept.proc
+        first.kill()
+        first.join(10)
+        assert not measure_process.kept_serves(reuse)
+        assert measure_process.measure_kept(config, tmp_path / "two", "cpu", DeviceIdle(), reuse) is None
+        assert measure_process.Kept.proc is not first and measure_process.kept_serves(reuse)
+    finally:
+        measure_process.stop_kept()
+    two = pd.read_parquet(tmp_path / "two" / "results.parquet").iloc[0]
+    assert two.status == "ok" and not two.engine_reused
+
+
+def test_a_kept_engine_whose_device_idle_floor_expired_is_rebuilt(compose_cfg, monkeypatch, tmp_path):
+    """On a GPU the floor the kept engine's jobs use is the one metered before it was built: once older than
+    baseline.device_idle_reuse_s there is none (the job closes the engine and meters the floor again)."""
+    from llem import job
+    from llem.energy.idle import DeviceIdle
+
+    config = to_config(compose_cfg(["baseline.device_idle_reuse_s=60"]))
+    monkeypatch.setattr(job, "_sweep_dir", lambda: tmp_path)
+    monkeypatch.setattr(job, "visible_uuids", lambda n: ["GPU-0"])
+    seen = []
+    fresh = DeviceIdle(power_w_per_gpu=[75.0], source="reused", taken_at=1.0, job="a")
+
+    def reuse(store, uuids, max_age_s):
+        seen.append(max_age_s)
+        return fresh if len(seen) == 1 else None
+
+    monkeypatch.setattr(job, "reuse_device_idle", reuse)
+    assert job._kept_idle(config, 1, "cuda") is fresh
+    assert job._kept_idle(config, 1, "cuda") is None and seen == [60, 60]
+    assert job._kept_idle(config, 1, "cpu").power_w is None  # no floor on the CPU: nothing to expire
