@@ -73,8 +73,12 @@ def main() -> None:
         subprocess.run(bench_argv(endpoint.url, model, tokenizer, config.input_len, config.output_len, args.requests,
                                   args.rate, args.burstiness, config.seed, str(work)), check=True)
         b = json.loads((work / "bench.json").read_text())
+        if b.get("failed"):  # its ratios would compare different work
+            print(f"vllm bench serve: {b.get('completed')} completed, {b['failed']} failed: its prompts may exceed the "
+                  "server's max_model_len (give backend.max_model_len headroom)")
         rows["vllm bench serve"] = {"output tok/s": b["output_throughput"], "TTFT p50 ms": b["median_ttft_ms"],
-                                    "ITL p50 ms": b["median_itl_ms"], "req/s": b["request_throughput"]}
+                                    "ITL p50 ms": b["median_itl_ms"], "req/s": b["request_throughput"],
+                                    "failed": b.get("failed")}
         rows["llem (2)"] = llem_run(endpoint.url, args.overrides, args.rate, args.requests, work / "llem2")
     finally:
         server.stop()

@@ -15,9 +15,12 @@ def _ms(seconds: Optional[float]) -> Optional[float]:
 
 
 def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[RequestRow]:
-    """One row per request: TTFT, end-to-end, TPOT and every inter-token latency (ms)."""
+    """One row per request: TTFT, end-to-end, TPOT and every inter-token latency (ms). A request that arrived
+    at a time of its own (a timed load) counts TTFT and end-to-end from its arrival, queueing included, as a
+    client of a server sees them; one submitted with all the others, from the start of its service."""
     rows = []
     for r in results:
+        origin = r.arrival_s if r.arrival_s is not None else r.start_s
         times = r.token_times_s or []
         itl = [(b - a) * 1000.0 for a, b in zip(times, times[1:])]
         tpot = None
@@ -34,8 +37,8 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             queue_ms=_ms(r.start_s - (r.arrival_s if r.arrival_s is not None else window_t0)),
             output_tokens_requested=r.output_len_requested,
             error=r.error,
-            ttft_ms=_ms(r.first_token_s - r.start_s) if r.first_token_s is not None else None,
-            e2e_ms=_ms(r.end_s - r.start_s),
+            ttft_ms=_ms(r.first_token_s - origin) if r.first_token_s is not None else None,
+            e2e_ms=_ms(r.end_s - origin),
             tpot_ms=tpot,
             itl_ms=itl if times else None,
             timing_note=r.timing_note,

@@ -56,3 +56,16 @@ def test_missing_timings_are_null_not_zero():
     s = latency_summary(rows)
     assert s.ttft_ms_p50 is None and s.itl_ms_p50 is None
     assert s.e2e_ms_p50 == 1000.0
+
+
+def test_at_a_timed_load_latency_counts_from_arrival_else_from_the_start_of_service():
+    """A request that arrived at its own time and waited 2 s for a slot: its TTFT and e2e include the wait (what
+    a client sees); submitted with all the others, they count from its start of service."""
+    timed = RequestResult(request_id=0, input_tokens=4, output_tokens=2, start_s=12.0, end_s=12.5,
+                          first_token_s=12.1, token_times_s=[12.1, 12.5], arrival_s=10.0)
+    at_once = RequestResult(request_id=1, input_tokens=4, output_tokens=2, start_s=12.0, end_s=12.5,
+                            first_token_s=12.1, token_times_s=[12.1, 12.5])
+    a, b = request_rows([timed, at_once], window_t0=10.0)
+    assert round(a.queue_ms) == 2000 and round(a.ttft_ms) == 2100 and round(a.e2e_ms) == 2500
+    assert round(b.queue_ms) == 2000 and round(b.ttft_ms) == 100 and round(b.e2e_ms) == 500
+    assert round(a.tpot_ms) == round(b.tpot_ms) == 400  # the gap between tokens is the same either way

@@ -272,7 +272,7 @@ class TensorRTEngine(Engine):
 
         async def arrive(track: _Track, t0: float, slots) -> None:
             await asyncio.sleep(max(0.0, t0 + (track.request.arrival_s or 0.0) - now()))
-            track.arrival = now()
+            track.arrival = now() if track.request.arrival_s is not None else None  # all at once: none
             if slots is not None:
                 await slots.acquire()
             try:

@@ -21,9 +21,11 @@ class RequestRow:
     queue_ms: Optional[float] = col("wait from its arrival to the start of its service (ms): a full batch, or "
                                     "load.max_concurrency", pooled=(50, 99))
     output_tokens_requested: Optional[int] = col("the output length it asked for")
-    ttft_ms: Optional[float] = col("time to first token from the start of service (ms)", pooled=(50, 99),
-                                   label="TTFT", fmt=".1f")
-    e2e_ms: Optional[float] = col("end-to-end latency from the start of service (ms)", pooled=(50,))
+    ttft_ms: Optional[float] = col("time to first token (ms): from its arrival at a timed load (load.request_rate "
+                                   "finite: the queue included, as a client sees it), else from the start of service",
+                                   pooled=(50, 99), label="TTFT", fmt=".1f")
+    e2e_ms: Optional[float] = col("end-to-end latency (ms), from its arrival at a timed load, else from the start "
+                                  "of service", pooled=(50,))
     tpot_ms: Optional[float] = col("time per output token after the first (ms)")
     itl_ms: Optional[List[float]] = col("every inter-token gap (ms)", pooled=(50, 99), label="ITL", fmt=".2f")
     energy_j: Optional[float] = col("its share of the window's raw GPU energy (J): each sampling interval split "

@@ -189,7 +189,8 @@ class ServerEngine(Engine):
         return RequestResult(request_id=request.request_id, input_tokens=request.input_tokens,
                              output_tokens=served if error is None else len(times), start_s=start, end_s=end,
                              first_token_s=times[0] if times else None, token_times_s=times or None,
-                             timing_note=note, arrival_s=arrival, output_len_requested=length, error=error)
+                             timing_note=note, arrival_s=arrival if request.arrival_s is not None else None,
+                             output_len_requested=length, error=error)
 
     def info(self) -> EngineInfo:
         return EngineInfo()
