@@ -52,7 +52,7 @@ from llem.results.row import (
     assemble,
 )
 from llem.results.tables import RequestRow, TimeseriesRow
-from llem.window_parts import window_parts
+from llem.window_parts import timeseries, window_parts
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +180,11 @@ class Experiment:
             req_rows = metrics.request_rows(outputs, window.t0)
             parts.update(window_parts(cfg, engine, work, outputs, req_rows, window, loaded_idle, sampler, info,
                                       self.device_idle, self.warnings))
-            self._loaded_idle_source(parts[Baselines], window)
+            if self.held is not None:
+                self.held.note_loaded_idle(parts[Baselines], window.duration_s, self.job_dir.name)
             energy = parts[EnergySummary]
             baseline_w = 0.0 if cfg.baseline.kind == BaselineKind.none else energy.baseline_power_w
-            self._per_request_energy(req_rows, outputs, in_window, window, baseline_w)
+            attribution.into_rows(req_rows, outputs, in_window, window.t0, window.t1, window.energy_j, baseline_w)
             parts[LoadMetrics], load_flags = load_metrics.load_part(outputs, req_rows, work.requests,
                                                                     window.duration_s, cfg)
             found += load_flags
@@ -215,7 +216,7 @@ class Experiment:
                 self.warnings.extend(host.warnings)
             self._keep_or_close(engine, outcome.status == "ok")
         self._stage(Stage.write)
-        ts = self._timeseries(sampler, measure_t0)
+        ts = timeseries(self.device_idle.rows, sampler.rows, measure_t0)
         warnings = list(dict.fromkeys(self.warnings))
         for warning in warnings:
             log.warning("%s", warning)
@@ -235,13 +236,7 @@ class Experiment:
         cfg, held = self.config, self.held
         builds = self.keep[2] if self.keep else None
         if held is not None:
-            held.jobs_served += 1
-            parts[BuildCache] = held.build_cache
-            parts[EngineReuse] = EngineReuse(engine_reused=True, engine_build_s=held.build_s,
-                                             engine_build_job=held.build_job, num_engine_jobs=held.jobs_served,
-                                             num_engine_builds=held.num_builds)
-            log.info("measuring on the engine %s built (%.1f s; job %d on it): no load", held.build_job,
-                     held.build_s, held.jobs_served)
+            parts[BuildCache], parts[EngineReuse] = held.build_cache, held.serve_next()
             return None
         log.info("loading %s (%s weights, %s) on %s …", cfg.model.name, cfg.model.weights.value,
                  cfg.model.dtype.value, self.device)
@@ -271,15 +266,6 @@ class Experiment:
             engine.close()
         except Exception as exc:
             log.warning("engine close: %s", exc)
-
-    def _loaded_idle_source(self, baselines: Baselines, window: WindowEnergy) -> None:
-        """The loaded-idle floor's age and, when it came from an earlier job on the kept engine, that job."""
-        held = self.held
-        if held is None or held.loaded_idle is None or baselines.loaded_idle_power_w is None:
-            return
-        baselines.loaded_idle_age_s = max(0.0, time.time() - window.duration_s - held.loaded_idle_at)
-        if held.loaded_idle_job != self.job_dir.name:
-            baselines.loaded_idle_job = held.loaded_idle_job
 
     # -- phases ---------------------------------------------------------------------------
     def _window(self, meter: EnergyMeter, phase: str, fn: Callable[[], Any]) -> WindowEnergy:
@@ -343,16 +329,6 @@ class Experiment:
                  round(plan.waves_of(n)), plan.capacity, plan.estimate_s, warm.fastest_s)
         return self._build(n, parts)
 
-    def _per_request_energy(self, req_rows: List[RequestRow], outputs: List[RequestResult],
-                            in_window: List[Dict[str, Any]], window: WindowEnergy, baseline_w: Optional[float]) -> None:
-        """Each request's share of the window's energy (llem.energy.attribution) into its row."""
-        raw, adjusted, _ = attribution.per_request(in_window, outputs, window.t0, window.t1, window.energy_j,
-                                                   baseline_w)
-        by_id = {o.request_id: i for i, o in enumerate(outputs)}
-        for row in req_rows:
-            i = by_id[row.request_id]
-            row.energy_j, row.energy_adjusted_j = raw[i], adjusted[i]
-
     def _loaded_idle(self, meter: EnergyMeter, sampler: Sampler, gpus: List[GpuReader]
                      ) -> Tuple[Optional[WindowEnergy], List[Dict[str, Any]]]:
         """The loaded-idle floor and its samples: metered now, or the kept engine's while recent
@@ -360,20 +336,17 @@ class Experiment:
         cfg, held = self.config.baseline, self.held
         if not gpus or cfg.loaded_idle_s <= 0:
             return None, []
-        reuse_s = cfg.loaded_idle_reuse_s
-        if held is not None and held.build_job != self.job_dir.name and held.recent_loaded_idle(reuse_s):
-            log.info("loaded-idle baseline reused: %.1f W, metered %.0f s ago by %s", held.loaded_idle.avg_power_w,
-                     time.time() - held.loaded_idle_at, held.loaded_idle_job)
-            return held.loaded_idle, held.loaded_idle_rows
+        reused = held.recent_loaded_idle(cfg.loaded_idle_reuse_s) if held is not None else None
+        if reused is not None:
+            return reused
         sampler.phase = "settle"
         time.sleep(cfg.loaded_settle_s)  # measured on an H100: ~0.3 s of the last batch's tail
         log.info("loaded-idle baseline: %.1f s", cfg.loaded_idle_s)
         idle = meter.idle("loaded_idle", cfg.loaded_idle_s)
         rows = sampler.between(idle.t0, idle.t1)
         if held is not None:
-            held.loaded_idle, held.loaded_idle_rows, held.loaded_idle_at = idle, rows, time.time()
-            held.loaded_idle_job = self.job_dir.name
-            held.loaded_idle_clean = not idle.warnings and not doubt.baseline_flags("loaded_idle", rows)
+            held.keep_loaded_idle(idle, rows, self.job_dir.name,
+                                  clean=not idle.warnings and not doubt.baseline_flags("loaded_idle", rows))
         return idle, rows
 
     def _measure(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
@@ -410,14 +383,6 @@ class Experiment:
             metered = [g.uuid for g in gpus]
             if seen != metered[: len(seen)]:
                 self.warnings.append(f"engine runs on GPUs {seen} but NVML meters {metered}: energy is misattributed")
-
-    def _timeseries(self, sampler: Sampler, t0: Optional[float]) -> List[Dict[str, Any]]:
-        rows = self.device_idle.rows + sampler.rows
-        if not rows:
-            return []
-        origin = t0 if t0 is not None else min(r["t_s"] for r in rows)
-        return [{**r, "t_s": r["t_s"] - origin} for r in rows]
-
 
 def _at_once(request: Request) -> Request:
     """The request arriving with every other (warm-up batches, the prefill pass)."""

@@ -224,7 +224,7 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
         if endpoint.reused and device == "cuda":
             holder["idle"] = _server_idle(config, gpus_needed)
     else:
-        if not kept_serves(reuse):
+        if kept_idle is None:  # on the kept engine the floor is the sweep's, set above
             take_idle()
         if config.server.mode == "external":
             from llem.serving.server import external

@@ -108,21 +108,41 @@ def _log_file() -> Optional[str]:
 def _child(config, job_dir: str, device: str, idle, stage, log_file: Optional[str], level: int,
            parent_pid: int, endpoint=None) -> None:
     """Entry point of the measurement process (spawned): a fresh interpreter, a fresh CUDA context."""
+    _start_child(parent_pid)
+    _logging_to(log_file, level)
+    from llem.experiment import Experiment
+
+    Experiment(config, Path(job_dir), device, idle, _stage_setter(stage), endpoint=endpoint).run()
+    _exit_now()
+
+
+def _start_child(parent_pid: int) -> None:
+    """What every measurement process does first: its own process group, death with its parent, Ctrl-C left
+    to the parent (which stops the whole group), secrets scrubbed from what it prints."""
     os.setpgid(0, 0)
     _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it stops this group itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from llem import secrets
 
     secrets.install()
-    _logging_to(log_file, level)
 
+
+def _stage_setter(stage):
     def set_stage(s: Stage) -> None:
         stage.value = STAGES.index(s)
 
-    from llem.experiment import Experiment
+    return set_stage
 
-    Experiment(config, Path(job_dir), device, idle, set_stage, endpoint=endpoint).run()
-    _exit_now()
+
+def _died(proc, stage) -> Optional[Tuple[str, Stage]]:
+    """(why a measurement process that has exited died, the stage it was in), or None if it exited cleanly."""
+    where = STAGES[stage.value]
+    if proc.exitcode == 0:
+        return None
+    if proc.exitcode is not None and proc.exitcode < 0:
+        sig = signal.Signals(-proc.exitcode).name
+        return f"the measurement process was killed by {sig} during {where.value}", where
+    return f"the measurement process exited with code {proc.exitcode} during {where.value}", where
 
 
 def _exit_now() -> None:
@@ -214,24 +234,13 @@ def measure_kept(config, job_dir: Path, device: str, idle, reuse) -> Optional[Tu
     if proc.is_alive():
         stop(proc)
     Kept.proc = Kept.conn = Kept.key = Kept.built_for = None
-    where = STAGES[stage.value]
-    if proc.exitcode == 0:
-        return None
-    if proc.exitcode is not None and proc.exitcode < 0:
-        sig = signal.Signals(-proc.exitcode).name
-        return f"the measurement process was killed by {sig} during {where.value}", where
-    return f"the measurement process exited with code {proc.exitcode} during {where.value}", where
+    return _died(proc, stage)
 
 
 def _kept_child(conn, stage, parent_pid: int) -> None:
     """Entry point of a kept measurement process: jobs one after another on one loaded engine, until the
     driver says stop (None), a job does not keep its engine, or the driver goes."""
-    os.setpgid(0, 0)
-    _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from llem import secrets
-
-    secrets.install()
+    _start_child(parent_pid)
     from llem.experiment import Experiment
 
     held = None
@@ -244,11 +253,7 @@ def _kept_child(conn, stage, parent_pid: int) -> None:
             break
         config, job_dir, device, idle, log_file, level, key, build_for, builds = job
         _logging_to(log_file, level)
-
-        def set_stage(s: Stage) -> None:
-            stage.value = STAGES.index(s)
-
-        experiment = Experiment(config, Path(job_dir), device, idle, set_stage, kept=held,
+        experiment = Experiment(config, Path(job_dir), device, idle, _stage_setter(stage), kept=held,
                                 keep=(key, build_for, builds))
         experiment.run()
         held = experiment.kept
@@ -287,10 +292,4 @@ def measure_isolated(config, job_dir: Path, device: str, idle, endpoint=None) ->
         proc.join()  # blocks in waitpid: no CPU spent while the measurement runs
     finally:
         _Running.proc = _Running.stage = None
-    where = STAGES[stage.value]
-    if proc.exitcode == 0:
-        return None
-    if proc.exitcode < 0:
-        sig = signal.Signals(-proc.exitcode).name
-        return f"the measurement process was killed by {sig} during {where.value}", where
-    return f"the measurement process exited with code {proc.exitcode} during {where.value}", where
+    return _died(proc, stage)

@@ -81,3 +81,14 @@ def window_parts(cfg: Config, engine, work, outputs: List[RequestResult], req_ro
             flops_estimate=2.0 * info.num_parameters * (in_tokens + out_tokens) if info.num_parameters else None),
         Latency: metrics.latency_summary(req_rows),
     }
+
+
+def timeseries(device_idle_rows: List[Dict[str, Any]], sampler_rows: List[Dict[str, Any]],
+               t0: Optional[float]) -> List[Dict[str, Any]]:
+    """The job's ``timeseries.parquet`` rows (device-idle samples, then the measurement process's), timed from
+    the measured window's start (or the first sample, when there was no window)."""
+    rows = device_idle_rows + sampler_rows
+    if not rows:
+        return []
+    origin = t0 if t0 is not None else min(r["t_s"] for r in rows)
+    return [{**r, "t_s": r["t_s"] - origin} for r in rows]

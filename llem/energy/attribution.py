@@ -86,3 +86,14 @@ def per_request(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0
         return joules, [None] * n, None
     seconds = [x * (t1 - t0) / sampled_s for x in held]
     return joules, [j - baseline_power_w * s for j, s in zip(joules, seconds)], None
+
+
+def into_rows(req_rows: Sequence[Any], results: Sequence[RequestResult], rows: List[Dict[str, Any]], t0: float,
+              t1: float, energy_j: Optional[float], baseline_power_w: Optional[float]) -> None:
+    """Each request's shares (:func:`per_request`) into its ``requests.parquet`` row (``energy_j``,
+    ``energy_adjusted_j``), matched by request id."""
+    raw, adjusted, _ = per_request(rows, results, t0, t1, energy_j, baseline_power_w)
+    by_id = {r.request_id: i for i, r in enumerate(results)}
+    for row in req_rows:
+        i = by_id[row.request_id]
+        row.energy_j, row.energy_adjusted_j = raw[i], adjusted[i]

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any, Dict, List, Optional, Tuple
 
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
+from llem.results.preparation import BuildCache, EngineReuse, OutsideWindow, Sizing
 from llem.results.schema import (
     JSON,
     STR,
@@ -74,55 +75,6 @@ class WorkloadCounts:
     prompts_dropped_long: Optional[int] = col("prompts skipped: longer than input_len with long_prompts=drop")
     prompts_repeated: Optional[int] = col("requests that reuse a prompt: the source ran out before the count")
     workload_sha256: Optional[str] = col("hash of the token ids measured: equal means the same prompts")
-
-
-@dataclass
-class Sizing:
-    """How the request count was decided (dataset.num_requests, or sized to the engine and the window)."""
-
-    requests_sizing: Optional[str] = col("auto (measure.waves × capacity, more for measure.min_window_s) or set "
-                                         "(dataset.num_requests)")
-    num_in_flight: Optional[int] = col("sequences the engine holds at once (batch × replicas)")
-    num_waves: Optional[float] = col("num_requests ÷ num_in_flight")
-    window_min_s: Optional[float] = col("the window asked for (measure.min_window_s; null on the CPU)")
-    window_estimate_s: Optional[float] = col("the window predicted for the count measured (s)")
-    measure_passes_run: Optional[int] = col("measured passes: 2 when the first window came out short and was discarded")
-
-
-@dataclass
-class OutsideWindow:
-    """Engine start-up and warm-up, outside the measured window."""
-
-    load_s: Optional[float] = col("engine start-up: imports, device context, weights, compilation (s)")
-    load_energy_j: Optional[float] = col("GPU energy of the load phase (J)")
-    warmup_s: Optional[float] = col("warm-up duration, excluded from every metric (s)")
-    warmup_energy_j: Optional[float] = col("GPU energy of the warm-up (J)")
-    warmup_batches_run: Optional[int] = col("warm-up batches run")
-    warmup_latency_cv: Optional[float] = col("coefficient of variation of the last warm-up batch latencies")
-
-
-@dataclass
-class BuildCache:
-    """What the engine's build reused from the compile caches under cache_dir (never in a window)."""
-
-    compile_cache: Optional[str] = col("hit: the build loaded compiled artifacts and compiled nothing; miss: it "
-                                       "compiled (and saved) now; none: this engine and config compile nothing")
-    compile_cache_dir: Optional[str] = col("llem's cache root (cache_dir) the engine's caches were pointed at")
-    num_compile_files_written: Optional[int] = col("compiled artifacts the build wrote (new or changed files)")
-
-
-@dataclass
-class EngineReuse:
-    """The loaded engine a job measured on: built by this job, or kept loaded from an earlier job of the sweep
-    whose build was the same (reuse_engine; the rule in docs/sweeps.md)."""
-
-    engine_reused: Optional[bool] = col("the engine was built by an earlier job of the sweep and kept loaded: this "
-                                        "job paid no load (load_s null)")
-    engine_build_s: Optional[float] = col("how long the build this job measured on took, paid by the job that "
-                                          "built it; never in a window (s)")
-    engine_build_job: Optional[str] = col("the job dir (name) that built the engine this job measured on")
-    num_engine_jobs: Optional[int] = col("jobs this engine build has measured, this one included")
-    num_engine_builds: Optional[int] = col("engine builds in this sweep so far, this job's included")
 
 
 @dataclass
