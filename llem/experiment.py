@@ -86,10 +86,10 @@ class Experiment:
 
     def __init__(self, config: Config, job_dir: Path, device: str, device_idle: DeviceIdle,
                  stage: Callable[[Stage], None] = lambda s: None, endpoint: Any = None,
-                 kept: Optional[KeptEngine] = None, keep: Optional[Tuple[str, Optional[int], int]] = None):
+                 kept: Optional[KeptEngine] = None, keep: Optional[Tuple[Optional[int], int]] = None):
         self.config = config
         self.held = kept  # an engine an earlier job loaded with the same build (reuse_engine), or None
-        self.keep = keep  # (build key, capacity to build for, builds so far): keep the engine loaded after an ok job
+        self.keep = keep  # (capacity to build for, builds so far): keep the engine loaded after an ok job
         self.kept: Optional[KeptEngine] = None  # after run: the engine kept loaded for the next job
         self.endpoint = endpoint  # the server measured over HTTP (server=launch/external), else None
         self.job_dir = job_dir
@@ -116,7 +116,7 @@ class Experiment:
             engine.reconfigure(cfg)
         else:
             engine = engine_cls(cfg, self.device)
-            engine.build_for = self.keep[1] if self.keep else None
+            engine.build_for = self.keep[0] if self.keep else None
         if self.endpoint is not None:  # the server serves; the engine's class says how to ask it
             from llem.serving.client import ServerEngine
 
@@ -234,7 +234,7 @@ class Experiment:
     def _load(self, engine, meter: EnergyMeter, host: HostWindows, parts: Dict[type, Any]) -> Optional[WindowEnergy]:
         """Load the engine (timed and metered), or take the kept one (None: no load was paid here)."""
         cfg, held = self.config, self.held
-        builds = self.keep[2] if self.keep else None
+        builds = self.keep[1] if self.keep else None
         if held is not None:
             parts[BuildCache], parts[EngineReuse] = held.build_cache, held.serve_next()
             return None
@@ -252,8 +252,7 @@ class Experiment:
         log.info("loaded %s on %s in %.1f s (compile cache: %s)", cfg.model.name, self.device, load.duration_s,
                  parts[BuildCache].compile_cache)
         if self.keep:
-            self.held = KeptEngine(engine=engine, key=self.keep[0], built_for=self.keep[1],
-                                   build_job=self.job_dir.name, build_s=load.duration_s,
+            self.held = KeptEngine(engine=engine, build_job=self.job_dir.name, build_s=load.duration_s,
                                    build_cache=parts[BuildCache], num_builds=builds)
         return load
 

@@ -42,8 +42,6 @@ class KeptEngine:
     """The loaded engine in the measurement process, and what the jobs after its build need to know."""
 
     engine: Any
-    key: str
-    built_for: Optional[int]
     build_job: str  # the job dir (name) that built it
     build_s: float
     build_cache: Any  # the BuildCache part of its build

@@ -221,7 +221,7 @@ def measure_kept(config, job_dir: Path, device: str, idle, reuse) -> Optional[Tu
     _Running.proc, _Running.stage = proc, stage
     kept = False
     try:
-        Kept.conn.send((config, str(job_dir), device, idle, _log_file(), logging.getLogger().level, reuse.key,
+        Kept.conn.send((config, str(job_dir), device, idle, _log_file(), logging.getLogger().level,
                         reuse.build_for, Kept.builds))
         kept = bool(Kept.conn.recv())  # blocks until the job ends; EOFError if the process died
     except (EOFError, OSError):
@@ -251,10 +251,10 @@ def _kept_child(conn, stage, parent_pid: int) -> None:
             break
         if job is None:
             break
-        config, job_dir, device, idle, log_file, level, key, build_for, builds = job
+        config, job_dir, device, idle, log_file, level, build_for, builds = job
         _logging_to(log_file, level)
         experiment = Experiment(config, Path(job_dir), device, idle, _stage_setter(stage), kept=held,
-                                keep=(key, build_for, builds))
+                                keep=(build_for, builds))
         experiment.run()
         held = experiment.kept
         try:

@@ -173,11 +173,6 @@ def _wait_healthy(run: _Running, launch, timeout_s: float) -> float:
         time.sleep(0.5)
 
 
-def running_key() -> Optional[str]:
-    cur = Servers.current
-    return cur.key if cur is not None and cur.proc.poll() is None else None
-
-
 def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: None,
            log_name: Optional[str] = None) -> Endpoint:
     """The endpoint of this job's server: the running one when its key matches (and server.reuse), else a
