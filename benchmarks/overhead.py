@@ -12,8 +12,9 @@
 and reports llem tok/s ÷ bare tok/s per A/B pair (median, min, max). Target ≥ 0.995.
 
 ``duty`` — a whole sweep, timed from the command's start to its end: the share of its wall time spent
-inside measured windows (the GPU's duty cycle), and per job its build time (``load_s``), whether the build
-hit the compile cache, whether the device-idle floor was measured or reused, its request count and window.
+inside measured windows (the GPU's duty cycle), and per job: its engine (built, or kept from an earlier job),
+the build's import and load times and whether it hit the compile cache, the device-idle floor (measured or
+reused), its request count, window, tok/s, J/token, average power and the GPU temperature over the window.
 
 ``job`` — a sweep of ``--repeats`` identical jobs (``python -m llem -m repeat=0,…``); for each job
 after the first, the time from the previous job's end to its own end (llem.log time stamps) minus
@@ -190,9 +191,33 @@ def job(args) -> List[dict]:
     return rows
 
 
+def _window_temps_c(job_dir: Path):
+    """The GPU temperature (°C) over the measured window's first and last tenth (llem's time series), or None."""
+    import pandas as pd
+
+    path = job_dir / "timeseries.parquet"
+    if not path.is_file():
+        return None
+    ts = pd.read_parquet(path)
+    ts = ts[(ts["phase"] == "measure") & ts["temperature_c"].notna()].sort_values("t_s")
+    if len(ts) < 10:
+        return None
+    tenth = max(1, len(ts) // 10)
+    return float(ts["temperature_c"].iloc[:tenth].mean()), float(ts["temperature_c"].iloc[-tenth:].mean())
+
+
+def _cell(value, fmt: str) -> str:
+    return "–" if value is None or value != value else format(value, fmt)  # null stays null, never 0
+
+
+def _text(value) -> str:
+    return "–" if value is None or value != value else str(value)
+
+
 def duty(args) -> List[dict]:
     """A whole sweep (the overrides after ``--`` include its ``-m`` axes), timed from the command's start to its
-    end: the share of that wall time inside measured windows, and each job's build (load) and what it reused."""
+    end: the share of that wall time inside measured windows, and per job its build (import, load) or the kept
+    engine it measured on, what the build reused, the window, J/token, and the GPU's temperature over the window."""
     import pandas as pd
 
     sweep = Path(args.dir)
@@ -204,18 +229,28 @@ def duty(args) -> List[dict]:
     rows = []
     for path in jobs:
         r = pd.read_parquet(path / "results.parquet").iloc[0].to_dict()
-        rows.append({"job": path.name, "status": r.get("status"), "load_s": r.get("load_s"),
-                     "compile_cache": r.get("compile_cache"), "device_idle": r.get("device_idle_source"),
+        reused = bool(r.get("engine_reused"))
+        rows.append({"job": path.name, "status": r.get("status"), "engine": "kept" if reused else "built",
+                     "import_s": r.get("engine_import_s"), "load_s": r.get("load_s"),
+                     "compile_cache": None if reused else r.get("compile_cache"),
+                     "device_idle": r.get("device_idle_source"), "device_idle_w": r.get("device_idle_power_w"),
                      "num_requests": r.get("num_requests"), "window_s": r.get("window_s"),
+                     "tok_per_s": r.get("output_tok_per_s"), "j_per_token": r.get("j_per_output_token"),
+                     "avg_power_w": r.get("avg_power_w"), "temps_c": _window_temps_c(path),
                      "flags": list(r.get("flags") if r.get("flags") is not None else [])})
         print(json.dumps(rows[-1], default=str), flush=True)
     windows_s = sum(_num(r, "window_s") for r in rows)
     print(f"\nsweep of {len(rows)} jobs: {wall_s:.1f} s wall, {windows_s:.1f} s in measured windows: "
           f"duty cycle {100 * windows_s / wall_s:.1f} %")
-    print("| job | load s | compile cache | device idle | requests | window s | flags |\n|---|---|---|---|---|---|---|")
+    print("| job | engine | import s | load s | compile cache | device idle W | requests | window s | tok/s | J/token "
+          "| avg W | GPU °C (window start → end) | flags |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['job']} | {_num(r, 'load_s'):.1f} | {r['compile_cache']} | {r['device_idle']} | "
-              f"{r['num_requests']} | {_num(r, 'window_s'):.2f} | {' '.join(r['flags']) or '-'} |")
+        temps = "–" if r["temps_c"] is None else f"{r['temps_c'][0]:.1f} → {r['temps_c'][1]:.1f}"
+        print(f"| {r['job']} | {r['engine']} | {_cell(r['import_s'], '.1f')} | {_cell(r['load_s'], '.1f')} | "
+              f"{_text(r['compile_cache'])} | {_cell(r['device_idle_w'], '.1f')} ({_text(r['device_idle'])}) | "
+              f"{r['num_requests']} | {_cell(r['window_s'], '.2f')} | {_cell(r['tok_per_s'], ',.1f')} | "
+              f"{_cell(r['j_per_token'], '.4f')} | {_cell(r['avg_power_w'], '.1f')} | {temps} | "
+              f"{' '.join(r['flags']) or '–'} |")
     return rows
 
 

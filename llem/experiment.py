@@ -81,13 +81,31 @@ class Measured:
     busy: Dict[int, int]
 
 
+def preload_engine(config: Config, device: str) -> Optional[float]:
+    """Point the engine's compile caches under ``cache_dir`` and import its libraries (``Engine.preload``);
+    the seconds it took, or None when it failed (``load`` then imports again and fails with the reason)."""
+    engine_cls = engine_class(config.backend.name)
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's order = NVML's order
+    t0 = time.perf_counter()
+    try:
+        compile_cache.apply(engine_cls(config, device).compile_cache(Path(config.cache_dir).expanduser()))
+        engine_cls.preload()
+    except Exception as exc:
+        log.warning("importing backend=%s's libraries failed (%s: %s): its load will say why", config.backend.name,
+                    type(exc).__name__, exc)
+        return None
+    return time.perf_counter() - t0
+
+
 class Experiment:
     """One measured job inside the measurement process."""
 
     def __init__(self, config: Config, job_dir: Path, device: str, device_idle: DeviceIdle,
                  stage: Callable[[Stage], None] = lambda s: None, endpoint: Any = None,
-                 kept: Optional[KeptEngine] = None, keep: Optional[Tuple[Optional[int], int]] = None):
+                 kept: Optional[KeptEngine] = None, keep: Optional[Tuple[Optional[int], int]] = None,
+                 import_s: Optional[float] = None):
         self.config = config
+        self.import_s = import_s  # the engine's libraries imported beforehand (preload_engine), in seconds
         self.held = kept  # an engine an earlier job loaded with the same build (reuse_engine), or None
         self.keep = keep  # (capacity to build for, builds so far): keep the engine loaded after an ok job
         self.kept: Optional[KeptEngine] = None  # after run: the engine kept loaded for the next job
@@ -150,6 +168,7 @@ class Experiment:
             work = self._size_for_window(plan, work, warm, parts)
             parts[Sizing] = sizing.part(plan, len(work.requests))
             parts[OutsideWindow] = OutsideWindow(
+                engine_import_s=self.import_s if load else None,
                 load_s=load.duration_s if load else None, load_energy_j=load.energy_j if load else None,
                 warmup_s=warm.window.duration_s if warm.window else None,
                 warmup_energy_j=warm.window.energy_j if warm.window else None,
@@ -238,6 +257,8 @@ class Experiment:
         if held is not None:
             parts[BuildCache], parts[EngineReuse] = held.build_cache, held.serve_next()
             return None
+        if self.import_s is None and self.endpoint is None:  # not imported beside the floor: now, outside load_s
+            self.import_s = preload_engine(cfg, self.device)
         log.info("loading %s (%s weights, %s) on %s …", cfg.model.name, cfg.model.weights.value,
                  cfg.model.dtype.value, self.device)
         root = Path(cfg.cache_dir).expanduser()

@@ -1,7 +1,8 @@
 """One Hydra job: validate, skip if already done, measure in a fresh process, never crash the sweep.
 
-The parent (this module) never opens a CUDA context: it measures the device-idle baseline,
-then spawns the measurement process and waits for it (a blocking wait, no polling). Every
+The parent (this module) never opens a CUDA context: it spawns the measurement process, which
+imports its engine (touching no device) while the parent measures the device-idle baseline, then
+gives it the job and waits for it (a blocking wait, no polling). Every
 way a job can end leaves a ``results.parquet``: ``ok``, or ``failed`` with the error and the
 stage it happened in — a bad config, an exception in the parent or the child, a measurement
 process that died, a write that failed. Only an interrupt (SIGINT, SIGTERM) leaves no row: the
@@ -28,7 +29,18 @@ from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
 from llem.kept_engine import Reuse, reuse_for
 from llem.locks import gpu_lock, host_lock, job_lock
-from llem.measure_process import Interrupted, interruptible, kept_serves, measure_isolated, measure_kept, stop_kept
+from llem.measure_process import (
+    Interrupted,
+    Started,
+    abandon,
+    interruptible,
+    kept_serves,
+    measure_isolated,
+    measure_kept,
+    start_isolated,
+    start_kept,
+    stop_kept,
+)
 from llem.results.row import Notes, Outcome, Stage, assemble
 
 log = logging.getLogger(__name__)
@@ -223,9 +235,17 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
         log_from = 0 if endpoint.start_s is not None else log_size(endpoint)
         if endpoint.reused and device == "cuda":
             holder["idle"] = _server_idle(config, gpus_needed)
-    else:
+    started = None
+    if config.server.mode != "launch":
         if kept_idle is None:  # on the kept engine the floor is the sweep's, set above
-            take_idle()
+            started = _start_ahead(config, device, reuse)
+            try:
+                take_idle()
+            except BaseException:
+                abandon(started)
+                if reuse is not None:
+                    stop_kept()
+                raise
         if config.server.mode == "external":
             from llem.serving.server import external
 
@@ -234,13 +254,25 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
     if problem:
         idle.warnings.append(problem)
     try:
-        values = _run_measurement(config, chash, job_dir, device, idle, endpoint, reuse)
+        values = _run_measurement(config, chash, job_dir, device, idle, endpoint, reuse, started)
     finally:
         if endpoint is not None and endpoint.mode == "launch":
             from llem.serving.server import copy_log
 
             copy_log(endpoint, log_from, job_dir)
     return values
+
+
+def _start_ahead(config: Config, device: str, reuse: Optional[Reuse]) -> Optional[Started]:
+    """Spawn the measurement process before the device-idle floor, so that it imports its engine (seconds:
+    ~10 s for vLLM) while the floor is metered; the import touches no device. None when the job measures
+    in this process, or a server (which the process does not import)."""
+    if not config.isolate or config.server.mode != "none":
+        return None
+    if reuse is not None:
+        start_kept(config, device, reuse)  # held as the kept process: measure_kept finds it
+        return None
+    return start_isolated(config, device, preload=True)
 
 
 def _server_idle(config: Config, gpus_needed: int) -> DeviceIdle:
@@ -278,7 +310,8 @@ def _kept_idle(config: Config, gpus_needed: int, device: str) -> Optional[Device
 
 
 def _run_measurement(config: Config, chash: str, job_dir: Path, device: str, idle: DeviceIdle,
-                     endpoint: Any, reuse: Optional[Reuse] = None) -> Dict[str, Any]:
+                     endpoint: Any, reuse: Optional[Reuse] = None, started: Optional[Started] = None
+                     ) -> Dict[str, Any]:
     if not config.isolate:
         from llem.experiment import Experiment
 
@@ -286,7 +319,7 @@ def _run_measurement(config: Config, chash: str, job_dir: Path, device: str, idl
     if reuse is not None and endpoint is None:
         died = measure_kept(config, job_dir, device, idle, reuse)
     else:
-        died = measure_isolated(config, job_dir, device, idle, endpoint)
+        died = measure_isolated(config, job_dir, device, idle, endpoint, started)
     values = results.read_result(job_dir)
     if died is not None and (values is None or values.get("status") != "ok"):
         error, stage = died

@@ -105,14 +105,23 @@ def _log_file() -> Optional[str]:
     return None
 
 
-def _child(config, job_dir: str, device: str, idle, stage, log_file: Optional[str], level: int,
-           parent_pid: int, endpoint=None) -> None:
-    """Entry point of the measurement process (spawned): a fresh interpreter, a fresh CUDA context."""
+def _child(conn, config, device: str, stage, log_file: Optional[str], level: int, parent_pid: int,
+           preload: bool) -> None:
+    """Entry point of the measurement process (spawned): a fresh interpreter, a fresh CUDA context. It imports
+    the engine (``preload``) while the parent meters the device-idle floor, then waits for the job."""
     _start_child(parent_pid)
     _logging_to(log_file, level)
-    from llem.experiment import Experiment
+    from llem.experiment import Experiment, preload_engine
 
-    Experiment(config, Path(job_dir), device, idle, _stage_setter(stage), endpoint=endpoint).run()
+    import_s = preload_engine(config, device) if preload else None
+    try:
+        job = conn.recv()
+    except (EOFError, OSError):
+        job = None  # the driver gave this job up, or went
+    if job is not None:
+        job_dir, idle, endpoint = job
+        Experiment(config, Path(job_dir), device, idle, _stage_setter(stage), endpoint=endpoint,
+                   import_s=import_s).run()
     _exit_now()
 
 
@@ -199,23 +208,32 @@ def stop_kept() -> None:
     log.info("the kept engine was closed")
 
 
+def start_kept(config, device: str, reuse) -> None:
+    """Spawn the kept process for ``reuse`` unless one serves it: it imports the engine at once, beside the
+    parent's device-idle floor, and builds it with its first job."""
+    if kept_serves(reuse):
+        return
+    stop_kept()
+    ctx = mp.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe()
+    Kept.stage = ctx.RawValue("i", 0)
+    Kept.proc = ctx.Process(target=_kept_child, name="llem-measure-kept",
+                            args=(child_conn, Kept.stage, os.getpid(), config, device, _log_file(),
+                                  logging.getLogger().level))
+    Kept.proc.start()
+    if not Kept.hooked:  # registered after multiprocessing's own exit hook, so it runs first: no join hangs
+        atexit.register(stop_kept)
+        Kept.hooked = True
+    child_conn.close()
+    Kept.conn, Kept.key, Kept.built_for = parent_conn, reuse.key, reuse.build_for
+    Kept.builds += 1
+    _Running.proc, _Running.stage = Kept.proc, Kept.stage  # an interrupt during the floor stops it
+
+
 def measure_kept(config, job_dir: Path, device: str, idle, reuse) -> Optional[Tuple[str, Stage]]:
     """Run the experiment in the kept process (started, and the engine built, when none serves ``reuse``);
     return (why it died, stage), or None. The process stays for the next job only if it kept its engine."""
-    if not kept_serves(reuse):
-        stop_kept()
-        ctx = mp.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe()
-        Kept.stage = ctx.RawValue("i", 0)
-        Kept.proc = ctx.Process(target=_kept_child, name="llem-measure-kept",
-                                args=(child_conn, Kept.stage, os.getpid()))
-        Kept.proc.start()
-        if not Kept.hooked:  # registered after multiprocessing's own exit hook, so it runs first: no join hangs
-            atexit.register(stop_kept)
-            Kept.hooked = True
-        child_conn.close()
-        Kept.conn, Kept.key, Kept.built_for = parent_conn, reuse.key, reuse.build_for
-        Kept.builds += 1
+    start_kept(config, device, reuse)
     proc, stage = Kept.proc, Kept.stage
     stage.value = 0
     _Running.proc, _Running.stage = proc, stage
@@ -237,12 +255,15 @@ def measure_kept(config, job_dir: Path, device: str, idle, reuse) -> Optional[Tu
     return _died(proc, stage)
 
 
-def _kept_child(conn, stage, parent_pid: int) -> None:
-    """Entry point of a kept measurement process: jobs one after another on one loaded engine, until the
-    driver says stop (None), a job does not keep its engine, or the driver goes."""
+def _kept_child(conn, stage, parent_pid: int, first, device: str, log_file: Optional[str], level: int) -> None:
+    """Entry point of a kept measurement process: it imports the engine of its first job (``first``, the
+    config) at once, then runs jobs one after another on one loaded engine, until the driver says stop
+    (None), a job does not keep its engine, or the driver goes."""
     _start_child(parent_pid)
-    from llem.experiment import Experiment
+    _logging_to(log_file, level)
+    from llem.experiment import Experiment, preload_engine
 
+    import_s = preload_engine(first, device)
     held = None
     while True:
         try:
@@ -254,7 +275,7 @@ def _kept_child(conn, stage, parent_pid: int) -> None:
         config, job_dir, device, idle, log_file, level, build_for, builds = job
         _logging_to(log_file, level)
         experiment = Experiment(config, Path(job_dir), device, idle, _stage_setter(stage), kept=held,
-                                keep=(build_for, builds))
+                                keep=(build_for, builds), import_s=import_s if held is None else None)
         experiment.run()
         held = experiment.kept
         try:
@@ -279,17 +300,56 @@ def _logging_to(log_file: Optional[str], level: int) -> None:
     logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
 
 
-def measure_isolated(config, job_dir: Path, device: str, idle, endpoint=None) -> Optional[Tuple[str, Stage]]:
-    """Run the experiment in a spawned process; return (why it died, stage), or None if it exited cleanly."""
+class Started:
+    """A measurement process spawned ahead of its job (:func:`start_isolated`), waiting for it."""
+
+    def __init__(self, proc, conn, stage) -> None:
+        self.proc, self.conn, self.stage = proc, conn, stage
+
+
+def start_isolated(config, device: str, preload: bool) -> Started:
+    """Spawn the job's measurement process now; with ``preload`` it imports the engine at once, while the
+    parent meters the device-idle floor. :func:`measure_isolated` gives it the job."""
     ctx = mp.get_context("spawn")
     stage = ctx.RawValue("i", 0)  # no lock: one writer, and a lock would leak a semaphore at exit
+    parent_conn, child_conn = ctx.Pipe()
     proc = ctx.Process(target=_child, name="llem-measure",
-                       args=(config, str(job_dir), device, idle, stage, _log_file(), logging.getLogger().level,
-                             os.getpid(), endpoint))
+                       args=(child_conn, config, device, stage, _log_file(), logging.getLogger().level,
+                             os.getpid(), preload))
     _Running.proc, _Running.stage = proc, stage
+    proc.start()
+    child_conn.close()
+    return Started(proc, parent_conn, stage)
+
+
+def abandon(started: Optional[Started]) -> None:
+    """Stop a measurement process started ahead of a job that will not run (its floor failed)."""
+    if started is None:
+        return
     try:
-        proc.start()
-        proc.join()  # blocks in waitpid: no CPU spent while the measurement runs
+        started.conn.send(None)
+    except (OSError, ValueError):
+        pass
+    started.proc.join(STOP_GRACE_S)
+    if started.proc.is_alive():
+        stop(started.proc)
+    started.conn.close()
+    _Running.proc = _Running.stage = None
+
+
+def measure_isolated(config, job_dir: Path, device: str, idle, endpoint=None,
+                     started: Optional[Started] = None) -> Optional[Tuple[str, Stage]]:
+    """Run the experiment in a spawned process (``started`` ahead, or now); return (why it died, stage), or
+    None if it exited cleanly."""
+    started = started or start_isolated(config, device, preload=endpoint is None)
+    _Running.proc, _Running.stage = started.proc, started.stage
+    try:
+        try:
+            started.conn.send((str(job_dir), idle, endpoint))
+        except (OSError, ValueError):
+            pass  # it died already: its exit code says how
+        started.proc.join()  # blocks in waitpid: no CPU spent while the measurement runs
     finally:
         _Running.proc = _Running.stage = None
-    return _died(proc, stage)
+        started.conn.close()
+    return _died(started.proc, started.stage)

@@ -66,9 +66,10 @@ def test_sweep_measures_on_one_kept_engine(tmp_path):
     assert len(rows) == 4 and all(r.status == "ok" for r in rows.values())
     first = rows[(1, 0)]
     assert not first.engine_reused and first.load_s > 0 and first.num_engine_jobs == 1
+    assert first.engine_import_s > 0  # imported by the kept process as it started, outside load_s
     for k in ((1, 1), (2, 0), (2, 1)):
         r = rows[k]
-        assert r.engine_reused and pd.isna(r.load_s), k
+        assert r.engine_reused and pd.isna(r.load_s) and pd.isna(r.engine_import_s), k
         assert r.engine_build_job == first.engine_build_job and r.engine_build_s == first.load_s
         assert r.num_engine_builds == 1
     assert [rows[k].num_engine_jobs for k in ((1, 0), (1, 1), (2, 0), (2, 1))] == [1, 2, 3, 4]
@@ -86,6 +87,7 @@ def test_a_different_build_closes_the_kept_engine_and_off_builds_every_job(tmp_p
     rows = _rows(tmp_path / "b")
     assert len(rows) == 2 and not any(r.engine_reused for r in rows.values())
     assert all(r.load_s > 0 and pd.isna(r.num_engine_builds) for r in rows.values())
+    assert all(r.engine_import_s > 0 for r in rows.values())  # each process imported its engine as it started
 
 
 def test_a_failed_job_in_the_kept_process_is_a_row_and_the_next_builds_again(tmp_path):

@@ -183,3 +183,29 @@ def test_the_same_gpu_is_never_opened_twice(trace, monkeypatch):
     assert w.energy_j == sum(w.energy_j_per_gpu)
     sampled = [sum(1 for r in rig.sampler.rows if r["gpu_index"] == i) for i in (0, 1)]
     assert [a - b - s for a, b, s in zip(counter_reads(nvml), before, sampled)] == [2, 2]
+
+
+def test_a_context_opened_while_the_device_idle_floor_is_metered_makes_it_doubtful(trace, monkeypatch):
+    """The measurement process imports its engine while the parent meters the floor; had the import opened a
+    CUDA context, the floor would be too high: a process on the GPU when the floor ends is a warning (and the
+    floor is then not reused by later jobs)."""
+    import threading
+
+    from llem.energy import idle
+    from llem.energy.nvml import GpuReader
+
+    nvml = FakeNVML(trace, FakeClock(0.0), 1)
+    nvml.nvmlInit()
+    gpus = [GpuReader(nvml, 0)]
+    monkeypatch.setattr(idle, "open_gpus", lambda n: (gpus, [], None))
+    cfg = SimpleNamespace(energy=SimpleNamespace(sample_interval_ms=20),
+                          baseline=SimpleNamespace(settle_s=0.0, device_idle_s=0.3))
+    clean = idle.device_idle_baseline(cfg, 1)
+    assert not any("CUDA contexts" in w for w in clean.warnings), clean.warnings
+    opener = threading.Timer(0.1, lambda: nvml.gpus[0].pids.append(4242))
+    opener.start()
+    doubtful = idle.device_idle_baseline(cfg, 1)
+    opener.join()
+    assert any("CUDA contexts were open on GPUs {0: 1}" in w for w in doubtful.warnings), doubtful.warnings
+    again = idle.device_idle_baseline(cfg, 1)  # held from the start: the start's warning says it, once
+    assert sum("processes held GPUs" in w or "CUDA contexts" in w for w in again.warnings) == 1

@@ -139,6 +139,12 @@ class Engine(ABC):
         default: an engine that compiles nothing has none."""
         return CompileCache()
 
+    @classmethod
+    def preload(cls) -> None:
+        """Import the engine's libraries, touching no device (no CUDA context, no GPU memory). The measurement
+        process runs it while its parent meters the device-idle floor, so the import overlaps that floor
+        (``engine_import_s``); nothing by default, and :meth:`load` imports whatever is still missing."""
+
     @abstractmethod
     def load(self) -> None:
         """Build the model and everything generate needs (timed and metered as the load phase)."""

@@ -268,6 +268,11 @@ class PyTorchEngine(Engine):
         if self._runner is not None:
             self._runner.config, self._runner.backend = config, config.backend
 
+    @classmethod
+    def preload(cls) -> None:
+        import torch  # noqa: F401  (importing torch opens no CUDA context)
+        from transformers import AutoModelForCausalLM  # noqa: F401
+
     def load(self) -> None:
         if self.backend.num_processes > 1:
             from llem.backends._torch_workers import WorkerPool

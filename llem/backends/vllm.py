@@ -207,6 +207,11 @@ class VllmEngine(Engine):
         version = package_version("vllm") or "version unknown"
         check_engine_args(self.backend.engine_args, known, f"vllm.LLM (vLLM {version})", package)
 
+    @classmethod
+    def preload(cls) -> None:
+        import vllm  # noqa: F401  (~10 s; vLLM initialises no CUDA at import: its platform comes from NVML)
+        from vllm import LLM, SamplingParams  # noqa: F401
+
     def load(self) -> None:
         from vllm import LLM
 

@@ -1,9 +1,11 @@
 """Idle floors and other tenants of the job's GPUs.
 
 The device-idle baseline is measured by the job's parent, which never opens a CUDA context, before
-the measurement process starts: the floor the GPU draws whether or not anyone measures (an H100 read
-71.5 W here, SM clock 345 MHz, ~3 s after the last context closed). ``other_processes`` tells which
-GPUs hold contexts that are not this job's (they make the energy counter doubtful).
+the measurement process opens one (it is spawned first and imports its engine meanwhile, which touches
+no device: a context seen when the floor ends makes it doubtful): the floor the GPU draws whether or not
+anyone measures (an H100 read 71.5 W here, SM clock 345 MHz, ~3 s after the last context closed).
+``other_processes`` tells which GPUs hold contexts that are not this job's (they make the energy counter
+doubtful).
 """
 
 from __future__ import annotations
@@ -116,6 +118,16 @@ def other_processes(gpus: List[GpuReader], expect_own: bool, server_pid: Optiona
     return out
 
 
+def contexts(gpus: List[GpuReader]) -> Dict[int, int]:
+    """GPU index → processes holding a context on it, this job's own included (none may, during the floor)."""
+    out = {}
+    for gpu in gpus:
+        pids = gpu.processes()
+        if pids:
+            out[gpu.index] = len(pids)
+    return out
+
+
 def device_idle_baseline(config: Any, gpus_required: int) -> DeviceIdle:
     """Idle power with no CUDA context: wait ``settle_s`` for the GPU to drop its clocks, then meter."""
     result = DeviceIdle()
@@ -125,13 +137,18 @@ def device_idle_baseline(config: Any, gpus_required: int) -> DeviceIdle:
         return result
     sampler = Sampler(gpus, config.energy.sample_interval_ms / 1000.0).start()
     try:
-        busy = other_processes(gpus, expect_own=False)
+        busy = contexts(gpus)
         if busy:
             result.warnings.append(f"device idle baseline taken while other processes held GPUs {busy}: it is too high")
         sampler.phase = "settle"
         time.sleep(config.baseline.settle_s)
         result.taken_at = time.time()
         window = EnergyMeter(gpus, sampler).idle("device_idle", config.baseline.device_idle_s)
+        opened = contexts(gpus)  # the measurement process imports its engine meanwhile: it must open none
+        if opened and not busy:
+            result.warnings.append(f"CUDA contexts were open on GPUs {opened} when the device-idle baseline ended "
+                                   "(the job's measurement process, importing its engine, or another process): it "
+                                   "is too high")
     finally:
         sampler.stop()
     result.power_w_per_gpu = window.power_per_gpu_w

@@ -26,7 +26,9 @@ class Sizing:
 class OutsideWindow:
     """Engine start-up and warm-up, outside the measured window."""
 
-    load_s: Optional[float] = col("engine start-up: imports, device context, weights, compilation (s)")
+    engine_import_s: Optional[float] = col("importing the engine's libraries, before load and touching no device; "
+                                           "run beside the parent's device-idle floor when one is metered (s)")
+    load_s: Optional[float] = col("engine start-up after its import: device context, weights, compilation (s)")
     load_energy_j: Optional[float] = col("GPU energy of the load phase (J)")
     warmup_s: Optional[float] = col("warm-up duration, excluded from every metric (s)")
     warmup_energy_j: Optional[float] = col("GPU energy of the warm-up (J)")
