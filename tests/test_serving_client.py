@@ -55,6 +55,21 @@ def test_arrivals_concurrency_and_timing(compose_cfg):
     assert all(r.first_token_s > r.start_s >= r.arrival_s for r in out)
 
 
+def test_requests_carry_the_decoding_the_in_process_engines_use(compose_cfg):
+    """Greedy (the default): temperature 0 and no seed, top_p or top_k, as vLLM's in-process engine is asked;
+    sampled: the sampling keys and the job's seed."""
+    with StandIn() as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=2"])
+        engine.generate(_requests(config, 1), None, lambda n: None)
+        greedy = server.bodies[-1]
+        engine, config = _client(compose_cfg, server.url, ["output_len=2", "decoding.temperature=0.7",
+                                                           "decoding.top_k=5", "seed=3"])
+        engine.generate(_requests(config, 1), None, lambda n: None)
+        sampled = server.bodies[-1]
+    assert greedy["temperature"] == 0 and not {"seed", "top_p", "top_k"} & set(greedy)
+    assert sampled["temperature"] == 0.7 and sampled["seed"] == 3 and sampled["top_k"] == 5 and "top_p" in sampled
+
+
 def test_text_only_server_gets_id_words(compose_cfg):
     with StandIn(tokens_only=True) as server:
         engine, config = _client(compose_cfg, server.url, ["output_len=4"])

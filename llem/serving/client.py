@@ -110,9 +110,11 @@ class ServerEngine(Engine):
         d = self.config.decoding
         body: Dict[str, Any] = {"model": self.model_name, "prompt": self._prompt(request), "max_tokens": length,
                                 "stream": True, "stream_options": {"include_usage": True},
-                                "temperature": d.temperature, "top_p": d.top_p, "seed": self.config.seed}
-        if d.top_k:
-            body["top_k"] = d.top_k
+                                "temperature": d.temperature}
+        if not d.greedy:  # as the in-process engines do: greedy decoding sends no seed, top_p or top_k
+            body.update(top_p=d.top_p, seed=self.config.seed)
+            if d.top_k:
+                body["top_k"] = d.top_k
         body.update(self.extras(length))
         body.update(self.config.server.extra_body)
         return body
