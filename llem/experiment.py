@@ -31,6 +31,7 @@ from llem.energy.idle import DeviceIdle, other_processes
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
 from llem.kept_engine import KeptEngine
+from llem.preload import preload_engine
 from llem.records import Request, RequestResult
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
 from llem.results.row import (
@@ -79,22 +80,6 @@ class Measured:
     outputs: List[RequestResult]
     window: WindowEnergy
     busy: Dict[int, int]
-
-
-def preload_engine(config: Config, device: str) -> Optional[float]:
-    """Point the engine's compile caches under ``cache_dir`` and import its libraries (``Engine.preload``);
-    the seconds it took, or None when it failed (``load`` then imports again and fails with the reason)."""
-    engine_cls = engine_class(config.backend.name)
-    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's order = NVML's order
-    t0 = time.perf_counter()
-    try:
-        compile_cache.apply(engine_cls(config, device).compile_cache(Path(config.cache_dir).expanduser()))
-        engine_cls.preload()
-    except Exception as exc:
-        log.warning("importing backend=%s's libraries failed (%s: %s): its load will say why", config.backend.name,
-                    type(exc).__name__, exc)
-        return None
-    return time.perf_counter() - t0
 
 
 class Experiment:

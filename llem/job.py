@@ -20,11 +20,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from llem import dirnames, environment, model_source, results, secrets, validate
+from llem import dirnames, environment, floors, model_source, results, secrets, validate
 from llem.backends import engine_class
 from llem.config import Config, config_hash, to_config
 from llem.console import summary_line
-from llem.energy.idle import DeviceIdle, device_idle_baseline, remember_device_idle, reuse_device_idle
+from llem.energy.idle import DeviceIdle
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
 from llem.kept_engine import Reuse, reuse_for
@@ -206,10 +206,10 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
 
     def take_idle() -> None:  # with no CUDA context on the GPUs: before a server is started
         if device == "cuda" and config.baseline.device_idle_s > 0:
-            holder["idle"] = _device_idle(config, gpus_needed, job_dir)
+            holder["idle"] = floors.for_job(config, gpus_needed, job_dir, _sweep_dir())
 
     reuse = _reuse(config, device)
-    kept_idle = _kept_idle(config, gpus_needed, device) if kept_serves(reuse) else None
+    kept_idle = floors.for_kept(config, gpus_needed, device, _sweep_dir()) if kept_serves(reuse) else None
     if kept_idle is not None:
         holder["idle"] = kept_idle  # the kept engine holds the GPUs: the floor the sweep took before its build
     else:
@@ -234,7 +234,7 @@ def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed
                                   config=config, chash=chash)
         log_from = 0 if endpoint.start_s is not None else log_size(endpoint)
         if endpoint.reused and device == "cuda":
-            holder["idle"] = _server_idle(config, gpus_needed)
+            holder["idle"] = floors.for_server(gpus_needed, _sweep_dir())
     started = None
     if config.server.mode != "launch":
         if kept_idle is None:  # on the kept engine the floor is the sweep's, set above
@@ -275,17 +275,6 @@ def _start_ahead(config: Config, device: str, reuse: Optional[Reuse]) -> Optiona
     return start_isolated(config, device, preload=True)
 
 
-def _server_idle(config: Config, gpus_needed: int) -> DeviceIdle:
-    """A reused server holds the GPUs: the device-idle floor is the one the sweep took before it started,
-    whatever its age (the row says how old), else none."""
-    sweep = _sweep_dir()
-    idle = reuse_device_idle(sweep, visible_uuids(gpus_needed), float("inf")) if sweep is not None else None
-    if idle is None:
-        idle = DeviceIdle(warnings=["no device-idle baseline: the server kept running since an earlier job, and no "
-                                    "floor was taken before it started"])
-    return idle
-
-
 def _reuse(config: Config, device: str) -> Optional[Reuse]:
     """What this job asks of a kept engine: only jobs of a sweep run here, in turn, keep one."""
     from hydra.core.hydra_config import HydraConfig
@@ -293,20 +282,6 @@ def _reuse(config: Config, device: str) -> Optional[Reuse]:
     if _sweep_dir() is None:
         return None
     return reuse_for(config, device, list(HydraConfig.get().overrides.task))
-
-
-def _kept_idle(config: Config, gpus_needed: int, device: str) -> Optional[DeviceIdle]:
-    """The device-idle floor for a job on the kept engine: the one the sweep metered before it was built, while
-    younger than baseline.device_idle_reuse_s and clean; None when it is not (the kept engine is then closed,
-    the floor metered again and the engine rebuilt)."""
-    if device != "cuda" or config.baseline.device_idle_s <= 0:
-        return DeviceIdle()
-    sweep = _sweep_dir()
-    idle = reuse_device_idle(sweep, visible_uuids(gpus_needed), config.baseline.device_idle_reuse_s) if sweep else None
-    if idle is None:
-        log.info("the device-idle floor is older than baseline.device_idle_reuse_s=%g s (or was not clean): the "
-                 "kept engine is closed and the floor metered again", config.baseline.device_idle_reuse_s)
-    return idle
 
 
 def _run_measurement(config: Config, chash: str, job_dir: Path, device: str, idle: DeviceIdle,
@@ -328,27 +303,6 @@ def _run_measurement(config: Config, chash: str, job_dir: Path, device: str, idl
         return record_failure(job_dir, "the measurement process wrote no result", "NoResult", Stage.write,
                               config=config, chash=chash)
     return values
-
-
-def _device_idle(config: Config, gpus_needed: int, job_dir: Path) -> DeviceIdle:
-    """The device-idle floor: reused from an earlier job of this sweep on the same GPUs while recent
-    (baseline.device_idle_reuse_s), else metered now and kept for the jobs after this one."""
-    sweep = _sweep_dir()
-    uuids = visible_uuids(gpus_needed)
-    reuse_s = config.baseline.device_idle_reuse_s
-    if sweep is not None:
-        idle = reuse_device_idle(sweep, uuids, reuse_s)
-        if idle is not None:
-            return idle
-    log.info("device-idle baseline: %.1f s settle, %.1f s metered", config.baseline.settle_s,
-             config.baseline.device_idle_s)
-    idle = device_idle_baseline(config, gpus_needed)
-    if sweep is not None and reuse_s > 0:
-        from llem.energy.flags import baseline_flags
-
-        unclean = bool(idle.warnings) or bool(baseline_flags("device_idle", idle.rows))
-        remember_device_idle(sweep, uuids, idle, job_dir.name, unclean)
-    return idle
 
 
 def _sweep_dir() -> Optional[Path]:

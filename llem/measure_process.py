@@ -111,7 +111,8 @@ def _child(conn, config, device: str, stage, log_file: Optional[str], level: int
     the engine (``preload``) while the parent meters the device-idle floor, then waits for the job."""
     _start_child(parent_pid)
     _logging_to(log_file, level)
-    from llem.experiment import Experiment, preload_engine
+    from llem.experiment import Experiment
+    from llem.preload import preload_engine
 
     import_s = preload_engine(config, device) if preload else None
     try:
@@ -214,18 +215,12 @@ def start_kept(config, device: str, reuse) -> None:
     if kept_serves(reuse):
         return
     stop_kept()
-    ctx = mp.get_context("spawn")
-    parent_conn, child_conn = ctx.Pipe()
-    Kept.stage = ctx.RawValue("i", 0)
-    Kept.proc = ctx.Process(target=_kept_child, name="llem-measure-kept",
-                            args=(child_conn, Kept.stage, os.getpid(), config, device, _log_file(),
-                                  logging.getLogger().level))
-    Kept.proc.start()
+    Kept.proc, Kept.conn, Kept.stage = _spawn(_kept_child, "llem-measure-kept", lambda conn, stage: (
+        conn, stage, os.getpid(), config, device, _log_file(), logging.getLogger().level))
     if not Kept.hooked:  # registered after multiprocessing's own exit hook, so it runs first: no join hangs
         atexit.register(stop_kept)
         Kept.hooked = True
-    child_conn.close()
-    Kept.conn, Kept.key, Kept.built_for = parent_conn, reuse.key, reuse.build_for
+    Kept.key, Kept.built_for = reuse.key, reuse.build_for
     Kept.builds += 1
     _Running.proc, _Running.stage = Kept.proc, Kept.stage  # an interrupt during the floor stops it
 
@@ -261,7 +256,8 @@ def _kept_child(conn, stage, parent_pid: int, first, device: str, log_file: Opti
     (None), a job does not keep its engine, or the driver goes."""
     _start_child(parent_pid)
     _logging_to(log_file, level)
-    from llem.experiment import Experiment, preload_engine
+    from llem.experiment import Experiment
+    from llem.preload import preload_engine
 
     import_s = preload_engine(first, device)
     held = None
@@ -310,16 +306,22 @@ class Started:
 def start_isolated(config, device: str, preload: bool) -> Started:
     """Spawn the job's measurement process now; with ``preload`` it imports the engine at once, while the
     parent meters the device-idle floor. :func:`measure_isolated` gives it the job."""
+    proc, conn, stage = _spawn(_child, "llem-measure", lambda conn, stage: (
+        conn, config, device, stage, _log_file(), logging.getLogger().level, os.getpid(), preload))
+    _Running.proc, _Running.stage = proc, stage
+    return Started(proc, conn, stage)
+
+
+def _spawn(target, name: str, args) -> Tuple[Any, Any, Any]:
+    """Start a measurement process (spawned: a fresh interpreter) with a pipe and a shared stage index;
+    ``args(child_conn, stage)`` gives its arguments. Returns (process, the driver's end of the pipe, stage)."""
     ctx = mp.get_context("spawn")
     stage = ctx.RawValue("i", 0)  # no lock: one writer, and a lock would leak a semaphore at exit
     parent_conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=_child, name="llem-measure",
-                       args=(child_conn, config, device, stage, _log_file(), logging.getLogger().level,
-                             os.getpid(), preload))
-    _Running.proc, _Running.stage = proc, stage
+    proc = ctx.Process(target=target, name=name, args=args(child_conn, stage))
     proc.start()
     child_conn.close()
-    return Started(proc, parent_conn, stage)
+    return proc, parent_conn, stage
 
 
 def abandon(started: Optional[Started]) -> None:

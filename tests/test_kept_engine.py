@@ -134,12 +134,11 @@ def test_a_kept_process_that_died_is_replaced(compose_cfg, tmp_path):
 def test_a_kept_engine_whose_device_idle_floor_expired_is_rebuilt(compose_cfg, monkeypatch, tmp_path):
     """On a GPU the floor the kept engine's jobs use is the one metered before it was built: once older than
     baseline.device_idle_reuse_s there is none (the job closes the engine and meters the floor again)."""
-    from llem import job
+    from llem import floors
     from llem.energy.idle import DeviceIdle
 
     config = to_config(compose_cfg(["baseline.device_idle_reuse_s=60"]))
-    monkeypatch.setattr(job, "_sweep_dir", lambda: tmp_path)
-    monkeypatch.setattr(job, "visible_uuids", lambda n: ["GPU-0"])
+    monkeypatch.setattr(floors, "visible_uuids", lambda n: ["GPU-0"])
     seen = []
     fresh = DeviceIdle(power_w_per_gpu=[75.0], source="reused", taken_at=1.0, job="a")
 
@@ -147,7 +146,7 @@ def test_a_kept_engine_whose_device_idle_floor_expired_is_rebuilt(compose_cfg, m
         seen.append(max_age_s)
         return fresh if len(seen) == 1 else None
 
-    monkeypatch.setattr(job, "reuse_device_idle", reuse)
-    assert job._kept_idle(config, 1, "cuda") is fresh
-    assert job._kept_idle(config, 1, "cuda") is None and seen == [60, 60]
-    assert job._kept_idle(config, 1, "cpu").power_w is None  # no floor on the CPU: nothing to expire
+    monkeypatch.setattr(floors, "reuse_device_idle", reuse)
+    assert floors.for_kept(config, 1, "cuda", tmp_path) is fresh
+    assert floors.for_kept(config, 1, "cuda", tmp_path) is None and seen == [60, 60]
+    assert floors.for_kept(config, 1, "cpu", tmp_path).power_w is None  # no floor on the CPU: nothing to expire
