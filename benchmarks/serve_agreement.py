@@ -1,18 +1,26 @@
 """llem's client against ``vllm bench serve`` on one running server, at each rate asked, with the *same
-requests at the same times*: llem runs first (``server=external`` at the server's URL) and its requests (arrival
-offset, prompt and output lengths, from its ``requests.parquet``) are written as a timed trace that ``vllm bench
-serve --dataset-name timed_trace`` replays (its prompts: random tokens of those lengths; EOS ignored); then llem
-again, as a check of its own spread. Output tok/s and the TTFT and ITL medians side by side, and their ratios.
+requests at the same times*: llem's first run (``server=external`` at the server's URL) writes its requests
+(arrival offset, prompt and output lengths, from its ``requests.parquet``) as a timed trace that ``vllm bench
+serve --dataset-name timed_trace`` replays (its prompts: random tokens of those lengths; EOS ignored). Each
+client runs ``--repeats`` times, interleaved A B B A (so a drift of the server over the minutes cancels), and
+is summarised two ways: output tok/s as the mean of its runs, and the TTFT and ITL medians *pooled* over every
+request of its runs (one median of K × N requests, steadier than the median of one run). Each client's own
+spread (its largest run over its smallest) is printed beside the ratios: two clients cannot be told apart
+more finely than either one repeats itself. Beside the whole run's tok/s, both clients' tokens are counted by
+one rule up to the drain (``before_drain``): with every request at once, the drain's length depends on the
+order in which the server admitted the requests, and that order is the clients' connections racing, not a
+measurement (llem's reach the server in request order; bench's arrive a little shuffled, run to run).
 
-    python benchmarks/serve_agreement.py --rates 2,8,32,inf --requests 80 -- backend=vllm model=llama3 \\
-        model.weights=random model.dtype=bfloat16
+    python benchmarks/serve_agreement.py --rates 2,8,32,inf --requests 80 --repeats 2 -- backend=vllm \\
+        model=llama3 model.weights=random model.dtype=bfloat16 output_len=null
 
 Why the same arrivals: at a rate near or above what the server completes, TTFT is mostly queueing, and its median
 is set by the arrival sequence itself; two clients drawing their own sequences differ by that draw, however well
 each measures. The server is started once, as ``server=launch`` starts it (llem.serving.server). Needs a GPU and
 vLLM with its server's packages (vLLM ≥ 0.24 for ``timed_trace``). Targets: tok/s within 2 %, TTFT and ITL
 medians within 5 %. The TTFT mean is printed beside the median: at a light load TTFT falls in two groups (a
-request that finds the engine idle, and one that waits for a running step), and the median can sit on either.
+request that finds the engine idle, and one that waits for a running step), and one run's median can sit on
+either. llem's idle floors are shortened here (``LEAN``): they happen before the window and change no latency.
 """
 
 from __future__ import annotations
@@ -20,32 +28,42 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+import numpy as np
 import pandas as pd
 
 CHUNK_TOKENS = 16  # tokens per hash id in the trace (bench's --timed-trace-chunk-hash-size)
-RATIOS = ("output tok/s", "TTFT p50 ms", "TTFT mean ms", "ITL p50 ms")
-COLUMNS = ("output tok/s", "TTFT p50 ms", "ITL p50 ms", "TTFT mean ms", "TTFT p99 ms", "req/s")
+LEAN = ["baseline.settle_s=1", "baseline.device_idle_s=2", "baseline.loaded_settle_s=0.5", "baseline.loaded_idle_s=2"]
+NAN = float("nan")
+FIGURES = ("output tok/s", "tok/s before drain", "TTFT p50 ms", "TTFT mean ms", "TTFT p99 ms", "ITL p50 ms",
+           "req/s", "requests")
 
 
-def llem_run(url: str, overrides: List[str], rate: float, requests: int, job_dir: Path) -> dict:
-    """One llem job as ``server=external`` at the URL; its summary, or NaNs (and why) when it failed."""
-    cmd = [sys.executable, "-m", "llem", *overrides, "server=external", f"server.url={url}",
+def llem_run(url: str, overrides: List[str], rate: float, requests: int, job_dir: Path) -> Optional[dict]:
+    """One llem job as ``server=external`` at the URL: its summary and per-request latencies, or None."""
+    cmd = [sys.executable, "-m", "llem", *LEAN, *overrides, "server=external", f"server.url={url}",
            f"load.request_rate={rate}", f"dataset.num_requests={requests}", f"hydra.run.dir={job_dir}"]
     subprocess.run(cmd, check=False)
     path = job_dir / "results.parquet"
     r = pd.read_parquet(path).iloc[0] if path.is_file() else None
     if r is None or r["status"] != "ok":  # one run failing leaves the others' comparison
         print(f"llem failed at {rate:g} req/s: {'no result' if r is None else r['error']}")
-        return {c: float("nan") for c in COLUMNS}
-    return {"output tok/s": r["output_tok_per_s"], "TTFT p50 ms": r["ttft_ms_p50"], "ITL p50 ms": r["itl_ms_p50"],
-            "TTFT mean ms": r["ttft_ms_mean"], "TTFT p99 ms": r["ttft_ms_p99"], "req/s": r["requests_per_s"],
-            "J/token": r["j_per_output_token"], "J/request": r["j_per_request"]}
+        return None
+    reqs = pd.read_parquet(job_dir / "requests.parquet")
+    ok = reqs[reqs["error"].isna()]
+    origin = ok["start_offset_s"] if math.isinf(rate) else ok["arrival_offset_s"]  # where its TTFT counts from
+    times = [t0 + ttft / 1000 + np.concatenate([[0.0], np.cumsum(np.asarray(gaps, dtype=float) / 1000)])
+             for t0, ttft, gaps in zip(origin, ok["ttft_ms"], ok["itl_ms"])]
+    return {"tok_s": float(r["output_tok_per_s"]), "req_s": float(r["requests_per_s"]), "token_times": times,
+            "ttft_ms": [float(v) for v in ok["ttft_ms"].dropna()],
+            "itl_ms": [float(g) for gaps in ok["itl_ms"].dropna() for g in gaps],
+            "j_token": r["j_per_output_token"], "j_request": r["j_per_request"], "failed": len(reqs) - len(ok)}
 
 
 def write_trace(job_dir: Path, path: Path) -> int:
@@ -64,33 +82,93 @@ def write_trace(job_dir: Path, path: Path) -> int:
     return len(lines)
 
 
-def bench_run(url: str, model: str, tokenizer: str, trace: Path, requests: int, out_dir: Path) -> dict:
+def bench_run(url: str, model: str, tokenizer: str, trace: Path, requests: int, out_dir: Path) -> Optional[dict]:
     """``vllm bench serve`` replaying the trace (its own timestamps: --self-timed, the timed_trace default)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--base-url", url, "--model", model,
            "--tokenizer", tokenizer, "--dataset-name", "timed_trace", "--dataset-path", str(trace),
            "--timed-trace-chunk-hash-size", str(CHUNK_TOKENS), "--num-prompts", str(requests),
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
-           "--save-result", "--result-dir", str(out_dir), "--result-filename", "bench.json"]
+           "--save-result", "--save-detailed", "--result-dir", str(out_dir), "--result-filename", "bench.json"]
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0 or not (out_dir / "bench.json").is_file():
-        print(f"vllm bench serve failed (exit {done.returncode}): no comparison at this rate")
-        return {c: float("nan") for c in COLUMNS}
+        print(f"vllm bench serve failed (exit {done.returncode}): no comparison from this run")
+        return None
     b = json.loads((out_dir / "bench.json").read_text())
     if b.get("failed"):  # its ratios would compare different work
         print(f"vllm bench serve: {b.get('completed')} completed, {b['failed']} failed (its text prompts, tokenised "
               "by the server, may exceed max_model_len: give backend.max_model_len headroom)")
-    return {"output tok/s": b["output_throughput"], "TTFT p50 ms": b["median_ttft_ms"],
-            "ITL p50 ms": b["median_itl_ms"], "TTFT mean ms": b["mean_ttft_ms"], "TTFT p99 ms": b.get("p99_ttft_ms"),
-            "req/s": b["request_throughput"], "failed": b.get("failed")}
+    good = [i for i, e in enumerate(b["errors"]) if not e]
+    times = [b["start_times"][i] + b["ttfts"][i] + np.concatenate([[0.0], np.cumsum(b["itls"][i])]) for i in good]
+    return {"tok_s": float(b["output_throughput"]), "req_s": float(b["request_throughput"]), "token_times": times,
+            "ttft_ms": [b["ttfts"][i] * 1000 for i in good],
+            "itl_ms": [g * 1000 for i in good for g in b["itls"][i]], "failed": b.get("failed") or 0}
+
+
+def order(repeats: int) -> List[str]:
+    """Runs in A B B A blocks: llem first (its run writes the trace), so a linear drift cancels in each pair."""
+    seq: List[str] = []
+    for i in range(repeats):
+        seq += ["llem", "bench"] if i % 2 == 0 else ["bench", "llem"]
+    return seq
+
+
+def _pct(values: List[float], q: float) -> float:
+    if not values:
+        return NAN
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def before_drain(times: List[np.ndarray], batch: int) -> float:
+    """Output tokens per second from the first token until fewer than ``batch`` requests are left (the end of the
+    ``batch``-th last). What follows is the drain, whose length depends on the order in which the server admitted
+    the requests: with all of them at once, the order their connections happened to reach it, which neither
+    client sets. NaN with no more requests than ``batch``."""
+    if len(times) <= batch:
+        return NAN
+    start, stop = min(t[0] for t in times), sorted(t[-1] for t in times)[-batch]
+    tokens = sum(int(((t >= start) & (t <= stop)).sum()) for t in times)
+    return tokens / (stop - start) if stop > start else NAN
+
+
+def summary(run: Optional[dict]) -> Dict[str, float]:
+    """One run's (or a pooled set's) figures."""
+    if run is None:
+        return {c: NAN for c in FIGURES}
+    t = run["ttft_ms"]
+    return {"output tok/s": run["tok_s"], "tok/s before drain": run["drain_tok_s"], "TTFT p50 ms": _pct(t, 50),
+            "TTFT mean ms": statistics.fmean(t) if t else NAN, "TTFT p99 ms": _pct(t, 99),
+            "ITL p50 ms": _pct(run["itl_ms"], 50), "req/s": run["req_s"], "requests": len(t)}
+
+
+def pooled(runs: List[Optional[dict]]) -> Optional[dict]:
+    """Every request of a client's runs in one set; throughput as the mean of its runs."""
+    done = [r for r in runs if r is not None]
+    if not done:
+        return None
+    return {"tok_s": statistics.fmean(r["tok_s"] for r in done), "req_s": statistics.fmean(r["req_s"] for r in done),
+            "drain_tok_s": statistics.fmean(r["drain_tok_s"] for r in done),
+            "ttft_ms": [v for r in done for v in r["ttft_ms"]], "itl_ms": [v for r in done for v in r["itl_ms"]]}
+
+
+def spread(runs: List[Optional[dict]], key: str) -> float:
+    """A client's own spread in one figure: its largest run over its smallest (1.0: one run)."""
+    values = [summary(r)[key] for r in runs if r is not None]
+    return max(values) / min(values) if values and min(values) > 0 else NAN
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="2,8,32,inf", help="request rates (req/s, inf: all at once), comma-separated")
     ap.add_argument("--requests", type=int, default=80)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each client per rate, interleaved A B B A")
+    ap.add_argument("--work", default=None, help="folder for job dirs, traces and the server's log (default: a "
+                                                 "new temporary one)")
     ap.add_argument("--also", action="append", default=[], metavar="NAME:OVERRIDES",
-                    help="one more llem run per rate with these (space-separated) overrides, e.g. "
-                         "'text prompts:server.prompt=text'")
+                    help="one more llem run per rate with these (space-separated) overrides")
     ap.add_argument("overrides", nargs="*", help="llem overrides after --, e.g. backend=vllm model=llama3")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -106,41 +184,64 @@ def main() -> None:
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         config = to_config(compose("config", overrides=[*args.overrides, "server=launch"]))
     engine = engine_class(config.backend.name)(config, "cuda")
-    work = Path(tempfile.mkdtemp(prefix="llem-serve-agreement-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="llem-serve-agreement-"))
+    work.mkdir(parents=True, exist_ok=True)
     gpus = visible_uuids(engine_class(config.backend.name).gpus_required(config.backend))
     endpoint = server.launch(engine, config, work, gpus)
-    tables: Dict[float, pd.DataFrame] = {}
+    lines: List[str] = []
     try:
         model = server.check_external(endpoint.url)[0]
         tokenizer = str(engine.served_model(Path(config.cache_dir))) if config.model.weights.value == "random" \
             else (config.model.tokenizer or config.model.hf_id)
         for rate in rates:
             tag = f"rate{rate:g}"
-            rows = {"llem (1)": llem_run(endpoint.url, args.overrides, rate, args.requests, work / f"{tag}-llem1")}
-            count = write_trace(work / f"{tag}-llem1", work / f"{tag}-trace.jsonl")
-            bench_dir = work / f"{tag}-bench"
-            bench_dir.mkdir()
-            rows["vllm bench serve"] = bench_run(endpoint.url, model, tokenizer, work / f"{tag}-trace.jsonl", count,
-                                                 bench_dir)
-            rows["llem (2)"] = llem_run(endpoint.url, args.overrides, rate, args.requests, work / f"{tag}-llem2")
+            trace = work / f"{tag}-trace.jsonl"
+            runs: Dict[str, List[Optional[dict]]] = {"llem": [], "bench": []}
+            named: Dict[str, Dict[str, float]] = {}
+            count = args.requests
+            for client in order(args.repeats):
+                k = len(runs[client]) + 1
+                if client == "llem":
+                    run = llem_run(endpoint.url, args.overrides, rate, args.requests, work / f"{tag}-llem{k}")
+                    if k == 1:
+                        if run is None:
+                            break  # no trace for bench to replay
+                        count = write_trace(work / f"{tag}-llem1", trace)
+                else:
+                    run = bench_run(endpoint.url, model, tokenizer, trace, count, work / f"{tag}-bench{k}")
+                if run is not None:
+                    run["drain_tok_s"] = before_drain(run["token_times"], config.batch)
+                runs[client].append(run)
+                named[f"{client} ({k})"] = summary(run)
             for n, also in enumerate(args.also):
                 name, _, extra = also.partition(":")
-                rows[f"llem, {name}"] = llem_run(endpoint.url, [*args.overrides, *extra.split()], rate,
-                                                 args.requests, work / f"{tag}-also{n}")
-            tables[rate] = pd.DataFrame(rows).T
-            print(f"\n--- rate {rate:g} req/s, {count} requests ---\n"
-                  + tables[rate].to_string(float_format=lambda v: f"{v:,.4g}"), flush=True)
+                run = llem_run(endpoint.url, [*args.overrides, *extra.split()], rate, args.requests,
+                               work / f"{tag}-also{n}")
+                if run is not None:
+                    run["drain_tok_s"] = before_drain(run["token_times"], config.batch)
+                named[f"llem, {name}"] = summary(run)
+            mine, ref = summary(pooled(runs["llem"])), summary(pooled(runs["bench"]))
+            named["llem, pooled"], named["bench, pooled"] = mine, ref
+            table = pd.DataFrame(named).T
+            print(f"\n--- rate {rate:g} req/s, {count} requests a run ---\n"
+                  + table.to_string(float_format=lambda v: f"{v:,.4g}"), flush=True)
+            own = {c: "/".join(f"{spread(runs[c], k):.3f}" for k in ("output tok/s", "TTFT p50 ms", "ITL p50 ms"))
+                   for c in runs}
+            lines.append(f"| {rate:g} | {mine['output tok/s']:,.1f} / {ref['output tok/s']:,.1f} = "
+                         f"{mine['output tok/s'] / ref['output tok/s']:.4f} | {mine['tok/s before drain']:,.1f} / "
+                         f"{ref['tok/s before drain']:,.1f} = "
+                         f"{mine['tok/s before drain'] / ref['tok/s before drain']:.4f} | {mine['TTFT p50 ms']:,.2f} / "
+                         f"{ref['TTFT p50 ms']:,.2f} = {mine['TTFT p50 ms'] / ref['TTFT p50 ms']:.4f} | "
+                         f"{mine['TTFT mean ms'] / ref['TTFT mean ms']:.4f} | {mine['ITL p50 ms']:.3f} / "
+                         f"{ref['ITL p50 ms']:.3f} = {mine['ITL p50 ms'] / ref['ITL p50 ms']:.4f} | "
+                         f"{own['llem']} | {own['bench']} |")
     finally:
         server.stop()
-    print("\n| rate | client | output tok/s | TTFT p50 ms | TTFT mean ms | TTFT p99 ms | ITL p50 ms "
-          "| ÷ bench: tok/s, TTFT p50, TTFT mean, ITL p50 |")
+    print(f"\n{args.repeats} runs of each client per rate, interleaved A B B A; llem ÷ bench:\n"
+          "| rate | output tok/s (mean of runs) | tok/s before the drain | TTFT p50 ms (pooled) | TTFT mean "
+          "| ITL p50 ms (pooled) | llem's own spread: tok/s, TTFT p50, ITL p50 | bench's own spread |")
     print("|---|---|---|---|---|---|---|---|")
-    for rate, table in tables.items():
-        ref = table.loc["vllm bench serve"]
-        for name, r in table.iterrows():
-            ratio = "" if name == "vllm bench serve" else " / ".join(f"{r[c] / ref[c]:.4f}" for c in RATIOS)
-            print(f"| {rate:g} | {name} | {r['output tok/s']:,.1f} | {r['TTFT p50 ms']:,.2f} | "
-                  f"{r['TTFT mean ms']:,.2f} | {r['TTFT p99 ms']:,.1f} | {r['ITL p50 ms']:.3f} | {ratio} |")
+    print("\n".join(lines))
     print(f"job dirs, traces and the server's log: {work}")
 
 
