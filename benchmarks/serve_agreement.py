@@ -45,7 +45,8 @@ FIGURES = ("output tok/s", "tok/s before drain", "TTFT p50 ms", "TTFT mean ms", 
            "req/s", "requests")
 
 
-def llem_run(url: str, overrides: List[str], rate: float, requests: int, job_dir: Path) -> Optional[dict]:
+def llem_run(url: str, overrides: List[str], rate: float, requests: int, job_dir: Path, batch: int
+             ) -> Optional[dict]:
     """One llem job as ``server=external`` at the URL: its summary and per-request latencies, or None."""
     cmd = [sys.executable, "-m", "llem", *LEAN, *overrides, "server=external", f"server.url={url}",
            f"load.request_rate={rate}", f"dataset.num_requests={requests}", f"hydra.run.dir={job_dir}"]
@@ -60,7 +61,8 @@ def llem_run(url: str, overrides: List[str], rate: float, requests: int, job_dir
     origin = ok["start_offset_s"] if math.isinf(rate) else ok["arrival_offset_s"]  # where its TTFT counts from
     times = [t0 + ttft / 1000 + np.concatenate([[0.0], np.cumsum(np.asarray(gaps, dtype=float) / 1000)])
              for t0, ttft, gaps in zip(origin, ok["ttft_ms"], ok["itl_ms"])]
-    return {"tok_s": float(r["output_tok_per_s"]), "req_s": float(r["requests_per_s"]), "token_times": times,
+    return {"tok_s": float(r["output_tok_per_s"]), "req_s": float(r["requests_per_s"]),
+            "drain_tok_s": before_drain(times, batch),
             "ttft_ms": [float(v) for v in ok["ttft_ms"].dropna()],
             "itl_ms": [float(g) for gaps in ok["itl_ms"].dropna() for g in gaps],
             "j_token": r["j_per_output_token"], "j_request": r["j_per_request"], "failed": len(reqs) - len(ok)}
@@ -82,7 +84,8 @@ def write_trace(job_dir: Path, path: Path) -> int:
     return len(lines)
 
 
-def bench_run(url: str, model: str, tokenizer: str, trace: Path, requests: int, out_dir: Path) -> Optional[dict]:
+def bench_run(url: str, model: str, tokenizer: str, trace: Path, requests: int, out_dir: Path, batch: int
+              ) -> Optional[dict]:
     """``vllm bench serve`` replaying the trace (its own timestamps: --self-timed, the timed_trace default)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--base-url", url, "--model", model,
@@ -100,7 +103,8 @@ def bench_run(url: str, model: str, tokenizer: str, trace: Path, requests: int, 
               "by the server, may exceed max_model_len: give backend.max_model_len headroom)")
     good = [i for i, e in enumerate(b["errors"]) if not e]
     times = [b["start_times"][i] + b["ttfts"][i] + np.concatenate([[0.0], np.cumsum(b["itls"][i])]) for i in good]
-    return {"tok_s": float(b["output_throughput"]), "req_s": float(b["request_throughput"]), "token_times": times,
+    return {"tok_s": float(b["output_throughput"]), "req_s": float(b["request_throughput"]),
+            "drain_tok_s": before_drain(times, batch),
             "ttft_ms": [b["ttfts"][i] * 1000 for i in good],
             "itl_ms": [g * 1000 for i in good for g in b["itls"][i]], "failed": b.get("failed") or 0}
 
@@ -114,12 +118,7 @@ def order(repeats: int) -> List[str]:
 
 
 def _pct(values: List[float], q: float) -> float:
-    if not values:
-        return NAN
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    return float(np.percentile(values, q)) if values else NAN
 
 
 def before_drain(times: List[np.ndarray], batch: int) -> float:
@@ -202,24 +201,21 @@ def main() -> None:
             for client in order(args.repeats):
                 k = len(runs[client]) + 1
                 if client == "llem":
-                    run = llem_run(endpoint.url, args.overrides, rate, args.requests, work / f"{tag}-llem{k}")
+                    run = llem_run(endpoint.url, args.overrides, rate, args.requests, work / f"{tag}-llem{k}",
+                                   config.batch)
                     if k == 1:
                         if run is None:
                             break  # no trace for bench to replay
                         count = write_trace(work / f"{tag}-llem1", trace)
                 else:
-                    run = bench_run(endpoint.url, model, tokenizer, trace, count, work / f"{tag}-bench{k}")
-                if run is not None:
-                    run["drain_tok_s"] = before_drain(run["token_times"], config.batch)
+                    run = bench_run(endpoint.url, model, tokenizer, trace, count, work / f"{tag}-bench{k}",
+                                    config.batch)
                 runs[client].append(run)
                 named[f"{client} ({k})"] = summary(run)
             for n, also in enumerate(args.also):
                 name, _, extra = also.partition(":")
-                run = llem_run(endpoint.url, [*args.overrides, *extra.split()], rate, args.requests,
-                               work / f"{tag}-also{n}")
-                if run is not None:
-                    run["drain_tok_s"] = before_drain(run["token_times"], config.batch)
-                named[f"llem, {name}"] = summary(run)
+                named[f"llem, {name}"] = summary(llem_run(endpoint.url, [*args.overrides, *extra.split()], rate,
+                                                          args.requests, work / f"{tag}-also{n}", config.batch))
             mine, ref = summary(pooled(runs["llem"])), summary(pooled(runs["bench"]))
             named["llem, pooled"], named["bench, pooled"] = mine, ref
             table = pd.DataFrame(named).T
