@@ -9,7 +9,10 @@
   codecarbon meter, which meters the whole machine) measures alone; jobs that use only their
   own GPUs share it and may run side by side. Each holder leaves a note (pid, job dir, since,
   until) beside it, so a waiting job can say whom it waits for and a measured window can say
-  which jobs overlapped it (the ``shared_host`` flag).
+  which jobs overlapped it (the ``shared_host`` flag);
+- one per TCP port a launched server listens on, held by the llem process that started the server until
+  it stops: two llem processes choosing a port at once (a launcher's jobs, each with its own server) never
+  pick the same one, though nothing listens there yet while either server starts up.
 
 The per-GPU and per-host locks live in one folder of the host whatever a process's TMPDIR
 (SLURM sites often give each job its own), shared by all users. The kernel drops a lock when its
@@ -96,6 +99,19 @@ def gpu_lock(uuids: List[str], directory: Optional[Path] = None) -> Iterator[Non
             os.close(fd)
 
 
+def port_lock(port: int) -> Optional[int]:
+    """A held lock (its descriptor: close it to release) on TCP ``port`` of this host, or None when another llem
+    process holds it. In the host's own folder whatever ``LLEM_LOCK_DIR`` says: ports belong to the host, not
+    to a test worker or a container's view of the locks."""
+    fd = _lock_fd(_host_folder() / f"llem-port-{port}.lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def lock_dir() -> Path:
     """The host's lock folder, the same for every llem process and user of this machine:
     ``/var/tmp/llem-locks`` (world-writable and sticky, like /tmp), else the temp dir.
@@ -106,6 +122,11 @@ def lock_dir() -> Path:
         folder = Path(chosen)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+    return _host_folder()
+
+
+def _host_folder() -> Path:
+    """``/var/tmp/llem-locks``, shared by every process and user of the host, else the temp dir."""
     for base in SHARED_DIRS:
         folder = Path(base) / "llem-locks"
         try:

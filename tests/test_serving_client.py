@@ -5,6 +5,7 @@ unreachable server.url fails its check in under 2 s; a port in use is avoided.""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from llem import locks
 from llem.arrivals import shape
 from llem.backends.base import ServerLaunch
 from llem.config import to_config
@@ -122,7 +124,29 @@ def test_a_port_in_use_is_avoided():
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert srv.free_port("127.0.0.1", port) != port
+        chosen, claim = srv.free_port("127.0.0.1", port)
+        os.close(claim)
+        assert chosen != port
+
+
+def test_a_port_another_llem_process_claimed_is_avoided_until_it_lets_go():
+    """Nothing listens on a port while a server starts up: the claim, not the port, keeps two llem processes
+    choosing at once apart (seen: two test workers' transformers serve both bound to 8000, one failed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once this block ends
+    other = locks.port_lock(port)  # another llem process's claim (a second open file: flock refuses it as well)
+    assert other is not None
+    try:
+        chosen, claim = srv.free_port("127.0.0.1", port)
+        os.close(claim)
+        assert chosen != port
+        assert locks.port_lock(port) is None
+    finally:
+        os.close(other)
+    chosen, claim = srv.free_port("127.0.0.1", port)
+    os.close(claim)
+    assert chosen == port
 
 
 class _FakeEngine:

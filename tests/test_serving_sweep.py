@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import run_llem
-from tests.test_serving_e2e import _servers_left
+from tests.test_serving_e2e import SERVE_CACHE, _servers_left
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("aiohttp")
@@ -22,9 +22,9 @@ def test_rate_sweep_shares_one_server_then_capacity(tmp_path):
     """-m load.request_rate=4,16,inf with natural output lengths: one server for the three jobs, each length
     asked for generated, then the aggregate's capacity under a TTFT bound and the load plot."""
     cache = tmp_path / "cache"
-    run_llem(["-m", "server=launch", "load.request_rate=4,16,inf", "dataset.num_requests=24", "output_len=null",
-              "dataset.output_lengths.mean=24", "dataset.output_lengths.max=48", "hydra.sweep.dir=sweep",
-              f"cache_dir={cache}"], cwd=tmp_path, check=True, timeout=600)
+    run_llem(["-m", "server=launch", SERVE_CACHE, "load.request_rate=4,16,inf", "dataset.num_requests=24",
+              "output_len=null", "dataset.output_lengths.mean=24", "dataset.output_lengths.max=48",
+              "hydra.sweep.dir=sweep", f"cache_dir={cache}"], cwd=tmp_path, check=True, timeout=600)
     sweep = tmp_path / "sweep"
     rows = pd.concat([pd.read_parquet(p) for p in sorted(sweep.glob("*/results.parquet"))])
     assert len(rows) == 3 and (rows["status"] == "ok").all()

@@ -29,8 +29,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from llem import locks
 from llem.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class _Running:
     proc: subprocess.Popen
     endpoint: Endpoint
     log_file: Any = None
+    port_claim: Optional[int] = None  # the port's lock, held while the server runs
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,19 +95,30 @@ def check_external(url: str) -> List[str]:
     return [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)]
 
 
-def free_port(host: str, first: int) -> int:
-    """The first port from ``first`` that nothing listens on and that can be bound (never one in use)."""
+def free_port(host: str, first: int) -> Tuple[int, int]:
+    """The first port from ``first`` that no other llem process has claimed, nothing listens on and that can be
+    bound (never one in use), with its claim (:func:`llem.locks.port_lock`; close it when the server stops)."""
     for port in range(first, min(first + PORT_TRIES, 65536)):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            if s.connect_ex((host, port)) == 0:
-                continue  # someone answers there
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        return port
+        claim = locks.port_lock(port)
+        if claim is None:
+            continue  # another llem process is starting or running a server there
+        if _in_use(host, port):
+            os.close(claim)
+            continue
+        return port, claim
     raise ServerError(f"no free port in [{first}, {first + PORT_TRIES}) on {host}: set server.port")
+
+
+def _in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if s.connect_ex((host, port)) == 0:
+            return True  # someone answers there
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def server_key(argv: List[str], env: Dict[str, str], gpus: List[str]) -> str:
@@ -188,7 +201,7 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
         return Endpoint(**{**cur.endpoint.__dict__, "start_s": None, "reused": True, "starts": Servers.starts})
     stop()
     before_start()
-    port = free_port(s.host, s.port)
+    port, claim = free_port(s.host, s.port)
     spec = engine.server_launch(model_dir, s.host, port)
     argv = spec.argv + list(s.args)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -196,13 +209,18 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
     log_file = open(log_path, "ab")  # noqa: SIM115 - held open while the server runs
     env = {**os.environ, **spec.env}
     log.info("server: starting %s", " ".join(argv))
-    proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            preexec_fn=_die_with_parent)  # noqa: PLW1509 - setsid + death signal, no threads here
+    try:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509 - setsid + death signal, no threads
+    except OSError:
+        log_file.close()
+        os.close(claim)
+        raise
     Servers.starts += 1
     endpoint = Endpoint(url=f"http://{s.host}:{port}", mode="launch", prompt=spec.prompt if s.prompt == "auto"
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
                         command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings))
-    Servers.current = _Running(key, proc, endpoint, log_file)
+    Servers.current = _Running(key, proc, endpoint, log_file, claim)
     try:
         endpoint.start_s = _wait_healthy(Servers.current, spec, s.startup_timeout_s)
     except ServerError:
@@ -235,6 +253,8 @@ def stop() -> None:
             cur.proc.wait(wait_s)
         except subprocess.TimeoutExpired:
             continue
+    if cur.port_claim is not None:
+        os.close(cur.port_claim)  # the port is free for another llem process's server
     if cur.log_file is not None:
         cur.log_file.close()
         from llem import secrets
