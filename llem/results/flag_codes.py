@@ -16,5 +16,5 @@ FLAG_MEANINGS = {
     "batch_not_filled": "fewer requests than the engine holds at once: the numbers are those of a smaller batch",
     "no_steady_state": "the engine never held its full batch steadily: every number includes ramp-up and drain",
     "request_errors": "some requests ended in an error (HTTP status, dropped stream, timeout): counted, not averaged",
-    "rate_not_met": "requests arrived more slowly than load.request_rate asked: the client or the server fell behind",
+    "client_late": "the client (or engine) sent requests later than due (p99 lateness over its bound): a lighter load",
 }

@@ -1,12 +1,13 @@
 """The HTTP client that stands in for an engine when a server serves the requests (server=launch/external).
 
 It is an :class:`Engine` to the measurement protocol: ``load`` finds the served model and how it takes
-prompts, ``generate`` sends every request to ``POST /v1/completions`` at its arrival time (aiohttp,
+prompts, ``generate`` sends every request to ``POST /v1/completions`` at its due time (aiohttp,
 streamed server-sent events, ``stream_options.include_usage``) with at most ``load.max_concurrency`` in
-flight. Per request: arrival (when it was due and the client woke for it), start of service (sent),
-the time of every streamed chunk that carried text, the end, and the server's ``usage``
-(``completion_tokens`` checked against the length asked for). An HTTP error, a dropped stream or a
-timeout is the request's ``error``: recorded, never dropped.
+flight. Per request: its due time (``arrival_s``: t0 + its arrival offset; in a closed loop, when its slot
+freed), when it was sent (``start_s``) and the client's lateness (sent − when it could have been), the time
+the bytes of every streamed chunk that carried text were read, the end, and the server's ``usage``
+(``completion_tokens`` checked against the length asked for). An HTTP error, a dropped stream, a
+timeout or the end of ``measure.max_window_s`` is the request's ``error``: recorded, never dropped.
 
 Prompts go as token ids where the server takes them (``server.prompt=auto`` asks once with a one-token
 request), as text otherwise: the request's own text, or its ids as id-words when the server's tokenizer
@@ -27,7 +28,9 @@ from llem.backends._served_model import id_words, words_in
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
+from llem.load_metrics import load_mode
 from llem.records import Progress, Request, RequestResult, now
+from llem.serving.schedule import Slots, loop_time, sleep_until
 from llem.serving.server import Endpoint, alive, last_lines
 
 log = logging.getLogger(__name__)
@@ -95,16 +98,39 @@ class ServerEngine(Engine):
 
     async def _send_all(self, requests: List[Request], output_len: Optional[int], progress: Progress
                         ) -> List[RequestResult]:
+        """One scheduler sends every request at its due time (a task each, created then), so no request's send
+        waits behind the per-request sleeps of the others; requests due past ``measure.max_window_s``, or
+        still waiting for a slot then, are never sent, and requests still in flight then end as errors."""
         import aiohttp
 
-        cap = self.config.load.max_concurrency
-        slots = asyncio.Semaphore(cap) if cap else None
         timeout = aiohttp.ClientTimeout(total=self.config.server.request_timeout_s)
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, keepalive_timeout=60)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             t0 = now()
-            tasks = [asyncio.create_task(self._one(session, r, t0, slots, output_len, progress)) for r in requests]
-            return list(await asyncio.gather(*tasks))
+            end = t0 + self.config.measure.max_window_s
+            slots = Slots(self.config.load.max_concurrency, t0)
+            closed = load_mode(self.config.load) == "closed"
+            tasks: List[asyncio.Task] = []
+            unsent: List[RequestResult] = []
+            for request in sorted(requests, key=lambda r: (r.arrival_s or 0.0, r.request_id)):
+                due = t0 + (request.arrival_s or 0.0)
+                if due < end:
+                    await sleep_until(due)
+                if due >= end or not await slots.take(end):
+                    unsent.append(self._unsent(request, output_len, due, end))
+                    continue
+                ready = max(due, slots.freed_s)
+                tasks.append(asyncio.create_task(self._one(session, request, ready if closed else due, ready, end,
+                                                           slots, output_len, progress)))
+            done = list(await asyncio.gather(*tasks)) + unsent
+        return sorted(done, key=lambda r: r.request_id)
+
+    def _unsent(self, request: Request, output_len: Optional[int], due: float, end: float) -> RequestResult:
+        length = output_len if output_len is not None else (request.output_len or self.config.output_len_max)
+        return RequestResult(request_id=request.request_id, input_tokens=request.input_tokens, output_tokens=0,
+                             start_s=end, end_s=end, arrival_s=min(due, end), output_len_requested=length,
+                             error=(f"never sent: not due or no free slot within measure.max_window_s="
+                                    f"{self.config.measure.max_window_s:g} s"))
 
     def _body(self, request: Request, length: int) -> Dict[str, Any]:
         d = self.config.decoding
@@ -119,24 +145,22 @@ class ServerEngine(Engine):
         body.update(self.config.server.extra_body)
         return body
 
-    async def _one(self, session, request: Request, t0: float, slots, output_len: Optional[int],
-                   progress: Progress) -> RequestResult:
+    async def _one(self, session, request: Request, due: float, ready: float, end: float, slots: Slots,
+                   output_len: Optional[int], progress: Progress) -> RequestResult:
+        """Send one request; ``due`` is when it arrived (TTFT and e2e count from it), ``ready`` when the client
+        could send it (its due time, or later when it waited for a slot): sent − ready is the client's lateness."""
         length = output_len if output_len is not None else (request.output_len or self.config.output_len_max)
-        due = t0 + (request.arrival_s or 0.0)
-        wait = due - now()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        arrival = now()
-        if slots is not None:
-            await slots.acquire()
         try:
-            return await self._stream(session, request, length, arrival)
+            result = await self._stream(session, request, length, end)
         finally:
-            if slots is not None:
-                slots.release()
+            slots.give_back()
             progress(1)
+        result.arrival_s, result.lateness_s = due, result.start_s - ready
+        return result
 
-    async def _stream(self, session, request: Request, length: int, arrival: float) -> RequestResult:
+    async def _stream(self, session, request: Request, length: int, end: float) -> RequestResult:
+        """Post one request and read its stream: bytes as they come (``iter_any``), split into lines here, each
+        line stamped with the time its bytes were read."""
         import aiohttp
 
         times: List[float] = []
@@ -145,54 +169,65 @@ class ServerEngine(Engine):
         error = None
         start = now()
         try:
-            async with session.post(f"{self.endpoint.url}/v1/completions", json=self._body(request, length)) as resp:
-                if resp.status != 200:
-                    text = (await resp.text())[:ERROR_BODY_CHARS]
-                    error = f"HTTP {resp.status}: {' '.join(text.split())}"
-                else:
-                    done = False
-                    async for raw in resp.content:
-                        line = raw.strip()
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        event = json.loads(data)
-                        if event.get("error"):
-                            error = f"server error in the stream: {event['error']}"
-                            break
-                        usage = event.get("usage") or usage
-                        for choice in event.get("choices") or []:
-                            text = choice.get("text") or ""
-                            if text:
-                                t = now()
-                                chunks += 1
-                                times.extend([t] * (words_in(text) if self.endpoint.id_words else 1))
-                            done = done or bool(choice.get("finish_reason"))
-                        done = done or bool(usage)
-                    if error is None and not done:
-                        error = "the stream ended before the server finished the request"
-                    elif error is None and not times:
-                        error = "the stream ended with no token"
+            async with asyncio.timeout_at(loop_time(end)) as window:
+                async with session.post(f"{self.endpoint.url}/v1/completions",
+                                        json=self._body(request, length)) as resp:
+                    if resp.status != 200:
+                        text = (await resp.text())[:ERROR_BODY_CHARS]
+                        error = f"HTTP {resp.status}: {' '.join(text.split())}"
+                    else:
+                        done = finished = False
+                        rest = b""
+                        async for data in resp.content.iter_any():
+                            t = now()
+                            *lines, rest = (rest + data).split(b"\n")
+                            for raw in lines:
+                                line = raw.strip()
+                                if not line.startswith(b"data:"):
+                                    continue
+                                data = line[5:].strip()
+                                if data == b"[DONE]":
+                                    done = finished = True
+                                    break
+                                event = json.loads(data)
+                                if event.get("error"):
+                                    error = f"server error in the stream: {event['error']}"
+                                    finished = True
+                                    break
+                                usage = event.get("usage") or usage
+                                for choice in event.get("choices") or []:
+                                    text = choice.get("text") or ""
+                                    if text:
+                                        chunks += 1
+                                        times.extend([t] * (words_in(text) if self.endpoint.id_words else 1))
+                                    done = done or bool(choice.get("finish_reason"))
+                                done = done or bool(usage)
+                            if finished:
+                                break
+                        if error is None and not done:
+                            error = "the stream ended before the server finished the request"
+                        elif error is None and not times:
+                            error = "the stream ended with no token"
         except aiohttp.ClientPayloadError as exc:
             error = f"the stream was cut off after {len(times)} tokens ({exc})"
         except asyncio.TimeoutError:
-            limit = self.config.server.request_timeout_s
-            error = f"TimeoutError: no answer within server.request_timeout_s={limit:g} s"
+            if window.expired():
+                error = (f"still in flight after {len(times)} tokens when measure.max_window_s="
+                         f"{self.config.measure.max_window_s:g} s ran out")
+            else:
+                limit = self.config.server.request_timeout_s
+                error = f"TimeoutError: no answer within server.request_timeout_s={limit:g} s"
         except (aiohttp.ClientError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        end = times[-1] if times else now()
+        end_s = times[-1] if times else now()
         served = int(usage.get("completion_tokens") or 0) if usage else len(times)
         note = None
         if times and served != len(times):
             note = (f"the server streamed {chunks} chunks for {served} tokens: token times are chunk arrivals")
         return RequestResult(request_id=request.request_id, input_tokens=request.input_tokens,
-                             output_tokens=served if error is None else len(times), start_s=start, end_s=end,
+                             output_tokens=served if error is None else len(times), start_s=start, end_s=end_s,
                              first_token_s=times[0] if times else None, token_times_s=times or None,
-                             timing_note=note, arrival_s=arrival if request.arrival_s is not None else None,
-                             output_len_requested=length, error=error)
+                             timing_note=note, output_len_requested=length, error=error)
 
     def info(self) -> EngineInfo:
         return EngineInfo()
