@@ -36,6 +36,7 @@ from llem.serving.server import Endpoint, alive, last_lines
 log = logging.getLogger(__name__)
 
 ERROR_BODY_CHARS = 300
+JSON = {"Content-Type": "application/json"}
 
 
 class ServerEngine(Engine):
@@ -52,6 +53,7 @@ class ServerEngine(Engine):
         self.extras = extras  # output_len -> the JSON keys that make the server generate exactly that many
         self.model_name: Optional[str] = endpoint.model_name
         self.prompt = endpoint.prompt
+        self._url = f"{endpoint.url}/v1/completions"
 
     def check(self) -> None:
         if not installed("aiohttp"):
@@ -98,37 +100,42 @@ class ServerEngine(Engine):
 
     async def _send_all(self, requests: List[Request], output_len: Optional[int], progress: Progress
                         ) -> List[RequestResult]:
-        """One scheduler sends every request at its due time (a task each, created then), so no request's send
-        waits behind the per-request sleeps of the others; requests due past ``measure.max_window_s``, or
-        still waiting for a slot then, are never sent, and requests still in flight then end as errors."""
+        """Every request is sent at its due time by a task of its own that sleeps until then: its timer wakes it
+        and it sends in the same turn of the event loop (a single scheduler creating each task at its due time
+        costs one more turn, behind the chunks of every open stream: benchmarks/client_load.py). Bodies are
+        encoded before the first is due. Requests due past ``measure.max_window_s``, or still waiting for a
+        slot then, are never sent; requests still in flight then end as errors."""
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=self.config.server.request_timeout_s)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, keepalive_timeout=60)
+        bodies = {r.request_id: json.dumps(self._body(r, self._length(r, output_len))).encode() for r in requests}
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             t0 = now()
             end = t0 + self.config.measure.max_window_s
             slots = Slots(self.config.load.max_concurrency, t0)
             closed = load_mode(self.config.load) == "closed"
-            tasks: List[asyncio.Task] = []
-            unsent: List[RequestResult] = []
-            for request in sorted(requests, key=lambda r: (r.arrival_s or 0.0, r.request_id)):
+
+            async def one(request: Request) -> RequestResult:
                 due = t0 + (request.arrival_s or 0.0)
                 if due < end:
                     await sleep_until(due)
-                if due >= end or not await slots.take(end):
-                    unsent.append(self._unsent(request, output_len, due, end))
-                    continue
-                ready = max(due, slots.freed_s)
-                tasks.append(asyncio.create_task(self._one(session, request, ready if closed else due, ready, end,
-                                                           slots, output_len, progress)))
-            done = list(await asyncio.gather(*tasks)) + unsent
-        return sorted(done, key=lambda r: r.request_id)
+                freed = await slots.take(end) if due < end else None
+                if freed is None:
+                    return self._unsent(request, output_len, due, end)
+                ready = max(due, freed)
+                return await self._one(session, request, bodies[request.request_id], ready if closed else due,
+                                       ready, end, slots, output_len, progress)
+
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def _length(self, request: Request, output_len: Optional[int]) -> int:
+        return output_len if output_len is not None else (request.output_len or self.config.output_len_max)
 
     def _unsent(self, request: Request, output_len: Optional[int], due: float, end: float) -> RequestResult:
-        length = output_len if output_len is not None else (request.output_len or self.config.output_len_max)
         return RequestResult(request_id=request.request_id, input_tokens=request.input_tokens, output_tokens=0,
-                             start_s=end, end_s=end, arrival_s=min(due, end), output_len_requested=length,
+                             start_s=end, end_s=end, arrival_s=min(due, end),
+                             output_len_requested=self._length(request, output_len),
                              error=(f"never sent: not due or no free slot within measure.max_window_s="
                                     f"{self.config.measure.max_window_s:g} s"))
 
@@ -145,20 +152,19 @@ class ServerEngine(Engine):
         body.update(self.config.server.extra_body)
         return body
 
-    async def _one(self, session, request: Request, due: float, ready: float, end: float, slots: Slots,
-                   output_len: Optional[int], progress: Progress) -> RequestResult:
+    async def _one(self, session, request: Request, body: bytes, due: float, ready: float, end: float,
+                   slots: Slots, output_len: Optional[int], progress: Progress) -> RequestResult:
         """Send one request; ``due`` is when it arrived (TTFT and e2e count from it), ``ready`` when the client
         could send it (its due time, or later when it waited for a slot): sent − ready is the client's lateness."""
-        length = output_len if output_len is not None else (request.output_len or self.config.output_len_max)
         try:
-            result = await self._stream(session, request, length, end)
+            result = await self._stream(session, request, body, self._length(request, output_len), end)
         finally:
             slots.give_back()
             progress(1)
         result.arrival_s, result.lateness_s = due, result.start_s - ready
         return result
 
-    async def _stream(self, session, request: Request, length: int, end: float) -> RequestResult:
+    async def _stream(self, session, request: Request, body: bytes, length: int, end: float) -> RequestResult:
         """Post one request and read its stream: bytes as they come (``iter_any``), split into lines here, each
         line stamped with the time its bytes were read."""
         import aiohttp
@@ -170,8 +176,7 @@ class ServerEngine(Engine):
         start = now()
         try:
             async with asyncio.timeout_at(loop_time(end)) as window:
-                async with session.post(f"{self.endpoint.url}/v1/completions",
-                                        json=self._body(request, length)) as resp:
+                async with session.post(self._url, data=body, headers=JSON) as resp:
                     if resp.status != 200:
                         text = (await resp.text())[:ERROR_BODY_CHARS]
                         error = f"HTTP {resp.status}: {' '.join(text.split())}"

@@ -25,26 +25,24 @@ async def sleep_until(t: float) -> None:
 
 class Slots:
     """The concurrency cap as the times its slots freed. :meth:`take` waits for a free slot (until ``end``) and
-    sets :attr:`freed_s` to when the slot it took freed: the earliest still unclaimed, ``t0`` for the first
-    ``cap`` requests. With no cap every request has a slot of its own, free from ``t0``."""
+    returns when the slot it took freed: the earliest still unclaimed, ``t0`` for the first ``cap`` requests.
+    With no cap every request has a slot of its own, free from ``t0``."""
 
     def __init__(self, cap: Optional[int], t0: float) -> None:
-        self.cap = cap
-        self.freed_s = t0
+        self.cap, self.t0 = cap, t0
         self._free = deque([t0] * cap) if cap else None
         self._slots = asyncio.Semaphore(cap) if cap else None
 
-    async def take(self, end: float) -> bool:
-        """Take a slot; False when none freed before ``end``."""
+    async def take(self, end: float) -> Optional[float]:
+        """Take a slot: when it freed; None when none freed before ``end``."""
         if self._slots is None:
-            return True
+            return self.t0
         try:
             async with asyncio.timeout_at(loop_time(end)):
                 await self._slots.acquire()
         except TimeoutError:
-            return False
-        self.freed_s = self._free.popleft()
-        return True
+            return None
+        return self._free.popleft()
 
     def give_back(self) -> None:
         """A request ended: its slot is free from now."""
