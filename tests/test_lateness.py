@@ -117,3 +117,19 @@ def test_an_arrival_schedule_longer_than_the_window_is_refused_before_load(compo
     with pytest.raises(ConfigError, match="load.request_rate.*measure.max_window_s"):
         check_schedule(config)
     check_schedule(to_config(compose_cfg(["load.request_rate=1", "dataset.num_requests=3601"])))  # 3600 s fits
+
+
+def test_a_sleep_ends_at_its_time_not_a_timer_tick_later():
+    from llem.records import now
+    from llem.serving.schedule import sleep_until
+
+    async def scenario():
+        woke = []
+        for _ in range(20):
+            t = now() + 0.003
+            await sleep_until(t)
+            woke.append(now() - t)
+        return woke
+
+    woke = sorted(asyncio.run(scenario()))
+    assert woke[0] >= 0 and woke[10] < 0.00005  # the loop's own timers wake ~0.1 ms late at the median
