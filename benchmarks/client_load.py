@@ -132,8 +132,9 @@ def most_open(results) -> int:
 def lateness_ms(results, requests) -> List[float]:
     """Each request's recorded lateness; for a client that records none, its arrival stamp against its due time,
     both counted from the first request."""
-    if all(r.lateness_s is not None for r in results if not r.error):
-        return [r.lateness_s * 1000 for r in results if r.lateness_s is not None]
+    recorded = [getattr(r, "lateness_s", None) for r in results]
+    if all(v is not None for v, r in zip(recorded, results) if not r.error):
+        return [v * 1000 for v in recorded if v is not None]
     due = {q.request_id: q.arrival_s or 0.0 for q in requests}
     pairs = sorted((due[r.request_id], r.arrival_s if r.arrival_s is not None else r.start_s) for r in results)
     d0, a0 = pairs[0]
