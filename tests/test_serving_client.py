@@ -271,6 +271,31 @@ def test_a_server_slow_to_answer_ends_at_the_connect_timeout(compose_cfg):
     assert all(r.error == "TimeoutError: past server.connect_timeout_s=0.5 s" for r in out), [r.error for r in out]
 
 
+def test_a_stream_that_keeps_sending_tokens_outlives_the_chunk_timeout(compose_cfg):
+    """The chunk bound is the gap between tokens, not the request's length: 4 tokens 0.2 s apart pass 0.5 s."""
+    with StandIn(delay_s=0.2) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "server.chunk_timeout_s=0.5"])
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    assert all(r.error is None and r.output_tokens == 4 for r in out), [r.error for r in out]
+    assert all(r.token_times_s[-1] - r.start_s > 0.5 for r in out)
+
+
+def test_a_bound_past_the_request_deadline_is_named_as_the_request_timeout(compose_cfg):
+    with StandIn(bad="trickle", delay_s=0.05) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "server.request_timeout_s=0.5"])
+        out = engine.generate(_requests(config, 1), None, lambda n: None)
+    assert out[0].error == "TimeoutError: past server.request_timeout_s=0.5 s"
+
+
+@pytest.mark.parametrize("override", ["server.chunk_timeout_s=inf", "server.chunk_timeout_s=0",
+                                      "server.connect_timeout_s=-1", "server.connect_timeout_s=nan"])
+def test_a_bound_that_is_not_a_finite_positive_time_is_refused(compose_cfg, override):
+    from llem.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", "\\.")):
+        to_config(compose_cfg(["server=launch", override]))
+
+
 @pytest.mark.parametrize("count, streamed", [(24, None), (2, None), (-5, None), (8, 3)])
 def test_a_wrong_token_count_is_noted_and_flagged_never_credited(compose_cfg, count, streamed):
     from llem.load_metrics import load_part
@@ -287,8 +312,9 @@ def test_a_wrong_token_count_is_noted_and_flagged_never_credited(compose_cfg, co
     assert [r.output_tokens for r in rows] == [streamed or 8, 8, streamed or 8, 8]
 
 
-@pytest.mark.parametrize("answer", [b'[{"id": "m"}]', b"<html>models</html>", b'{"data": [{"id": 7}]}', b"null"],
-                         ids=["a list", "html", "an id not a string", "null"])
+@pytest.mark.parametrize("answer", [b'[{"id": "m"}]', b"<html>models</html>", b'{"data": [{"id": 7}]}', b"null",
+                                    b'{"data": ["m"]}', b'{"data": {"id": "m"}}'],
+                         ids=["a list", "html", "an id not a string", "null", "a model not an object", "data no list"])
 def test_a_models_list_of_the_wrong_shape_is_a_clear_server_error(compose_cfg, answer):
     with StandIn(models=answer) as server:
         with pytest.raises(ServerError, match="server.url=.*/v1/models"):

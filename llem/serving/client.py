@@ -4,16 +4,18 @@ It is an :class:`Engine` to the measurement protocol: ``load`` finds the served 
 prompts, ``generate`` sends every request to ``POST /v1/completions`` at its arrival time (aiohttp,
 streamed server-sent events, ``stream_options.include_usage``) with at most ``load.max_concurrency`` in
 flight. Per request: arrival (when it was due and the client woke for it), start of service (sent),
-the time of every streamed chunk that carried text, the end, and the server's ``usage``
-(``completion_tokens`` checked against the length asked for). An HTTP error, a dropped stream or a
-timeout is the request's ``error``: recorded, never dropped.
+the time of every streamed chunk that carried text, the end, and the tokens credited: the server's
+``usage.completion_tokens`` checked against the length asked for and the tokens streamed, never more than
+asked (:mod:`llem.serving.stream` reads the stream and says how). An HTTP error, a malformed reply, a
+dropped stream or a wait past ``server.connect_timeout_s``, ``server.chunk_timeout_s`` or
+``server.request_timeout_s`` is the request's ``error``: recorded, never dropped, the other requests measured.
 
 Prompts go as token ids where the server takes them (``server.prompt=auto`` asks once with a one-token
 request), as text otherwise: the request's own text, or its ids as id-words when the server's tokenizer
 is llem's (random weights; :mod:`llem.backends._served_model`), so the work is the same token for token.
 Chunks are not always tokens: with the id-word tokenizer each word of a chunk is one token; elsewhere
 each chunk is stamped once and the request's ``timing_note`` says so when their count differs from
-the server's token count.
+the tokens credited.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ log = logging.getLogger(__name__)
 
 ERROR_BODY_CHARS = 300
 DISCOVER_TIMEOUT_S = 30.0  # the model list and the prompt-kind probe, each
-DEADLINE_SLACK_S = 0.01  # a wait that ends this close to the request's deadline ran out of the request's time
 
 
 class ServerEngine(Engine):
@@ -155,32 +156,35 @@ class ServerEngine(Engine):
         parser = StreamParser(self.endpoint.id_words)
         error = None
         start = now()
-        deadline = start + bounds.request_timeout_s
-        url = f"{self.endpoint.url}/v1/completions"
+        watch = _Watch(start + bounds.request_timeout_s)
+        watch.arm("connect_timeout_s", start + bounds.connect_timeout_s)
         try:
-            resp = await _within(session.post(url, json=self._body(request, length)), "connect_timeout_s",
-                                 bounds.connect_timeout_s, deadline, bounds)
-            async with resp:
+            async with session.post(f"{self.endpoint.url}/v1/completions", json=self._body(request, length)) as resp:
                 if resp.status != 200:
-                    text = (await _within(resp.text(errors="replace"), "connect_timeout_s",
-                                          bounds.connect_timeout_s, deadline, bounds))[:ERROR_BODY_CHARS]
+                    text = (await resp.text(errors="replace"))[:ERROR_BODY_CHARS]
                     error = f"HTTP {resp.status}: {' '.join(text.split())}"
                 else:
-                    last = now()  # the gap to the first event that carries text counts from the headers
-                    while True:
-                        raw = await _within(resp.content.readline(), "chunk_timeout_s",
-                                            last + bounds.chunk_timeout_s - now(), deadline, bounds)
-                        if not raw or parser.line(raw, now()):
+                    last = now()  # the wait for the first event that carries text counts from the headers
+                    watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
+                    async for raw in resp.content:
+                        if parser.line(raw, now()):
                             break
-                        last = parser.last_token_s or last
-        except _Expired as exc:
-            error = str(exc)
+                        if parser.last_token_s is not None and parser.last_token_s != last:
+                            last = parser.last_token_s
+                            watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
+        except asyncio.CancelledError:
+            if watch.expired is None:
+                raise
+            watch.forget()
+            error = f"TimeoutError: past server.{watch.expired}={getattr(bounds, watch.expired):g} s"
         except aiohttp.ClientPayloadError as exc:
             error = f"the stream was cut off after {len(parser.times)} tokens ({exc})"
         except asyncio.TimeoutError:
-            error = f"TimeoutError: no answer within server.request_timeout_s={bounds.request_timeout_s:g} s"
-        except (aiohttp.ClientError, ValueError) as exc:
+            error = f"TimeoutError: past server.request_timeout_s={bounds.request_timeout_s:g} s"
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        finally:
+            watch.disarm()
         outcome = parser.result(length)
         times = parser.times
         return RequestResult(request_id=request.request_id, input_tokens=request.input_tokens,
@@ -195,16 +199,33 @@ class ServerEngine(Engine):
         return EngineInfo()
 
 
-class _Expired(Exception):
-    """A bound on one request's waits ran out: its message names the key."""
+class _Watch:
+    """The bound a request's current wait runs under, as one timer: when it runs out the request's task is
+    cancelled and ``expired`` names the key. Re-arming costs a timer, not a task, so it is done per event
+    that carries text, never per line. A bound past the request's deadline is server.request_timeout_s."""
 
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.task = asyncio.current_task()
+        self.loop = asyncio.get_running_loop()
+        self.expired: Optional[str] = None
+        self._timer = None
 
-async def _within(awaitable, key: str, limit_s: float, deadline: float, bounds):
-    """``awaitable``'s result within ``limit_s``, else _Expired naming ``server.<key>``, or
-    server.request_timeout_s when the request's own deadline is what ran out."""
-    try:
-        return await asyncio.wait_for(awaitable, max(min(limit_s, deadline - now()), 0.0))
-    except asyncio.TimeoutError:
-        if deadline - now() <= DEADLINE_SLACK_S:
-            key = "request_timeout_s"
-        raise _Expired(f"TimeoutError: past server.{key}={getattr(bounds, key):g} s") from None
+    def arm(self, key: str, at: float) -> None:
+        if at >= self.deadline:
+            key, at = "request_timeout_s", self.deadline
+        self.disarm()
+        self._timer = self.loop.call_later(max(at - now(), 0.0), self._expire, key)
+
+    def _expire(self, key: str) -> None:
+        self.expired = key
+        self.task.cancel()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def forget(self) -> None:
+        """The cancellation was this watch's own: the task is not being cancelled (Python >= 3.11 counts)."""
+        if hasattr(self.task, "uncancel"):
+            self.task.uncancel()

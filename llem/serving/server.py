@@ -85,9 +85,8 @@ def model_names(models: Any, url: str) -> List[str]:
     """The model ids of a ``/v1/models`` answer (``{"data": [{"id": ...}, ...]}``); ServerError naming
     server.url when the answer is not of that shape."""
     data = models.get("data") if isinstance(models, dict) else None
-    entries = data if isinstance(data, list) else []
-    names = [m.get("id") for m in entries if isinstance(m, dict)]
-    if not isinstance(data, list) or not all(isinstance(n, str) and n for n in names):
+    names = [m.get("id") if isinstance(m, dict) else None for m in data] if isinstance(data, list) else [None]
+    if not all(isinstance(n, str) and n for n in names):
         shown = " ".join(json.dumps(models)[:200].split())
         raise ServerError(f"server.url={url!r} answered GET /v1/models with {shown}, not an OpenAI model list "
                           "({\"data\": [{\"id\": \"<name>\"}, …]}, ids strings): is it an OpenAI-compatible server?")
@@ -100,6 +99,9 @@ def check_external(url: str) -> List[str]:
     t0 = time.monotonic()
     try:
         models = _get(f"{base}/v1/models", CHECK_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        raise ServerError(f"server.url={url!r} answered GET /v1/models with HTTP {exc.code}: is it an "
+                          "OpenAI-compatible server?") from None
     except ValueError as exc:
         raise ServerError(f"server.url={url!r} answered GET /v1/models with something that is not JSON ({exc}): "
                           "is it an OpenAI-compatible server?") from None
