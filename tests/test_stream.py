@@ -49,6 +49,7 @@ MALFORMED = {
     "data a number": b"data: 7",
     "data not json": b"data: {not json",
     "data not utf-8": b"data: \xff\xfe",
+    "data nested too deep": b"data: " + b"[" * 100_000,
     "choices a string": b'data: {"choices": "abc"}',
     "no choices": b'data: {"id": "x", "object": "text_completion"}',
     "a choice not an object": b'data: {"choices": [3]}',

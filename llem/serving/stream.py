@@ -81,7 +81,7 @@ class StreamParser:
             self._event(json.loads(data), t)
         except Malformed as exc:
             return self._fail(f"malformed event: {exc}: {_shown(data)!r}")
-        except ValueError:  # not JSON, or not UTF-8
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
             return self._fail(f"malformed event (not JSON): {_shown(data)!r}")
         return self.error is not None
 
