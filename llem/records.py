@@ -54,6 +54,7 @@ class RequestResult:
     lateness_s: Optional[float] = None  # the engine's or client's own delay: sent − when it could be (due, slot free)
     output_len_requested: Optional[int] = None  # the length it asked for
     error: Optional[str] = None  # why it failed (an HTTP error, a dropped stream): recorded, never dropped
+    token_count_note: Optional[str] = None  # how a token count reported disagreed with the tokens asked or seen
 
 
 Progress = Callable[[int], None]  # called with the number of requests just completed

@@ -16,5 +16,6 @@ FLAG_MEANINGS = {
     "batch_not_filled": "fewer requests than the engine holds at once: the numbers are those of a smaller batch",
     "no_steady_state": "the engine never held its full batch steadily: every number includes ramp-up and drain",
     "request_errors": "some requests ended in an error (HTTP status, dropped stream, timeout): counted, not averaged",
+    "token_count_mismatch": "a server's token count disagreed with the length asked or the tokens streamed",
     "client_late": "the client (or engine) sent requests later than due (p99 lateness over its bound): a lighter load",
 }
