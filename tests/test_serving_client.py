@@ -403,3 +403,13 @@ def test_the_window_bound_ends_requests_in_flight_and_never_waits_for_later_ones
     assert [("still in flight" in r.error, "never sent" in r.error) for r in out] == [
         (True, False), (True, False), (False, True), (False, True)]
     assert all("measure.max_window_s=1.5" in r.error for r in out)
+
+
+def test_a_line_cut_across_reads_is_read_whole_and_stamped_when_it_completes(compose_cfg):
+    with StandIn(delay_s=0.001, split_s=0.05) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=3"])
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    for r in out:
+        assert r.error is None and r.output_tokens == 3 and len(r.token_times_s) == 3
+        gaps = np.diff([r.start_s, *r.token_times_s])
+        assert (gaps >= 0.045).all()  # each token when the second half of its line came, not the first
