@@ -246,8 +246,9 @@ class ServerEngine(Engine):
 
 class _Watch:
     """The bound a request's current wait runs under, as one timer: when it runs out the request's task is
-    cancelled and ``expired`` names the key. Re-arming costs a timer, not a task, so it is done per event
-    that carries text, never per line. A bound past the request's deadline is that deadline's:
+    cancelled and ``expired`` names the key. Arming only records the bound; the timer, set for the earliest
+    bound armed, checks when it fires whether the bound has moved on and then sleeps again, so a stream's
+    chunks cost no timer each. A bound past the request's deadline is that deadline's:
     server.request_timeout_s, or measure.max_window_s when the window ends first."""
 
     def __init__(self, deadline: float, window_end: float) -> None:
@@ -257,21 +258,34 @@ class _Watch:
         self.task = asyncio.current_task()
         self.loop = asyncio.get_running_loop()
         self.expired: Optional[str] = None
+        self.key, self.at = self.deadline_key, self.deadline
         self._timer = None
+        self._timer_at = float("inf")
 
     def arm(self, key: str, at: float) -> None:
         if at >= self.deadline:
             key, at = self.deadline_key, self.deadline
-        self.disarm()
-        self._timer = self.loop.call_later(max(at - now(), 0.0), self._expire, key)
+        self.key, self.at = key, at
+        if at < self._timer_at:  # sooner than the timer set: set it sooner; later: it will look again
+            self._set(at)
 
-    def _expire(self, key: str) -> None:
-        self.expired = key
+    def _set(self, at: float) -> None:
+        self.disarm()
+        self._timer_at = at
+        self._timer = self.loop.call_later(max(at - now(), 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        if now() < self.at:
+            self._set(self.at)
+            return
+        self.expired = self.key
         self.task.cancel()
 
     def disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
 
     def forget(self) -> None:
         """The cancellation was this watch's own: the task is not being cancelled (Python >= 3.11 counts)."""
