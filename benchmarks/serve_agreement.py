@@ -11,8 +11,15 @@ one rule up to the drain (``before_drain``): with every request at once, the dra
 order in which the server admitted the requests, and that order is the clients' connections racing, not a
 measurement (llem's reach the server in request order; bench's arrive a little shuffled, run to run).
 
-    python benchmarks/serve_agreement.py --rates 2,8,32,inf --requests 80 --repeats 2 -- backend=vllm \\
+    python benchmarks/serve_agreement.py --rates 2,8,32,inf --requests 80 --repeats 3 -- backend=vllm \\
         model=llama3 model.weights=random model.dtype=bfloat16 output_len=null
+
+At saturation, one server per batch size (``--batches``: the server's ``--max-num-seqs``, and the ``batch`` of
+llem's jobs), each started once and stopped before the next, at least 3 runs per client, interleaved
+(A B B A A B):
+
+    python benchmarks/serve_agreement.py --batches 64,256 --rates 64,inf --requests 1024 --repeats 3 -- \\
+        backend=vllm model=llama3 model.weights=random model.dtype=bfloat16 output_len=null
 
 Why the same arrivals: at a rate near or above what the server completes, TTFT is mostly queueing, and its median
 is set by the arrival sequence itself; two clients drawing their own sequences differ by that draw, however well
@@ -58,7 +65,7 @@ def llem_run(url: str, overrides: List[str], rate: float, requests: int, job_dir
         return None
     reqs = pd.read_parquet(job_dir / "requests.parquet")
     ok = reqs[reqs["error"].isna()]
-    origin = ok["start_offset_s"] if math.isinf(rate) else ok["arrival_offset_s"]  # where its TTFT counts from
+    origin = ok["arrival_offset_s"]  # its due time, where its TTFT counts from (at inf: the window's start)
     times = [t0 + ttft / 1000 + np.concatenate([[0.0], np.cumsum(np.asarray(gaps, dtype=float) / 1000)])
              for t0, ttft, gaps in zip(origin, ok["ttft_ms"], ok["itl_ms"])]
     return {"tok_s": float(r["output_tok_per_s"]), "req_s": float(r["requests_per_s"]),
@@ -106,6 +113,13 @@ def bench_run(url: str, model: str, tokenizer: str, trace: Path, requests: int, 
             "drain_tok_s": before_drain(times, batch),
             "ttft_ms": [b["ttfts"][i] * 1000 for i in good],
             "itl_ms": [g * 1000 for i in good for g in b["itls"][i]]}
+
+
+def with_batch(overrides: List[str], batch: Optional[int]) -> List[str]:
+    """The llem overrides with ``batch`` set to one of ``--batches`` (None: as given)."""
+    if batch is None:
+        return list(overrides)
+    return [o for o in overrides if not o.startswith("batch=")] + [f"batch={batch}"]
 
 
 def order(repeats: int) -> List[str]:
@@ -163,20 +177,40 @@ def _versus(mine: Dict[str, float], ref: Dict[str, float], key: str, fmt: str) -
     return f"{mine[key]:{fmt}} / {ref[key]:{fmt}} = {mine[key] / ref[key]:.4f}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="2,8,32,inf", help="request rates (req/s, inf: all at once), comma-separated")
+    ap.add_argument("--batches", default=None, help="server batch sizes, comma-separated (e.g. 64,256): one server "
+                                                     "each, with batch=N for it and llem's jobs (default: the "
+                                                     "overrides' batch)")
     ap.add_argument("--requests", type=int, default=80)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each client per rate, interleaved A B B A")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each client per rate, interleaved A B B A A B "
+                                                           "(at least 3 for a spread worth reading)")
     ap.add_argument("--work", default=None, help="folder for job dirs, traces and the server's log (default: a "
                                                  "new temporary one)")
     ap.add_argument("--also", action="append", default=[], metavar="NAME:OVERRIDES",
                     help="one more llem run per rate with these (space-separated) overrides")
     ap.add_argument("overrides", nargs="*", help="llem overrides after --, e.g. backend=vllm model=llama3")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else [None]
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="llem-serve-agreement-"))
+    work.mkdir(parents=True, exist_ok=True)
+    lines: List[str] = []
+    for batch in batches:
+        lines += agree_at(with_batch(args.overrides, batch), rates, args, work / f"batch{batch or 'asked'}")
+    print(f"\n{args.repeats} runs of each client per rate, interleaved A B B A A B; llem ÷ bench:\n"
+          "| batch | rate | output tok/s (mean of runs) | tok/s before the drain | TTFT p50 ms (pooled) | TTFT mean "
+          "| ITL p50 ms (pooled) | llem's own spread: tok/s, TTFT p50, ITL p50 | bench's own spread |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    print(f"job dirs, traces and the servers' logs: {work}")
 
+
+def agree_at(overrides: List[str], rates: List[float], args, work: Path) -> List[str]:
+    """One server started with these overrides; both clients at each rate; one table line per rate."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from llem.backends import engine_class, register_all
     from llem.config import conf_dir, to_config
@@ -184,10 +218,10 @@ def main() -> None:
     from llem.serving import server
 
     register_all()
+    GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        config = to_config(compose("config", overrides=[*args.overrides, "server=launch"]))
+        config = to_config(compose("config", overrides=[*overrides, "server=launch"]))
     engine = engine_class(config.backend.name)(config, "cuda")
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="llem-serve-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
     gpus = visible_uuids(engine_class(config.backend.name).gpus_required(config.backend))
     endpoint = server.launch(engine, config, work, gpus)
@@ -205,7 +239,7 @@ def main() -> None:
             for client in order(args.repeats):
                 k = len(runs[client]) + 1
                 if client == "llem":
-                    run = llem_run(endpoint.url, args.overrides, rate, args.requests, work / f"{tag}-llem{k}",
+                    run = llem_run(endpoint.url, overrides, rate, args.requests, work / f"{tag}-llem{k}",
                                    config.batch)
                     if k == 1:
                         if run is None:
@@ -218,27 +252,25 @@ def main() -> None:
                 named[f"{client} ({k})"] = summary(run)
             for n, also in enumerate(args.also):
                 name, _, extra = also.partition(":")
-                named[f"llem, {name}"] = summary(llem_run(endpoint.url, [*args.overrides, *extra.split()], rate,
+                named[f"llem, {name}"] = summary(llem_run(endpoint.url, [*overrides, *extra.split()], rate,
                                                           args.requests, work / f"{tag}-also{n}", config.batch))
             mine, ref = summary(pooled(runs["llem"])), summary(pooled(runs["bench"]))
             named["llem, pooled"], named["bench, pooled"] = mine, ref
             table = pd.DataFrame(named).T
-            print(f"\n--- rate {rate:g} req/s, {count} requests a run ---\n"
+            print(f"\n--- batch {config.batch}, rate {rate:g} req/s, {count} requests a run ---\n"
                   + table.to_string(float_format=lambda v: f"{v:,.4g}"), flush=True)
             own = {c: "/".join(f"{spread(runs[c], k):.3f}" for k in ("output tok/s", "TTFT p50 ms", "ITL p50 ms"))
                    for c in runs}
+            print(f"own spread (largest run / smallest: tok/s, TTFT p50, ITL p50): llem {own['llem']}, "
+                  f"bench {own['bench']}", flush=True)
             shown = (("output tok/s", ",.1f"), ("tok/s before drain", ",.1f"), ("TTFT p50 ms", ",.2f"))
             vs = [_versus(mine, ref, key, fmt) for key, fmt in shown]
-            lines.append(f"| {rate:g} | {' | '.join(vs)} | {mine['TTFT mean ms'] / ref['TTFT mean ms']:.4f} | "
+            lines.append(f"| {config.batch} | {rate:g} | {' | '.join(vs)} | "
+                         f"{mine['TTFT mean ms'] / ref['TTFT mean ms']:.4f} | "
                          f"{_versus(mine, ref, 'ITL p50 ms', '.3f')} | {own['llem']} | {own['bench']} |")
     finally:
         server.stop()
-    print(f"\n{args.repeats} runs of each client per rate, interleaved A B B A; llem ÷ bench:\n"
-          "| rate | output tok/s (mean of runs) | tok/s before the drain | TTFT p50 ms (pooled) | TTFT mean "
-          "| ITL p50 ms (pooled) | llem's own spread: tok/s, TTFT p50, ITL p50 | bench's own spread |")
-    print("|---|---|---|---|---|---|---|---|")
-    print("\n".join(lines))
-    print(f"job dirs, traces and the server's log: {work}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ class MeasureConfig:
     comes out short is measured once more, longer; at most ``max_requests``).
     prefill: a prefill-only pass (output length 1) of the same workload after the measured
     window; decode = measured − prefill. steady_state: the part of the measured window where
-    the engine held ``batch`` sequences (needs more requests than ``batch``).
+    the engine held ``batch`` sequences (needs more requests than ``batch``). ``max_window_s`` bounds the
+    whole measured window: an arrival schedule longer than it is refused before anything loads, and the
+    server client sends nothing after it and ends the requests still in flight then as errors.
     """
 
     waves: int = 4
@@ -123,6 +125,7 @@ class MeasureConfig:
     max_requests: int = 10_000
     prefill: bool = False
     steady_state: bool = True
+    max_window_s: float = 3600.0  # the longest the measured window may last (s)
 
     def __post_init__(self) -> None:
         _require(self.waves >= 2, "measure.waves", self.waves,
@@ -130,3 +133,7 @@ class MeasureConfig:
         _require(0 <= self.min_window_s <= 3600, "measure.min_window_s", self.min_window_s,
                  "a number of seconds in [0, 3600] (0: no minimum)")
         _require(self.max_requests >= 1, "measure.max_requests", self.max_requests, "an integer >= 1")
+        _require(self.max_window_s > 0 and self.max_window_s < float("inf"), "measure.max_window_s",
+                 self.max_window_s, "a finite number of seconds > 0")
+        _require(self.max_window_s >= self.min_window_s, "measure.max_window_s", self.max_window_s,
+                 f"a number of seconds >= measure.min_window_s ({self.min_window_s:g})")

@@ -35,6 +35,7 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             arrival_offset_s=(r.arrival_s if r.arrival_s is not None else window_t0) - window_t0,
             start_offset_s=r.start_s - window_t0,
             queue_ms=_ms(r.start_s - (r.arrival_s if r.arrival_s is not None else window_t0)),
+            lateness_ms=_ms(r.lateness_s),
             output_tokens_requested=r.output_len_requested,
             error=r.error,
             ttft_ms=_ms(r.first_token_s - origin) if r.first_token_s is not None else None,

@@ -50,7 +50,8 @@ class RequestResult:
     batch_index: Optional[int] = None
     process_index: Optional[int] = None  # the data-parallel replica that served it
     timing_note: Optional[str] = None  # why a timing is missing, if it is
-    arrival_s: Optional[float] = None  # when it arrived (None: when the call started); start_s − arrival_s is queueing
+    arrival_s: Optional[float] = None  # when it was due (None: when the call started); TTFT and e2e count from it
+    lateness_s: Optional[float] = None  # the engine's or client's own delay: sent − when it could be (due, slot free)
     output_len_requested: Optional[int] = None  # the length it asked for
     error: Optional[str] = None  # why it failed (an HTTP error, a dropped stream): recorded, never dropped
     token_count_note: Optional[str] = None  # how a token count reported disagreed with the tokens asked or seen

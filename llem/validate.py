@@ -90,7 +90,22 @@ def check_lengths(config: Config) -> None:
                           f"is invalid: allowed at most {limit}, the model's maximum positions ({source})")
 
 
+def check_schedule(config: Config) -> None:
+    """A timed load's arrivals fit in measure.max_window_s: the n-th of ``dataset.num_requests`` arrives
+    (n − 1) / load.request_rate after the first (their gaps are rescaled to that mean, llem.arrivals)."""
+    n, rate = config.dataset.num_requests, config.load.request_rate
+    if n is None or not config.load.timed:
+        return
+    last_s, bound = (n - 1) / rate, config.measure.max_window_s
+    if last_s > bound:
+        raise ConfigError(f"load.request_rate={rate:g} is invalid with dataset.num_requests={n}: the last request "
+                          f"would arrive {last_s:.4g} s after the first, past measure.max_window_s={bound:g}; "
+                          f"allowed a rate >= {(n - 1) / bound:.4g} req/s, fewer requests, or a longer "
+                          "measure.max_window_s")
+
+
 def check(config: Config) -> None:
     """Every check of this module (raises ConfigError naming the key)."""
     check_objective(config)
     check_lengths(config)
+    check_schedule(config)

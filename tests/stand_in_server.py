@@ -18,14 +18,15 @@ class StandIn:
     completion, as a server ignoring stream=true answers), ``html`` (an HTML error page with status 200),
     ``trickle`` (keep-alive comments every ``delay_s``, never a token), ``count`` (``usage.completion_tokens``
     = ``count``; with ``streamed``, that many tokens are streamed). ``models``: the /v1/models answer, as raw
-    bytes (None: a well-formed list)."""
+    bytes (None: a well-formed list). ``split_s`` > 0: each token's event is written in two halves, cut
+    mid-line, that far apart."""
 
     def __init__(self, mode: str = "ok", tokens_only: bool = False, delay_s: float = 0.005, bad: str = "",
                  bad_every: int = 1, bad_line: bytes = b"", count=None, streamed: Optional[int] = None,
-                 models: Optional[bytes] = None) -> None:
+                 models: Optional[bytes] = None, split_s: float = 0.0) -> None:
         self.mode, self.tokens_only, self.delay_s = mode, tokens_only, delay_s
         self.bad, self.bad_every, self.bad_line, self.count, self.streamed = bad, bad_every, bad_line, count, streamed
-        self.models = models
+        self.models, self.split_s = models, split_s
         self.served = 0
         self.in_flight = self.most_in_flight = 0
         self.bodies = []
@@ -84,7 +85,12 @@ class StandIn:
                 for i in range(self.streamed if bad == "count" and self.streamed is not None else n):
                     await asyncio.sleep(self.delay_s)
                     chunk = {"choices": [{"index": 0, "text": f" t{i + 10}"}]}
-                    await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    event = f"data: {json.dumps(chunk)}\n\n".encode()
+                    if self.split_s:
+                        await resp.write(event[:12])
+                        await asyncio.sleep(self.split_s)
+                        event = event[12:]
+                    await resp.write(event)
                     if self.mode == "drop" and i == 1:
                         request.transport.close()
                         return resp

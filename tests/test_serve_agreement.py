@@ -47,3 +47,20 @@ def test_pooled_medians_come_from_every_request_and_throughput_from_the_runs_mea
     assert both["requests"] == 6
     assert sa.spread([a, b], "output tok/s") == pytest.approx(1.2)
     assert sa.pooled([None]) is None and math.isnan(sa.summary(None)["TTFT p50 ms"])
+
+
+def test_three_repeats_interleave_a_b_b_a_a_b():
+    assert sa.order(3) == ["llem", "bench", "bench", "llem", "llem", "bench"]
+
+
+def test_each_batch_size_sets_batch_for_its_server_and_llems_jobs():
+    assert sa.with_batch(["backend=vllm", "batch=4"], 64) == ["backend=vllm", "batch=64"]
+    assert sa.with_batch(["backend=vllm"], 256) == ["backend=vllm", "batch=256"]
+    assert sa.with_batch(["batch=4"], None) == ["batch=4"]
+
+
+def test_help_says_how_to_run_the_check_at_batch_64_and_256(capsys):
+    with pytest.raises(SystemExit):
+        sa.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--batches 64,256" in text and "--repeats 3" in text and "A B B A A B" in text

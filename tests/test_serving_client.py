@@ -212,6 +212,11 @@ def test_an_external_server_measured_as_a_job(compose_cfg, tmp_path):
     assert row["num_server_starts"] is None and row["target_requests_per_s"] == 50.0
     assert row["output_tokens_total"] == row["output_tokens_expected"] == 4 * 8 and row["goodput_pct"] == 100.0
     assert row["goodput_bounds"] == "ttft_ms_p99<=1000" and row["num_requests_failed"] == 0
+    assert row["load_mode"] == "open" and 0 <= row["client_lateness_ms_p50"] <= row["client_lateness_ms_max"]
+    import pandas as pd
+
+    lateness = pd.read_parquet(tmp_path / "job" / "requests.parquet")["lateness_ms"]
+    assert lateness.notna().all() and (lateness >= 0).all()
 
 
 def test_a_secret_the_server_prints_never_stays_in_its_log(compose_cfg, tmp_path, monkeypatch):
@@ -349,3 +354,62 @@ def test_a_job_whose_server_inflates_its_counts_credits_only_what_was_asked(comp
     assert reqs["error"].isna().all() and (reqs["output_tokens"] == 8).all() and row["output_tokens_total"] == 32
     assert reqs["token_count_note"].str.contains("reported 24 tokens").all()
     assert "token_count_mismatch" in str(row["flags"])
+
+
+def test_each_request_is_due_at_t0_plus_its_offset_and_its_lateness_is_sent_minus_due(compose_cfg):
+    with StandIn() as server:
+        engine, config = _client(compose_cfg, server.url, ["load.request_rate=50", "output_len=2"])
+        reqs = _requests(config, 8)
+        out = engine.generate(reqs, None, lambda n: None)
+    t0 = out[0].arrival_s - reqs[0].arrival_s
+    for req, res in zip(reqs, out):
+        assert res.arrival_s == pytest.approx(t0 + req.arrival_s, abs=1e-9)  # the due time, not a wake-up
+        assert 0 <= res.lateness_s < 0.05 and res.start_s - res.arrival_s == pytest.approx(res.lateness_s)
+
+
+def test_a_burst_is_due_at_once_and_ttft_counts_from_then(compose_cfg):
+    from llem.metrics import request_rows
+
+    with StandIn() as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=2"])
+        out = engine.generate(_requests(config, 6), None, lambda n: None)
+    assert len({r.arrival_s for r in out}) == 1
+    rows = request_rows(out, out[0].arrival_s)
+    assert all(row.ttft_ms == pytest.approx((r.first_token_s - r.arrival_s) * 1000) for row, r in zip(rows, out))
+
+
+def test_in_a_closed_loop_a_request_is_due_when_its_slot_freed(compose_cfg):
+    with StandIn(delay_s=0.02) as server:
+        engine, config = _client(compose_cfg, server.url, ["load.max_concurrency=2", "output_len=3"])
+        out = engine.generate(_requests(config, 6), None, lambda n: None)
+    assert server.most_in_flight <= 2
+    first = min(r.arrival_s for r in out)
+    later = sorted(r.arrival_s for r in out)[2:]
+    ends = sorted(r.end_s for r in out)
+    assert all(t > first + 0.05 for t in later)  # each after a request of three 20 ms tokens ended
+    assert all(any(abs(t - e) < 0.02 for e in ends) for t in later)  # ... at that end
+    assert all(0 <= r.lateness_s < 0.05 for r in out)
+
+
+def test_the_window_bound_ends_requests_in_flight_and_never_waits_for_later_ones(compose_cfg):
+    with StandIn(mode="slow") as server:  # answers after 3 s
+        engine, config = _client(compose_cfg, server.url, ["load.request_rate=1", "output_len=2",
+                                                           "measure.min_window_s=0", "measure.max_window_s=1.5"])
+        reqs = [Request(i, [5, 6, 7], arrival_s=float(i)) for i in range(4)]  # due at 0, 1, 2 and 3 s
+        t = time.monotonic()
+        out = engine.generate(reqs, None, lambda n: None)
+        took = time.monotonic() - t
+    assert took < 2.5
+    assert [("still in flight" in r.error, "never sent" in r.error) for r in out] == [
+        (True, False), (True, False), (False, True), (False, True)]
+    assert all("measure.max_window_s=1.5" in r.error for r in out)
+
+
+def test_a_line_cut_across_reads_is_read_whole_and_stamped_when_it_completes(compose_cfg):
+    with StandIn(delay_s=0.001, split_s=0.05) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=3"])
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    for r in out:
+        assert r.error is None and r.output_tokens == 3 and len(r.token_times_s) == 3
+        gaps = np.diff([r.start_s, *r.token_times_s])
+        assert (gaps >= 0.045).all()  # each token when the second half of its line came, not the first

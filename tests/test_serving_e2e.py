@@ -46,6 +46,7 @@ def test_launch_at_a_rate(tmp_path):
     assert r["inter_arrival_s_mean"] == pytest.approx(1 / 8, rel=0.25) and r["target_requests_per_s"] == 8.0
     assert 0.5 < r["inter_arrival_cv"] < 1.6  # Poisson gaps (CV 1), not a fixed clock
     assert (req["ttft_ms"] > 0).all() and (req["queue_ms"] >= 0).all()
+    assert r["load_mode"] == "open" and (req["lateness_ms"] >= 0).all() and r["client_lateness_ms_p99"] is not None
     assert r["output_tokens_total"] == r["output_tokens_expected"] == 32 * 128
     assert "Uvicorn running" in (job / "server.log").read_text()
     assert "server: stopped" in proc.stdout + proc.stderr and not _servers_left(cache)

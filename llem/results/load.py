@@ -29,10 +29,19 @@ class LoadMetrics:
     """The arrival process as it happened, and goodput under objective.bounds."""
 
     target_requests_per_s: Optional[float] = col("load.request_rate asked for (requests/s; inf: all at once)")
+    load_mode: Optional[str] = col("burst (rate inf, no cap: every request due at once), closed (rate inf with "
+                                   "load.max_concurrency: each due when a slot frees) or open (a finite rate: each "
+                                   "due at its arrival time)")
     arrivals_per_s: Optional[float] = col("requests that arrived per second, first to last arrival")
     inter_arrival_s_mean: Optional[float] = col("mean gap between consecutive arrivals (s)")
     inter_arrival_cv: Optional[float] = col("coefficient of variation of the gaps (1: Poisson)")
     num_requests_failed: Optional[int] = col("requests that ended in an error (HTTP status, dropped stream, timeout)")
+    client_lateness_ms_p50: Optional[float] = col("median of how late the client (or engine) sent a request after "
+                                                  "it could have: its due time, or when its slot freed (ms)")
+    client_lateness_ms_p99: Optional[float] = col("99th percentile of that lateness (ms); past a bound "
+                                                  "it is flagged client_late (docs/method.md)")
+    client_lateness_ms_max: Optional[float] = col("the largest lateness (ms)")
+    client_lateness_null_reason: Optional[str] = col("why the lateness columns are null, when they are")
     queue_ms_p50: Optional[float] = col("median wait from arrival to the start of service (ms)")
     queue_ms_p99: Optional[float] = col("99th-percentile wait from arrival to the start of service (ms)")
     goodput_requests_per_s: Optional[float] = col("requests per second of the window meeting every latency bound "

@@ -20,6 +20,8 @@ class RequestRow:
     start_offset_s: Optional[float] = col("wait from the window's start to the start of its service (s)")
     queue_ms: Optional[float] = col("wait from its arrival to the start of its service (ms): a full batch, or "
                                     "load.max_concurrency", pooled=(50, 99))
+    lateness_ms: Optional[float] = col("how late the client (or engine) sent it after it could have: its due time, "
+                                       "or when its slot freed (ms)")
     output_tokens_requested: Optional[int] = col("the output length it asked for")
     ttft_ms: Optional[float] = col("time to first token (ms): from its arrival at a timed load (load.request_rate "
                                    "finite: the queue included, as a client sees it), else from the start of service",

@@ -1,14 +1,16 @@
 """The HTTP client that stands in for an engine when a server serves the requests (server=launch/external).
 
 It is an :class:`Engine` to the measurement protocol: ``load`` finds the served model and how it takes
-prompts, ``generate`` sends every request to ``POST /v1/completions`` at its arrival time (aiohttp,
+prompts, ``generate`` sends every request to ``POST /v1/completions`` at its due time (aiohttp,
 streamed server-sent events, ``stream_options.include_usage``) with at most ``load.max_concurrency`` in
-flight. Per request: arrival (when it was due and the client woke for it), start of service (sent),
-the time of every streamed chunk that carried text, the end, and the tokens credited: the server's
+flight. Per request: its due time (``arrival_s``: t0 + its arrival offset; in a closed loop, when its slot
+freed), when it was sent (``start_s``) and the client's lateness (sent − when it could have been), the time
+the bytes of every streamed chunk that carried text were read, the end, and the tokens credited: the server's
 ``usage.completion_tokens`` checked against the length asked for and the tokens streamed, never more than
 asked (:mod:`llem.serving.stream` reads the stream and says how). An HTTP error, a malformed reply, a
-dropped stream or a wait past ``server.connect_timeout_s``, ``server.chunk_timeout_s`` or
-``server.request_timeout_s`` is the request's ``error``: recorded, never dropped, the other requests measured.
+dropped stream or a wait past ``server.connect_timeout_s``, ``server.chunk_timeout_s``,
+``server.request_timeout_s`` or the end of ``measure.max_window_s`` is the request's ``error``: recorded,
+never dropped, the other requests measured.
 
 Prompts go as token ids where the server takes them (``server.prompt=auto`` asks once with a one-token
 request), as text otherwise: the request's own text, or its ids as id-words when the server's tokenizer
@@ -29,7 +31,9 @@ from llem.backends._served_model import id_words
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
+from llem.load_metrics import load_mode
 from llem.records import Progress, Request, RequestResult, now
+from llem.serving.schedule import Slots, sleep_until
 from llem.serving.server import Endpoint, alive, last_lines, model_names
 from llem.serving.stream import StreamParser
 
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 
 ERROR_BODY_CHARS = 300
 DISCOVER_TIMEOUT_S = 30.0  # the model list and the prompt-kind probe, each
+JSON = {"Content-Type": "application/json"}
+WINDOW = "measure.max_window_s"  # the watch's key when the window's end comes before a request's own bounds
 
 
 class ServerEngine(Engine):
@@ -53,6 +59,7 @@ class ServerEngine(Engine):
         self.extras = extras  # output_len -> the JSON keys that make the server generate exactly that many
         self.model_name: Optional[str] = endpoint.model_name
         self.prompt = endpoint.prompt
+        self._url = f"{endpoint.url}/v1/completions"
 
     def check(self) -> None:
         if not installed("aiohttp"):
@@ -108,16 +115,44 @@ class ServerEngine(Engine):
 
     async def _send_all(self, requests: List[Request], output_len: Optional[int], progress: Progress
                         ) -> List[RequestResult]:
+        """Every request is sent at its due time by a task of its own that sleeps until then: its timer wakes it
+        and it sends in the same turn of the event loop (a single scheduler creating each task at its due time
+        costs one more turn, behind the chunks of every open stream: benchmarks/client_load.py). Bodies are
+        encoded before the first is due. Requests due past ``measure.max_window_s``, or still waiting for a
+        slot then, are never sent; requests still in flight then end as errors."""
         import aiohttp
 
-        cap = self.config.load.max_concurrency
-        slots = asyncio.Semaphore(cap) if cap else None
         timeout = aiohttp.ClientTimeout(total=self.config.server.request_timeout_s)
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, keepalive_timeout=60)
+        bodies = {r.request_id: json.dumps(self._body(r, self._length(r, output_len))).encode() for r in requests}
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             t0 = now()
-            tasks = [asyncio.create_task(self._one(session, r, t0, slots, output_len, progress)) for r in requests]
-            return list(await asyncio.gather(*tasks))
+            end = t0 + self.config.measure.max_window_s
+            slots = Slots(self.config.load.max_concurrency, t0)
+            closed = load_mode(self.config.load) == "closed"
+
+            async def one(request: Request) -> RequestResult:
+                due = t0 + (request.arrival_s or 0.0)
+                if due < end:
+                    await sleep_until(due)
+                freed = await slots.take(end) if due < end else None
+                if freed is None:
+                    return self._unsent(request, output_len, due, end)
+                ready = max(due, freed)
+                return await self._one(session, request, bodies[request.request_id], ready if closed else due,
+                                       ready, end, slots, output_len, progress)
+
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def _length(self, request: Request, output_len: Optional[int]) -> int:
+        return output_len if output_len is not None else (request.output_len or self.config.output_len_max)
+
+    def _unsent(self, request: Request, output_len: Optional[int], due: float, end: float) -> RequestResult:
+        return RequestResult(request_id=request.request_id, input_tokens=request.input_tokens, output_tokens=0,
+                             start_s=end, end_s=end, arrival_s=min(due, end),
+                             output_len_requested=self._length(request, output_len),
+                             error=(f"never sent: not due or no free slot within measure.max_window_s="
+                                    f"{self.config.measure.max_window_s:g} s"))
 
     def _body(self, request: Request, length: int) -> Dict[str, Any]:
         d = self.config.decoding
@@ -132,51 +167,62 @@ class ServerEngine(Engine):
         body.update(self.config.server.extra_body)
         return body
 
-    async def _one(self, session, request: Request, t0: float, slots, output_len: Optional[int],
-                   progress: Progress) -> RequestResult:
-        length = output_len if output_len is not None else (request.output_len or self.config.output_len_max)
-        due = t0 + (request.arrival_s or 0.0)
-        wait = due - now()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        arrival = now()
-        if slots is not None:
-            await slots.acquire()
+    async def _one(self, session, request: Request, body: bytes, due: float, ready: float, end: float,
+                   slots: Slots, output_len: Optional[int], progress: Progress) -> RequestResult:
+        """Send one request; ``due`` is when it arrived (TTFT and e2e count from it), ``ready`` when the client
+        could send it (its due time, or later when it waited for a slot): sent − ready is the client's lateness."""
         try:
-            return await self._stream(session, request, length, arrival)
+            result = await self._stream(session, request, body, self._length(request, output_len), end)
         finally:
-            if slots is not None:
-                slots.release()
+            slots.give_back()
             progress(1)
+        result.arrival_s, result.lateness_s = due, result.start_s - ready
+        return result
 
-    async def _stream(self, session, request: Request, length: int, arrival: float) -> RequestResult:
+    async def _stream(self, session, request: Request, body: bytes, length: int, end: float) -> RequestResult:
+        """Post one request and read its stream: bytes as they come (``iter_any``), split into lines here, each
+        line stamped with the time its bytes were read. Its waits end at the sooner of its own bounds and the
+        window's (``end``)."""
         import aiohttp
 
         bounds = self.config.server
         parser = StreamParser(self.endpoint.id_words)
         error = None
         start = now()
-        watch = _Watch(start + bounds.request_timeout_s)
+        watch = _Watch(start + bounds.request_timeout_s, end)
         watch.arm("connect_timeout_s", start + bounds.connect_timeout_s)
         try:
-            async with session.post(f"{self.endpoint.url}/v1/completions", json=self._body(request, length)) as resp:
+            async with session.post(self._url, data=body, headers=JSON) as resp:
                 if resp.status != 200:
                     text = (await resp.text(errors="replace"))[:ERROR_BODY_CHARS]
                     error = f"HTTP {resp.status}: {' '.join(text.split())}"
                 else:
                     last = now()  # the wait for the first event that carries text counts from the headers
                     watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
-                    async for raw in resp.content:
-                        if parser.line(raw, now()):
+                    rest, finished = b"", False
+                    async for data in resp.content.iter_any():
+                        t = now()
+                        *lines, rest = (rest + data).split(b"\n")
+                        for raw in lines:
+                            if parser.line(raw, t):
+                                finished = True
+                                break
+                        if finished:
                             break
                         if parser.last_token_s is not None and parser.last_token_s != last:
                             last = parser.last_token_s
                             watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
+                    if not finished and rest:
+                        parser.line(rest, now())
         except asyncio.CancelledError:
             if watch.expired is None:
                 raise
             watch.forget()
-            error = f"TimeoutError: past server.{watch.expired}={getattr(bounds, watch.expired):g} s"
+            if watch.expired == WINDOW:
+                error = (f"still in flight after {len(parser.times)} tokens when measure.max_window_s="
+                         f"{self.config.measure.max_window_s:g} s ran out")
+            else:
+                error = f"TimeoutError: past server.{watch.expired}={getattr(bounds, watch.expired):g} s"
         except aiohttp.ClientPayloadError as exc:
             error = f"the stream was cut off after {len(parser.times)} tokens ({exc})"
         except asyncio.TimeoutError:
@@ -191,7 +237,6 @@ class ServerEngine(Engine):
                              output_tokens=outcome.output_tokens, start_s=start,
                              end_s=times[-1] if times else now(), first_token_s=times[0] if times else None,
                              token_times_s=times or None, timing_note=outcome.timing_note,
-                             arrival_s=arrival if request.arrival_s is not None else None,
                              output_len_requested=length, error=error or outcome.error,
                              token_count_note=outcome.token_note)
 
@@ -201,29 +246,46 @@ class ServerEngine(Engine):
 
 class _Watch:
     """The bound a request's current wait runs under, as one timer: when it runs out the request's task is
-    cancelled and ``expired`` names the key. Re-arming costs a timer, not a task, so it is done per event
-    that carries text, never per line. A bound past the request's deadline is server.request_timeout_s."""
+    cancelled and ``expired`` names the key. Arming only records the bound; the timer, set for the earliest
+    bound armed, checks when it fires whether the bound has moved on and then sleeps again, so a stream's
+    chunks cost no timer each. A bound past the request's deadline is that deadline's:
+    server.request_timeout_s, or measure.max_window_s when the window ends first."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float, window_end: float) -> None:
+        self.deadline, self.deadline_key = deadline, "request_timeout_s"
+        if window_end < deadline:
+            self.deadline, self.deadline_key = window_end, WINDOW
         self.task = asyncio.current_task()
         self.loop = asyncio.get_running_loop()
         self.expired: Optional[str] = None
+        self.key, self.at = self.deadline_key, self.deadline
         self._timer = None
+        self._timer_at = float("inf")
 
     def arm(self, key: str, at: float) -> None:
         if at >= self.deadline:
-            key, at = "request_timeout_s", self.deadline
-        self.disarm()
-        self._timer = self.loop.call_later(max(at - now(), 0.0), self._expire, key)
+            key, at = self.deadline_key, self.deadline
+        self.key, self.at = key, at
+        if at < self._timer_at:  # sooner than the timer set: set it sooner; later: it will look again
+            self._set(at)
 
-    def _expire(self, key: str) -> None:
-        self.expired = key
+    def _set(self, at: float) -> None:
+        self.disarm()
+        self._timer_at = at
+        self._timer = self.loop.call_later(max(at - now(), 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        if now() < self.at:
+            self._set(self.at)
+            return
+        self.expired = self.key
         self.task.cancel()
 
     def disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
 
     def forget(self) -> None:
         """The cancellation was this watch's own: the task is not being cancelled (Python >= 3.11 counts)."""

@@ -1,0 +1,135 @@
+"""How late requests are sent, and when they are due: the load mode a config names, the slots of a
+concurrency cap, the lateness columns and the ``client_late`` bound, and the whole-window bound
+``measure.max_window_s`` (pure logic; the client against a server is in test_serving_client.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from llem.config import to_config
+from llem.config_load import LoadConfig
+from llem.config_measure import MeasureConfig
+from llem.errors import ConfigError
+from llem.load_metrics import CLIENT_LATE_MS, load_mode, load_part
+from llem.metrics import request_rows
+from llem.records import Request, RequestResult
+from llem.serving.schedule import Slots
+from llem.validate import check_schedule
+
+
+def _result(i: int, due: float, late_s=None) -> RequestResult:
+    sent = due + (late_s or 0.0)
+    return RequestResult(request_id=i, input_tokens=3, output_tokens=2, start_s=sent, end_s=sent + 0.2,
+                         first_token_s=sent + 0.1, token_times_s=[sent + 0.1, sent + 0.2], arrival_s=due,
+                         lateness_s=late_s)
+
+
+def _config(rate=8.0, cap=None):
+    return SimpleNamespace(load=LoadConfig(request_rate=rate, max_concurrency=cap),
+                           objective=SimpleNamespace(bounds={}))
+
+
+def test_load_mode_is_burst_closed_or_open():
+    assert load_mode(LoadConfig()) == "burst"
+    assert load_mode(LoadConfig(max_concurrency=4)) == "closed"
+    assert load_mode(LoadConfig(request_rate=2.0)) == "open"
+    assert load_mode(LoadConfig(request_rate=2.0, max_concurrency=4)) == "open"
+
+
+def test_a_slot_is_due_when_it_freed_and_the_first_ones_at_t0():
+    async def scenario():
+        slots = Slots(2, t0=100.0)
+        end = time.perf_counter() + 5
+        first, second = await slots.take(end), await slots.take(end)
+        slots.give_back()
+        third = await slots.take(end)
+        return first, second, third
+
+    first, second, third = asyncio.run(scenario())
+    assert first == second == 100.0 and third > 100.0  # the freed slot's time, on now()'s clock
+
+
+def test_waiting_for_a_slot_ends_at_the_window_bound():
+    async def scenario():
+        slots = Slots(1, t0=0.0)
+        end = time.perf_counter() + 0.2
+        await slots.take(end)
+        return await slots.take(end)  # nobody gives the slot back
+
+    t = time.monotonic()
+    assert asyncio.run(scenario()) is None and time.monotonic() - t < 1.0
+
+
+def test_no_cap_gives_every_request_a_slot_free_from_t0():
+    assert asyncio.run(Slots(None, t0=7.0).take(0.0)) == 7.0
+
+
+def test_lateness_columns_come_from_each_requests_lateness():
+    results = [_result(i, i * 0.1, late_s=0.001 * i) for i in range(10)]
+    part, flags = load_part(results, request_rows(results, 0.0), [], 1.0, _config())
+    assert part.client_lateness_ms_max == pytest.approx(9.0) and part.client_lateness_ms_p50 == pytest.approx(4.5)
+    assert part.load_mode == "open" and part.client_lateness_null_reason is None
+    assert [r.lateness_ms for r in request_rows(results, 0.0)][3] == pytest.approx(3.0)
+
+
+def test_p99_lateness_over_the_bound_is_flagged_client_late():
+    late = [_result(i, i * 0.1, late_s=(CLIENT_LATE_MS + 5) / 1000) for i in range(10)]
+    on_time = [_result(i, i * 0.1, late_s=(CLIENT_LATE_MS - 1) / 1000) for i in range(10)]
+    _, flagged = load_part(late, request_rows(late, 0.0), [], 1.0, _config())
+    _, clean = load_part(on_time, request_rows(on_time, 0.0), [], 1.0, _config())
+    assert [f.code for f in flagged] == ["client_late"] and "p99" in flagged[0].message
+    assert clean == []
+
+
+def test_an_engine_without_lateness_is_judged_by_its_arrivals_against_the_due_times():
+    """An engine that stamps arrivals when it admitted them: each one's delay beyond its due gap from the first."""
+    requests = [Request(i, [1], arrival_s=i * 0.1) for i in range(10)]
+    results = [_result(i, i * 0.1 + (0.05 if i == 9 else 0.0)) for i in range(10)]
+    part, flags = load_part(results, request_rows(results, 0.0), requests, 1.0, _config())
+    assert part.client_lateness_ms_max == pytest.approx(50.0) and [f.code for f in flags] == ["client_late"]
+
+
+def test_no_lateness_known_is_null_with_a_reason():
+    results = [_result(i, 0.0) for i in range(3)]
+    part, flags = load_part(results, request_rows(results, 0.0), [], 1.0, _config(rate=math.inf))
+    assert part.client_lateness_ms_p99 is None and "no send time" in part.client_lateness_null_reason
+    assert part.load_mode == "burst" and flags == []
+
+
+@pytest.mark.parametrize("value", [0, -1, math.inf])
+def test_max_window_must_be_a_finite_positive_time(value):
+    with pytest.raises(ConfigError, match="measure.max_window_s"):
+        MeasureConfig(max_window_s=value)
+
+
+def test_max_window_is_no_shorter_than_the_min_window():
+    with pytest.raises(ConfigError, match="measure.max_window_s.*min_window_s"):
+        MeasureConfig(min_window_s=20, max_window_s=10)
+
+
+def test_an_arrival_schedule_longer_than_the_window_is_refused_before_load(compose_cfg):
+    config = to_config(compose_cfg(["load.request_rate=1e-300", "dataset.num_requests=2"]))
+    with pytest.raises(ConfigError, match="load.request_rate.*measure.max_window_s"):
+        check_schedule(config)
+    check_schedule(to_config(compose_cfg(["load.request_rate=1", "dataset.num_requests=3601"])))  # 3600 s fits
+
+
+def test_a_sleep_ends_at_its_time_not_a_timer_tick_later():
+    from llem.records import now
+    from llem.serving.schedule import sleep_until
+
+    async def scenario():
+        woke = []
+        for _ in range(20):
+            t = now() + 0.003
+            await sleep_until(t)
+            woke.append(now() - t)
+        return woke
+
+    woke = sorted(asyncio.run(scenario()))
+    assert woke[0] >= 0 and woke[10] < 0.00005  # the loop's own timers wake ~0.1 ms late at the median
