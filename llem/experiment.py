@@ -181,7 +181,8 @@ class Experiment:
             if loaded_idle is not None:
                 found += doubt.baseline_flags("loaded_idle", loaded_rows)
             info = engine.info()
-            req_rows = metrics.request_rows(outputs, window.t0)
+            req_rows = metrics.request_rows(outputs, window.t0)  # kept in requests.parquet, also if all failed
+            load_metrics.check_some_succeeded(outputs, "measured window")
             parts.update(window_parts(cfg, engine, work, outputs, req_rows, window, loaded_idle, sampler, info,
                                       self.device_idle, self.warnings))
             if self.held is not None:
@@ -300,8 +301,9 @@ class Experiment:
             for b in range(most):
                 batch = [reqs[(b * size + i) % len(reqs)] for i in range(size)]
                 t0 = time.perf_counter()
-                engine.generate(batch, out_len, lambda n: None)
+                done = engine.generate(batch, out_len, lambda n: None)
                 engine.synchronize()
+                load_metrics.check_some_succeeded(done, f"warm-up batch {b + 1}")
                 latencies.append(time.perf_counter() - t0)
                 cv = metrics.cv(latencies[-cfg.cv_window:]) if len(latencies) >= cfg.cv_window else None
                 log.info("warm-up batch %d/%d: %d requests in %.2f s%s", b + 1, most, size, latencies[-1],

@@ -18,6 +18,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.energy.flags import Flag
+from llem.errors import RequestsFailed
 from llem.records import Request, RequestResult
 from llem.results.load import LoadMetrics, ServerFacts
 from llem.results.tables import RequestRow
@@ -26,6 +27,26 @@ PER_REQUEST = {"ttft_ms": "ttft_ms", "e2e_ms": "e2e_ms", "queue_ms": "queue_ms",
                "tpot_ms": "tpot_ms"}
 _STAT = re.compile(r"^(ttft_ms|e2e_ms|queue_ms|itl_ms|tpot_ms)(_p\d+|_mean)?$")
 RAMP_QUANTILE = 0.1
+FAILED_PCT_FLAG = 1.0  # requests_failed is raised when more than this share of the requests failed (%)
+QUOTED_ERRORS = 3  # distinct request errors quoted in a failed job's error
+
+
+def quote_errors(results: Sequence[RequestResult]) -> str:
+    """The first few distinct request errors, quoted, with how many requests had each."""
+    counts: Dict[str, int] = {}
+    for r in results:
+        if r.error:
+            counts[r.error] = counts.get(r.error, 0) + 1
+    shown = [f"{n}× {error!r}" for error, n in list(counts.items())[:QUOTED_ERRORS]]
+    more = len(counts) - len(shown)
+    return "; ".join(shown) + (f"; and {more} other distinct error(s)" if more > 0 else "")
+
+
+def check_some_succeeded(results: Sequence[RequestResult], what: str) -> None:
+    """Raise :class:`RequestsFailed` when there were requests and every one of them failed: such a
+    window measured nothing, and a row of zero throughput would pass for a result."""
+    if results and all(r.error for r in results):
+        raise RequestsFailed(f"all {len(results)} requests of the {what} failed: {quote_errors(results)}")
 
 
 def request_bounds(bounds: Dict[str, str]) -> List[Tuple[str, str, float, str]]:
@@ -79,11 +100,11 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requ
         good = sum(_good(r, bounds) for r in rows)
         out.goodput_requests_per_s, out.goodput_pct = good / window_s, 100.0 * good / len(rows)
         out.goodput_bounds = " ".join(b[3] for b in bounds)
-    if failed:
-        first = failed[0].error
-        flags.append(Flag("request_errors", (
-            f"{len(failed)} of {len(results)} requests failed (first: {first}): their tokens count, their "
-            "latencies do not, and goodput counts them as missed")))
+    if failed and 100.0 * len(failed) / len(results) > FAILED_PCT_FLAG:
+        flags.append(Flag("requests_failed", (
+            f"{len(failed)} of {len(results)} requests failed (over {FAILED_PCT_FLAG:g}%: "
+            f"{quote_errors(failed)}): their tokens count, their latencies do not, and goodput counts them "
+            "as missed")))
     return out, flags
 
 

@@ -15,6 +15,7 @@ FLAG_MEANINGS = {
     "host_energy_estimated": "CPU energy is codecarbon's estimate, not a counter",
     "batch_not_filled": "fewer requests than the engine holds at once: the numbers are those of a smaller batch",
     "no_steady_state": "the engine never held its full batch steadily: every number includes ramp-up and drain",
-    "request_errors": "some requests ended in an error (HTTP status, dropped stream, timeout): counted, not averaged",
+    "requests_failed": "over 1% of the requests ended in an error (HTTP status, dropped stream, timeout): counted, "
+                       "not averaged",
     "rate_not_met": "requests arrived more slowly than load.request_rate asked: the client or the server fell behind",
 }
