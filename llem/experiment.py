@@ -71,6 +71,7 @@ class Warmup:
     batches_run: int
     latency_cv: Optional[float]
     fastest_s: Optional[float] = None  # the quickest batch: one wave, when sized and long as the measured ones
+    fastest_len_mean: Optional[float] = None  # the mean output length the quickest batch asked for
 
 
 @dataclass
@@ -293,6 +294,7 @@ class Experiment:
         size = min(len(reqs), engine.sequences_in_flight())
         out_len = cfg.output_len or self.config.output_len  # None: each request's own length
         latencies: List[float] = []
+        asked: List[float] = []  # each batch's mean output length asked for
         cv = None
         most = max(cfg.batches, 2) if predict and cfg.until_cv is None else cfg.batches
 
@@ -305,6 +307,7 @@ class Experiment:
                 engine.synchronize()
                 load_metrics.check_some_succeeded(done, f"warm-up batch {b + 1}")
                 latencies.append(time.perf_counter() - t0)
+                asked.append(sizing.asked_mean(batch, out_len, self.config.output_len_max))
                 cv = metrics.cv(latencies[-cfg.cv_window:]) if len(latencies) >= cfg.cv_window else None
                 log.info("warm-up batch %d/%d: %d requests in %.2f s%s", b + 1, most, size, latencies[-1],
                          "" if cv is None else f" (latency CV {cv:.3f})")
@@ -316,7 +319,10 @@ class Experiment:
             self.warnings.append(f"warmup did not settle: batch-latency CV {cv if cv is None else f'{cv:.3f}'} "
                                  f"> warmup.until_cv={cfg.until_cv} after {len(latencies)} batches")
         one_wave = size == engine.sequences_in_flight() and out_len == self.config.output_len
-        return Warmup(window, len(latencies), cv, min(latencies) if latencies and one_wave else None)
+        if not latencies or not one_wave:
+            return Warmup(window, len(latencies), cv)
+        fastest = latencies.index(min(latencies))
+        return Warmup(window, len(latencies), cv, latencies[fastest], asked[fastest])
 
     def _build(self, n: int, parts: Dict[type, Any]) -> workload.Workload:
         """The workload of ``n`` requests with their output lengths and arrival times; its row parts."""
@@ -328,13 +334,21 @@ class Experiment:
 
     def _size_for_window(self, plan: sizing.Plan, work: workload.Workload, warm: Warmup,
                          parts: Dict[type, Any]) -> workload.Workload:
-        """More whole waves when the warm-up says the window would be shorter than measure.min_window_s."""
-        n = sizing.extend_for_window(plan, None if self.config.load.timed else warm.fastest_s)
-        if n <= len(work.requests):
-            return work
-        log.info("%d requests (%d waves of %d) for a window of about %.1f s: one wave took %.2f s in warm-up", n,
-                 round(plan.waves_of(n)), plan.capacity, plan.estimate_s, warm.fastest_s)
-        return self._build(n, parts)
+        """More whole waves when the warm-up says the window would be shorter than measure.min_window_s. With
+        natural lengths a wave's time is scaled to the workload's mean length, and once more to that of the
+        longer workload (its requests draw lengths of their own)."""
+        cfg = self.config
+        for _ in range(2):
+            mean_len = sizing.asked_mean(work.requests, cfg.output_len, cfg.output_len_max)
+            wave_s = sizing.wave_for_lengths(warm.fastest_s, warm.fastest_len_mean, mean_len)
+            n = sizing.extend_for_window(plan, None if cfg.load.timed else wave_s)
+            if n <= len(work.requests):
+                return work
+            log.info("%d requests (%d waves of %d) for a window of about %.1f s: one wave of %.1f output tokens "
+                     "a request takes about %.2f s, by the warm-up", n, round(plan.waves_of(n)), plan.capacity,
+                     plan.estimate_s, mean_len, wave_s)
+            work = self._build(n, parts)
+        return work
 
     def _loaded_idle(self, meter: EnergyMeter, sampler: Sampler, gpus: List[GpuReader]
                      ) -> Tuple[Optional[WindowEnergy], List[Dict[str, Any]]]:
