@@ -49,6 +49,15 @@ def check_some_succeeded(results: Sequence[RequestResult], what: str) -> None:
         raise RequestsFailed(f"all {len(results)} requests of the {what} failed: {quote_errors(results)}")
 
 
+def load_mode(load_config: Any) -> str:
+    """How the load was made: ``burst`` (rate inf, no cap: every request due at once), ``closed`` (rate inf
+    with ``max_concurrency=N``: N in flight, each next request due as one finishes) or ``open`` (a finite
+    rate: each request due at its arrival time)."""
+    if load_config.timed:
+        return "open"
+    return "closed" if load_config.max_concurrency is not None else "burst"
+
+
 def request_bounds(bounds: Dict[str, str]) -> List[Tuple[str, str, float, str]]:
     """(request column, op, limit, the bound as written) for each bound goodput applies per request."""
     out = []
@@ -75,7 +84,7 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requ
     import numpy as np
 
     flags: List[Flag] = []
-    out = LoadMetrics(target_requests_per_s=float(config.load.request_rate))
+    out = LoadMetrics(target_requests_per_s=float(config.load.request_rate), load_mode=load_mode(config.load))
     failed = [r for r in results if r.error]
     out.num_requests_failed = len(failed)
     arrived = sorted(r.arrival_s for r in results if r.arrival_s is not None)
