@@ -31,22 +31,27 @@ FAILED_PCT_FLAG = 1.0  # requests_failed is raised when more than this share of 
 QUOTED_ERRORS = 3  # distinct request errors quoted in a failed job's error
 
 
+NO_TOKEN = "no output token, and no error"
+
+
 def quote_errors(results: Sequence[RequestResult]) -> str:
     """The first few distinct request errors, quoted, with how many requests had each."""
     counts: Dict[str, int] = {}
     for r in results:
-        if r.error:
-            counts[r.error] = counts.get(r.error, 0) + 1
+        if r.error or not r.output_tokens:
+            error = r.error or NO_TOKEN
+            counts[error] = counts.get(error, 0) + 1
     shown = [f"{n}× {error!r}" for error, n in list(counts.items())[:QUOTED_ERRORS]]
     more = len(counts) - len(shown)
     return "; ".join(shown) + (f"; and {more} other distinct error(s)" if more > 0 else "")
 
 
 def check_some_succeeded(results: Sequence[RequestResult], what: str) -> None:
-    """Raise :class:`RequestsFailed` when there were requests and every one of them failed: such a
-    window measured nothing, and a row of zero throughput would pass for a result."""
-    if results and all(r.error for r in results):
-        raise RequestsFailed(f"all {len(results)} requests of the {what} failed: {quote_errors(results)}")
+    """Raise :class:`RequestsFailed` when there were requests and none succeeded (each ended in an error
+    or gave no token): such a window measured nothing, and a row of zero throughput would pass for a
+    result."""
+    if results and all(r.error or not r.output_tokens for r in results):
+        raise RequestsFailed(f"no request of the {what} succeeded ({len(results)} asked): {quote_errors(results)}")
 
 
 def load_mode(load_config: Any) -> str:

@@ -23,7 +23,8 @@ def test_a_job_whose_every_request_failed_is_a_failed_row_at_measure(compose_cfg
     with StandIn(mode="fail500") as server:
         row = run_in_process(compose_cfg, [*_external(server.url), "warmup.batches=0"], tmp_path / "job")
     assert row["status"] == "failed" and row["error_stage"] == "measure" and row["error_type"] == "RequestsFailed"
-    assert "all 4 requests" in row["error"] and "HTTP 500: internal error: out of blocks" in row["error"]
+    assert "no request of the measured window succeeded (4 asked)" in row["error"]
+    assert "4× 'HTTP 500: internal error: out of blocks'" in row["error"]
     requests = pd.read_parquet(tmp_path / "job" / "requests.parquet")
     assert len(requests) == 4 and requests["error"].str.startswith("HTTP 500").all()
     assert (tmp_path / "job" / "outcome.txt").read_text().strip() == "failed"
@@ -57,6 +58,26 @@ def _results(n, failed):
     return [RequestResult(request_id=i, input_tokens=3, output_tokens=0 if i < failed else 4, start_s=0.0,
                           end_s=1.0, arrival_s=None, error="HTTP 500: boom" if i < failed else None)
             for i in range(n)]
+
+
+def test_a_window_whose_requests_gave_no_token_and_no_error_fails_too():
+    from llem.errors import RequestsFailed
+    from llem.load_metrics import check_some_succeeded
+
+    silent = [RequestResult(request_id=i, input_tokens=3, output_tokens=0, start_s=0.0, end_s=1.0) for i in range(3)]
+    with pytest.raises(RequestsFailed, match="3× 'no output token, and no error'"):
+        check_some_succeeded(silent, "measured window")
+    check_some_succeeded(silent + _results(1, 0), "measured window")  # one succeeded: measured, not failed
+
+
+def test_the_quoted_errors_are_the_first_few_distinct_ones():
+    from llem.load_metrics import QUOTED_ERRORS, quote_errors
+
+    results = [RequestResult(request_id=i, input_tokens=3, output_tokens=0, start_s=0.0, end_s=1.0,
+                             error=f"HTTP 50{i % 5}") for i in range(10)]
+    text = quote_errors(results)
+    assert text.startswith("2× 'HTTP 500'; 2× 'HTTP 501'") and text.count("×") == QUOTED_ERRORS
+    assert text.endswith("and 2 other distinct error(s)")
 
 
 def _part(compose_cfg, n, failed):
