@@ -54,6 +54,16 @@ def test_a_job_whose_every_request_failed_exits_1(tmp_path):
     assert read_result(tmp_path / "job")["status"] == "failed"
 
 
+def test_a_sweep_counts_such_jobs_failed_and_a_rerun_measures_them_again(tmp_path):
+    args = ["-m", *FAST, "isolate=false", "warmup.batches=0", "repeat=0,1", "hydra.sweep.dir=sweep"]
+    with StandIn(mode="fail500") as server:
+        first = run_llem([*args, *_external(server.url)], cwd=tmp_path, timeout=300)
+        server.mode = "ok"  # the same server, answering now: the same jobs, resumed
+        again = run_llem([*args, *_external(server.url)], cwd=tmp_path, timeout=300)
+    assert first.returncode == 1 and "0 ok, 0 skipped, 2 failed" in first.stdout + first.stderr
+    assert again.returncode == 0 and "2 ok, 0 skipped, 0 failed" in again.stdout + again.stderr
+
+
 def _results(n, failed):
     return [RequestResult(request_id=i, input_tokens=3, output_tokens=0 if i < failed else 4, start_s=0.0,
                           end_s=1.0, arrival_s=None, error="HTTP 500: boom" if i < failed else None)
