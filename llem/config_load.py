@@ -54,7 +54,9 @@ class ServerConfig:
     host: str = "127.0.0.1"  # launch: the address it listens on
     port: int = 8000  # launch: the first port tried; one in use is skipped, never fought over
     startup_timeout_s: float = 900.0  # launch: how long the server may take to answer /health
-    request_timeout_s: float = 600.0  # one request, first byte to last
+    request_timeout_s: float = 600.0  # one request, sent to its last byte
+    connect_timeout_s: float = 60.0  # one request, sent to its response headers (connection included)
+    chunk_timeout_s: float = 300.0  # the longest wait for an event carrying text, from the headers or the last one
     model_name: Optional[str] = None  # the name the server serves the model under (null: its first in /v1/models)
     prompt: str = "auto"  # auto | token_ids | text: how prompts are sent (auto: token ids where the server takes them)
     args: List[str] = field(default_factory=list)  # launch: extra command-line arguments for the server
@@ -65,8 +67,10 @@ class ServerConfig:
         _require(self.mode in SERVER_MODES, "server.mode", self.mode, ", ".join(SERVER_MODES))
         _require(self.prompt in PROMPT_KINDS, "server.prompt", self.prompt, ", ".join(PROMPT_KINDS))
         _require(1 <= self.port <= 65535, "server.port", self.port, "a TCP port in [1, 65535]")
-        for key in ("startup_timeout_s", "request_timeout_s"):
-            _require(getattr(self, key) > 0, f"server.{key}", getattr(self, key), "a number of seconds > 0")
+        for key in ("startup_timeout_s", "request_timeout_s", "connect_timeout_s", "chunk_timeout_s"):
+            value = getattr(self, key)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"server.{key}", value,
+                     "a finite number of seconds > 0")
         if self.mode == "external":
             url = str(self.url or "")
             _require(url.startswith(("http://", "https://")), "server.url", self.url,

@@ -119,6 +119,12 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requ
             f"{len(failed)} of {len(results)} requests failed (over {FAILED_PCT_FLAG:g}%: "
             f"{quote_errors(failed)}): their tokens count, their latencies do not, and goodput counts them "
             "as missed")))
+    mismatched = [r for r in results if r.token_count_note]
+    if mismatched:
+        flags.append(Flag("token_count_mismatch", (
+            f"{len(mismatched)} of {len(results)} requests' token counts disagreed with the length asked or the "
+            f"tokens streamed (first: {mismatched[0].token_count_note}): each counts what could be verified, "
+            "never more than asked (requests.parquet token_count_note)")))
     return out, flags
 
 

@@ -43,6 +43,7 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             tpot_ms=tpot,
             itl_ms=itl if times else None,
             timing_note=r.timing_note,
+            token_count_note=r.token_count_note,
         ))
     return rows
 

@@ -53,6 +53,7 @@ class RequestResult:
     arrival_s: Optional[float] = None  # when it arrived (None: when the call started); start_s − arrival_s is queueing
     output_len_requested: Optional[int] = None  # the length it asked for
     error: Optional[str] = None  # why it failed (an HTTP error, a dropped stream): recorded, never dropped
+    token_count_note: Optional[str] = None  # how a token count reported disagreed with the tokens asked or seen
 
 
 Progress = Callable[[int], None]  # called with the number of requests just completed

@@ -1,5 +1,6 @@
 """A stand-in OpenAI-compatible server for the client's error paths (500s, dropped streams, timeouts,
-text-only prompts), in a thread of the test process. Real serving is tested against transformers serve."""
+text-only prompts, malformed replies, wrong token counts), in a thread of the test process. Real serving is
+tested against transformers serve."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ from typing import Optional
 
 
 class StandIn:
-    """``mode``: ok | fail500 | drop (two tokens, then the connection closes) | slow (never answers)."""
+    """``mode``: ok | fail500 | drop (two tokens, then the connection closes) | slow (never answers).
+    ``bad``: how every ``bad_every``-th request (by arrival, from the first) misbehaves, the others answered
+    well: ``event`` (``bad_line`` sent as one line of its stream, after a token), ``json_body`` (a plain JSON
+    completion, as a server ignoring stream=true answers), ``html`` (an HTML error page with status 200),
+    ``trickle`` (keep-alive comments every ``delay_s``, never a token), ``count`` (``usage.completion_tokens``
+    = ``count``; with ``streamed``, that many tokens are streamed). ``models``: the /v1/models answer, as raw
+    bytes (None: a well-formed list)."""
 
-    def __init__(self, mode: str = "ok", tokens_only: bool = False, delay_s: float = 0.005) -> None:
+    def __init__(self, mode: str = "ok", tokens_only: bool = False, delay_s: float = 0.005, bad: str = "",
+                 bad_every: int = 1, bad_line: bytes = b"", count=None, streamed: Optional[int] = None,
+                 models: Optional[bytes] = None) -> None:
         self.mode, self.tokens_only, self.delay_s = mode, tokens_only, delay_s
+        self.bad, self.bad_every, self.bad_line, self.count, self.streamed = bad, bad_every, bad_line, count, streamed
+        self.models = models
+        self.served = 0
         self.in_flight = self.most_in_flight = 0
         self.bodies = []
         with socket.socket() as s:
@@ -38,6 +50,8 @@ class StandIn:
         from aiohttp import web
 
         async def models(request):
+            if self.models is not None:
+                return web.Response(body=self.models, content_type="text/html")
             return web.json_response({"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
 
         async def completions(request):
@@ -47,6 +61,13 @@ class StandIn:
                 return web.json_response({"detail": "prompt must be a string."}, status=400)
             if self.mode == "fail500":
                 return web.Response(status=500, text="internal error: out of blocks")
+            bad = self.bad if body["max_tokens"] > 1 and self.served % self.bad_every == 0 else ""
+            self.served += body["max_tokens"] > 1  # the one-token prompt-kind probe is not counted
+            if bad == "json_body":
+                return web.json_response({"choices": [{"index": 0, "text": " t1 t2", "finish_reason": "length"}],
+                                          "usage": {"completion_tokens": 2}})
+            if bad == "html":
+                return web.Response(text="<html>\n<body>502 Bad Gateway</body>\n</html>\n", content_type="text/html")
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
             try:
@@ -54,16 +75,23 @@ class StandIn:
                     await asyncio.sleep(3)  # past the test's 1 s request timeout
                 resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                 await resp.prepare(request)
+                if bad == "trickle":
+                    while True:
+                        await asyncio.sleep(self.delay_s)
+                        await resp.write(b": keep-alive\n\n")
                 n = int(body["max_tokens"])
-                for i in range(n):
+                count = self.count if bad == "count" else n
+                for i in range(self.streamed if bad == "count" and self.streamed is not None else n):
                     await asyncio.sleep(self.delay_s)
                     chunk = {"choices": [{"index": 0, "text": f" t{i + 10}"}]}
                     await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     if self.mode == "drop" and i == 1:
                         request.transport.close()
                         return resp
+                    if bad == "event" and i == 0:
+                        await resp.write(self.bad_line + b"\n\n")
                 await resp.write(b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}\n\n')
-                usage = {"choices": [], "usage": {"completion_tokens": n, "prompt_tokens": 3}}
+                usage = {"choices": [], "usage": {"completion_tokens": count, "prompt_tokens": 3}}
                 await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
                 return resp
             finally:

@@ -228,3 +228,124 @@ def test_a_secret_the_server_prints_never_stays_in_its_log(compose_cfg, tmp_path
         srv.stop()
     text = (tmp_path / "server.log").read_text()
     assert endpoint.log_path == str(tmp_path / "server.log") and "token <HF_TOKEN>" in text and secret not in text
+
+
+BAD_REPLIES = {
+    "data null": dict(bad="event", bad_line=b"data: null"),
+    "data a list": dict(bad="event", bad_line=b"data: [1,2]"),
+    "choices a string": dict(bad="event", bad_line=b'data: {"choices": "abc"}'),
+    "usage a list": dict(bad="event", bad_line=b'data: {"choices": [], "usage": [1]}'),
+    "count a string": dict(bad="event", bad_line=b'data: {"choices": [], "usage": {"completion_tokens": "lots"}}'),
+    "not JSON": dict(bad="event", bad_line=b"data: {oops"),
+    "stream=true ignored": dict(bad="json_body"),
+    "an HTML page": dict(bad="html"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
+def test_a_malformed_reply_fails_its_request_only(compose_cfg, kind):
+    with StandIn(bad_every=2, **kind) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=6", "load.max_concurrency=1"])
+        out = engine.generate(_requests(config, 4), None, lambda n: None)
+    assert [r.error is None for r in out] == [False, True, False, True], [r.error for r in out]
+    assert all("malformed event" in r.error or "not a server-sent event" in r.error for r in out[::2])
+    assert all(r.output_tokens == 6 and len(r.token_times_s) == 6 for r in out[1::2])
+
+
+def test_a_keep_alive_trickle_ends_at_the_chunk_timeout(compose_cfg):
+    with StandIn(bad="trickle", bad_every=2, delay_s=0.05) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "load.max_concurrency=1",
+                                                           "server.chunk_timeout_s=0.5"])
+        t0 = time.monotonic()
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+        assert time.monotonic() - t0 < 5
+    assert out[0].error == "TimeoutError: past server.chunk_timeout_s=0.5 s" and out[1].error is None
+
+
+def test_a_server_slow_to_answer_ends_at_the_connect_timeout(compose_cfg):
+    with StandIn(mode="slow") as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "server.connect_timeout_s=0.5"])
+        t0 = time.monotonic()
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+        assert time.monotonic() - t0 < 2.5
+    assert all(r.error == "TimeoutError: past server.connect_timeout_s=0.5 s" for r in out), [r.error for r in out]
+
+
+def test_a_stream_that_keeps_sending_tokens_outlives_the_chunk_timeout(compose_cfg):
+    """The chunk bound is the gap between tokens, not the request's length: 4 tokens 0.2 s apart pass 0.5 s."""
+    with StandIn(delay_s=0.2) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "server.chunk_timeout_s=0.5"])
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    assert all(r.error is None and r.output_tokens == 4 for r in out), [r.error for r in out]
+    assert all(r.token_times_s[-1] - r.start_s > 0.5 for r in out)
+
+
+def test_a_bound_past_the_request_deadline_is_named_as_the_request_timeout(compose_cfg):
+    with StandIn(bad="trickle", delay_s=0.05) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "server.request_timeout_s=0.5"])
+        out = engine.generate(_requests(config, 1), None, lambda n: None)
+    assert out[0].error == "TimeoutError: past server.request_timeout_s=0.5 s"
+
+
+@pytest.mark.parametrize("override", ["server.chunk_timeout_s=inf", "server.chunk_timeout_s=0",
+                                      "server.connect_timeout_s=-1", "server.connect_timeout_s=nan"])
+def test_a_bound_that_is_not_a_finite_positive_time_is_refused(compose_cfg, override):
+    from llem.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", "\\.")):
+        to_config(compose_cfg(["server=launch", override]))
+
+
+@pytest.mark.parametrize("count, streamed", [(24, None), (2, None), (-5, None), (8, 3)])
+def test_a_wrong_token_count_is_noted_and_flagged_never_credited(compose_cfg, count, streamed):
+    from llem.load_metrics import load_part
+    from llem.metrics import request_rows
+
+    with StandIn(bad="count", bad_every=2, count=count, streamed=streamed) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=8", "load.max_concurrency=1"])
+        reqs = _requests(config, 4)
+        out = engine.generate(reqs, None, lambda n: None)
+    rows = request_rows(out, min(r.start_s for r in out))
+    _, flags = load_part(out, rows, reqs, 1.0, config)
+    assert all(r.error is None for r in out) and [f.code for f in flags] == ["token_count_mismatch"]
+    assert [bool(r.token_count_note) for r in rows] == [True, False, True, False]
+    assert [r.output_tokens for r in rows] == [streamed or 8, 8, streamed or 8, 8]
+
+
+@pytest.mark.parametrize("answer", [b'[{"id": "m"}]', b"<html>models</html>", b'{"data": [{"id": 7}]}', b"null",
+                                    b'{"data": ["m"]}', b'{"data": {"id": "m"}}'],
+                         ids=["a list", "html", "an id not a string", "null", "a model not an object", "data no list"])
+def test_a_models_list_of_the_wrong_shape_is_a_clear_server_error(compose_cfg, answer):
+    with StandIn(models=answer) as server:
+        with pytest.raises(ServerError, match="server.url=.*/v1/models"):
+            srv.check_external(server.url)
+        with pytest.raises(ServerError, match="server.url=.*/v1/models"):
+            _client(compose_cfg, server.url)
+
+
+def _job(compose_cfg, tmp_path, **stand_in):
+    import pandas as pd
+
+    from tests.conftest import run_in_process
+
+    with StandIn(**stand_in) as server:
+        row = run_in_process(compose_cfg, ["server=external", f"server.url={server.url}", "load.max_concurrency=1"],
+                             tmp_path / "job")
+    return row, pd.read_parquet(tmp_path / "job" / "requests.parquet")
+
+
+def test_a_job_with_malformed_replies_measures_the_others(compose_cfg, tmp_path):
+    row, reqs = _job(compose_cfg, tmp_path, bad="event", bad_every=2, bad_line=b"data: null")
+    failed = reqs["error"].notna()
+    assert row["status"] == "ok", row["error"]
+    assert len(reqs) == 4 and 0 < failed.sum() < 4 and row["num_requests_failed"] == failed.sum()
+    assert reqs["error"][failed].str.startswith("malformed event").all() and (reqs["output_tokens"][~failed] == 8).all()
+    assert "requests_failed" in str(row["flags"])
+
+
+def test_a_job_whose_server_inflates_its_counts_credits_only_what_was_asked(compose_cfg, tmp_path):
+    row, reqs = _job(compose_cfg, tmp_path, bad="count", count=24)
+    assert row["status"] == "ok", row["error"]
+    assert reqs["error"].isna().all() and (reqs["output_tokens"] == 8).all() and row["output_tokens_total"] == 32
+    assert reqs["token_count_note"].str.contains("reported 24 tokens").all()
+    assert "token_count_mismatch" in str(row["flags"])

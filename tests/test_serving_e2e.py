@@ -40,6 +40,7 @@ def test_launch_at_a_rate(tmp_path):
     assert r["status"] == "ok" and r["server_mode"] == "launch" and r["server_prompt"] == "text"
     assert r["server_start_s"] > 0 and not r["server_reused"] and r["num_server_starts"] == 1
     assert len(req) == 32 and (req["output_tokens"] == 128).all() and req["error"].isna().all()
+    assert req["token_count_note"].isna().all()  # the server streamed and reported every token asked
     gaps = np.diff(req["arrival_offset_s"].to_numpy())
     assert gaps.mean() == pytest.approx(1 / 8, rel=0.25), gaps.mean()
     assert r["inter_arrival_s_mean"] == pytest.approx(1 / 8, rel=0.25) and r["target_requests_per_s"] == 8.0

@@ -17,5 +17,6 @@ FLAG_MEANINGS = {
     "no_steady_state": "the engine never held its full batch steadily: every number includes ramp-up and drain",
     "requests_failed": "over 1% of the requests ended in an error (HTTP status, dropped stream, timeout): counted, "
                        "not averaged",
+    "token_count_mismatch": "a server's token count disagreed with the length asked or the tokens streamed",
     "rate_not_met": "requests arrived more slowly than load.request_rate asked: the client or the server fell behind",
 }

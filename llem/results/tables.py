@@ -33,6 +33,8 @@ class RequestRow:
     energy_adjusted_j: Optional[float] = col("its share of the window's adjusted energy (J), by the same rule")
     error: Optional[str] = col("why it failed (HTTP status and body, dropped stream, timeout), if it did")
     timing_note: Optional[str] = col("why a timing is missing or came from the host, if so")
+    token_count_note: Optional[str] = col("how the server's token count disagreed with the length asked or the "
+                                          "tokens streamed, and what was counted (docs/serving.md), if it did")
 
 
 @dataclass

@@ -4,16 +4,18 @@ It is an :class:`Engine` to the measurement protocol: ``load`` finds the served 
 prompts, ``generate`` sends every request to ``POST /v1/completions`` at its arrival time (aiohttp,
 streamed server-sent events, ``stream_options.include_usage``) with at most ``load.max_concurrency`` in
 flight. Per request: arrival (when it was due and the client woke for it), start of service (sent),
-the time of every streamed chunk that carried text, the end, and the server's ``usage``
-(``completion_tokens`` checked against the length asked for). An HTTP error, a dropped stream or a
-timeout is the request's ``error``: recorded, never dropped.
+the time of every streamed chunk that carried text, the end, and the tokens credited: the server's
+``usage.completion_tokens`` checked against the length asked for and the tokens streamed, never more than
+asked (:mod:`llem.serving.stream` reads the stream and says how). An HTTP error, a malformed reply, a
+dropped stream or a wait past ``server.connect_timeout_s``, ``server.chunk_timeout_s`` or
+``server.request_timeout_s`` is the request's ``error``: recorded, never dropped, the other requests measured.
 
 Prompts go as token ids where the server takes them (``server.prompt=auto`` asks once with a one-token
 request), as text otherwise: the request's own text, or its ids as id-words when the server's tokenizer
 is llem's (random weights; :mod:`llem.backends._served_model`), so the work is the same token for token.
 Chunks are not always tokens: with the id-word tokenizer each word of a chunk is one token; elsewhere
 each chunk is stamped once and the request's ``timing_note`` says so when their count differs from
-the server's token count.
+the tokens credited.
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ import json
 import logging
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends._served_model import id_words, words_in
+from llem.backends._served_model import id_words
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
 from llem.records import Progress, Request, RequestResult, now
-from llem.serving.server import Endpoint, alive, last_lines
+from llem.serving.server import Endpoint, alive, last_lines, model_names
+from llem.serving.stream import StreamParser
 
 log = logging.getLogger(__name__)
 
 ERROR_BODY_CHARS = 300
+DISCOVER_TIMEOUT_S = 30.0  # the model list and the prompt-kind probe, each
 
 
 class ServerEngine(Engine):
@@ -60,20 +64,29 @@ class ServerEngine(Engine):
     async def _discover(self) -> None:
         import aiohttp
 
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            if self.model_name is None:
-                async with session.get(f"{self.endpoint.url}/v1/models") as resp:
-                    data = await resp.json(content_type=None)
-                names = [m.get("id") for m in (data or {}).get("data", []) if isinstance(m, dict)]
-                if not names:
-                    raise ServerError(f"{self.endpoint.url}/v1/models lists no model: set server.model_name")
-                self.model_name = names[0]
-            if self.prompt == "auto":  # one token, asked as token ids: a 4xx means text only
-                body = {"model": self.model_name, "prompt": [1, 2, 3], "max_tokens": 1}
-                async with session.post(f"{self.endpoint.url}/v1/completions", json=body) as resp:
-                    self.prompt = "token_ids" if resp.status == 200 else "text"
-                    await resp.read()
-        log.info("server %s serves %s; prompts sent as %s", self.endpoint.url, self.model_name, self.prompt)
+        url = self.endpoint.url
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DISCOVER_TIMEOUT_S)) as session:
+                if self.model_name is None:
+                    async with session.get(f"{url}/v1/models") as resp:
+                        body = await resp.read()
+                    try:
+                        names = model_names(json.loads(body or b"null"), url)
+                    except ValueError:
+                        raise ServerError(f"server.url={url!r} answered GET /v1/models with something that is not "
+                                          f"JSON (HTTP {resp.status}): is it an OpenAI-compatible server?") from None
+                    if not names:
+                        raise ServerError(f"server.url={url!r}: /v1/models lists no model: set server.model_name")
+                    self.model_name = names[0]
+                if self.prompt == "auto":  # one token, asked as token ids: a 4xx means text only
+                    body = {"model": self.model_name, "prompt": [1, 2, 3], "max_tokens": 1}
+                    async with session.post(f"{url}/v1/completions", json=body) as resp:
+                        self.prompt = "token_ids" if resp.status == 200 else "text"
+                        await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ServerError(f"server.url={url!r} failed while llem asked for its model and how it takes prompts "
+                              f"({DISCOVER_TIMEOUT_S:g} s per question): {type(exc).__name__}: {exc}") from None
+        log.info("server %s serves %s; prompts sent as %s", url, self.model_name, self.prompt)
 
     def _prompt(self, request: Request) -> Any:
         if self.prompt == "token_ids":
@@ -139,60 +152,80 @@ class ServerEngine(Engine):
     async def _stream(self, session, request: Request, length: int, arrival: float) -> RequestResult:
         import aiohttp
 
-        times: List[float] = []
-        chunks = 0
-        usage: Dict[str, Any] = {}
+        bounds = self.config.server
+        parser = StreamParser(self.endpoint.id_words)
         error = None
         start = now()
+        watch = _Watch(start + bounds.request_timeout_s)
+        watch.arm("connect_timeout_s", start + bounds.connect_timeout_s)
         try:
             async with session.post(f"{self.endpoint.url}/v1/completions", json=self._body(request, length)) as resp:
                 if resp.status != 200:
-                    text = (await resp.text())[:ERROR_BODY_CHARS]
+                    text = (await resp.text(errors="replace"))[:ERROR_BODY_CHARS]
                     error = f"HTTP {resp.status}: {' '.join(text.split())}"
                 else:
-                    done = False
+                    last = now()  # the wait for the first event that carries text counts from the headers
+                    watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
                     async for raw in resp.content:
-                        line = raw.strip()
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            done = True
+                        if parser.line(raw, now()):
                             break
-                        event = json.loads(data)
-                        if event.get("error"):
-                            error = f"server error in the stream: {event['error']}"
-                            break
-                        usage = event.get("usage") or usage
-                        for choice in event.get("choices") or []:
-                            text = choice.get("text") or ""
-                            if text:
-                                t = now()
-                                chunks += 1
-                                times.extend([t] * (words_in(text) if self.endpoint.id_words else 1))
-                            done = done or bool(choice.get("finish_reason"))
-                        done = done or bool(usage)
-                    if error is None and not done:
-                        error = "the stream ended before the server finished the request"
-                    elif error is None and not times:
-                        error = "the stream ended with no token"
+                        if parser.last_token_s is not None and parser.last_token_s != last:
+                            last = parser.last_token_s
+                            watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
+        except asyncio.CancelledError:
+            if watch.expired is None:
+                raise
+            watch.forget()
+            error = f"TimeoutError: past server.{watch.expired}={getattr(bounds, watch.expired):g} s"
         except aiohttp.ClientPayloadError as exc:
-            error = f"the stream was cut off after {len(times)} tokens ({exc})"
+            error = f"the stream was cut off after {len(parser.times)} tokens ({exc})"
         except asyncio.TimeoutError:
-            limit = self.config.server.request_timeout_s
-            error = f"TimeoutError: no answer within server.request_timeout_s={limit:g} s"
-        except (aiohttp.ClientError, ValueError) as exc:
+            error = f"TimeoutError: past server.request_timeout_s={bounds.request_timeout_s:g} s"
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        end = times[-1] if times else now()
-        served = int(usage.get("completion_tokens") or 0) if usage else len(times)
-        note = None
-        if times and served != len(times):
-            note = (f"the server streamed {chunks} chunks for {served} tokens: token times are chunk arrivals")
+        finally:
+            watch.disarm()
+        outcome = parser.result(length)
+        times = parser.times
         return RequestResult(request_id=request.request_id, input_tokens=request.input_tokens,
-                             output_tokens=served if error is None else len(times), start_s=start, end_s=end,
-                             first_token_s=times[0] if times else None, token_times_s=times or None,
-                             timing_note=note, arrival_s=arrival if request.arrival_s is not None else None,
-                             output_len_requested=length, error=error)
+                             output_tokens=outcome.output_tokens, start_s=start,
+                             end_s=times[-1] if times else now(), first_token_s=times[0] if times else None,
+                             token_times_s=times or None, timing_note=outcome.timing_note,
+                             arrival_s=arrival if request.arrival_s is not None else None,
+                             output_len_requested=length, error=error or outcome.error,
+                             token_count_note=outcome.token_note)
 
     def info(self) -> EngineInfo:
         return EngineInfo()
+
+
+class _Watch:
+    """The bound a request's current wait runs under, as one timer: when it runs out the request's task is
+    cancelled and ``expired`` names the key. Re-arming costs a timer, not a task, so it is done per event
+    that carries text, never per line. A bound past the request's deadline is server.request_timeout_s."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.task = asyncio.current_task()
+        self.loop = asyncio.get_running_loop()
+        self.expired: Optional[str] = None
+        self._timer = None
+
+    def arm(self, key: str, at: float) -> None:
+        if at >= self.deadline:
+            key, at = "request_timeout_s", self.deadline
+        self.disarm()
+        self._timer = self.loop.call_later(max(at - now(), 0.0), self._expire, key)
+
+    def _expire(self, key: str) -> None:
+        self.expired = key
+        self.task.cancel()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def forget(self) -> None:
+        """The cancellation was this watch's own: the task is not being cancelled (Python >= 3.11 counts)."""
+        if hasattr(self.task, "uncancel"):
+            self.task.uncancel()

@@ -81,18 +81,36 @@ def _get(url: str, timeout_s: float) -> Any:
         return json.loads(resp.read() or b"null")
 
 
+def model_names(models: Any, url: str) -> List[str]:
+    """The model ids of a ``/v1/models`` answer (``{"data": [{"id": ...}, ...]}``); ServerError naming
+    server.url when the answer is not of that shape."""
+    data = models.get("data") if isinstance(models, dict) else None
+    names = [m.get("id") if isinstance(m, dict) else None for m in data] if isinstance(data, list) else [None]
+    if not all(isinstance(n, str) and n for n in names):
+        shown = " ".join(json.dumps(models)[:200].split())
+        raise ServerError(f"server.url={url!r} answered GET /v1/models with {shown}, not an OpenAI model list "
+                          "({\"data\": [{\"id\": \"<name>\"}, …]}, ids strings): is it an OpenAI-compatible server?")
+    return names
+
+
 def check_external(url: str) -> List[str]:
     """The model names an external server lists; ServerError within CHECK_TIMEOUT_S if it does not answer."""
     base = url.rstrip("/")
     t0 = time.monotonic()
     try:
         models = _get(f"{base}/v1/models", CHECK_TIMEOUT_S)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except urllib.error.HTTPError as exc:
+        raise ServerError(f"server.url={url!r} answered GET /v1/models with HTTP {exc.code}: is it an "
+                          "OpenAI-compatible server?") from None
+    except ValueError as exc:
+        raise ServerError(f"server.url={url!r} answered GET /v1/models with something that is not JSON ({exc}): "
+                          "is it an OpenAI-compatible server?") from None
+    except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ServerError(f"server.url={url!r} did not answer GET /v1/models within {CHECK_TIMEOUT_S:g} s "
                           f"({reason}; {time.monotonic() - t0:.1f} s): start the server first, or check the "
                           "URL") from None
-    return [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)]
+    return model_names(models, url)
 
 
 def free_port(host: str, first: int) -> Tuple[int, int]:
