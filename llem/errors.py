@@ -26,6 +26,11 @@ class ServerError(LlemError):
     carries its last log lines."""
 
 
+class RequestsFailed(LlemError):
+    """No request of a batch or window succeeded: nothing was measured, so the job fails; the message
+    quotes the requests' own errors."""
+
+
 class MeterError(LlemError):
     """An energy meter failed in a way that makes its numbers unusable."""
 

@@ -32,7 +32,7 @@ from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
 from llem.kept_engine import KeptEngine
 from llem.preload import preload_engine
-from llem.records import Request, RequestResult
+from llem.records import RequestResult
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
 from llem.results.row import (
     Baselines,
@@ -53,6 +53,7 @@ from llem.results.row import (
     assemble,
 )
 from llem.results.tables import RequestRow, TimeseriesRow
+from llem.warmup import Warmup, at_once, warm_up
 from llem.window_parts import timeseries, window_parts
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,6 @@ def metered_gpus(cfg: Config, engine_cls, device: str) -> Tuple[List[GpuReader],
     if device != "cuda":
         return [], [], "device=cpu: no GPU is used"
     return open_gpus(engine_cls.gpus_required(cfg.backend))
-
-
-@dataclass
-class Warmup:
-    window: Optional[WindowEnergy]
-    batches_run: int
-    latency_cv: Optional[float]
-    fastest_s: Optional[float] = None  # the quickest batch: one wave, when sized and long as the measured ones
 
 
 @dataclass
@@ -181,7 +174,8 @@ class Experiment:
             if loaded_idle is not None:
                 found += doubt.baseline_flags("loaded_idle", loaded_rows)
             info = engine.info()
-            req_rows = metrics.request_rows(outputs, window.t0)
+            req_rows = metrics.request_rows(outputs, window.t0)  # kept in requests.parquet, also if all failed
+            load_metrics.check_some_succeeded(outputs, "measured window")
             parts.update(window_parts(cfg, engine, work, outputs, req_rows, window, loaded_idle, sampler, info,
                                       self.device_idle, self.warnings))
             if self.held is not None:
@@ -281,40 +275,8 @@ class Experiment:
         return window
 
     def _warmup(self, meter: EnergyMeter, engine, work: workload.Workload, predict: bool = False) -> Warmup:
-        """Warm-up batches of as many requests as the engine holds at once, one generate call each:
-        a fixed count, or until the CV of the last ``cv_window`` batch latencies is ≤ ``until_cv``. When the
-        fastest batch is to predict the window (``predict``), at least two: an engine's first call can be
-        cold (seen on an H200: 16.6 s, then 2.8 s, for one batch-1 wave of PyTorch)."""
-        cfg = self.config.warmup
-        if cfg.batches == 0:
-            return Warmup(None, 0, None)
-        reqs = [_at_once(r) for r in work.requests]  # warm-up batches arrive at once, whatever the load
-        size = min(len(reqs), engine.sequences_in_flight())
-        out_len = cfg.output_len or self.config.output_len  # None: each request's own length
-        latencies: List[float] = []
-        cv = None
-        most = max(cfg.batches, 2) if predict and cfg.until_cv is None else cfg.batches
-
-        def run() -> None:
-            nonlocal cv
-            for b in range(most):
-                batch = [reqs[(b * size + i) % len(reqs)] for i in range(size)]
-                t0 = time.perf_counter()
-                engine.generate(batch, out_len, lambda n: None)
-                engine.synchronize()
-                latencies.append(time.perf_counter() - t0)
-                cv = metrics.cv(latencies[-cfg.cv_window:]) if len(latencies) >= cfg.cv_window else None
-                log.info("warm-up batch %d/%d: %d requests in %.2f s%s", b + 1, most, size, latencies[-1],
-                         "" if cv is None else f" (latency CV {cv:.3f})")
-                if cfg.until_cv is not None and cv is not None and cv <= cfg.until_cv:
-                    return
-
-        window = self._window(meter, "warmup", run)
-        if cfg.until_cv is not None and (cv is None or cv > cfg.until_cv):
-            self.warnings.append(f"warmup did not settle: batch-latency CV {cv if cv is None else f'{cv:.3f}'} "
-                                 f"> warmup.until_cv={cfg.until_cv} after {len(latencies)} batches")
-        one_wave = size == engine.sequences_in_flight() and out_len == self.config.output_len
-        return Warmup(window, len(latencies), cv, min(latencies) if latencies and one_wave else None)
+        return warm_up(self.config, engine, work, lambda run: self._window(meter, "warmup", run), predict,
+                       self.warnings)
 
     def _build(self, n: int, parts: Dict[type, Any]) -> workload.Workload:
         """The workload of ``n`` requests with their output lengths and arrival times; its row parts."""
@@ -326,13 +288,21 @@ class Experiment:
 
     def _size_for_window(self, plan: sizing.Plan, work: workload.Workload, warm: Warmup,
                          parts: Dict[type, Any]) -> workload.Workload:
-        """More whole waves when the warm-up says the window would be shorter than measure.min_window_s."""
-        n = sizing.extend_for_window(plan, None if self.config.load.timed else warm.fastest_s)
-        if n <= len(work.requests):
-            return work
-        log.info("%d requests (%d waves of %d) for a window of about %.1f s: one wave took %.2f s in warm-up", n,
-                 round(plan.waves_of(n)), plan.capacity, plan.estimate_s, warm.fastest_s)
-        return self._build(n, parts)
+        """More whole waves when the warm-up says the window would be shorter than measure.min_window_s. With
+        natural lengths a wave's time is scaled to the workload's mean length, and once more to that of the
+        longer workload (its requests draw lengths of their own)."""
+        cfg = self.config
+        for _ in range(2):
+            mean_len = sizing.asked_mean(work.requests, cfg.output_len, cfg.output_len_max)
+            wave_s = sizing.wave_for_lengths(warm.fastest_s, warm.fastest_len_mean, mean_len)
+            n = sizing.extend_for_window(plan, None if cfg.load.timed else wave_s)
+            if n <= len(work.requests):
+                return work
+            log.info("%d requests (%d waves of %d) for a window of about %.1f s: one wave of %.1f output tokens "
+                     "a request takes about %.2f s, by the warm-up", n, round(plan.waves_of(n)), plan.capacity,
+                     plan.estimate_s, mean_len, wave_s)
+            work = self._build(n, parts)
+        return work
 
     def _loaded_idle(self, meter: EnergyMeter, sampler: Sampler, gpus: List[GpuReader]
                      ) -> Tuple[Optional[WindowEnergy], List[Dict[str, Any]]]:
@@ -375,7 +345,7 @@ class Experiment:
     def _prefill(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
                  window: WindowEnergy, outputs: List[RequestResult], baseline_w: Optional[float]) -> PrefillDecode:
         pre = host.around("prefill", lambda: self._window(
-            meter, "prefill", lambda: engine.generate([_at_once(r) for r in work.requests], 1, lambda n: None)))
+            meter, "prefill", lambda: engine.generate([at_once(r) for r in work.requests], 1, lambda n: None)))
         cols, warns = phases.prefill_decode(
             window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
             sum(o.input_tokens for o in outputs), sum(o.output_tokens for o in outputs), len(outputs))
@@ -388,13 +358,6 @@ class Experiment:
             metered = [g.uuid for g in gpus]
             if seen != metered[: len(seen)]:
                 self.warnings.append(f"engine runs on GPUs {seen} but NVML meters {metered}: energy is misattributed")
-
-def _at_once(request: Request) -> Request:
-    """The request arriving with every other (warm-up batches, the prefill pass)."""
-    import dataclasses
-
-    return dataclasses.replace(request, arrival_s=None) if request.arrival_s is not None else request
-
 
 def _empty(cls: Optional[type]) -> Any:
     return cls() if cls is not None else None

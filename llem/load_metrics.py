@@ -18,6 +18,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.energy.flags import Flag
+from llem.errors import RequestsFailed
 from llem.records import Request, RequestResult
 from llem.results.load import LoadMetrics, ServerFacts
 from llem.results.tables import RequestRow
@@ -31,15 +32,40 @@ RAMP_QUANTILE = 0.1
 # open streams and under 5 ms up to ~110 (a due request waits behind one decode step's chunks); a client that
 # blocks its event loop, or sends 64 requests freed at one instant, misses by more.
 CLIENT_LATE_MS = 5.0
+FAILED_PCT_FLAG = 1.0  # requests_failed is raised when more than this share of the requests failed (%)
+QUOTED_ERRORS = 3  # distinct request errors quoted in a failed job's error
 
 
-def load_mode(load: Any) -> str:
-    """How requests are released (``load``: the job's LoadConfig): burst (rate inf, no cap: every request
-    due at once), closed (rate inf with max_concurrency: N in flight, each due when a slot frees) or open
-    (a finite rate: each due at its arrival time)."""
-    if load.request_rate != float("inf"):
+NO_TOKEN = "no output token, and no error"
+
+
+def quote_errors(results: Sequence[RequestResult]) -> str:
+    """The first few distinct request errors, quoted, with how many requests had each."""
+    counts: Dict[str, int] = {}
+    for r in results:
+        if r.error or not r.output_tokens:
+            error = r.error or NO_TOKEN
+            counts[error] = counts.get(error, 0) + 1
+    shown = [f"{n}× {error!r}" for error, n in list(counts.items())[:QUOTED_ERRORS]]
+    more = len(counts) - len(shown)
+    return "; ".join(shown) + (f"; and {more} other distinct error(s)" if more > 0 else "")
+
+
+def check_some_succeeded(results: Sequence[RequestResult], what: str) -> None:
+    """Raise :class:`RequestsFailed` when there were requests and none succeeded (each ended in an error
+    or gave no token): such a window measured nothing, and a row of zero throughput would pass for a
+    result."""
+    if results and all(r.error or not r.output_tokens for r in results):
+        raise RequestsFailed(f"no request of the {what} succeeded ({len(results)} asked): {quote_errors(results)}")
+
+
+def load_mode(load_config: Any) -> str:
+    """How the load was made: ``burst`` (rate inf, no cap: every request due at once), ``closed`` (rate inf
+    with ``max_concurrency=N``: N in flight, each next request due as one finishes) or ``open`` (a finite
+    rate: each request due at its arrival time)."""
+    if load_config.timed:
         return "open"
-    return "burst" if load.max_concurrency is None else "closed"
+    return "closed" if load_config.max_concurrency is not None else "burst"
 
 
 def request_bounds(bounds: Dict[str, str]) -> List[Tuple[str, str, float, str]]:
@@ -88,11 +114,11 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requ
         good = sum(_good(r, bounds) for r in rows)
         out.goodput_requests_per_s, out.goodput_pct = good / window_s, 100.0 * good / len(rows)
         out.goodput_bounds = " ".join(b[3] for b in bounds)
-    if failed:
-        first = failed[0].error
-        flags.append(Flag("request_errors", (
-            f"{len(failed)} of {len(results)} requests failed (first: {first}): their tokens count, their "
-            "latencies do not, and goodput counts them as missed")))
+    if failed and 100.0 * len(failed) / len(results) > FAILED_PCT_FLAG:
+        flags.append(Flag("requests_failed", (
+            f"{len(failed)} of {len(results)} requests failed (over {FAILED_PCT_FLAG:g}%: "
+            f"{quote_errors(failed)}): their tokens count, their latencies do not, and goodput counts them "
+            "as missed")))
     mismatched = [r for r in results if r.token_count_note]
     if mismatched:
         flags.append(Flag("token_count_mismatch", (

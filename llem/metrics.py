@@ -15,12 +15,13 @@ def _ms(seconds: Optional[float]) -> Optional[float]:
 
 
 def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[RequestRow]:
-    """One row per request: TTFT, end-to-end, TPOT and every inter-token latency (ms). A request that arrived
-    at a time of its own (a timed load) counts TTFT and end-to-end from its arrival, queueing included, as a
-    client of a server sees them; one submitted with all the others, from the start of its service."""
+    """One row per request: TTFT, end-to-end, TPOT and every inter-token latency (ms). TTFT and end-to-end
+    count from the request's due time (``arrival_s``: its arrival at a rate, the call's start in a burst,
+    when a slot freed in a closed loop), queueing included, as a client of a server sees them, in every
+    engine; a result that names no due time was due at the window's start."""
     rows = []
     for r in results:
-        origin = r.arrival_s if r.arrival_s is not None else r.start_s
+        origin = r.arrival_s if r.arrival_s is not None else window_t0
         times = r.token_times_s or []
         itl = [(b - a) * 1000.0 for a, b in zip(times, times[1:])]
         tpot = None

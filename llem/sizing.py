@@ -3,8 +3,9 @@
 With ``dataset.num_requests`` null (the default) a job measures ``measure.waves`` whole waves of
 the sequences the engine holds at once (``batch`` × replicas), so every wave fills the batch and
 the window has a steady state. On a GPU the energy counter steps every ~0.1 s, so the window must
-also last ``measure.min_window_s``: the warm-up's fastest batch (one wave, the same output length)
-predicts how many whole waves that takes, and a window that still comes out short is measured once
+also last ``measure.min_window_s``: the warm-up's fastest batch (one wave, the same output length;
+with natural lengths scaled from the mean length it asked for to the workload's) predicts how many
+whole waves that takes, and a window that still comes out short is measured once
 more with the count scaled by what it showed (the short one is discarded, like a warm-up).
 
 At a finite ``load.request_rate`` the window lasts about count ÷ rate: the count is at least
@@ -18,9 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from llem.energy.flags import Flag
+from llem.records import Request
 from llem.results.row import Sizing
 
 MARGIN = 1.1  # aim 10 % past the minimum: a wave's time varies a little between warm-up and window
@@ -81,6 +83,24 @@ def extend_for_window(p: Plan, wave_s: Optional[float]) -> int:
     p.num_requests = n
     p.estimate_s = p.waves_of(n) * wave_s
     return n
+
+
+def asked_mean(requests: Sequence[Request], output_len: Optional[int], longest: int) -> float:
+    """The mean output length ``requests`` ask for: ``output_len``, else each request's own (natural
+    lengths; ``longest`` for one that names none)."""
+    if output_len is not None or not requests:
+        return float(output_len if output_len is not None else longest)
+    return sum(r.output_len or longest for r in requests) / len(requests)
+
+
+def wave_for_lengths(wave_s: Optional[float], wave_len_mean: Optional[float], work_len_mean: float
+                     ) -> Optional[float]:
+    """One wave's time at the workload's mean output length, from a warm-up wave that asked for
+    ``wave_len_mean`` on average: with natural lengths the warm-up's fastest wave is the one that asked
+    for the fewest tokens, and taken as it is it predicts too short a window."""
+    if wave_s is None or not wave_len_mean:
+        return wave_s
+    return wave_s * work_len_mean / wave_len_mean
 
 
 def remeasure_count(p: Plan, window_s: float) -> Optional[int]:

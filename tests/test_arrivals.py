@@ -89,13 +89,13 @@ def test_inf_is_a_storable_rate(compose_cfg):
 
 
 def test_data_parallel_pytorch_says_plainly_why_it_cannot(compose_cfg):
-    for override in ("load.request_rate=4", "load.max_concurrency=2"):
-        config = to_config(compose_cfg([override, "backend.num_processes=2"]))
+    for override in (["load.request_rate=4"], ["load.request_rate=4", "load.max_concurrency=2"]):
+        config = to_config(compose_cfg([*override, "backend.num_processes=2"]))
         with pytest.raises(ConfigError, match="backend.num_processes=1") as err:
             engine_class("pytorch").validate_config(config)
         assert "server=launch" in str(err.value)
-        engine_class("pytorch").validate_config(to_config(compose_cfg([override])))  # one process takes it
-        engine_class("pytorch").validate_config(to_config(compose_cfg([override, "backend.num_processes=2",
+        engine_class("pytorch").validate_config(to_config(compose_cfg(override)))  # one process takes it
+        engine_class("pytorch").validate_config(to_config(compose_cfg([*override, "backend.num_processes=2",
                                                                        "server=launch"])))
 
 

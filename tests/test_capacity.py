@@ -31,11 +31,29 @@ def test_the_highest_rate_meeting_the_bound_with_its_cis():
     assert "J/request 30 J [95% CI 25, 35]; ttft_ms_p99=80" in text
 
 
-def test_every_rate_meeting_and_none_meeting_are_said():
-    assert "capacity is at least inf (all at once)" in capacity_text(_summary([5, 6, 7, 8]),
-                                                                     parse_bounds(["ttft_ms_p99<=200"]))
-    assert "no rate tried meets every bound (from 1 req/s)" in capacity_text(_summary([500, 600]),
-                                                                             parse_bounds(["ttft_ms_p99<=200"]))
+def test_every_rate_meeting_says_the_capacity_was_not_found():
+    text = capacity_text(_summary([5, 6, 7, 8]), parse_bounds(["ttft_ms_p99<=200"]))
+    assert "capacity not found: the highest rate tried, 4 req/s, still met it — try higher rates" in text
+
+
+def test_no_rate_meeting_is_said():
+    text = capacity_text(_summary([500, 600]), parse_bounds(["ttft_ms_p99<=200"]))
+    assert "no rate tried meets every bound (from 1 req/s)" in text
+
+
+def test_a_burst_meeting_the_bound_is_shown_but_never_the_capacity():
+    """At inf every request is due at once: it is no rate, whatever its TTFT."""
+    text = capacity_text(_summary([50, 80, 400, 150]), parse_bounds(["ttft_ms_p99<=200"]))
+    assert "model.name=llama3: 2 req/s" in text
+    assert "inf (burst: every request at once) meets the bounds; not a rate, so never the capacity" in text
+
+
+def test_a_closed_loop_is_shown_but_never_the_capacity():
+    summary = _summary([50, 80, 150, 150])
+    summary["cfg.load.max_concurrency"] = [None, None, None, 8]
+    text = capacity_text(summary, parse_bounds(["ttft_ms_p99<=200"]))
+    assert "the highest rate tried, 4 req/s, still met it" in text
+    assert "inf (closed loop, 8 in flight) meets the bounds; not a rate" in text
 
 
 def test_a_flagged_capacity_shows_its_flags_and_no_rate_sweep_gives_none():

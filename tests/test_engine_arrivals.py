@@ -57,7 +57,8 @@ def test_vllm_built_for_a_larger_batch_keeps_only_its_own_in_flight(compose_cfg,
     engine.load()
     assert engine.kwargs["max_num_seqs"] == 8
     out = engine.generate([Request(i, [11, 12, 13]) for i in range(7)], 4, lambda n: None)
-    assert [r.output_tokens for r in out] == [4] * 7 and all(r.arrival_s is None for r in out)
+    assert [r.output_tokens for r in out] == [4] * 7
+    assert len({r.arrival_s for r in out}) == 1 and all(r.start_s >= r.arrival_s for r in out)  # a burst: due at once
     spans = sorted((r.start_s, r.end_s) for r in out)
     assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) <= 2
 
@@ -148,4 +149,5 @@ def test_static_batches_take_what_has_arrived():
     assert got == [[0, 1], [2, 3], [4]]
     at_once = [Request(i, [1] * (3 + i)) for i in range(5)]
     batches = list(static_batches(at_once, 2, sort_by_length=True))
-    assert [[r.request_id for r in b] for b, _ in batches] == [[4, 3], [2, 1], [0]] and batches[0][1] is None
+    assert [[r.request_id for r in b] for b, _ in batches] == [[4, 3], [2, 1], [0]]
+    assert len({t0 for _, t0 in batches}) == 1  # a burst: every batch's requests due at the call's start

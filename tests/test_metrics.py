@@ -30,7 +30,7 @@ def test_request_rows_and_percentiles_match_numpy():
         results.append(_result(i, start, times))
     rows = request_rows(results, window_t0=10.0)
     assert rows[3].start_offset_s == 3.0
-    ttft = [(r.first_token_s - r.start_s) * 1000 for r in results]
+    ttft = [(r.first_token_s - 10.0) * 1000 for r in results]  # no due time named: due at the window's start
     itl = [(b - a) * 1000 for r in results for a, b in zip(r.token_times_s, r.token_times_s[1:])]
     s = latency_summary(rows)
     assert np.isclose(s.ttft_ms_p50, np.percentile(ttft, 50))
@@ -58,14 +58,18 @@ def test_missing_timings_are_null_not_zero():
     assert s.e2e_ms_p50 == 1000.0
 
 
-def test_at_a_timed_load_latency_counts_from_arrival_else_from_the_start_of_service():
-    """A request that arrived at its own time and waited 2 s for a slot: its TTFT and e2e include the wait (what
-    a client sees); submitted with all the others, they count from its start of service."""
-    timed = RequestResult(request_id=0, input_tokens=4, output_tokens=2, start_s=12.0, end_s=12.5,
-                          first_token_s=12.1, token_times_s=[12.1, 12.5], arrival_s=10.0)
-    at_once = RequestResult(request_id=1, input_tokens=4, output_tokens=2, start_s=12.0, end_s=12.5,
-                            first_token_s=12.1, token_times_s=[12.1, 12.5])
-    a, b = request_rows([timed, at_once], window_t0=10.0)
+def test_latency_counts_from_the_due_time_queueing_included():
+    """A request due at 10 s (its arrival at a rate, the call's start in a burst, a freed slot in a closed loop)
+    that waited 2 s for a slot: its TTFT and e2e include the wait, as a client sees them."""
+    due = RequestResult(request_id=0, input_tokens=4, output_tokens=2, start_s=12.0, end_s=12.5,
+                        first_token_s=12.1, token_times_s=[12.1, 12.5], arrival_s=10.0)
+    (a,) = request_rows([due], window_t0=9.0)
     assert round(a.queue_ms) == 2000 and round(a.ttft_ms) == 2100 and round(a.e2e_ms) == 2500
-    assert round(b.queue_ms) == 2000 and round(b.ttft_ms) == 100 and round(b.e2e_ms) == 500
-    assert round(a.tpot_ms) == round(b.tpot_ms) == 400  # the gap between tokens is the same either way
+    assert round(a.tpot_ms) == 400
+
+
+def test_a_result_without_a_due_time_counts_from_the_window_start_never_its_admission():
+    unnamed = RequestResult(request_id=1, input_tokens=4, output_tokens=2, start_s=12.0, end_s=12.5,
+                            first_token_s=12.1, token_times_s=[12.1, 12.5])
+    (b,) = request_rows([unnamed], window_t0=10.0)
+    assert round(b.queue_ms) == 2000 and round(b.ttft_ms) == 2100 and round(b.e2e_ms) == 2500

@@ -101,7 +101,7 @@ def test_a_failed_request_is_a_row_and_a_flag(compose_cfg):
         out = engine.generate(reqs, None, lambda n: None)
     rows = request_rows(out, min(r.start_s for r in out))
     part, flags = load_part(out, rows, reqs, 1.0, config)
-    assert part.num_requests_failed == 3 and part.goodput_pct == 0.0 and [f.code for f in flags] == ["request_errors"]
+    assert part.num_requests_failed == 3 and part.goodput_pct == 0.0 and [f.code for f in flags] == ["requests_failed"]
     assert all(r.error.startswith("HTTP 500") for r in rows) and latency_summary(rows).ttft_ms_p50 is None
 
 
@@ -345,7 +345,7 @@ def test_a_job_with_malformed_replies_measures_the_others(compose_cfg, tmp_path)
     assert row["status"] == "ok", row["error"]
     assert len(reqs) == 4 and 0 < failed.sum() < 4 and row["num_requests_failed"] == failed.sum()
     assert reqs["error"][failed].str.startswith("malformed event").all() and (reqs["output_tokens"][~failed] == 8).all()
-    assert "request_errors" in str(row["flags"])
+    assert "requests_failed" in str(row["flags"])
 
 
 def test_a_job_whose_server_inflates_its_counts_credits_only_what_was_asked(compose_cfg, tmp_path):

@@ -37,7 +37,9 @@ def test_rate_sweep_shares_one_server_then_capacity(tmp_path):
     out = subprocess.run([sys.executable, "-m", "llem.aggregate", "sweep", "--slo", "ttft_p99_ms<=100000",
                           "--plots"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "== capacity under ttft_ms_p99<=100000" in out.stdout and "req/s achieved" in out.stdout
+    assert "== capacity under ttft_ms_p99<=100000" in out.stdout
+    assert "the highest rate tried, 16 req/s, still met it — try higher rates" in out.stdout
+    assert "inf (burst: every request at once) meets the bounds; not a rate" in out.stdout
     assert (tmp_path / "aggregate" / "figures" / "load_j_per_token_and_latency_vs_rate.png").is_file()
     summary = pd.read_parquet(tmp_path / "aggregate" / "summary.parquet")
     assert summary["requests_per_s_mean"].notna().all() and summary["queue_ms_p99"].notna().all()

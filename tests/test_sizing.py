@@ -157,3 +157,56 @@ def test_a_set_count_that_cannot_fill_the_batch_is_measured_as_set_and_flagged(c
     assert (row["requests_sizing"], row["num_requests"], row["measure_passes_run"]) == ("set", 3, 1)
     assert {"batch_not_filled", "no_steady_state"} <= set(row["flags"])
     assert any("leave dataset.num_requests unset" in w for w in row["warnings"])
+
+
+def test_natural_lengths_scale_the_warmup_wave_to_the_workloads_mean_length():
+    from llem.records import Request
+
+    short = [Request(i, [1], output_len=n) for i, n in enumerate((10, 20))]
+    assert sizing.asked_mean(short, None, longest=99) == 15.0 and sizing.asked_mean(short, 7, longest=99) == 7.0
+    # the warm-up's fastest wave asked for 15 tokens on average, the workload asks for 60: a wave takes 4× as long
+    assert sizing.wave_for_lengths(0.5, 15.0, 60.0) == pytest.approx(2.0)
+    p = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=8, on_gpu=True)
+    assert sizing.extend_for_window(p, sizing.wave_for_lengths(0.5, 15.0, 60.0)) == 6 * 8  # 11 s at 2 s a wave
+
+
+class _Tokens:
+    """An engine whose every wave takes ``token_s`` per output token its requests ask for on average: time is
+    what the window's prediction is about, and with natural lengths a wave's time follows its lengths."""
+
+    def __new__(cls, token_s: float):
+        from llem.backends.base import Engine
+        from llem.records import RequestResult, now
+
+        class Tokens(Engine):
+            name = "tokens"
+            config_class = None
+
+            def load(self):
+                pass
+
+            def generate(self, requests, output_len, progress):
+                out = []
+                for first in range(0, len(requests), self.config.batch):
+                    wave = requests[first:first + self.config.batch]
+                    lengths = [output_len or r.output_len for r in wave]
+                    t0 = now()
+                    time.sleep(token_s * sum(lengths) / len(lengths))
+                    t1 = now()
+                    out += [RequestResult(r.request_id, r.input_tokens, n, t0, t1, t1, [t1] * n,
+                                          output_len_requested=n) for r, n in zip(wave, lengths)]
+                    progress(len(wave))
+                return out
+
+        return Tokens
+
+
+def test_natural_lengths_predict_the_window_from_the_mean_length_asked(compose_cfg, tmp_path, monkeypatch):
+    token_s = 0.002
+    row = _measure(compose_cfg, tmp_path, monkeypatch, _Tokens(token_s),
+                   ["measure.min_window_s=0.6", "output_len=null", "dataset.output_lengths.mean=24",
+                    "dataset.output_lengths.max=96", "warmup.batches=2"])
+    assert row["status"] == "ok", row["error"]
+    expected_s = row["num_waves"] * token_s * row["output_tokens_requested_mean"]
+    assert row["window_estimate_s"] == pytest.approx(expected_s, rel=0.1)
+    assert row["measure_passes_run"] == 1 and row["window_s"] >= 0.6

@@ -1,8 +1,8 @@
 """Command line of ``python -m llem.aggregate``.
 
 Bad input (a missing dir, ``--rows 0``, ``--plots`` without matplotlib, an unknown ``--job`` or
-``--slo`` metric, ``--unflagged`` without ``--slo``) is one line on stderr and exit status 2, found
-before anything is written.
+``--slo`` metric or one that is no number, ``--unflagged`` without ``--slo``) is one line on stderr and
+exit status 2, found before anything is written.
 """
 
 from __future__ import annotations

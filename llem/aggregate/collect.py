@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from llem.aggregate.conform import concat, conform
+from llem.aggregate.conform import ForeignColumn, concat, conform
 from llem.results import REQUESTS, RESULTS
 from llem.results.schema import OPAQUE_CONFIG_KEYS
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 SWEEP_MARKER = "multirun.yaml"
 INDEX_DIR = ".llem-index"
 FAMILIES = ("cfg.", "engine.", "codecarbon.")  # column families whose members vary by engine and meter
+STATUSES = ("ok", "failed")  # what a job's results.parquet says of it
 INDEX_VERSION = "3"  # 2: conformed column names and types; 3: jobs without a result stamped too
 
 
@@ -107,6 +108,8 @@ def _read_file(path: Path):
         return None, f"no {path.name}"
     try:
         return conform(pq.ParquetFile(path, pre_buffer=False).read(use_threads=False)), None
+    except ForeignColumn as exc:  # a known column of a type llem never writes: this job is left out
+        return None, f"{path.name} is not usable: {exc}"
     except Exception as exc:  # a corrupt or half-written file
         return None, f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
 
@@ -150,6 +153,9 @@ def _read_job(job: Job) -> Tuple[object, Optional[object]]:
         res, why = None, f"{RESULTS} holds {res.num_rows} rows, expected 1 (not written by llem?)"
     elif res is not None and "status" not in res.column_names:
         res, why = None, f"{RESULTS} has no status column (not written by llem?)"
+    elif res is not None and res.column("status")[0].as_py() not in STATUSES:
+        res, why = None, (f"{RESULTS} has status {res.column('status')[0].as_py()!r}, where llem writes "
+                          f"{' or '.join(STATUSES)} (not written by llem?)")
     if res is None:
         if why == f"no {RESULTS}":
             why = f"no {RESULTS}: the job never finished (stopped, killed, or still running)"

@@ -4,8 +4,10 @@ Every job's file is conformed before it is combined: columns renamed since it wa
 their current name, a declared column is cast to its declared type, and a text column of an
 undeclared family (cfg.*, engine.*) that holds only nulls becomes Arrow's null type, which
 combines with any type (older versions of llem wrote every unknown null as text). Two jobs that still disagree
-on a column's type (a value written as text by an old llem, a number by a newer one) are combined
-as text, with a warning naming the column — never a crash.
+on a column's type (a list written as text by an old llem) are combined as text, with a warning naming
+the column — never a crash. A declared column holding values that cannot be cast to its type (an int
+``flags``, words in a number column) is :class:`ForeignColumn`: that job is left out, with a warning
+naming the column, and the rest are aggregated.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def conform(table):
     import pyarrow as pa
 
     has_version = table.num_rows and "schema_version" in table.column_names
-    if has_version and table.column("schema_version")[0].as_py() == CURRENT:
+    if has_version and table.column("schema_version")[0].as_py() == CURRENT and _as_declared(table.schema):
         return table
 
     names = [RENAMED.get(n, n) for n in table.column_names]
@@ -52,13 +54,41 @@ def conform(table):
             try:
                 column = column.cast(want)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                if column.null_count != len(column) and _text(column.type) and not _number(want):
+                    continue  # text in a list column (an old llem's flags): concat() combines it as text, warned
                 if column.null_count != len(column):
-                    continue  # left as written; concat() combines it as text and says so
+                    raise ForeignColumn(f"column {name!r} holds {column.type}, where llem writes {want} "
+                                        "(not written by llem?)") from None
                 column = pa.nulls(len(column), want)  # only nulls (a list column an old writer typed as text)
         else:
             continue
         table = table.set_column(i, name, column)
     return table
+
+
+class ForeignColumn(ValueError):
+    """A known column holds values of a type llem never writes there (an int ``flags``): the job's file
+    cannot be combined with the others, so it is left out with this reason."""
+
+
+def _text(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _number(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+
+def _as_declared(schema) -> bool:
+    """Every declared column of ``schema`` has its declared type (or holds only nulls)."""
+    import pyarrow as pa
+
+    types = declared()
+    return all(types.get(f.name) in (None, f.type) or pa.types.is_null(f.type) for f in schema)
 
 
 def untyped_as_declared(table):

@@ -9,6 +9,7 @@ unflagged configurations and names a flagged one that reads lower."""
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import List, Sequence
@@ -53,16 +54,26 @@ def parse_bounds(texts: Sequence[str]) -> List[Bound]:
     return bounds
 
 
+ALLOWED = "a numeric results column such as ttft_ms_p99, output_tok_per_s, itl_ms_p50, avg_power_w"
+
+
 def value_column(summary, metric: str) -> str:
-    """The summary column a bound on ``metric`` reads: pooled percentiles, else the repeat mean."""
+    """The summary column a bound on ``metric`` reads: pooled percentiles, else the repeat mean. A bound
+    compares numbers: a column of text, lists or flags is refused (ValueError naming it)."""
     if metric in POOLED and metric in summary.columns:
-        return metric
-    if f"{metric}_mean" in summary.columns:
-        return f"{metric}_mean"
-    if metric in summary.columns:
-        return metric
-    raise ValueError(f"--slo: unknown metric {metric!r}; use a results column such as ttft_ms_p99, "
-                     "output_tok_per_s, itl_ms_p50, avg_power_w")
+        column = metric
+    elif f"{metric}_mean" in summary.columns:
+        column = f"{metric}_mean"
+    elif metric in summary.columns:
+        column = metric
+    else:
+        raise ValueError(f"--slo: unknown metric {metric!r}; use {ALLOWED}")
+    values = summary[column].dropna()
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+        kind = type(next(v for v in values if not isinstance(v, numbers.Real) or isinstance(v, bool))).__name__
+        raise ValueError(f"--slo: {metric!r} is not a number (its column {column!r} holds {kind} values): "
+                         f"a bound needs {ALLOWED}")
+    return column
 
 
 def pareto_front(summary, column: str, higher_is_better: bool):

@@ -272,7 +272,8 @@ class Runner:
     def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
                  ) -> List[RequestResult]:
         """Static batches of up to ``batch`` requests (and ``load.max_concurrency``), each run to its end, formed
-        by ``_torch_batches.static_batches`` (all at once, or what has arrived). With a static cache every
+        by ``_torch_batches.static_batches`` (all at once, or what has arrived); each request's latencies count
+        from its due time (a burst: the call's start). With a static cache every
         batch is padded to ``batch`` rows × ``input_len`` so shapes never change. A batch runs
         to its longest request's length; each request keeps its own (the rest is padding work)."""
         cfg = self.config
@@ -286,7 +287,7 @@ class Runner:
         return sorted(results, key=lambda r: r.request_id)
 
     def _run_batch(self, batch: List[Request], output_len: Optional[int], b: int,
-                   t0: Optional[float]) -> List[RequestResult]:
+                   t0: float) -> List[RequestResult]:
         cfg = self.config
         lengths = [output_len if output_len is not None else (r.output_len or cfg.output_len_max) for r in batch]
         steps = max(lengths)
@@ -314,7 +315,7 @@ class Runner:
                 request_id=req.request_id, input_tokens=req.input_tokens, output_tokens=len(times) if times else n,
                 start_s=start, end_s=times[-1] if times else end, first_token_s=times[0] if times else None,
                 token_times_s=times, batch_index=b, output_len_requested=own,
-                arrival_s=None if t0 is None else t0 + (req.arrival_s or 0.0)))
+                arrival_s=t0 + (req.arrival_s or 0.0)))  # its due time
         return out_rows
 
     # -- device -------------------------------------------------------------------------

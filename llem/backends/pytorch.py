@@ -25,7 +25,7 @@ from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, W
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
 from llem.errors import ConfigError, EngineUnavailable
-from llem.records import Progress, Request, RequestResult
+from llem.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,11 @@ class PyTorchEngine(Engine):
             raise ConfigError("load.request_rate and load.max_concurrency need backend.num_processes=1 in-process: "
                               "data-parallel replicas each take a fixed share of the requests, not what has arrived; "
                               "use one process, or server=launch")
+        if config.server.mode == "none" and not config.load.timed and config.load.max_concurrency is not None:
+            raise ConfigError(
+                f"load.max_concurrency={config.load.max_concurrency} with load.request_rate=inf is a closed loop (a "
+                "request admitted as another finishes), which backend=pytorch cannot run in-process: it runs static "
+                "batches, each to its end. Use batch=N for N requests at a time, backend=vllm, or server=launch")
         q = config.backend.quantization
         if q.method != "none" and config.model.dtype.value == "float32" and q.method != "bnb_8bit":
             log.info("4-bit quantisation with model.dtype=float32: non-quantised layers stay float32")
@@ -292,8 +297,11 @@ class PyTorchEngine(Engine):
             return out
         from llem.backends._torch_workers import merge_counts
 
+        t0 = now()  # replicas take every request at once (a burst: validate_config refuses any other load)
         replies = self._pool.call("generate", list(requests), output_len)
         out = sorted((r for results, _ in replies for r in results), key=lambda r: r.request_id)
+        for r in out:
+            r.arrival_s = t0  # due when the call started, not when a replica got it
         self._counts = merge_counts([counts for _, counts in replies])
         progress(len(out))
         return out

@@ -251,7 +251,10 @@ class TensorRTEngine(Engine):
     def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
                  ) -> List[RequestResult]:
         """Every request submitted before any is drained, or each at its arrival time, at most
-        ``load.max_concurrency`` in flight."""
+        ``load.max_concurrency`` in flight. Each is due as :mod:`llem.backends._due` says (a burst: at the
+        call's start; a closed loop: when a slot frees)."""
+        from llem.backends._due import DueTimes, closed_loop
+
         params: Dict[int, Any] = {}
         tracks = [_Track(r) for r in requests]
         cap = self.config.load.max_concurrency
@@ -270,27 +273,29 @@ class TensorRTEngine(Engine):
                 track.add(out, now())
             progress(1)
 
-        async def arrive(track: _Track, t0: float, slots) -> None:
-            await asyncio.sleep(max(0.0, t0 + (track.request.arrival_s or 0.0) - now()))
-            track.arrival = now() if track.request.arrival_s is not None else None  # all at once: none
+        async def arrive(track: _Track, due: DueTimes, slots) -> None:
+            await asyncio.sleep(max(0.0, due.t0 + (track.request.arrival_s or 0.0) - now()))
             if slots is not None:
-                await slots.acquire()
+                await slots.acquire()  # waiters wake in turn: slots are taken in the order they freed
             try:
+                track.arrival = due.admit(track.request)
                 submit(track)
                 await drain(track)
             finally:
+                due.finished(now())
                 if slots is not None:
                     slots.release()
 
         async def run() -> None:
+            due = DueTimes(now(), closed_loop(self.config.load))
             if not timed:
                 for track in tracks:
+                    track.arrival = due.admit(track.request)
                     submit(track)
                 await asyncio.gather(*(drain(t) for t in tracks))
                 return
             slots = asyncio.Semaphore(cap) if cap else None
-            t0 = now()
-            await asyncio.gather(*(arrive(t, t0, slots) for t in tracks))
+            await asyncio.gather(*(arrive(t, due, slots) for t in tracks))
 
         asyncio.run(run())
         return [t.result() for t in tracks]
@@ -339,7 +344,7 @@ class _Track:
     def __init__(self, request: Request) -> None:
         self.request = request
         self.start = 0.0
-        self.arrival: Optional[float] = None  # when it arrived (host clock), if it arrived over time
+        self.arrival: Optional[float] = None  # when it was due (host clock)
         self.stream = None
         self.times: List[float] = []
         self.scheduled: Optional[float] = None

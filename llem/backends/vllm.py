@@ -265,8 +265,11 @@ class VllmEngine(Engine):
                  ) -> List[RequestResult]:
         """Every request added before the first step, or each at its arrival time (between steps; the
         engine sleeps only while nothing is in flight), at most ``batch`` (and ``load.max_concurrency``) in
-        flight: a request waiting for a slot is added as one frees, in time for the next step."""
+        flight: a request waiting for a slot is added as one frees, in time for the next step. Each is due
+        as :mod:`llem.backends._due` says (a burst: at the call's start; a closed loop: when a slot frees)."""
         from vllm.inputs import TokensPrompt
+
+        from llem.backends._due import DueTimes, closed_loop
 
         engine = self.llm.llm_engine
         cap = min(c for c in (self.config.load.max_concurrency, self.config.batch) if c)  # the build may hold more
@@ -274,6 +277,7 @@ class VllmEngine(Engine):
         tracks = {f"llem-{r.request_id}": _Track(r) for r in requests}
         waiting = sorted(tracks.items(), key=lambda kv: kv[1].request.arrival_s or 0.0)
         t0, in_flight = now(), 0
+        due = DueTimes(t0, closed_loop(self.config.load))
         while waiting or engine.has_unfinished_requests():
             clock = now()
             while waiting and (cap is None or in_flight < cap) and t0 + (waiting[0][1].request.arrival_s or 0) <= clock:
@@ -281,7 +285,7 @@ class VllmEngine(Engine):
                 length = output_len if output_len is not None else (track.request.output_len or self.config.output_len)
                 if length not in params:
                     params[length] = self.sampling_params(length)
-                track.arrival = None if track.request.arrival_s is None else t0 + track.request.arrival_s
+                track.arrival = due.admit(track.request)
                 track.start = now()
                 engine.add_request(rid, TokensPrompt(prompt_token_ids=list(track.request.token_ids)), params[length])
                 in_flight += 1
@@ -296,6 +300,7 @@ class VllmEngine(Engine):
                 track.add(len(out.outputs[0].token_ids) if out.outputs else 0, host, out.metrics)
                 if out.finished:
                     in_flight -= 1
+                    due.finished(host)
                     progress(1)
         return [t.result() for t in tracks.values()]
 
@@ -355,7 +360,7 @@ class _Track:
     def __init__(self, request: Request) -> None:
         self.request = request
         self.start = 0.0  # submitted (host clock)
-        self.arrival: Optional[float] = None  # when it arrived (host clock), if it arrived over time
+        self.arrival: Optional[float] = None  # when it was due (host clock)
         self.scheduled = 0.0  # first scheduled (engine clock)
         self.engine: List[float] = []
         self.host: List[float] = []

@@ -15,7 +15,8 @@ FLAG_MEANINGS = {
     "host_energy_estimated": "CPU energy is codecarbon's estimate, not a counter",
     "batch_not_filled": "fewer requests than the engine holds at once: the numbers are those of a smaller batch",
     "no_steady_state": "the engine never held its full batch steadily: every number includes ramp-up and drain",
-    "request_errors": "some requests ended in an error (HTTP status, dropped stream, timeout): counted, not averaged",
+    "requests_failed": "over 1% of the requests ended in an error (HTTP status, dropped stream, timeout): counted, "
+                       "not averaged",
     "token_count_mismatch": "a server's token count disagreed with the length asked or the tokens streamed",
     "client_late": "the client (or engine) sent requests later than due (p99 lateness over its bound): a lighter load",
 }

@@ -29,9 +29,9 @@ class LoadMetrics:
     """The arrival process as it happened, and goodput under objective.bounds."""
 
     target_requests_per_s: Optional[float] = col("load.request_rate asked for (requests/s; inf: all at once)")
-    load_mode: Optional[str] = col("burst (rate inf, no cap: every request due at once), closed (rate inf with "
-                                   "load.max_concurrency: each due when a slot frees) or open (a finite rate: each "
-                                   "due at its arrival time)")
+    load_mode: Optional[str] = col("burst (rate inf: every request due at once), closed (rate inf with "
+                                   "load.max_concurrency=N: each next request due as one finishes) or open (a "
+                                   "finite rate: each due at its arrival); TTFT and e2e count from the due time")
     arrivals_per_s: Optional[float] = col("requests that arrived per second, first to last arrival")
     inter_arrival_s_mean: Optional[float] = col("mean gap between consecutive arrivals (s)")
     inter_arrival_cv: Optional[float] = col("coefficient of variation of the gaps (1: Poisson)")

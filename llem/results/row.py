@@ -174,13 +174,13 @@ class ModelFacts:
 class Latency:
     """Latency over the window's requests (ITL over every inter-token gap)."""
 
-    ttft_ms_mean: Optional[float] = col("mean time to first token over requests (ms): from arrival at a timed "
-                                        "load, else from the start of service")
+    ttft_ms_mean: Optional[float] = col("mean time to first token over requests (ms): from each request's due "
+                                        "time (see load_mode), queueing included")
     ttft_ms_p50: Optional[float] = col("median TTFT (ms)", summary=True)
     ttft_ms_p90: Optional[float] = col("90th-percentile TTFT (ms)")
     ttft_ms_p99: Optional[float] = col("99th-percentile TTFT (ms)", summary=True)
-    e2e_ms_mean: Optional[float] = col("mean end-to-end latency (ms): from arrival at a timed load, else from "
-                                       "the start of service")
+    e2e_ms_mean: Optional[float] = col("mean end-to-end latency (ms): from each request's due time (see "
+                                       "load_mode), queueing included")
     e2e_ms_p50: Optional[float] = col("median end-to-end latency (ms)")
     e2e_ms_p99: Optional[float] = col("99th-percentile end-to-end latency (ms)")
     itl_ms_mean: Optional[float] = col("mean inter-token latency over every gap (ms)")

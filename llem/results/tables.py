@@ -16,18 +16,18 @@ class RequestRow:
     process_index: Optional[int] = col("the data-parallel replica that served it")
     input_tokens: int = col("prompt tokens", default=0)
     output_tokens: int = col("output tokens returned", default=0)
-    arrival_offset_s: Optional[float] = col("when it arrived, from the window's start (s; 0: all at once)")
+    arrival_offset_s: Optional[float] = col("when it was due (its arrival; a burst: the call's start; a closed "
+                                            "loop: when a slot freed), from the window's start (s)")
     start_offset_s: Optional[float] = col("wait from the window's start to the start of its service (s)")
-    queue_ms: Optional[float] = col("wait from its arrival to the start of its service (ms): a full batch, or "
+    queue_ms: Optional[float] = col("wait from its due time to the start of its service (ms): a full batch, or "
                                     "load.max_concurrency", pooled=(50, 99))
     lateness_ms: Optional[float] = col("how late the client (or engine) sent it after it could have: its due time, "
                                        "or when its slot freed (ms)")
     output_tokens_requested: Optional[int] = col("the output length it asked for")
-    ttft_ms: Optional[float] = col("time to first token (ms): from its arrival at a timed load (load.request_rate "
-                                   "finite: the queue included, as a client sees it), else from the start of service",
-                                   pooled=(50, 99), label="TTFT", fmt=".1f")
-    e2e_ms: Optional[float] = col("end-to-end latency (ms), from its arrival at a timed load, else from the start "
-                                  "of service", pooled=(50,))
+    ttft_ms: Optional[float] = col("time to first token (ms): from its due time (see load_mode), the queue "
+                                   "included, as a client sees it", pooled=(50, 99), label="TTFT", fmt=".1f")
+    e2e_ms: Optional[float] = col("end-to-end latency (ms), from its due time (see load_mode), the queue included",
+                                  pooled=(50,))
     tpot_ms: Optional[float] = col("time per output token after the first (ms)")
     itl_ms: Optional[List[float]] = col("every inter-token gap (ms)", pooled=(50, 99), label="ITL", fmt=".2f")
     energy_j: Optional[float] = col("its share of the window's raw GPU energy (J): each sampling interval split "
