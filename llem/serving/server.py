@@ -2,8 +2,8 @@
 
 Launch: the engine's own server command (``Engine.server_launch``) on the first free port from
 ``server.port``, its own process group, killed with the driver; healthy when ``/health`` answers.
-Its output goes to a log file in the sweep dir (a single run: the job dir), and each job copies the
-lines written while it ran into its own ``server.log``.
+Its output goes, scrubbed of secrets line by line (:mod:`llem.serving.log_pipe`), to a log file in the sweep
+dir (a single run: the job dir), and each job copies the lines written while it ran into its own ``server.log``.
 
 Reuse: the driver keeps one running server. A job whose server *key* — the command (less the port),
 its environment and the GPUs — equals the running one's uses it as it is; any other key stops it and
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from llem import locks
+from llem.serving import log_pipe
 from llem.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class _Running:
     key: str
     proc: subprocess.Popen
     endpoint: Endpoint
-    log_file: Any = None
+    log_pipe: Optional[subprocess.Popen] = None  # writes the server's scrubbed output to its log
     port_claim: Optional[int] = None  # the port's lock, held while the server runs
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -206,21 +207,22 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
     argv = spec.argv + list(s.args)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / (log_name or f"server-{key[:8]}.log")
-    log_file = open(log_path, "ab")  # noqa: SIM115 - held open while the server runs
+    pipe = log_pipe.start(log_path)  # scrubs each line on its way to the file
     env = {**os.environ, **spec.env}
     log.info("server: starting %s", " ".join(argv))
     try:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        proc = subprocess.Popen(argv, stdout=pipe.stdin, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - setsid + death signal, no threads
     except OSError:
-        log_file.close()
         os.close(claim)
         raise
+    finally:
+        pipe.stdin.close()  # the server holds the pipe's only writing end now
     Servers.starts += 1
     endpoint = Endpoint(url=f"http://{s.host}:{port}", mode="launch", prompt=spec.prompt if s.prompt == "auto"
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
                         command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings))
-    Servers.current = _Running(key, proc, endpoint, log_file, claim)
+    Servers.current = _Running(key, proc, endpoint, pipe, claim)
     try:
         endpoint.start_s = _wait_healthy(Servers.current, spec, s.startup_timeout_s)
     except ServerError:
@@ -255,11 +257,11 @@ def stop() -> None:
             continue
     if cur.port_claim is not None:
         os.close(cur.port_claim)  # the port is free for another llem process's server
-    if cur.log_file is not None:
-        cur.log_file.close()
-        from llem import secrets
-
-        secrets.scrub_file(cur.endpoint.log_path)  # the server's own output, as any file llem keeps
+    if cur.log_pipe is not None:
+        try:  # the server's output has ended: the pipe writes what is left and exits
+            cur.log_pipe.wait(log_pipe.STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("the server log's pipe (pid %d) is still writing", cur.log_pipe.pid)
     log.info("server: stopped (pid %d)", cur.proc.pid)
 
 
