@@ -28,7 +28,7 @@ from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
 from llem.records import Progress, Request, RequestResult, now
-from llem.serving.server import Endpoint, alive, last_lines
+from llem.serving.server import Endpoint, alive, auth_headers, last_lines
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class ServerEngine(Engine):
     async def _discover(self) -> None:
         import aiohttp
 
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                         headers=auth_headers(self.config.server)) as session:
             if self.model_name is None:
                 async with session.get(f"{self.endpoint.url}/v1/models") as resp:
                     data = await resp.json(content_type=None)
@@ -101,7 +102,8 @@ class ServerEngine(Engine):
         slots = asyncio.Semaphore(cap) if cap else None
         timeout = aiohttp.ClientTimeout(total=self.config.server.request_timeout_s)
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                         headers=auth_headers(self.config.server)) as session:
             t0 = now()
             tasks = [asyncio.create_task(self._one(session, r, t0, slots, output_len, progress)) for r in requests]
             return list(await asyncio.gather(*tasks))

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from llem import locks
-from llem.serving import log_pipe
 from llem.errors import ServerError
+from llem.serving import log_pipe
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +77,26 @@ class Servers:
     starts: int = 0
 
 
-def _get(url: str, timeout_s: float) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - the user's own server
+def auth_headers(server) -> Dict[str, str]:
+    """The headers every request to the server carries: ``Authorization: Bearer <value>`` of the variable
+    ``server.api_key_env`` names (none without it). The value is read here, never stored in the config."""
+    name = getattr(server, "api_key_env", None)
+    value = os.environ.get(name) if name else None
+    return {"Authorization": f"Bearer {value}"} if value else {}
+
+
+def _get(url: str, timeout_s: float, headers: Optional[Dict[str, str]] = None) -> Any:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310 - the user's own server
         return json.loads(resp.read() or b"null")
 
 
-def check_external(url: str) -> List[str]:
+def check_external(url: str, headers: Optional[Dict[str, str]] = None) -> List[str]:
     """The model names an external server lists; ServerError within CHECK_TIMEOUT_S if it does not answer."""
     base = url.rstrip("/")
     t0 = time.monotonic()
     try:
-        models = _get(f"{base}/v1/models", CHECK_TIMEOUT_S)
+        models = _get(f"{base}/v1/models", CHECK_TIMEOUT_S, headers)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ServerError(f"server.url={url!r} did not answer GET /v1/models within {CHECK_TIMEOUT_S:g} s "
@@ -234,7 +243,7 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
 
 def external(config) -> Endpoint:
     s = config.server
-    models = check_external(s.url)
+    models = check_external(s.url, auth_headers(s))
     name = s.model_name or (models[0] if models else None)
     return Endpoint(url=s.url.rstrip("/"), mode="external", prompt=s.prompt, model_name=name)
 
