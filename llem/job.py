@@ -184,9 +184,9 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
             raise DeviceError(problem)
         check_gpus(config, device)
         if config.server.mode == "external":  # the server holds the model: it must answer now, within 2 s
-            from llem.serving.server import check_external
+            from llem.serving.server import auth_headers, check_external
 
-            check_external(config.server.url)
+            check_external(config.server.url, auth_headers(config.server))
         else:
             model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
         if config.server.mode == "launch":
