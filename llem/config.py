@@ -238,7 +238,7 @@ class ObjectiveConfig:
 
 # Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).
 HASH_EXCLUDED_KEYS = ("repeat", "isolate", "reuse_engine", "progress", "objective", "dry_run", "cache_dir",
-                      "server.host", "server.port", "server.startup_timeout_s", "server.reuse")
+                      "server.host", "server.port", "server.startup_timeout_s", "server.reuse", "server.api_key_env")
 INF_ALLOWED = ("load.request_rate",)  # floats that may be inf (all at once); every other one must be finite
 INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # engines seed numpy's generators, which take 32 bits

@@ -156,3 +156,20 @@ def test_a_dry_run_against_a_server_that_does_not_answer_would_fail(tmp_path):
     out = proc.stdout + proc.stderr
     assert "invalid: server.url='http://127.0.0.1:" in out and "did not answer GET /v1/models" in out
     assert "would run" not in out
+
+
+def test_a_job_with_a_non_text_jsonl_prompt_fails_at_the_workload_stage(compose_cfg, tmp_path):
+    from tests.conftest import run_in_process
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "hello there"}\n{"prompt": null}\n')
+    row = run_in_process(compose_cfg, ["dataset=file", f"dataset.path={path}"], tmp_path / "job")
+    assert row["status"] == "failed" and row["error_stage"] == "workload"
+    assert f"{path}:2: field 'prompt' (dataset.field) is null" in row["error"]
+
+
+def test_the_api_key_variable_measures_nothing_and_leaves_the_hash(compose_cfg):
+    from llem.config import config_hash
+
+    base = config_hash(to_config(compose_cfg(EXTERNAL)))
+    assert config_hash(to_config(compose_cfg([*EXTERNAL, "server.api_key_env=SOME_NAME"]))) == base

@@ -356,3 +356,19 @@ def test_a_server_log_is_still_written_when_llem_dies(monkeypatch, tmp_path):
     assert proc.returncode == -9
     content = _wait_for(path, "token is")
     assert "<HF_TOKEN>" in content and TOKEN not in content
+
+
+def test_a_server_that_writes_a_lot_never_blocks_on_the_log_pipe(tmp_path):
+    """Megabytes of output, and one line longer than the pipe's line limit, go through at once."""
+    from llem.serving import log_pipe
+
+    path = tmp_path / "server.log"
+    flood = ("import sys\nfor i in range(50000): print('line', i, 'x' * 80)\n"
+             "sys.stdout.write('y' * (3 * (1 << 20)))\n")
+    pipe = log_pipe.start(path)
+    child = subprocess.Popen([sys.executable, "-c", flood], stdout=pipe.stdin)
+    pipe.stdin.close()
+    assert child.wait(60) == 0
+    pipe.wait(60)
+    data = path.read_bytes()
+    assert data.count(b"\n") == 50000 and data.endswith(b"y" * (3 * (1 << 20)))
