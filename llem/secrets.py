@@ -43,9 +43,13 @@ _orig_factory = None  # the log record factory install() wrapped; None when not 
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether an environment variable of this name holds a secret (case-insensitive)."""
+    """Whether an environment variable of this name holds a secret (the rules: case-insensitive; or protected)."""
+    return _matches_rules(name) or name in protected_names()
+
+
+def _matches_rules(name: str) -> bool:
     upper = name.upper()
-    return upper in SECRET_NAMES or upper.endswith(SECRET_SUFFIXES) or name in protected_names()
+    return upper in SECRET_NAMES or upper.endswith(SECRET_SUFFIXES)
 
 
 def protected_names() -> List[str]:
@@ -98,9 +102,9 @@ def secrets() -> List[Tuple[str, str]]:
     Read afresh on every call (a few microseconds), so changes to the environment take effect at once.
     Longest first, so a value that contains another secret is replaced whole.
     """
-    found = []
+    found, protected = [], set(protected_names())
     for name in os.environ:  # iterates over a snapshot of the keys: safe if another thread edits os.environ
-        if is_secret_name(name):
+        if name in protected or _matches_rules(name):
             value = os.environ.get(name)
             if value and len(value) >= MIN_SECRET_LEN:
                 found.append((name, value))

@@ -372,3 +372,11 @@ def test_a_server_that_writes_a_lot_never_blocks_on_the_log_pipe(tmp_path):
     pipe.wait(60)
     data = path.read_bytes()
     assert data.count(b"\n") == 50000 and data.endswith(b"y" * (3 * (1 << 20)))
+
+
+def test_a_job_dir_name_holds_a_secrets_name_not_its_value(monkeypatch):
+    from llem.dirnames import job_dirname
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    name = job_dirname([f"model.name={TOKEN}", "server.url=http://alice:Pa55word@10.0.0.1:8000"])
+    assert name == "name=_HF_TOKEN_,url=http_credentials_@10.0.0.1_8000"
