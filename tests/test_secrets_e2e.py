@@ -56,7 +56,7 @@ def nasty_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("nasty")
     env = {**NASTY, API_KEY_VAR: API_KEY}
     with StandIn() as server:
-        args = ["-m", *FAST, "isolate=false", "server=external", f"server.url={server.url}",
+        args = ["-m", *FAST, "server=external", f"server.url={server.url}",
                 f"server.api_key_env={API_KEY_VAR}", "model.name=${oc.env:E2E_QUOTE_TOKEN}", "repeat=0,1",
                 *[f"+server.extra_body.x{i}=${{oc.env:{name}}}" for i, name in enumerate(NASTY)],
                 "hydra.sweep.dir=sweep"]
