@@ -23,8 +23,10 @@ STOP_WAIT_S = 10.0  # how long stop() waits for the pipe to drain once the serve
 
 def start(path: Union[str, Path]) -> subprocess.Popen:
     """The pipe process appending to ``path``; hand its ``stdin`` to the server as stdout, then close it here."""
+    package_root = str(Path(__file__).resolve().parents[2])  # this llem, wherever the driver imported it from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "llem.serving.log_pipe", str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
 def copy(source: BinaryIO, target: BinaryIO) -> None:
@@ -35,8 +37,11 @@ def copy(source: BinaryIO, target: BinaryIO) -> None:
         line = source.readline(MAX_LINE_BYTES)
         if not line:
             return
-        text = line.decode("utf-8", "surrogateescape")
-        target.write(secrets.scrub(text).encode("utf-8", "surrogateescape"))
+        try:
+            clean = secrets.scrub(line.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+        except Exception as exc:  # never pass a line on unscrubbed, never stop reading (the server would block)
+            clean = f"<a line of {len(line)} bytes left out: {type(exc).__name__}>\n".encode()
+        target.write(clean)
         target.flush()
 
 
