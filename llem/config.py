@@ -45,6 +45,11 @@ class Device(Enum):
     cpu = "cpu"
 
 
+# model.architecture sizes that must be whole and positive (a model of 0 layers or heads builds nothing real)
+ARCHITECTURE_SIZES = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",
+                      "hidden_size", "intermediate_size")
+
+
 @dataclass
 class ModelConfig:
     """What is measured. ``architecture`` lets ``weights=random`` build the model offline."""
@@ -68,6 +73,11 @@ class ModelConfig:
                 dict(self.architecture),
                 "a mapping with at least model_type when model.weights=random",
             )
+        for key in ARCHITECTURE_SIZES:
+            value = self.architecture.get(key)
+            if value is not None:
+                _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                         f"model.architecture.{key}", value, "an integer >= 1")
 
 
 @dataclass
@@ -228,7 +238,7 @@ class ObjectiveConfig:
 
 # Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).
 HASH_EXCLUDED_KEYS = ("repeat", "isolate", "reuse_engine", "progress", "objective", "dry_run", "cache_dir",
-                      "server.host", "server.port", "server.startup_timeout_s", "server.reuse")
+                      "server.host", "server.port", "server.startup_timeout_s", "server.reuse", "server.api_key_env")
 INF_ALLOWED = ("load.request_rate",)  # floats that may be inf (all at once); every other one must be finite
 INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # engines seed numpy's generators, which take 32 bits

@@ -4,15 +4,68 @@ natural output lengths used when ``output_len`` is null (``dataset.output_length
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
+import urllib.parse
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from llem.errors import ConfigError
 from llem.errors import require as _require
 
 SERVER_MODES = ("none", "launch", "external")
 PROMPT_KINDS = ("auto", "token_ids", "text")
 LENGTH_DISTRIBUTIONS = ("lognormal", "uniform")
+# Arrival processes a clock can keep: a mean gap between 1 µs and 1000 s, and a gamma shape whose gaps neither
+# collapse to ~0 (shape 1e-300 puts every arrival at t0) nor lose all spread.
+RATE_RANGE = (1e-3, 1e6)  # requests per second, or inf
+BURSTINESS_RANGE = (1e-2, 1e2)
+# The request fields llem sets itself (the request, its length, streaming, decoding, the engine's exact-length
+# keys): server.extra_body may add to them, never replace them, or the measurement would not be of what it says.
+OWN_BODY_KEYS = ("model", "prompt", "messages", "max_tokens", "max_completion_tokens", "min_tokens", "stream",
+                 "stream_options", "n", "best_of", "echo", "ignore_eos", "temperature", "top_p", "top_k", "seed",
+                 "generation_config", "logprobs", "stop", "suffix")
+# server.* keys only some server modes use (the others would silently ignore them); mode none uses none.
+LAUNCH_KEYS = ("host", "port", "startup_timeout_s", "args", "reuse")
+EXTERNAL_KEYS = ("url", "api_key_env")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_host(host: str) -> bool:
+    """Whether ``host`` is an IP address (v4, or v6 with or without brackets) or a valid DNS host name."""
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        return True
+    except ValueError:
+        pass
+    if not host or len(host) > 253 or re.fullmatch(r"[0-9.]+", host):
+        return False  # all digits and dots is an IPv4 address or nothing (999.1.1.1)
+    return all(_HOST_LABEL.fullmatch(label) for label in host.rstrip(".").split("."))
+
+
+def check_url(url: object, key: str = "server.url") -> None:
+    """An http(s) base URL that parses, names a valid host and port, and carries no credentials (the
+    error never repeats credentials: they would reach the console and the failed row)."""
+    text = str(url or "")
+    allowed = "the server's base URL, e.g. http://127.0.0.1:8000"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        parts, port = None, exc
+    if parts is not None and (parts.username is not None or parts.password is not None or "@" in parts.netloc):
+        raise ConfigError(f"{key} holds credentials (user:password@): not allowed in a URL, where they would be "
+                          "written to logs and results; put the key in an environment variable and name it in "
+                          "server.api_key_env (sent as Authorization: Bearer)")
+    _require(parts is not None and not isinstance(port, ValueError), key, url, f"{allowed} (it does not parse: {port})")
+    _require(parts.scheme in ("http", "https") and bool(parts.netloc), key, url, f"{allowed} (http:// or https://)")
+    _require(not any(c.isspace() for c in text), key, url, f"{allowed}, with no spaces")
+    _require(is_host(parts.hostname or ""), key, url, f"{allowed}: {parts.hostname!r} is not an IP address or "
+             "host name")
+    _require(not parts.query and not parts.fragment, key, url, f"{allowed}, with no query or fragment")
 
 
 @dataclass
@@ -27,11 +80,12 @@ class LoadConfig:
     max_concurrency: Optional[int] = None
 
     def __post_init__(self) -> None:
-        rate = self.request_rate
-        _require(rate == math.inf or (math.isfinite(rate) and rate > 0), "load.request_rate", rate,
-                 "a number of requests per second > 0, or inf (all at once)")
-        _require(math.isfinite(self.burstiness) and self.burstiness > 0, "load.burstiness", self.burstiness,
-                 "a gamma shape > 0 (1: Poisson arrivals)")
+        rate, low, high = self.request_rate, *RATE_RANGE
+        _require(rate == math.inf or low <= rate <= high, "load.request_rate", rate,
+                 f"a number of requests per second in [{low:g}, {high:g}], or inf (no arrival times)")
+        low, high = BURSTINESS_RANGE
+        _require(low <= self.burstiness <= high, "load.burstiness", self.burstiness,
+                 f"a gamma shape in [{low:g}, {high:g}] (1: Poisson arrivals)")
         if self.max_concurrency is not None:
             _require(self.max_concurrency >= 1, "load.max_concurrency", self.max_concurrency,
                      "null (no cap) or an integer >= 1")
@@ -62,6 +116,7 @@ class ServerConfig:
     args: List[str] = field(default_factory=list)  # launch: extra command-line arguments for the server
     extra_body: Dict[str, Any] = field(default_factory=dict)  # added to every request's JSON (server-specific keys)
     reuse: bool = True  # launch: consecutive jobs that need the same server keep it running
+    api_key_env: Optional[str] = None  # external: the NAME of a variable whose value is sent as a Bearer token
 
     def __post_init__(self) -> None:
         _require(self.mode in SERVER_MODES, "server.mode", self.mode, ", ".join(SERVER_MODES))
@@ -72,9 +127,36 @@ class ServerConfig:
             _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"server.{key}", value,
                      "a finite number of seconds > 0")
         if self.mode == "external":
-            url = str(self.url or "")
-            _require(url.startswith(("http://", "https://")), "server.url", self.url,
-                     "the server's base URL, e.g. http://127.0.0.1:8000, with server=external")
+            check_url(self.url)
+        _require(is_host(str(self.host)), "server.host", self.host, "an IP address or a host name, e.g. 127.0.0.1")
+        if self.api_key_env is not None:
+            _require(bool(ENV_NAME.fullmatch(str(self.api_key_env))), "server.api_key_env", self.api_key_env,
+                     "the name of an environment variable (letters, digits, _; not its value)")
+            from llem import secrets
+
+            secrets.protect(self.api_key_env)  # its value is a secret whatever the variable is called
+        own = sorted(set(self.extra_body) & set(OWN_BODY_KEYS))
+        if own:
+            raise ConfigError(f"server.extra_body.{own[0]} is invalid: llem sets {', '.join(own)} itself; "
+                              f"server.extra_body may add keys other than {', '.join(OWN_BODY_KEYS)} "
+                              "(lengths: output_len; decoding: decoding.*)")
+        self._check_mode_keys()
+
+    def _check_mode_keys(self) -> None:
+        """A key the chosen mode does not use is refused, not silently ignored."""
+        users = {**{k: ("launch",) for k in LAUNCH_KEYS}, **{k: ("external",) for k in EXTERNAL_KEYS}}
+        if self.mode == "none":
+            users.update({k: ("launch", "external") for k in ("model_name", "prompt", "request_timeout_s",
+                                                              "connect_timeout_s", "chunk_timeout_s", "extra_body")})
+        for key, modes in users.items():
+            if self.mode not in modes and getattr(self, key) != _default(key):
+                raise ConfigError(f"server.{key} is set but server.mode={self.mode} does not use it: only "
+                                  f"server={' or server='.join(modes)} does (choose it, or drop server.{key})")
+
+
+def _default(key: str) -> Any:
+    f = ServerConfig.__dataclass_fields__[key]
+    return f.default_factory() if f.default_factory is not MISSING_FIELD else f.default
 
 
 @dataclass

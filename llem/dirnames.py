@@ -6,8 +6,10 @@ ends the same way and it is not a top-level key (``model.dtype`` → ``dtype``, 
 stays whole beside ``dataset.name``); characters unsafe in a file name replaced by ``_`` (a ``/``
 in a value makes no nested folder). Beyond :data:`MAX_CHARS` the name is cut after the last pair
 that fits and ends ``,<N>more-<hash>``: how many pairs were cut and a hash of all the overrides,
-so names stay unique. The same overrides always give the same name (a rerun resumes into the
-same dirs); the full overrides stay in the job's ``.hydra/overrides.yaml`` and its row's ``cfg.*``.
+so names stay unique. A secret value typed into an override, or credentials in a URL, appear as
+the variable's name (``<HF_TOKEN>`` → ``_HF_TOKEN_``). The same overrides always give the same name
+(a rerun resumes into the same dirs); the full overrides stay in the job's ``.hydra/overrides.yaml``
+and its row's ``cfg.*``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ EMPTY = "defaults"  # a sweep job with no overrides
 
 def job_dirname(overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> str:
     """The directory name of the job with these Hydra overrides (``key=value`` strings)."""
+    from llem.secrets import scrub
+
     excluded = set(exclude_keys)
     pairs: List[Tuple[str, str]] = []  # (the key without Hydra's +, ++ or ~, the override as typed)
-    for line in map(str, overrides):
+    for line in map(scrub, map(str, overrides)):  # a secret typed in, or a URL's credentials: its name only
         key = line.partition("=")[0].lstrip("+~")
         if key not in excluded:
             pairs.append((key, line))

@@ -2,9 +2,9 @@
 
 With ``-m`` every job of the sweep is checked: its config (types, ranges, the engine's own
 checks that need no import of the engine), its devices, where pretrained weights would come from
-(a local copy, or a reachable Hugging Face Hub), and whether a successful result with
-the same ``config_hash`` is already in its dir (the job would be skipped). Nothing is written:
-the job dir Hydra made for the check is removed again when it is empty.
+(a local copy, or a reachable Hugging Face Hub), that an external server answers at ``server.url``,
+and whether a successful result with the same ``config_hash`` is already in its dir (the job would be skipped).
+Nothing is written: the job dir Hydra made for the check is removed again when it is empty.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
             raise LlemError(problem)
         check_gpus(config, device)
         model_source.check(config.model)
+        if config.server.mode == "external":  # as the real run's check: the server must answer
+            from llem.serving.server import auth_headers, check_external
+
+            check_external(config.server.url, auth_headers(config.server))
         instance = engine(config, device)
         instance.check()
         m = config.measure

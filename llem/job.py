@@ -75,6 +75,17 @@ def record_failure(job_dir: Path, error: str, error_type: str, stage: Stage, *, 
     return row.to_dict()
 
 
+def _protect_api_key(cfg: DictConfig) -> None:
+    """The variable server.api_key_env names is a secret from the start, before any file is scrubbed."""
+    from omegaconf import OmegaConf
+
+    from llem.config_load import ENV_NAME
+
+    name = OmegaConf.select(cfg, "server.api_key_env", default=None, throw_on_missing=False)
+    if isinstance(name, str) and ENV_NAME.fullmatch(name):
+        secrets.protect(name)
+
+
 def _scrub_hydra_files(job_dir: Path, hydra_cfg: Any) -> None:
     """Hydra saved the config and overrides as given: a secret typed into an override is replaced
     by its variable's name there too (``multirun.yaml`` of a sweep, ``.hydra/*.yaml`` of the job)."""
@@ -124,6 +135,7 @@ def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
 
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
+    _protect_api_key(cfg)
     _scrub_hydra_files(job_dir, hydra_cfg)
     if cfg.get("dry_run"):
         from llem.dry_run import dry_run
@@ -172,9 +184,9 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
             raise DeviceError(problem)
         check_gpus(config, device)
         if config.server.mode == "external":  # the server holds the model: it must answer now, within 2 s
-            from llem.serving.server import check_external
+            from llem.serving.server import auth_headers, check_external
 
-            check_external(config.server.url)
+            check_external(config.server.url, auth_headers(config.server))
         else:
             model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
         if config.server.mode == "launch":

@@ -5,14 +5,26 @@ console output, Hydra's ``.hydra/*.yaml`` and result rows. So rather than guard 
 the *values* of secret variables with ``<NAME>`` at the exits: log records (:func:`install`), stdout and
 stderr (:class:`ScrubbingStream`), result rows (:func:`scrub_value`) and written files (:func:`scrub_tree`).
 Stdlib only and cheap to import, so it can be installed before anything else runs.
+
+A value is replaced in every form an exit may have encoded it in (:func:`encodings`): as is, JSON-escaped
+(with and without ``ensure_ascii``), ``repr``/backslash-escaped, YAML-escaped, URL-quoted and base64. Structured
+values (result rows, YAML files) are scrubbed before they are encoded, and text exits scrub every encoded form.
+Credentials in a URL (``scheme://user:password@host``) are replaced by ``<credentials>`` wherever they appear.
+Variables named by :func:`protect` (e.g. ``server.api_key_env``) are secrets whatever their name; the names
+travel in ``LLEM_SECRET_VARS``, so child processes protect them too.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import logging
 import os
+import re
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable, List, Tuple, Union
 
@@ -22,13 +34,66 @@ MIN_SECRET_LEN = 6
 """Values shorter than this are not treated as secrets: replacing e.g. "1" or "true" everywhere would mangle
 output, and such values (e.g. ``HF_HUB_DISABLE_IMPLICIT_TOKEN=1``) are not credentials anyway."""
 
+PROTECTED_VAR = "LLEM_SECRET_VARS"
+"""Comma-separated names of further variables whose values are secrets (set by :func:`protect`; inherited)."""
+URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s'\"]+@")
+CREDENTIALS = "<credentials>"
+
 _orig_factory = None  # the log record factory install() wrapped; None when not installed
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether an environment variable of this name holds a secret (case-insensitive)."""
-    name = name.upper()
-    return name in SECRET_NAMES or name.endswith(SECRET_SUFFIXES)
+    """Whether an environment variable of this name holds a secret (the rules: case-insensitive; or protected)."""
+    return _matches_rules(name) or name in protected_names()
+
+
+def _matches_rules(name: str) -> bool:
+    upper = name.upper()
+    return upper in SECRET_NAMES or upper.endswith(SECRET_SUFFIXES)
+
+
+def protected_names() -> List[str]:
+    """The variables :func:`protect` named, in this process or an ancestor."""
+    return [n for n in os.environ.get(PROTECTED_VAR, "").split(",") if n]
+
+
+def protect(name: str) -> None:
+    """Treat the value of variable ``name`` as a secret from now on, here and in child processes."""
+    if name not in protected_names():
+        os.environ[PROTECTED_VAR] = ",".join([*protected_names(), name])
+
+
+@functools.lru_cache(maxsize=256)
+def encodings(value: str) -> Tuple[str, ...]:
+    """The forms of ``value`` an exit may write: as is, JSON-escaped (ASCII or not), repr/backslash-escaped,
+    YAML-escaped, URL-quoted, base64 (padding dropped: it depends on what follows); longest first."""
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1],
+             value.encode("unicode_escape").decode("ascii"), value.encode("ascii", "backslashreplace").decode(),
+             value.replace("'", "''"), _yaml_escaped(value),
+             urllib.parse.quote(value, safe=""), urllib.parse.quote(value), urllib.parse.quote_plus(value)}
+    raw = value.encode("utf-8")
+    forms |= {base64.b64encode(raw).decode().rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("=")}
+    return tuple(sorted((f for f in forms if len(f) >= MIN_SECRET_LEN), key=lambda f: (-len(f), f)))
+
+
+def _yaml_escaped(value: str) -> str:
+    """``value`` as YAML writes it inside double quotes (PyYAML's escapes: \\xXX, \\uXXXX, \\UXXXXXXXX)."""
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if ch in "\\\"":
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif ch in "\n\t\r\0":
+            out.append(repr(ch)[1:-1] if ch != "\0" else "\\0")
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02X}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(f"\\U{code:08X}")
+    return "".join(out)
 
 
 def secrets() -> List[Tuple[str, str]]:
@@ -37,21 +102,34 @@ def secrets() -> List[Tuple[str, str]]:
     Read afresh on every call (a few microseconds), so changes to the environment take effect at once.
     Longest first, so a value that contains another secret is replaced whole.
     """
-    found = []
+    found, protected = [], set(protected_names())
     for name in os.environ:  # iterates over a snapshot of the keys: safe if another thread edits os.environ
-        if is_secret_name(name):
+        if name in protected or _matches_rules(name):
             value = os.environ.get(name)
             if value and len(value) >= MIN_SECRET_LEN:
                 found.append((name, value))
     return sorted(found, key=lambda nv: (-len(nv[1]), nv[0]))
 
 
+def forms(found: Iterable[Tuple[str, str]]) -> Tuple[Tuple[str, str], ...]:
+    """(name, form) of every encoded form of the ``found`` secrets, longest form first."""
+    return _forms(tuple(found))
+
+
+@functools.lru_cache(maxsize=64)
+def _forms(found: Tuple[Tuple[str, str], ...]) -> Tuple[Tuple[str, str], ...]:
+    pairs = [(name, form) for name, value in found for form in encodings(value)]
+    return tuple(sorted(pairs, key=lambda nf: (-len(nf[1]), nf[0])))
+
+
 def _scrub(text: Any, found: List[Tuple[str, str]]) -> Any:
     if not isinstance(text, str):
         return text
-    for name, value in found:
-        if value in text:
-            text = text.replace(value, f"<{name}>")
+    for name, form in forms(found):
+        if form in text:
+            text = text.replace(form, f"<{name}>")
+    if "@" in text:
+        text = URL_CREDENTIALS.sub(lambda m: m.group(1) + CREDENTIALS + "@", text)
     return text
 
 
@@ -63,8 +141,6 @@ def scrub(text: Any) -> Any:
 def scrub_value(obj: Any) -> Any:
     """Scrub a value recursively: str, and the items of list / tuple / dict (keys too); for result rows."""
     found = secrets()
-    if not found:
-        return obj
 
     def walk(o: Any) -> Any:
         if isinstance(o, dict):
@@ -110,16 +186,19 @@ def _scrubbing_factory(*args, **kwargs) -> logging.LogRecord:
     """Make a record with the wrapped factory, then scrub its message, traceback and stack at creation."""
     record = _orig_factory(*args, **kwargs)
     found = secrets()
-    if not found:
-        return record
     try:
         message = record.getMessage()
     except Exception:  # bad format args: leave the record as is, so the handler reports the error as usual
         return record
-    record.msg, record.args = _scrub(message, found), ()
+    clean = _scrub(message, found)
+    if clean != message:  # a record with nothing to hide keeps its msg and args
+        record.msg, record.args = clean, ()
     if record.exc_info and not record.exc_text:
         # Formatter.format() uses exc_text when present instead of formatting exc_info again.
-        record.exc_text = _scrub(logging.Formatter().formatException(record.exc_info), found)
+        text = logging.Formatter().formatException(record.exc_info)
+        clean = _scrub(text, found)
+        if clean != text:
+            record.exc_text = clean
     record.stack_info = _scrub(record.stack_info, found)
     return record
 
@@ -162,13 +241,15 @@ def scrub_file(path: Union[str, Path]) -> bool:
     """
     path, found = Path(path), secrets()
     try:
-        data = path.read_bytes() if found else b"\0"
+        data = path.read_bytes()
         if b"\0" in data:
             return False
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return False
     new = _scrub(text, found)
+    if path.suffix in (".yaml", ".yml"):
+        new = _scrub_yaml(new)
     if new == text:
         return False
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -183,13 +264,26 @@ def scrub_file(path: Union[str, Path]) -> bool:
     return True
 
 
+def _scrub_yaml(text: str) -> str:
+    """YAML text whose parsed values still hold a secret (a form no text scrub knows, e.g. folded over
+    lines) dumped again from the scrubbed values; otherwise ``text`` unchanged."""
+    try:
+        import yaml
+
+        tree = yaml.safe_load(text)
+    except Exception:  # not YAML llem can read: the text scrub is all it gets
+        return text
+    clean = scrub_value(tree)
+    if clean == tree:
+        return text
+    return yaml.safe_dump(clean, sort_keys=False, allow_unicode=True, width=1 << 30)
+
+
 def scrub_tree(folder: Union[str, Path], patterns: Iterable[str] = ("*.yaml", "*.log", "*.txt", "*.json")
                ) -> List[Path]:
     """:func:`scrub_file` every file under ``folder`` (recursive) matching ``patterns``; return those rewritten.
 
     For what Hydra writes (``.hydra/*.yaml``, ``multirun.yaml``, job logs) and llem's own text outputs.
     """
-    if not secrets():
-        return []
     files = {p for pattern in patterns for p in Path(folder).rglob(pattern) if p.is_file()}
     return [p for p in sorted(files) if scrub_file(p)]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Optional, Tuple
+import os
+import re
+from typing import Iterable, Optional, Tuple
 
 from llem.config import Config, Weights
 from llem.errors import ConfigError
@@ -104,8 +106,51 @@ def check_schedule(config: Config) -> None:
                           "measure.max_window_s")
 
 
+# a decimal literal with an exponent, e.g. 1e400 (YAML and Hydra read one too large for a float as inf)
+NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+(?![\w.])")
+
+
+def check_overrides(overrides: Iterable[str]) -> None:
+    """No number typed on the command line overflows a float: ``1e400`` would silently become inf (a key
+    that takes inf, e.g. load.request_rate, must say ``inf``)."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        for literal in NUMBER.findall(value):
+            if abs(float(literal)) == float("inf"):
+                raise ConfigError(f"{key.lstrip('+~')}={literal} is invalid: the number overflows a float "
+                                  "(at most about 1.8e308); write inf where the key takes it")
+
+
+def _command_line() -> list:
+    """The job's overrides as typed, when Hydra runs it (empty otherwise, e.g. a config built in code)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    except Exception:  # no Hydra run: nothing was typed
+        return []
+
+
+def check_api_key(config: Config) -> None:
+    """server.api_key_env names a variable that is set, to a value long enough to be scrubbed as a secret."""
+    from llem.secrets import MIN_SECRET_LEN
+
+    name = config.server.api_key_env
+    if name is None:
+        return
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"server.api_key_env={name}: the environment variable {name} is not set: export the "
+                          "server's API key in it (its value is sent as Authorization: Bearer, never written)")
+    if len(value) < MIN_SECRET_LEN:
+        raise ConfigError(f"server.api_key_env={name}: the value of {name} has fewer than {MIN_SECRET_LEN} "
+                          "characters, too short to be kept out of logs and files as a secret")
+
+
 def check(config: Config) -> None:
     """Every check of this module (raises ConfigError naming the key)."""
+    check_overrides(_command_line())
     check_objective(config)
     check_lengths(config)
     check_schedule(config)
+    check_api_key(config)

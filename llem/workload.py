@@ -168,7 +168,12 @@ def read_prompts(path: Path, fmt: str, field: str) -> List[str]:
                 raise WorkloadError(f"{path}:{line_no}: not JSON ({exc.msg})") from None
             if not isinstance(record, dict) or field not in record:
                 raise WorkloadError(f"{path}:{line_no}: no key {field!r} (set dataset.field)")
-            prompts.append(str(record[field]))
+            value = record[field]
+            if not isinstance(value, str):
+                kind = "null" if value is None else type(value).__name__
+                raise WorkloadError(f"{path}:{line_no}: field {field!r} (dataset.field) is {kind}, not text: every "
+                                    "prompt must be a JSON string")
+            prompts.append(value)
     if not prompts:
         raise WorkloadError(f"dataset.path={str(path)!r} holds no prompts")
     return prompts

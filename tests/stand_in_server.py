@@ -30,6 +30,7 @@ class StandIn:
         self.served = 0
         self.in_flight = self.most_in_flight = 0
         self.bodies = []
+        self.authorization = []  # the Authorization header of every request (None: none sent)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -51,6 +52,7 @@ class StandIn:
         from aiohttp import web
 
         async def models(request):
+            self.authorization.append(request.headers.get("Authorization"))
             if self.models is not None:
                 return web.Response(body=self.models, content_type="text/html")
             return web.json_response({"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
@@ -58,6 +60,7 @@ class StandIn:
         async def completions(request):
             body = await request.json()
             self.bodies.append(body)
+            self.authorization.append(request.headers.get("Authorization"))
             if isinstance(body["prompt"], list) and self.tokens_only:
                 return web.json_response({"detail": "prompt must be a string."}, status=400)
             if self.mode == "fail500":

@@ -63,7 +63,7 @@ def dirs(main_sweep, compose_cfg, tmp_path_factory):
     sweep = root / "sweep"
     shutil.copytree(main_sweep[0], sweep)
     shutil.rmtree(sweep / ".llem-index")
-    run_in_process(compose_cfg, ["model.architecture.intermediate_size=-5"], root / "runs" / "failed")
+    run_in_process(compose_cfg, ["model.architecture.intermediate_size=2000000000000"], root / "runs" / "failed")
     jobs = sorted(p for p in sweep.iterdir() if (p / "results.parquet").is_file())
     shutil.copytree(jobs[0] / ".hydra", sweep / "zz-incomplete" / ".hydra")
     shutil.copytree(jobs[0], sweep / "zz-older")

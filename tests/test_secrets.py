@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import logging
 import os
 import subprocess
 import sys
+import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llem import secrets as s
 
@@ -236,3 +241,142 @@ def test_subprocess_output_never_holds_the_token():
     assert TOKEN not in proc.stdout and TOKEN not in proc.stderr
     assert proc.stdout == "<HF_TOKEN>\n"
     assert "INFO:x:tok=<HF_TOKEN>" in proc.stderr and "RuntimeError: <HF_TOKEN>" in proc.stderr
+
+
+# --- encoded forms, URL credentials, protected names ----------------------------------------------------------
+
+NASTY = 'q"uo\\te-ñ€😀\nnext ${x}'
+
+
+@pytest.mark.parametrize("encode", [
+    lambda v: v,
+    lambda v: json.dumps(v),
+    lambda v: json.dumps(v, ensure_ascii=False),
+    repr,
+    lambda v: urllib.parse.quote(v, safe=""),
+    lambda v: urllib.parse.quote_plus(v),
+    lambda v: base64.b64encode(v.encode()).decode(),
+    lambda v: yaml.safe_dump({"k": v}),
+    lambda v: v.encode("unicode_escape").decode(),
+])
+def test_every_encoded_form_of_a_value_is_replaced(monkeypatch, encode):
+    monkeypatch.setenv("NASTY_TOKEN", NASTY)
+    out = s.scrub(f"before {encode(NASTY)} after")
+    assert "<NASTY_TOKEN>" in out and not any(form in out for form in s.encodings(NASTY))
+
+
+def test_rows_are_scrubbed_before_they_are_encoded(monkeypatch, compose_cfg):
+    from llem.config import to_config
+    from llem.results.files import result_table
+    from llem.results.row import assemble
+
+    monkeypatch.setenv("NASTY_TOKEN", NASTY)
+    config = to_config(compose_cfg(["server=external", "server.url=http://127.0.0.1:8000"]))
+    config.server.extra_body = {"key": NASTY, NASTY: [NASTY]}
+    row = assemble({}, config=config)
+    assert row.values["cfg.server.extra_body"] == {"key": NASTY, NASTY: [NASTY]}  # encoded only when written
+    text = json.dumps(result_table(row).to_pylist(), ensure_ascii=False)
+    assert "<NASTY_TOKEN>" in text and not any(form in text for form in s.encodings(NASTY))
+
+
+def test_url_credentials_are_replaced_wherever_they_appear():
+    text = "server.url=http://alice:Pa55word@10.0.0.1:8000/v1 and https://tok3n@host"
+    assert s.scrub(text) == "server.url=http://<credentials>@10.0.0.1:8000/v1 and https://<credentials>@host"
+    assert s.scrub_value({"url": ["http://u:p@h"]}) == {"url": ["http://<credentials>@h"]}
+    assert s.scrub("mail alice@example.com, http://host/a@b") == "mail alice@example.com, http://host/a@b"
+
+
+def test_a_protected_variable_is_a_secret_whatever_its_name_also_in_child_processes(monkeypatch):
+    monkeypatch.delenv(s.PROTECTED_VAR, raising=False)
+    monkeypatch.setenv("PLAIN_NAME", "value-of-a-plain-name")
+    assert s.scrub("x value-of-a-plain-name") == "x value-of-a-plain-name"
+    s.protect("PLAIN_NAME")
+    assert s.scrub("x value-of-a-plain-name") == "x <PLAIN_NAME>"
+    code = "from llem import secrets; print(secrets.scrub('x value-of-a-plain-name'))"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert child.stdout.strip() == "x <PLAIN_NAME>"
+
+
+def test_a_yaml_file_is_checked_parsed_too(monkeypatch, tmp_path):
+    """A value YAML folded over lines is no text form: the parsed values are scrubbed and written again."""
+    value = "word " * 30 + "end-of-secret"
+    monkeypatch.setenv("LONG_TOKEN", value)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": value}}, width=40))
+    assert value not in path.read_text()  # folded: no text form matches
+    assert s.scrub_file(path)
+    assert yaml.safe_load(path.read_text()) == {"model": {"name": "<LONG_TOKEN>"}}
+
+
+# --- a launched server's log -----------------------------------------------------------------------------------
+
+PRINTER = ("import os, sys, time\n"
+           "time.sleep(float(sys.argv[1]))\n"
+           "print('token is', os.environ['HF_TOKEN'], flush=True)\n"
+           "time.sleep(float(sys.argv[2]))\n")
+
+
+def _wait_for(path: Path, text: str, timeout_s: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never reached {path}")
+
+
+def test_a_server_log_is_scrubbed_as_it_is_written(monkeypatch, tmp_path):
+    from llem.serving import log_pipe
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    path = tmp_path / "server.log"
+    pipe = log_pipe.start(path)
+    child = subprocess.Popen([sys.executable, "-c", PRINTER, "0", "30"], stdout=pipe.stdin, stderr=subprocess.STDOUT)
+    pipe.stdin.close()
+    try:
+        content = _wait_for(path, "token is")  # while the server-like child still runs
+        assert "<HF_TOKEN>" in content and TOKEN not in content
+    finally:
+        child.kill()
+        child.wait(10)
+    pipe.wait(10)  # the child's output ended: the pipe exits by itself
+
+
+def test_a_server_log_is_still_written_when_llem_dies(monkeypatch, tmp_path):
+    """The driver starts the pipe and a child that prints later, then is killed: the line still arrives, scrubbed."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    path = tmp_path / "server.log"
+    driver = ("import subprocess, sys, os, signal\n"
+              "from llem.serving import log_pipe\n"
+              f"pipe = log_pipe.start({str(path)!r})\n"
+              f"subprocess.Popen([sys.executable, '-c', {PRINTER!r}, '1', '0'], stdout=pipe.stdin)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", driver], cwd=REPO, timeout=60)
+    assert proc.returncode == -9
+    content = _wait_for(path, "token is")
+    assert "<HF_TOKEN>" in content and TOKEN not in content
+
+
+def test_a_server_that_writes_a_lot_never_blocks_on_the_log_pipe(tmp_path):
+    """Megabytes of output, and one line longer than the pipe's line limit, go through at once."""
+    from llem.serving import log_pipe
+
+    path = tmp_path / "server.log"
+    flood = ("import sys\nfor i in range(50000): print('line', i, 'x' * 80)\n"
+             "sys.stdout.write('y' * (3 * (1 << 20)))\n")
+    pipe = log_pipe.start(path)
+    child = subprocess.Popen([sys.executable, "-c", flood], stdout=pipe.stdin)
+    pipe.stdin.close()
+    assert child.wait(60) == 0
+    pipe.wait(60)
+    data = path.read_bytes()
+    assert data.count(b"\n") == 50000 and data.endswith(b"y" * (3 * (1 << 20)))
+
+
+def test_a_job_dir_name_holds_a_secrets_name_not_its_value(monkeypatch):
+    from llem.dirnames import job_dirname
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    name = job_dirname([f"model.name={TOKEN}", "server.url=http://alice:Pa55word@10.0.0.1:8000"])
+    assert name == "name=_HF_TOKEN_,url=http_credentials_@10.0.0.1_8000"

@@ -33,20 +33,19 @@ def arrow_schema(columns: Sequence[Column]):
 
 
 def scrub_table(table):
-    """``table`` with secret values replaced in its string columns (paths, names, messages), if any."""
+    """``table`` with secret values (in every encoded form) and URL credentials replaced in its string columns."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from llem.secrets import secrets
+    from llem.secrets import CREDENTIALS, URL_CREDENTIALS, forms, secrets
 
-    found = secrets()
-    if not found:
-        return table
+    found = forms(secrets())
     for i, field in enumerate(table.schema):
         if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
             column = table.column(i)
-            for name, value in found:
-                column = pc.replace_substring(column, value, f"<{name}>")
+            for name, form in found:
+                column = pc.replace_substring(column, form, f"<{name}>")
+            column = pc.replace_substring_regex(column, URL_CREDENTIALS.pattern, rf"\1{CREDENTIALS}@")
             table = table.set_column(i, field, column)
     return table
 
@@ -69,9 +68,11 @@ def write_atomic(table, path: Path, **options) -> None:
 
 
 def _scrubbed(value: Any) -> Any:
+    """Secrets replaced in the plain value (nested dicts and lists too) before it is encoded (JSON)."""
+    from llem.results.schema import _plain
     from llem.secrets import scrub_value
 
-    return scrub_value(value)
+    return scrub_value(_plain(value))
 
 
 def rows_table(rows: Sequence[Any], cls: type):
@@ -87,7 +88,7 @@ def rows_table(rows: Sequence[Any], cls: type):
         if unknown:
             raise ValueError(f"{cls.__name__} has no column(s) {sorted(unknown)}: declare them in llem.results")
         for c in columns:
-            data[c.name].append(_scrubbed(storable(c, values.get(c.name))))
+            data[c.name].append(storable(c, _scrubbed(values.get(c.name))))
     return pa.Table.from_pydict(data, schema=arrow_schema(columns))
 
 
@@ -109,7 +110,7 @@ def result_table(row) -> Any:
 
     columns, arrays, problems = list(row.columns.values()), [], []
     for column in columns:
-        value = _scrubbed(storable(column, row.values[column.name]))
+        value = storable(column, _scrubbed(row.values[column.name]))
         try:
             arrays.append(pa.array([value], type=arrow_type(column.type)))
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:

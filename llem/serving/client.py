@@ -34,7 +34,7 @@ from llem.errors import EngineUnavailable, ServerError, WorkloadError
 from llem.load_metrics import load_mode
 from llem.records import Progress, Request, RequestResult, now
 from llem.serving.schedule import Slots, sleep_until
-from llem.serving.server import Endpoint, alive, last_lines, model_names
+from llem.serving.server import Endpoint, alive, auth_headers, last_lines, model_names
 from llem.serving.stream import StreamParser
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ class ServerEngine(Engine):
 
         url = self.endpoint.url
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DISCOVER_TIMEOUT_S)) as session:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DISCOVER_TIMEOUT_S),
+                                             headers=auth_headers(self.config.server)) as session:
                 if self.model_name is None:
                     async with session.get(f"{url}/v1/models") as resp:
                         body = await resp.read()
@@ -125,7 +126,8 @@ class ServerEngine(Engine):
         timeout = aiohttp.ClientTimeout(total=self.config.server.request_timeout_s)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, keepalive_timeout=60)
         bodies = {r.request_id: json.dumps(self._body(r, self._length(r, output_len))).encode() for r in requests}
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                         headers=auth_headers(self.config.server)) as session:
             t0 = now()
             end = t0 + self.config.measure.max_window_s
             slots = Slots(self.config.load.max_concurrency, t0)

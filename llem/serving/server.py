@@ -2,8 +2,8 @@
 
 Launch: the engine's own server command (``Engine.server_launch``) on the first free port from
 ``server.port``, its own process group, killed with the driver; healthy when ``/health`` answers.
-Its output goes to a log file in the sweep dir (a single run: the job dir), and each job copies the
-lines written while it ran into its own ``server.log``.
+Its output goes, scrubbed of secrets line by line (:mod:`llem.serving.log_pipe`), to a log file in the sweep
+dir (a single run: the job dir), and each job copies the lines written while it ran into its own ``server.log``.
 
 Reuse: the driver keeps one running server. A job whose server *key* — the command (less the port),
 its environment and the GPUs — equals the running one's uses it as it is; any other key stops it and
@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from llem import locks
 from llem.errors import ServerError
+from llem.serving import log_pipe
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class _Running:
     key: str
     proc: subprocess.Popen
     endpoint: Endpoint
-    log_file: Any = None
+    log_pipe: Optional[subprocess.Popen] = None  # writes the server's scrubbed output to its log
     port_claim: Optional[int] = None  # the port's lock, held while the server runs
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -76,8 +77,17 @@ class Servers:
     starts: int = 0
 
 
-def _get(url: str, timeout_s: float) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - the user's own server
+def auth_headers(server) -> Dict[str, str]:
+    """The headers every request to the server carries: ``Authorization: Bearer <value>`` of the variable
+    ``server.api_key_env`` names (none without it). The value is read here, never stored in the config."""
+    name = getattr(server, "api_key_env", None)
+    value = os.environ.get(name) if name else None
+    return {"Authorization": f"Bearer {value}"} if value else {}
+
+
+def _get(url: str, timeout_s: float, headers: Optional[Dict[str, str]] = None) -> Any:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310 - the user's own server
         return json.loads(resp.read() or b"null")
 
 
@@ -93,12 +103,12 @@ def model_names(models: Any, url: str) -> List[str]:
     return names
 
 
-def check_external(url: str) -> List[str]:
+def check_external(url: str, headers: Optional[Dict[str, str]] = None) -> List[str]:
     """The model names an external server lists; ServerError within CHECK_TIMEOUT_S if it does not answer."""
     base = url.rstrip("/")
     t0 = time.monotonic()
     try:
-        models = _get(f"{base}/v1/models", CHECK_TIMEOUT_S)
+        models = _get(f"{base}/v1/models", CHECK_TIMEOUT_S, headers)
     except urllib.error.HTTPError as exc:
         raise ServerError(f"server.url={url!r} answered GET /v1/models with HTTP {exc.code}: is it an "
                           "OpenAI-compatible server?") from None
@@ -224,21 +234,22 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
     argv = spec.argv + list(s.args)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / (log_name or f"server-{key[:8]}.log")
-    log_file = open(log_path, "ab")  # noqa: SIM115 - held open while the server runs
+    pipe = log_pipe.start(log_path)  # scrubs each line on its way to the file
     env = {**os.environ, **spec.env}
     log.info("server: starting %s", " ".join(argv))
     try:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        proc = subprocess.Popen(argv, stdout=pipe.stdin, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - setsid + death signal, no threads
     except OSError:
-        log_file.close()
         os.close(claim)
         raise
+    finally:
+        pipe.stdin.close()  # the server holds the pipe's only writing end now
     Servers.starts += 1
     endpoint = Endpoint(url=f"http://{s.host}:{port}", mode="launch", prompt=spec.prompt if s.prompt == "auto"
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
                         command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings))
-    Servers.current = _Running(key, proc, endpoint, log_file, claim)
+    Servers.current = _Running(key, proc, endpoint, pipe, claim)
     try:
         endpoint.start_s = _wait_healthy(Servers.current, spec, s.startup_timeout_s)
     except ServerError:
@@ -250,7 +261,7 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
 
 def external(config) -> Endpoint:
     s = config.server
-    models = check_external(s.url)
+    models = check_external(s.url, auth_headers(s))
     name = s.model_name or (models[0] if models else None)
     return Endpoint(url=s.url.rstrip("/"), mode="external", prompt=s.prompt, model_name=name)
 
@@ -273,11 +284,11 @@ def stop() -> None:
             continue
     if cur.port_claim is not None:
         os.close(cur.port_claim)  # the port is free for another llem process's server
-    if cur.log_file is not None:
-        cur.log_file.close()
-        from llem import secrets
-
-        secrets.scrub_file(cur.endpoint.log_path)  # the server's own output, as any file llem keeps
+    if cur.log_pipe is not None:
+        try:  # the server's output has ended: the pipe writes what is left and exits
+            cur.log_pipe.wait(log_pipe.STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("the server log's pipe (pid %d) is still writing", cur.log_pipe.pid)
     log.info("server: stopped (pid %d)", cur.proc.pid)
 
 
