@@ -137,6 +137,7 @@ class Experiment:
         plan = sizing.plan(cfg.dataset.num_requests, cfg.measure.waves, cfg.measure.min_window_s,
                            cfg.measure.max_requests, engine.sequences_in_flight(), on_gpu=bool(gpus),
                            request_rate=cfg.load.request_rate)
+        plan.max_in_flight, plan.max_in_flight_null_reason = engine.max_in_flight()
         parts[Sizing] = sizing.part(plan, None)
         try:
             self._stage(Stage.workload)
@@ -360,7 +361,7 @@ class Experiment:
         server_pid = getattr(self.endpoint, "pid", None)
         busy = other_processes(gpus, expect_own=True, server_pid=server_pid) if gpus else {}
         engine.reset_memory_peak()
-        log.info("measuring %d requests (batch %d, %d → %s tokens)", len(work.requests), cfg.batch,
+        log.info("measuring %d requests (batch %s, %d → %s tokens)", len(work.requests), cfg.batch,
                  cfg.input_len, cfg.output_len if cfg.output_len is not None else "natural")
         with ProgressBar(cfg.progress, len(work.requests)) as bar:
             def measured():

@@ -38,6 +38,8 @@ class Plan:
     estimate_s: Optional[float] = None  # the window the warm-up predicted for num_requests
     passes: int = 1  # measured passes run (2: the first window was short and discarded)
     capped: bool = False  # the count the window needed was more than max_requests
+    max_in_flight: Optional[int] = None  # what one engine runs at once as it ran (batch, or a known default)
+    max_in_flight_null_reason: Optional[str] = None
 
     def waves_of(self, n: int) -> float:
         return n / self.capacity
@@ -112,7 +114,8 @@ def part(p: Plan, measured: Optional[int]) -> Sizing:
     """The row's sizing columns."""
     return Sizing(requests_sizing="auto" if p.auto else "set", num_in_flight=p.capacity,
                   num_waves=p.waves_of(measured) if measured else None, window_min_s=p.min_window_s,
-                  window_estimate_s=p.estimate_s, measure_passes_run=p.passes)
+                  window_estimate_s=p.estimate_s, measure_passes_run=p.passes, num_in_flight_engine=p.max_in_flight,
+                  num_in_flight_engine_null_reason=p.max_in_flight_null_reason)
 
 
 def hint(p: Plan) -> str:

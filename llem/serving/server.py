@@ -57,6 +57,8 @@ class Endpoint:
     reused: bool = False
     starts: int = 0  # servers started by this driver so far
     warnings: List[str] = field(default_factory=list)  # what the server does not take of the job's settings
+    max_in_flight: Optional[int] = None  # sequences the server runs at once, where llem knows it
+    max_in_flight_null_reason: Optional[str] = None
 
 
 @dataclass
@@ -219,7 +221,8 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
     Servers.starts += 1
     endpoint = Endpoint(url=f"http://{s.host}:{port}", mode="launch", prompt=spec.prompt if s.prompt == "auto"
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
-                        command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings))
+                        command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings),
+                        max_in_flight=spec.max_in_flight, max_in_flight_null_reason=spec.max_in_flight_null_reason)
     Servers.current = _Running(key, proc, endpoint, log_file, claim)
     try:
         endpoint.start_s = _wait_healthy(Servers.current, spec, s.startup_timeout_s)
@@ -234,7 +237,8 @@ def external(config) -> Endpoint:
     s = config.server
     models = check_external(s.url)
     name = s.model_name or (models[0] if models else None)
-    return Endpoint(url=s.url.rstrip("/"), mode="external", prompt=s.prompt, model_name=name)
+    return Endpoint(url=s.url.rstrip("/"), mode="external", prompt=s.prompt, model_name=name,
+                    max_in_flight_null_reason="an external server runs at its own setting, unknown to llem")
 
 
 def stop() -> None:
