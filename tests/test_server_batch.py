@@ -78,3 +78,24 @@ def test_the_row_records_what_the_engine_ran_at():
     part = sizing.part(plan, 8)
     assert part.num_in_flight_engine is None and part.num_in_flight_engine_null_reason == "its own default"
     assert part.num_in_flight == 4
+
+
+def _spec(**kw):
+    from llem.backends.base import ServerLaunch
+
+    return ServerLaunch(argv=["serve"], in_flight_flag="--max-num-seqs", **kw)
+
+
+def test_the_engines_flag_in_server_args_is_what_the_server_runs_at():
+    from llem.serving.server import _in_flight
+
+    unknown = _spec(max_in_flight_null_reason="its own default")
+    assert _in_flight(unknown, ["--max-num-seqs", "64"]) == {"max_in_flight": 64, "max_in_flight_null_reason": None}
+    assert _in_flight(unknown, ["--max-num-seqs=32"])["max_in_flight"] == 32
+    assert _in_flight(unknown, ["--enforce-eager"]) == {"max_in_flight": None,
+                                                        "max_in_flight_null_reason": "its own default"}
+
+
+def test_a_pytorch_server_job_without_a_batch_is_sized_by_the_clients_cap_per_replica(compose_cfg):
+    config = to_config(compose_cfg(["server=launch", "backend.num_processes=2", "load.max_concurrency=3"]))
+    assert PyTorchEngine(config, "cpu").sequences_in_flight() == 6

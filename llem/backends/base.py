@@ -63,6 +63,7 @@ class ServerLaunch:
     health_path: str = "/health"
     max_in_flight: Optional[int] = None  # the sequences it runs at once, where known (batch, or its default)
     max_in_flight_null_reason: Optional[str] = None  # why max_in_flight is None
+    in_flight_flag: Optional[str] = None  # its flag for the sequences in flight: one in server.args wins
     warnings: List[str] = field(default_factory=list)  # what the server does not take of the job's settings
 
 

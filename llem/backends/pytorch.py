@@ -301,7 +301,7 @@ class PyTorchEngine(Engine):
         return out
 
     def sequences_in_flight(self) -> int:
-        return self.config.batch * self.backend.num_processes
+        return super().sequences_in_flight() * self.backend.num_processes
 
     def work_counts(self) -> Optional[WorkCounts]:
         return self._counts

@@ -312,7 +312,8 @@ class TensorRTEngine(Engine):
         argv = serve_argv(cfg, str(model_dir) if model_dir else cfg.model.hf_id, host, port)
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
         return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None,
-                            max_in_flight=cfg.batch, max_in_flight_null_reason=None if cfg.batch else (
+                            max_in_flight=cfg.batch, in_flight_flag="--max_batch_size",
+                            max_in_flight_null_reason=None if cfg.batch else (
                                 "batch is null: trtllm-serve ran at its own default max_batch_size, which llem "
                                 "does not read back"))
 

@@ -251,7 +251,8 @@ class VllmEngine(Engine):
         argv += ["--host", host, "--port", str(port)] + cli_flags(kwargs)
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
         return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None,
-                            max_in_flight=cfg.batch, max_in_flight_null_reason=None if cfg.batch else (
+                            max_in_flight=cfg.batch, in_flight_flag="--max-num-seqs",
+                            max_in_flight_null_reason=None if cfg.batch else (
                                 "batch is null: vllm serve chose its own max_num_seqs (by its usage context and "
                                 "the GPU's memory), which llem does not read back"))
 

@@ -222,7 +222,7 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
     endpoint = Endpoint(url=f"http://{s.host}:{port}", mode="launch", prompt=spec.prompt if s.prompt == "auto"
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
                         command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings),
-                        max_in_flight=spec.max_in_flight, max_in_flight_null_reason=spec.max_in_flight_null_reason)
+                        **_in_flight(spec, list(s.args)))
     Servers.current = _Running(key, proc, endpoint, log_file, claim)
     try:
         endpoint.start_s = _wait_healthy(Servers.current, spec, s.startup_timeout_s)
@@ -231,6 +231,19 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
         raise
     log.info("server: healthy at %s after %.1f s (pid %d)", endpoint.url, endpoint.start_s, proc.pid)
     return endpoint
+
+
+def _in_flight(spec: Any, args: List[str]) -> Dict[str, Any]:
+    """What the server runs at once: the engine's flag as ``server.args`` last set it, else what the engine said."""
+    flag, value = spec.in_flight_flag, None
+    for i, arg in enumerate(args if flag else []):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
+    if value is not None and value.isdigit():
+        return {"max_in_flight": int(value), "max_in_flight_null_reason": None}
+    return {"max_in_flight": spec.max_in_flight, "max_in_flight_null_reason": spec.max_in_flight_null_reason}
 
 
 def external(config) -> Endpoint:
