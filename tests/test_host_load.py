@@ -82,6 +82,18 @@ def test_a_child_of_the_job_counts_as_the_jobs_own_time():
     assert own_s >= 0.45
 
 
+def test_a_launched_servers_tree_counts_as_the_jobs_own_time():
+    (server,) = _detached_burners(1, wall_s=30)  # not a child of this process, as a server is not the client's
+    try:
+        start = edge(server_pid=server)
+        time.sleep(1.0)
+        end = edge(server_pid=server)
+    finally:
+        os.kill(server, signal.SIGKILL)
+    spun = [cpu - start.own[key] for key, cpu in end.own.items() if key[0] == server]
+    assert spun and spun[0] > 0.05  # its CPU time over the second is the job's, not another process's
+
+
 def _detached_burners(count: int, wall_s: float):
     """CPU spinners outside this process's tree (their launcher exits, so they are re-parented), each
     bounded by ``wall_s`` of wall time; their pids."""
