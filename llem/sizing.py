@@ -1,7 +1,8 @@
 """How many requests a job measures: the user's ``dataset.num_requests``, or sized by llem.
 
 With ``dataset.num_requests`` null (the default) a job measures ``measure.waves`` whole waves of
-the sequences the engine holds at once (``batch`` × replicas), so every wave fills the batch and
+the sequences the engine holds at once (``batch`` × replicas; a server of unknown concurrency counts as
+``load.max_concurrency``, else llem's in-process default), so every wave fills the batch and
 the window has a steady state. On a GPU the energy counter steps every ~0.1 s, so the window must
 also last ``measure.min_window_s``: the warm-up's fastest batch (one wave, the same output length)
 predicts how many whole waves that takes, and a window that still comes out short is measured once
