@@ -111,7 +111,7 @@ JOB = ["device=cpu", "dataset.num_requests=16", "output_len=96", "batch=4", "war
 
 @pytest.mark.slow
 def test_a_cpu_burner_beside_a_real_cpu_job_flags_host_busy(compose_cfg, tmp_path):
-    pids = _detached_burners(os.cpu_count() or 1, wall_s=60)
+    pids = _detached_burners(os.cpu_count() or 1, wall_s=180)  # killed below, as soon as the job ends
     try:
         row = run_in_process(compose_cfg, JOB, tmp_path / "job")
     finally:
