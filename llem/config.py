@@ -239,6 +239,8 @@ class ObjectiveConfig:
 # Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).
 HASH_EXCLUDED_KEYS = ("repeat", "isolate", "reuse_engine", "progress", "objective", "dry_run", "cache_dir",
                       "server.host", "server.port", "server.startup_timeout_s", "server.reuse", "server.api_key_env")
+# Sequences an in-process engine holds at once when ``batch`` is null (a launched server runs at its own default).
+IN_PROCESS_BATCH = 4
 INF_ALLOWED = ("load.request_rate",)  # floats that may be inf (all at once); every other one must be finite
 INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # engines seed numpy's generators, which take 32 bits
@@ -251,7 +253,7 @@ class Config:
     backend: Any = MISSING
     model: Any = MISSING
     dataset: Any = MISSING
-    batch: int = 1  # sequences in flight
+    batch: Optional[int] = None  # sequences in flight; null: the engine's own default (in-process: IN_PROCESS_BATCH)
     input_len: int = 128  # tokens per prompt, for synthetic prompts (and truncation of real ones)
     output_len: Optional[int] = 128  # tokens per request, exactly; null: each its own (dataset.output_lengths)
     seed: int = 0
@@ -273,7 +275,10 @@ class Config:
     cache_dir: str = "~/.cache/llem"  # compile caches, engines, model dirs: shared by jobs and sweeps, never measured
 
     def __post_init__(self) -> None:
-        _require(self.batch >= 1, "batch", self.batch, "an integer >= 1")
+        _require(self.batch is None or self.batch >= 1, "batch", self.batch,
+                 "an integer >= 1, or null (the engine's own default)")
+        if self.batch is None and getattr(self.server, "mode", "none") == "none":
+            self.batch = IN_PROCESS_BATCH  # in llem's process the engine has no default of its own to keep
         _require(self.input_len >= 1, "input_len", self.input_len, "an integer >= 1")
         _require(self.output_len is None or self.output_len >= 1, "output_len", self.output_len,
                  "an integer >= 1, or null (each request its own length: dataset.output_lengths)")

@@ -24,7 +24,7 @@ from llem.backends import engine_class
 from llem.backends.base import EngineInfo
 from llem.config import BaselineKind, Config, config_hash
 from llem.console import ProgressBar
-from llem.energy import attribution, phases
+from llem.energy import attribution, host_cpu, phases
 from llem.energy import flags as doubt
 from llem.energy.codecarbon import HostWindows
 from llem.energy.idle import DeviceIdle, other_processes
@@ -68,11 +68,11 @@ def metered_gpus(cfg: Config, engine_cls, device: str) -> Tuple[List[GpuReader],
 
 @dataclass
 class Measured:
-    """The measured window: what the engine returned, the window's energy, other GPU tenants seen."""
-
+    """The measured window: what the engine returned, its energy, other GPU tenants and host CPU load seen."""
     outputs: List[RequestResult]
     window: WindowEnergy
     busy: Dict[int, int]
+    host: host_cpu.HostLoad
 
 
 class Experiment:
@@ -108,8 +108,7 @@ class Experiment:
                           started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         engine_cls = engine_class(cfg.backend.name)
         if self.held is not None:
-            engine = self.held.engine
-            engine.reconfigure(cfg)
+            (engine := self.held.engine).reconfigure(cfg)
         else:
             engine = engine_cls(cfg, self.device)
             engine.build_for = self.keep[0] if self.keep else None
@@ -130,6 +129,7 @@ class Experiment:
         plan = sizing.plan(cfg.dataset.num_requests, cfg.measure.waves, cfg.measure.min_window_s,
                            cfg.measure.max_requests, engine.sequences_in_flight(), on_gpu=bool(gpus),
                            request_rate=cfg.load.request_rate)
+        plan.max_in_flight, plan.max_in_flight_null_reason = engine.max_in_flight()
         parts[Sizing] = sizing.part(plan, None)
         try:
             self._stage(Stage.workload)
@@ -162,14 +162,14 @@ class Experiment:
                             cfg.measure.min_window_s, more)
                 work = self._build(more, parts)
                 measured = self._measure(meter, engine, work, host, gpus)
-            parts[Sizing] = sizing.part(plan, len(work.requests))
+            parts[Sizing], parts[host_cpu.HostLoad] = sizing.part(plan, len(work.requests)), measured.host
             measure_t0 = measured.window.t0
             window, outputs = measured.window, measured.outputs
             in_window = sampler.between(window.t0, window.t1)
             found = doubt.window_flags(window, in_window, [g.facts() for g in gpus],
                                        measured.busy, plan.min_window_s or 0.0, sizing.hint(plan))
             found += host.flags()
-            found += doubt.host_flags(self.job_dir, window)
+            found += doubt.host_flags(self.job_dir, window) + host_cpu.flags(measured.host, window.duration_s)
             found += doubt.baseline_flags("device_idle", self.device_idle.rows)
             if loaded_idle is not None:
                 found += doubt.baseline_flags("loaded_idle", loaded_rows)
@@ -246,9 +246,8 @@ class Experiment:
         before = compile_cache.snapshot(cache)
         load = host.around("load", lambda: self._window(meter, "load", engine.load))
         parts[BuildCache] = compile_cache.outcome(cache, root, before, compile_cache.snapshot(cache))
-        parts[EngineReuse] = EngineReuse(engine_reused=False, engine_build_s=load.duration_s,
-                                         engine_build_job=self.job_dir.name, num_engine_jobs=1,
-                                         num_engine_builds=builds)
+        parts[EngineReuse] = EngineReuse(engine_reused=False, engine_build_s=load.duration_s, num_engine_jobs=1,
+                                         engine_build_job=self.job_dir.name, num_engine_builds=builds)
         log.info("loaded %s on %s in %.1f s (compile cache: %s)", cfg.model.name, self.device, load.duration_s,
                  parts[BuildCache].compile_cache)
         if self.keep:
@@ -330,17 +329,18 @@ class Experiment:
         server_pid = getattr(self.endpoint, "pid", None)
         busy = other_processes(gpus, expect_own=True, server_pid=server_pid) if gpus else {}
         engine.reset_memory_peak()
-        log.info("measuring %d requests (batch %d, %d → %s tokens)", len(work.requests), cfg.batch,
+        log.info("measuring %d requests (batch %s, %d → %s tokens)", len(work.requests), cfg.batch,
                  cfg.input_len, cfg.output_len if cfg.output_len is not None else "natural")
         with ProgressBar(cfg.progress, len(work.requests)) as bar:
             def measured():
-                mark = meter.start("measure")
+                mark, cpu0 = meter.start("measure"), host_cpu.edge(server_pid)
                 outputs = engine.generate(work.requests, cfg.output_len, bar.update)
-                return outputs, meter.stop(mark)
+                window = meter.stop(mark)
+                return outputs, window, host_cpu.between(cpu0, host_cpu.edge(server_pid))
 
-            outputs, window = host.around("measure", measured)
+            outputs, window, load = host.around("measure", measured)
         busy.update(other_processes(gpus, expect_own=True, server_pid=server_pid) if gpus else {})
-        return Measured(outputs, window, busy)
+        return Measured(outputs, window, busy, load)
 
     def _prefill(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
                  window: WindowEnergy, outputs: List[RequestResult], baseline_w: Optional[float]) -> PrefillDecode:

@@ -177,7 +177,7 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
 
     (job_dir / results.RESULTS).unlink(missing_ok=True)  # a stale failed/other-config row must not linger
     device, problem = resolve_device(config)
-    log.info("job %s: backend=%s model=%s batch=%d device=%s", chash, config.backend.name, config.model.name,
+    log.info("job %s: backend=%s model=%s batch=%s device=%s", chash, config.backend.name, config.model.name,
              config.batch, device)
     try:
         if device == "cuda" and problem:

@@ -1,7 +1,8 @@
 """How many requests a job measures: the user's ``dataset.num_requests``, or sized by llem.
 
 With ``dataset.num_requests`` null (the default) a job measures ``measure.waves`` whole waves of
-the sequences the engine holds at once (``batch`` × replicas), so every wave fills the batch and
+the sequences the engine holds at once (``batch`` × replicas; a server of unknown concurrency counts as
+``load.max_concurrency``, else llem's in-process default), so every wave fills the batch and
 the window has a steady state. On a GPU the energy counter steps every ~0.1 s, so the window must
 also last ``measure.min_window_s``: the warm-up's fastest batch (one wave, the same output length;
 with natural lengths scaled from the mean length it asked for to the workload's) predicts how many
@@ -40,6 +41,8 @@ class Plan:
     estimate_s: Optional[float] = None  # the window the warm-up predicted for num_requests
     passes: int = 1  # measured passes run (2: the first window was short and discarded)
     capped: bool = False  # the count the window needed was more than max_requests
+    max_in_flight: Optional[int] = None  # what one engine runs at once as it ran (batch, or a known default)
+    max_in_flight_null_reason: Optional[str] = None
 
     def waves_of(self, n: int) -> float:
         return n / self.capacity
@@ -132,7 +135,8 @@ def part(p: Plan, measured: Optional[int]) -> Sizing:
     """The row's sizing columns."""
     return Sizing(requests_sizing="auto" if p.auto else "set", num_in_flight=p.capacity,
                   num_waves=p.waves_of(measured) if measured else None, window_min_s=p.min_window_s,
-                  window_estimate_s=p.estimate_s, measure_passes_run=p.passes)
+                  window_estimate_s=p.estimate_s, measure_passes_run=p.passes, num_in_flight_engine=p.max_in_flight,
+                  num_in_flight_engine_null_reason=p.max_in_flight_null_reason)
 
 
 def hint(p: Plan) -> str:

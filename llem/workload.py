@@ -298,10 +298,16 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
     """``num_requests`` requests of one job (default: ``dataset.num_requests``, else measure.waves ×
     batch), from the typed config. The same config and a larger count give the same first requests
     and more after them."""
-    from llem.config import BuiltinDatasetConfig, FileDatasetConfig, HFDatasetConfig, RandomDatasetConfig
+    from llem.config import (
+        IN_PROCESS_BATCH,
+        BuiltinDatasetConfig,
+        FileDatasetConfig,
+        HFDatasetConfig,
+        RandomDatasetConfig,
+    )
 
     dataset = config.dataset
-    count = num_requests or dataset.num_requests or config.measure.waves * config.batch
+    count = num_requests or dataset.num_requests or config.measure.waves * (config.batch or IN_PROCESS_BATCH)
     arch = config.model.architecture
     if isinstance(dataset, RandomDatasetConfig):
         vocab = arch.get("vocab_size")

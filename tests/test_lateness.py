@@ -113,7 +113,7 @@ def test_max_window_is_no_shorter_than_the_min_window():
 
 
 def test_an_arrival_schedule_longer_than_the_window_is_refused_before_load(compose_cfg):
-    config = to_config(compose_cfg(["load.request_rate=1e-300", "dataset.num_requests=2"]))
+    config = to_config(compose_cfg(["load.request_rate=0.01", "dataset.num_requests=100"]))  # the last at 9,900 s
     with pytest.raises(ConfigError, match="load.request_rate.*measure.max_window_s"):
         check_schedule(config)
     check_schedule(to_config(compose_cfg(["load.request_rate=1", "dataset.num_requests=3601"])))  # 3600 s fits

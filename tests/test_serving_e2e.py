@@ -50,3 +50,5 @@ def test_launch_at_a_rate(tmp_path):
     assert r["output_tokens_total"] == r["output_tokens_expected"] == 32 * 128
     assert "Uvicorn running" in (job / "server.log").read_text()
     assert "server: stopped" in proc.stdout + proc.stderr and not _servers_left(cache)
+    assert pd.isna(r["num_in_flight_engine"]) and "no maximum batch size" in r["num_in_flight_engine_null_reason"]
+    assert 0.0 <= r["host_other_cpu_pct"] <= 100.0  # the server's tree is the job's own, not another's

@@ -132,7 +132,7 @@ def test_the_warmup_wave_sizes_the_measured_window(compose_cfg, tmp_path, monkey
     assert (row["requests_sizing"], row["num_in_flight"]) == ("auto", 4) and row["num_requests"] % 4 == 0
     assert row["num_waves"] == row["num_requests"] / 4 and row["num_waves"] > 4
     assert row["measure_passes_run"] == 2 or 0.66 <= row["window_estimate_s"] < 1.0  # (2: a loaded machine)
-    assert row["steady_state_s"] is not None and row["flags"] == []
+    assert row["steady_state_s"] is not None and set(row["flags"]) <= {"host_busy"}  # other test workers may run
 
 
 def test_a_cold_first_call_does_not_mislead_the_prediction(compose_cfg, tmp_path, monkeypatch):

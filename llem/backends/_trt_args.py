@@ -104,7 +104,8 @@ def serve_argv(config: Config, model: str, host: str, port: int) -> List[str]:
     argv = ([exe] if exe else [sys.executable, "-m", "tensorrt_llm.commands.serve"]) + [model, "--host", host,
                                                                                         "--port", str(port)]
     for flag, value in flags.items():
-        argv += [flag, str(value)]
+        if value is not None:  # batch null: no --max_batch_size, the server's own default
+            argv += [flag, str(value)]
     if kwargs.get("trust_remote_code"):
         argv.append("--trust_remote_code")
     return argv + ["--extra_llm_api_options", str(extra)]

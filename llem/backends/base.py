@@ -12,9 +12,9 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
-from llem.config import BackendConfig, Config
+from llem.config import IN_PROCESS_BATCH, BackendConfig, Config
 from llem.records import Progress, Request, RequestResult
 
 
@@ -61,6 +61,9 @@ class ServerLaunch:
     prompt: str = "token_ids"  # what its /v1/completions takes: token_ids, or text only
     id_words: bool = False  # its tokenizer is llem's id-word one (random weights): text prompts are exact
     health_path: str = "/health"
+    max_in_flight: Optional[int] = None  # the sequences it runs at once, where known (batch, or its default)
+    max_in_flight_null_reason: Optional[str] = None  # why max_in_flight is None
+    in_flight_flag: Optional[str] = None  # its flag for the sequences in flight: one in server.args wins
     warnings: List[str] = field(default_factory=list)  # what the server does not take of the job's settings
 
 
@@ -188,8 +191,17 @@ class Engine(ABC):
 
     def sequences_in_flight(self) -> int:
         """Sequences the engine holds at once when saturated (``batch``, times replicas if any):
-        warmup sizes itself by it, and the steady-state window starts when it is reached."""
-        return self.config.batch
+        warmup sizes itself by it, and the steady-state window starts when it is reached. A server whose
+        own default is unknown counts as ``load.max_concurrency`` (the most the client sends at once), else
+        as IN_PROCESS_BATCH: a count to size the window by, not a claim about the server."""
+        return (self.config.batch or self.max_in_flight()[0] or self.config.load.max_concurrency
+                or IN_PROCESS_BATCH)
+
+    def max_in_flight(self) -> Tuple[Optional[int], Optional[str]]:
+        """The sequences one engine runs at once as it runs (``batch``), or None and why it is unknown."""
+        if self.config.batch is None:
+            return None, "batch is null and the engine's own default is unknown to llem"
+        return self.config.batch, None
 
     def work_counts(self) -> Optional[WorkCounts]:
         """Work the last ``generate`` did beyond the requested tokens (e.g. padding), if the engine can tell."""

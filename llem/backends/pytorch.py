@@ -246,8 +246,10 @@ class PyTorchEngine(Engine):
             argv.append("--trust-remote-code")
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
         unbounded = [f"transformers serve takes no maximum batch size: batch={cfg.batch} does not bound how many "
-                     "requests it runs at once (load.max_concurrency does, from the client)"]
-        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None, warnings=unbounded)
+                     "requests it runs at once (load.max_concurrency does, from the client)"] if cfg.batch else []
+        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None, warnings=unbounded,
+                            max_in_flight_null_reason="transformers serve --continuous-batching has no maximum "
+                            "batch size: its KV cache bounds how many requests it runs at once")
 
     def request_extras(self, output_len: int) -> Dict[str, Any]:
         """transformers serve has no ignore_eos: a generation config with min_new_tokens does it."""
@@ -307,7 +309,7 @@ class PyTorchEngine(Engine):
         return out
 
     def sequences_in_flight(self) -> int:
-        return self.config.batch * self.backend.num_processes
+        return super().sequences_in_flight() * self.backend.num_processes
 
     def work_counts(self) -> Optional[WorkCounts]:
         return self._counts

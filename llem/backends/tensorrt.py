@@ -311,11 +311,16 @@ class TensorRTEngine(Engine):
 
     def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
         """``trtllm-serve MODEL`` with its documented flags; the other LLM arguments (load_format, KV-cache and
-        quantisation configs, engine_args) in the YAML file ``--extra_llm_api_options`` reads."""
+        quantisation configs, engine_args) in the YAML file ``--extra_llm_api_options`` reads. With ``batch``
+        null no ``--max_batch_size``: the server runs at its own default."""
         cfg = self.config
         argv = serve_argv(cfg, str(model_dir) if model_dir else cfg.model.hf_id, host, port)
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
-        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None)
+        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None,
+                            max_in_flight=cfg.batch, in_flight_flag="--max_batch_size",
+                            max_in_flight_null_reason=None if cfg.batch else (
+                                "batch is null: trtllm-serve ran at its own default max_batch_size, which llem "
+                                "does not read back"))
 
     def synchronize(self) -> None:
         pass  # generate returns when every request's last token is on the host

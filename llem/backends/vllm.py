@@ -236,7 +236,8 @@ class VllmEngine(Engine):
         return dummy_model_dir(self.config.model, root)
 
     def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
-        """``vllm serve`` with the job's engine arguments as its flags (``engine_args`` keys in kebab case)."""
+        """``vllm serve`` with the job's engine arguments as its flags (``engine_args`` keys in kebab case);
+        with ``batch`` null no ``--max-num-seqs``: the server runs at its own default."""
         import shutil
         import sys
 
@@ -249,7 +250,11 @@ class VllmEngine(Engine):
         argv = ([exe] if exe else [sys.executable, "-m", "vllm.entrypoints.cli.main"]) + ["serve", model]
         argv += ["--host", host, "--port", str(port)] + cli_flags(kwargs)
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
-        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None)
+        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None,
+                            max_in_flight=cfg.batch, in_flight_flag="--max-num-seqs",
+                            max_in_flight_null_reason=None if cfg.batch else (
+                                "batch is null: vllm serve chose its own max_num_seqs (by its usage context and "
+                                "the GPU's memory), which llem does not read back"))
 
     def sampling_params(self, output_len: int):
         from vllm import SamplingParams

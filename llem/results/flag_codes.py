@@ -6,6 +6,7 @@ FLAG_MEANINGS = {
     "short_window": "the measured window was shorter than asked, or than ~10 energy-counter steps: coarse energy",
     "shared_gpu": "another process used a metered GPU: its work and idle draw are in the energy",
     "shared_host": "other llem jobs ran on this host during the window: times and host energy are disturbed",
+    "host_busy": "processes outside the job (or the hypervisor) took over a quarter of the host's CPU time",
     "mig": "MIG mode was on: energy and power are the whole GPU's, not this slice's",
     "persistence_off": "persistence mode was off: the driver may reset clocks and counters between jobs",
     "throttled": "clocks were slowed by heat or a hardware limit: slower and costlier than this GPU usually is",

@@ -235,6 +235,16 @@ class HostEnergy:
 
 
 @dataclass
+class HostLoad:
+    """What else the host's CPUs did during the window (llem.energy.host_cpu): other processes, steal."""
+
+    host_other_cpu_pct: Optional[float] = col("CPU time of processes outside the job's own trees during the window, "
+                                              "as % of its CPU capacity (window × logical CPUs)")
+    host_steal_pct: Optional[float] = col("CPU time the hypervisor stole during the window, as % of its capacity")
+    host_load_null_reason: Optional[str] = col("why host_other_cpu_pct or host_steal_pct is null, when one is")
+
+
+@dataclass
 class CodecarbonFacts:
     """What codecarbon detected (codecarbon.* columns)."""
 
@@ -261,7 +271,8 @@ PARTS: Tuple[Tuple[type, str], ...] = (
     (EngineReuse, ""),
     (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (Padding, ""),
     (GpuEnergy, ""), (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""),
-    (SteadyState, ""), (PrefillDecode, ""), (HostEnergy, ""), (CodecarbonFacts, "codecarbon."), (Notes, ""),
+    (SteadyState, ""), (PrefillDecode, ""), (HostEnergy, ""), (HostLoad, ""), (CodecarbonFacts, "codecarbon."),
+    (Notes, ""),
 )
 
 

@@ -61,6 +61,10 @@ class ServerEngine(Engine):
         self.prompt = endpoint.prompt
         self._url = f"{endpoint.url}/v1/completions"
 
+    def max_in_flight(self):
+        """What the server runs at once: a launched one's batch or known default; an external one's is unknown."""
+        return self.endpoint.max_in_flight, self.endpoint.max_in_flight_null_reason
+
     def check(self) -> None:
         if not installed("aiohttp"):
             raise EngineUnavailable("server mode needs aiohttp: pip install 'llem[serving]'")

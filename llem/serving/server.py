@@ -58,6 +58,8 @@ class Endpoint:
     reused: bool = False
     starts: int = 0  # servers started by this driver so far
     warnings: List[str] = field(default_factory=list)  # what the server does not take of the job's settings
+    max_in_flight: Optional[int] = None  # sequences the server runs at once, where llem knows it
+    max_in_flight_null_reason: Optional[str] = None
 
 
 @dataclass
@@ -248,7 +250,8 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
     Servers.starts += 1
     endpoint = Endpoint(url=f"http://{s.host}:{port}", mode="launch", prompt=spec.prompt if s.prompt == "auto"
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
-                        command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings))
+                        command=" ".join(argv), starts=Servers.starts, warnings=list(spec.warnings),
+                        **_in_flight(spec, list(s.args)))
     Servers.current = _Running(key, proc, endpoint, pipe, claim)
     try:
         endpoint.start_s = _wait_healthy(Servers.current, spec, s.startup_timeout_s)
@@ -259,11 +262,25 @@ def launch(engine, config, log_dir: Path, gpus: List[str], before_start=lambda: 
     return endpoint
 
 
+def _in_flight(spec: Any, args: List[str]) -> Dict[str, Any]:
+    """What the server runs at once: the engine's flag as ``server.args`` last set it, else what the engine said."""
+    flag, value = spec.in_flight_flag, None
+    for i, arg in enumerate(args if flag else []):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
+    if value is not None and value.isdigit():
+        return {"max_in_flight": int(value), "max_in_flight_null_reason": None}
+    return {"max_in_flight": spec.max_in_flight, "max_in_flight_null_reason": spec.max_in_flight_null_reason}
+
+
 def external(config) -> Endpoint:
     s = config.server
     models = check_external(s.url, auth_headers(s))
     name = s.model_name or (models[0] if models else None)
-    return Endpoint(url=s.url.rstrip("/"), mode="external", prompt=s.prompt, model_name=name)
+    return Endpoint(url=s.url.rstrip("/"), mode="external", prompt=s.prompt, model_name=name,
+                    max_in_flight_null_reason="an external server runs at its own setting, unknown to llem")
 
 
 def stop() -> None:
