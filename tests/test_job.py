@@ -34,6 +34,12 @@ def test_failed_or_null_is_the_worst_value_never_zero(config):
     assert objective({"status": "failed"}, None) == math.inf
 
 
+def test_the_objective_is_not_logged_where_no_sweeper_reads_it(config, caplog):
+    caplog.set_level("DEBUG", logger="llem.job")
+    objective({"status": "ok", "j_per_output_token": None}, config())
+    assert [r.levelname for r in caplog.records if "objective" in r.getMessage()] == ["DEBUG"]
+
+
 def test_bounds_penalise(config):
     row = {"status": "ok", "j_per_output_token": 0.5, "ttft_ms_p99": 600.0, "output_tok_per_s": 900.0}
     assert objective(row, config("+objective.bounds.ttft_ms_p99='<=500'")) == math.inf

@@ -199,7 +199,7 @@ class SteadyState:
     steady_state_energy_j: Optional[float] = col("GPU energy of the steady state, interpolated counter (J)")
     steady_state_energy_adjusted_j: Optional[float] = col("minus baseline power × its duration (J)")
     steady_state_j_per_output_token: Optional[float] = col("adjusted steady-state energy per output token (J)")
-    steady_state_null_reason: Optional[str] = col("why there is no steady state, when there is none")
+    steady_state_null_reason: Optional[str] = col("why there is no steady state; null when there is one")
 
 
 @dataclass
