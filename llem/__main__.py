@@ -9,6 +9,7 @@ import sys
 from typing import List, Optional
 
 from llem import secrets
+from llem.install import install_hint
 
 # Optional Hydra plugins a config group needs: (override pattern, module, llem extra).
 PLUGIN_EXTRAS = [
@@ -37,7 +38,7 @@ def _missing_extra(argv: List[str]) -> Optional[str]:
         except ImportError:
             found = False
         if not found:
-            return f"{asked} needs the '{extra}' extra: pip install 'llem[{extra}]'"
+            return f"{asked} needs the '{extra}' extra: {install_hint(extra)}"
     return None
 
 

@@ -140,7 +140,7 @@ def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
             validate.check(config)
         except Exception as exc:  # ConfigError names the key; anything else is still this job's failure
             error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-            log.error("invalid config: %s", error)
+            log_failure(f"invalid config: {error}")
             values = record_failure(job_dir, error, type(exc).__name__, Stage.config, cfg=cfg)
             return values, objective(values, None)
         try:
@@ -152,6 +152,20 @@ def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
             values = record_failure(job_dir, f"{type(exc).__name__}: {exc}", type(exc).__name__, Stage.start,
                                     config=config, chash=config_hash(config))
         return values, objective(values, config)
+
+
+_logged_failures: List[str] = []  # the errors this process has printed in full (one sweep's jobs share it)
+
+
+def log_failure(message: str) -> None:
+    """Log a job's error in full the first time; a later job of the sweep failing the same way gets one
+    short line, so that a missing package or model is said once, not once per job (every job still has
+    its failed row, and the sweep's summary quotes it)."""
+    if message in _logged_failures:
+        log.error("failed with the same error as an earlier job of this sweep (above)")
+        return
+    _logged_failures.append(message)
+    log.error("%s", message)
 
 
 def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
@@ -176,11 +190,13 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
 
             check_external(config.server.url)
         else:
+            if config.server.mode == "none":  # a missing engine package first: it is what the user must fix
+                engine_class(config.backend.name)(config, device).check()
             model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
         if config.server.mode == "launch":
             engine_class(config.backend.name)(config, device).server_check()
-    except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable) as exc:
-        log.error("%s", exc)
+    except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable, ConfigError) as exc:
+        log_failure(str(exc))
         return record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
     uses_host = device == "cpu" or "codecarbon" in config.energy.meters  # the host's CPU, or a meter of all of it

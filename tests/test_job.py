@@ -132,8 +132,8 @@ def test_a_missing_plugin_names_the_extra(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert cli._missing_extra(["llem", "hydra/launcher=slurm"]) == (
-        "hydra/launcher=slurm needs the 'slurm' extra: pip install 'llem[slurm]'")
-    assert "llem[search]" in cli._missing_extra(["llem", "hydra/sweeper=energy_search"])
+        "hydra/launcher=slurm needs the 'slurm' extra: pip install \".[slurm]\" from a clone of llem")
+    assert '".[search]"' in cli._missing_extra(["llem", "hydra/sweeper=energy_search"])
     assert cli._missing_extra(["llem", "batch=4"]) is None
 
 

@@ -161,3 +161,15 @@ def test_device_cuda_without_a_gpu_refuses_to_measure(tmp_path):
     r = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
     assert r["status"] == "failed" and r["error_stage"] == "check" and "device=cuda" in r["error"]
     assert "loading" not in proc.stdout + proc.stderr
+
+
+def test_a_missing_engine_is_said_once_per_sweep_and_each_job_is_a_failed_row(tmp_path):
+    if __import__("importlib.util").util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    proc = run_llem(["backend=vllm", "model=llama3", "-m", "batch=1,8,32", "hydra.sweep.dir=sweep"], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert out.count("backend=vllm needs vLLM, which is not installed") == 2  # the first job's line, the summary
+    assert 'pip install ".[vllm]"' in out and "3 failed with: " in out
+    rows = _results(tmp_path / "sweep")
+    assert len(rows) == 3 and {r["error_type"] for r in rows.values()} == {"EngineUnavailable"}

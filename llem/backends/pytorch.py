@@ -25,6 +25,7 @@ from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, W
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
 from llem.errors import ConfigError, EngineUnavailable
+from llem.install import install_hint
 from llem.records import Progress, Request, RequestResult
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class PyTorchEngine(Engine):
         missing = [name for name in needs if not installed(name)]
         if missing:
             raise EngineUnavailable(
-                f"backend=pytorch needs {', '.join(needs)} ({', '.join(missing)} missing): pip install 'llem[pytorch]'"
+                f"backend=pytorch needs {', '.join(needs)} ({', '.join(missing)} missing): {install_hint('pytorch')}"
             )
         cuda_only = {"backend.quantization": b.quantization.method != "none",
                      f"backend.attn_implementation={b.attn_implementation}": b.attn_implementation.startswith("flash"),
@@ -212,7 +213,7 @@ class PyTorchEngine(Engine):
         missing = [name for name in ("transformers", "fastapi", "uvicorn") if not installed(name)]
         if missing:
             raise EngineUnavailable(f"transformers serve needs {', '.join(missing)}: "
-                                    "pip install 'llem[serving-pytorch]'")
+                                    + install_hint("serving-pytorch"))
 
     def served_model(self, root: Path) -> Optional[Path]:
         """Random weights: a seeded random checkpoint with llem's id-word tokenizer (written once)."""

@@ -27,6 +27,7 @@ from llem.backends._served_model import id_words, words_in
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
+from llem.install import install_hint
 from llem.records import Progress, Request, RequestResult, now
 from llem.serving.server import Endpoint, alive, last_lines
 
@@ -52,7 +53,7 @@ class ServerEngine(Engine):
 
     def check(self) -> None:
         if not installed("aiohttp"):
-            raise EngineUnavailable("server mode needs aiohttp: pip install 'llem[serving]'")
+            raise EngineUnavailable(f"server mode needs aiohttp: {install_hint('serving')}")
 
     def load(self) -> None:
         asyncio.run(self._discover())
