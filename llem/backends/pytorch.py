@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from llem.backends._serve_cache import cache_args
 from llem.backends._torch_runner import PyTorchResolved
 from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, WorkCounts, build_text, installed
 from llem.config import BackendConfig, Config, _require
@@ -228,7 +229,7 @@ class PyTorchEngine(Engine):
 
     def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
         """``transformers serve MODEL --continuous-batching`` on the job's device (it takes text prompts only;
-        it has no maximum batch size: ``batch`` is not applied to it)."""
+        it has no maximum batch size: ``batch`` sizes its KV cache, ``llem/backends/_serve_cache.py``)."""
         import sys
 
         b, cfg = self.backend, self.config
@@ -240,9 +241,11 @@ class PyTorchEngine(Engine):
             argv.append("--compile")
         if cfg.model.trust_remote_code:
             argv.append("--trust-remote-code")
+        cache, sized = cache_args(cfg)  # its KV cache sized to the workload, not to the host's free memory
+        argv += cache
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
-        unbounded = [f"transformers serve takes no maximum batch size: batch={cfg.batch} does not bound how many "
-                     "requests it runs at once (load.max_concurrency does, from the client)"]
+        unbounded = [f"transformers serve takes no maximum batch size (load.max_concurrency caps requests in flight, "
+                     f"from the client); {sized}"]
         return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None, warnings=unbounded)
 
     def request_extras(self, output_len: int) -> Dict[str, Any]:

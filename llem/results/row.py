@@ -156,7 +156,9 @@ class Memory:
 
     gpu_memory_allocated_peak_mib: Optional[float] = col("engine's peak device allocation, summed over GPUs (MiB)")
     gpu_memory_used_peak_mib: Optional[float] = col("NVML's peak device memory in use during the window (MiB)")
-    cpu_rss_peak_mib: Optional[float] = col("peak resident memory of the measurement process (MiB)")
+    cpu_rss_peak_mib: Optional[float] = col("peak resident memory of the measurement process, plus a launched "
+                                            "server's whole process tree (server=launch), summed (MiB)")
+    cpu_rss_null_reason: Optional[str] = col("why cpu_rss_peak_mib is null (server=external: not llem's processes)")
 
 
 @dataclass
