@@ -108,7 +108,7 @@ def steady_state(results: Sequence[RequestResult], in_flight: int, rows: List[Di
     energy, how = energy_between(rows, t0, t1)
     out.steady_state_energy_j = energy
     if energy is None:  # the reason is the window's own (energy_null_reason) or logged here
-        log.info("steady-state energy not measured: %s", how)
+        log.debug("steady-state energy not measured: %s", how)
     elif baseline_power_w is not None:
         adjusted = energy - baseline_power_w * seconds
         out.steady_state_energy_adjusted_j = adjusted
