@@ -159,7 +159,7 @@ def test_check_names_the_install_and_the_gpu(compose_cfg, monkeypatch, fake_trt)
         TensorRTEngine(cfg, "cpu").check()
     TensorRTEngine(cfg, "cuda").check()
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)
-    with pytest.raises(EngineUnavailable, match=r"llem\[tensorrt\]"):
+    with pytest.raises(EngineUnavailable, match=r"pip install \"\.\[tensorrt\]\""):
         TensorRTEngine(cfg, "cuda").check()
 
 
