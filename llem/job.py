@@ -189,12 +189,13 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
             from llem.serving.server import check_external
 
             check_external(config.server.url)
-        else:
-            if config.server.mode == "none":  # a missing engine package first: it is what the user must fix
-                engine_class(config.backend.name)(config, device).check()
+        else:  # a missing engine package first: it is what the user must fix
+            engine = engine_class(config.backend.name)(config, device)
+            if config.server.mode == "none":
+                engine.check()
+            else:
+                engine.server_check()
             model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
-        if config.server.mode == "launch":
-            engine_class(config.backend.name)(config, device).server_check()
     except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable, ConfigError) as exc:
         log_failure(str(exc))
         return record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
