@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from llem import dirnames, environment, floors, model_source, results, secrets, validate
 from llem.backends import engine_class
 from llem.config import Config, config_hash, to_config
-from llem.console import summary_line
+from llem.console import log_failure, summary_line
 from llem.energy.idle import DeviceIdle
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
@@ -152,20 +152,6 @@ def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
             values = record_failure(job_dir, f"{type(exc).__name__}: {exc}", type(exc).__name__, Stage.start,
                                     config=config, chash=config_hash(config))
         return values, objective(values, config)
-
-
-_logged_failures: List[str] = []  # the errors this process has printed in full (one sweep's jobs share it)
-
-
-def log_failure(message: str) -> None:
-    """Log a job's error in full the first time; a later job of the sweep failing the same way gets one
-    short line, so that a missing package or model is said once, not once per job (every job still has
-    its failed row, and the sweep's summary quotes it)."""
-    if message in _logged_failures:
-        log.error("failed with the same error as an earlier job of this sweep (above)")
-        return
-    _logged_failures.append(message)
-    log.error("%s", message)
 
 
 def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
