@@ -8,7 +8,8 @@ import signal
 import sys
 from typing import List, Optional
 
-from llem import secrets
+from llem import reaper, secrets
+from llem.install import install_hint
 
 # Optional Hydra plugins a config group needs: (override pattern, module, llem extra).
 PLUGIN_EXTRAS = [
@@ -37,7 +38,7 @@ def _missing_extra(argv: List[str]) -> Optional[str]:
         except ImportError:
             found = False
         if not found:
-            return f"{asked} needs the '{extra}' extra: pip install 'llem[{extra}]'"
+            return f"{asked} needs the '{extra}' extra: {install_hint(extra)}"
     return None
 
 
@@ -58,8 +59,20 @@ def _register_sweeper() -> None:
     plugins.register(LlemSweeper)
 
 
+def _leave_no_orphans() -> None:
+    """Before exiting: stop what llem still runs and reap it (a process llem leaves is PID 1's to reap)."""
+    from llem.measure_process import stop_kept
+    from llem.serving.server import stop
+
+    stop()
+    stop_kept()
+    reaper.reap_adopted()
+    reaper.stop_resource_tracker()
+
+
 def main() -> None:
     secrets.install()  # before anything can print or log a secret
+    reaper.adopt_orphans()  # a stopped server's workers become ours to reap, not PID 1's
     argv = _flags_first(sys.argv)
     missing = _missing_extra(argv)
     if missing:
@@ -82,8 +95,12 @@ def main() -> None:
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def app(cfg):
         from llem import job
+        from llem.serving.server import Servers
 
-        row, value = job.run(cfg)
+        try:
+            row, value = job.run(cfg)
+        finally:
+            reaper.reap_adopted(Servers.owned_pids())  # orphans of this job's processes
         if row.get("status") not in OK_STATUSES:
             failed.append(row)
         return value
@@ -96,11 +113,13 @@ def main() -> None:
     try:
         app()
     except Interrupted as exc:
+        _leave_no_orphans()
         where = (f"during {exc.stage.value if exc.stage else 'the job'} of {exc.job_dir}: the measurement was "
                  "stopped and no result was written for it" if exc.job_dir else "between jobs")
         print(f"llem: interrupted by {exc.signal_name} {where}. Run the same command again to resume (finished "
               "jobs are skipped).", file=sys.stderr)
         sys.exit(130 if exc.signal_name == "SIGINT" else 143)
+    _leave_no_orphans()
     from llem.sweep import SweepSummary
 
     if failed or SweepSummary.failures:

@@ -151,7 +151,7 @@ class BuiltinDatasetConfig(TextDatasetConfig):
 
 @dataclass
 class HFDatasetConfig(TextDatasetConfig):
-    """A Hugging Face dataset through the ``datasets`` library (``pip install 'llem[datasets]'``).
+    """A Hugging Face dataset through the ``datasets`` library (``pip install ".[datasets]"``).
 
     ``hf_id`` names it on the Hub; ``path`` (a ``save_to_disk`` directory, a directory of data
     files, or one JSON/JSONL/Parquet/CSV file) reads a local copy instead. ``layout`` says how a

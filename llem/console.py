@@ -1,10 +1,14 @@
-"""What a person sees of a job on the console: the progress bar while it measures, and the one line
-that ends it (read from the row's values)."""
+"""What a person sees of a job on the console: the progress bar while it measures, the one line
+that ends it (read from the row's values), and a failure said once per sweep."""
 
 from __future__ import annotations
 
+import logging
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, List
+
+log = logging.getLogger("llem.job")
+_logged_failures: List[str] = []  # the errors this process has printed in full (one sweep's jobs share it)
 
 
 class ProgressBar:
@@ -51,3 +55,14 @@ def summary_line(row: Dict[str, Any]) -> str:
     return (f"{fmt(row.get('output_tok_per_s'), ',.1f', ' tok/s')}, {jpt}, TTFT p50 "
             f"{fmt(row.get('ttft_ms_p50'), '.1f', ' ms')}, {row.get('output_tokens_total')} tokens in "
             f"{row.get('window_s', 0):.2f} s")
+
+
+def log_failure(message: str) -> None:
+    """Log a job's error in full the first time; a later job of the sweep failing the same way gets one
+    short line, so that a missing package or model is said once, not once per job (every job still has
+    its failed row, and the sweep's summary quotes it)."""
+    if message in _logged_failures:
+        log.error("failed with the same error as an earlier job of this sweep (above)")
+        return
+    _logged_failures.append(message)
+    log.error("%s", message)

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 from llem import hub
 from llem.errors import WorkloadError
+from llem.install import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def _import_datasets() -> Any:
     try:
         import datasets
     except ImportError:
-        raise WorkloadError("Hugging Face datasets need the datasets library: pip install 'llem[datasets]'") from None
+        raise WorkloadError("Hugging Face datasets need the datasets library: "
+                            f"{install_hint('datasets')}") from None
     datasets.disable_progress_bars()
     return datasets
 

@@ -118,7 +118,10 @@ class Experiment:
             engine = ServerEngine(cfg, self.device, self.endpoint, engine.request_extras)
         gpus, warns, reason = metered_gpus(cfg, engine_cls, self.device)
         self.warnings.extend(warns)
-        sampler = Sampler(gpus, cfg.energy.sample_interval_ms / 1000.0).start()
+        sampler = Sampler(gpus, cfg.energy.sample_interval_ms / 1000.0)
+        if self.endpoint is not None and self.endpoint.mode == "launch" and self.endpoint.pid:
+            sampler.count_tree(self.endpoint.pid)  # the server's processes hold the model and its cache
+        sampler.start()
         meter = EnergyMeter(gpus, sampler, sync=lambda: None, null_reason=reason)
         parts: Dict[type, Any] = {}
         req_rows: List[RequestRow] = []

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List
 
 from llem.config import conf_dir
+from llem.install import install_hint
 
 GROUPS = ("backend", "model", "dataset", "server")
 # Hydra's own options worth listing beside llem's presets, and the plugin each needs.
@@ -54,7 +55,7 @@ def hydra_text() -> str:
             what = _first_comment(conf_dir() / "hydra" / kind / f"{name}.yaml")
             module, extra = PLUGINS.get(name, (None, None))
             if module and not _installed(module):
-                what += f" [needs pip install 'llem[{extra}]']"
+                what += f" [needs {install_hint(extra)}]"
             lines.append(f"  {name:<14} {what}")
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from llem import dirnames, environment, floors, model_source, results, secrets, validate
 from llem.backends import engine_class
 from llem.config import Config, config_hash, to_config
-from llem.console import summary_line
+from llem.console import log_failure, summary_line
 from llem.energy.idle import DeviceIdle
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
@@ -152,7 +152,7 @@ def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
             validate.check(config)
         except Exception as exc:  # ConfigError names the key; anything else is still this job's failure
             error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-            log.error("invalid config: %s", error)
+            log_failure(f"invalid config: {error}")
             values = record_failure(job_dir, error, type(exc).__name__, Stage.config, cfg=cfg)
             return values, objective(values, None)
         try:
@@ -187,12 +187,15 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
             from llem.serving.server import auth_headers, check_external
 
             check_external(config.server.url, auth_headers(config.server))
-        else:
+        else:  # a missing engine package first: it is what the user must fix
+            engine = engine_class(config.backend.name)(config, device)
+            if config.server.mode == "none":
+                engine.check()
+            else:
+                engine.server_check()
             model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
-        if config.server.mode == "launch":
-            engine_class(config.backend.name)(config, device).server_check()
-    except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable) as exc:
-        log.error("%s", exc)
+    except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable, ConfigError) as exc:
+        log_failure(str(exc))
         return record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
     uses_host = device == "cpu" or "codecarbon" in config.energy.meters  # the host's CPU, or a meter of all of it
@@ -366,24 +369,39 @@ def _set_outcome(job_dir: Path, outcome: str) -> None:
     os.replace(tmp, job_dir / OUTCOME)
 
 
+def _sweeper_optimises() -> bool:
+    """Whether this run's sweeper reads the value a job returns (Optuna does; Hydra's grid and llem's
+    serial sweeper ignore it), so that the objective is logged only where it matters."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        target = str(HydraConfig.get().sweeper.get("_target_") or "")
+    except Exception:  # no Hydra context (a direct call): nothing reads the value
+        return False
+    return "optuna" in target.lower()
+
+
 def objective(row: Dict[str, Any], config: Optional[Config]) -> float:
     """The value a sweeper optimises: the objective metric, or the worst value (never 0) when the
-    job failed, the metric is null, or a bound is broken."""
+    job failed, the metric is null, or a bound is broken. Logged at info only for a sweeper that
+    optimises it (debug otherwise: a plain run has no use for it)."""
+    level = logging.INFO if _sweeper_optimises() else logging.DEBUG
     metric = config.objective.metric if config else "j_per_output_token"
     minimize = config is None or config.objective.direction == "minimize"
     worst = float("inf") if minimize else float("-inf")
     if row.get("status") != "ok":
-        log.info("objective %s: job failed → %s", metric, worst)
+        log.log(level, "objective %s: job failed → %s", metric, worst)
         return worst
     value = row.get(metric)
     if value is None or value != value:
-        log.info("objective %s is null (%s) → %s", metric, row.get("energy_null_reason") or "not measured", worst)
+        log.log(level, "objective %s is null (%s) → %s", metric, row.get("energy_null_reason") or "not measured", worst)
         return worst
     for column, bound in (config.objective.bounds.items() if config else ()):
         seen = row.get(column)
         limit = float(bound.strip()[2:])
         broken = seen is None or (seen > limit if bound.strip().startswith("<=") else seen < limit)
         if broken:
-            log.warning("objective: %s=%s breaks the bound %s → %s", column, seen, bound, worst)
+            log.log(logging.WARNING if level == logging.INFO else level, "objective: %s=%s breaks the bound %s → %s",
+                    column, seen, bound, worst)
             return worst
     return float(value)

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -103,10 +103,12 @@ class SweepSummary(Callback):
             outcome = path.read_text().strip()
             counts[outcome] = counts.get(outcome, 0) + 1
             if outcome == "failed":
-                failed.append(path.parent.name)
+                failed.append(path.parent)
         log.info("sweep %s: %d ok, %d skipped, %d failed", sweep, counts["ok"], counts["skipped"], counts["failed"])
-        for name in failed:
-            log.info("  failed: %s", name)
+        for error, names in _by_error(failed).items():
+            log.info("  %d failed with: %s", len(names), error)
+            for name in names:
+                log.info("    %s", name)
         if counts["failed"]:
             SweepSummary.failures = counts["failed"]
         try:  # the sweep's index makes `python -m llem.aggregate` fast on large sweeps
@@ -230,3 +232,15 @@ def expected_skips(config: DictConfig, jobs: Sequence[Sequence[str]]) -> List[in
         if outcome in ("ok", "skipped"):
             found.append(index)
     return found
+
+
+def _by_error(failed: List[Path]) -> Dict[str, List[str]]:
+    """The failed jobs grouped by their row's error, so that one cause shared by every job is said once."""
+    from llem.results import read_result
+
+    groups: Dict[str, List[str]] = {}
+    for job_dir in failed:
+        row = read_result(job_dir) or {}
+        error = str(row.get("error") or "no result row")
+        groups.setdefault(error[:300] + ("…" if len(error) > 300 else ""), []).append(job_dir.name)
+    return groups

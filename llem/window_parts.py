@@ -73,7 +73,7 @@ def window_parts(cfg: Config, engine, work, outputs: List[RequestResult], req_ro
         EnergySummary: energy,
         Memory: Memory(gpu_memory_allocated_peak_mib=engine.memory_peak_mib(),
                        gpu_memory_used_peak_mib=window.peak_memory_used_mib,
-                       cpu_rss_peak_mib=max(rss) if rss else None),
+                       **_rss_peak(rss, cfg.server.mode)),
         ModelFacts: ModelFacts(
             model_parameters=info.num_parameters, model_weight_bytes=info.weight_bytes,
             weight_precision=info.weight_precision or cfg.model.dtype.value,
@@ -81,6 +81,16 @@ def window_parts(cfg: Config, engine, work, outputs: List[RequestResult], req_ro
             flops_estimate=2.0 * info.num_parameters * (in_tokens + out_tokens) if info.num_parameters else None),
         Latency: metrics.latency_summary(req_rows),
     }
+
+
+def _rss_peak(rss: List[float], server_mode: str) -> Dict[str, Any]:
+    """The host memory peak of the processes doing the work; none for a server llem did not start."""
+    if server_mode == "external":
+        return {"cpu_rss_peak_mib": None, "cpu_rss_null_reason": "server=external: the server's processes are not "
+                "llem's, so their memory is not measured (timeseries rss_mib is the client's alone)"}
+    if not rss:
+        return {"cpu_rss_peak_mib": None, "cpu_rss_null_reason": "psutil is not installed"}
+    return {"cpu_rss_peak_mib": max(rss), "cpu_rss_null_reason": None}
 
 
 def timeseries(device_idle_rows: List[Dict[str, Any]], sampler_rows: List[Dict[str, Any]],

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Optional, TextIO, Tuple
 
 from llem.errors import WorkloadError
+from llem.install import install_hint
 from llem.records import Request
 from llem.results.row import WorkloadCounts
 
@@ -214,7 +215,7 @@ def load_tokenizer(model: Any) -> Any:
         from transformers import AutoTokenizer
     except ImportError:
         raise WorkloadError(
-            "a text dataset needs transformers for its tokenizer: pip install 'llem[pytorch]'"
+            f"a text dataset needs transformers for its tokenizer: {install_hint('pytorch')}"
         ) from None
     local_only = False
     if not Path(source).expanduser().is_dir():

@@ -179,7 +179,7 @@ def test_loading_llem_does_not_import_datasets():
 
 def test_missing_datasets_library_says_what_to_install(compose_cfg, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(WorkloadError, match=r"pip install 'llem\[datasets\]'"):
+    with pytest.raises(WorkloadError, match=r'pip install "\.\[datasets\]"'):
         _build(compose_cfg, ["dataset=alpaca", f"dataset.path={tmp_path}", BYTES])
 
 

@@ -348,3 +348,40 @@ def test_background_sampler_runs_and_stops(trace):
     assert len(sampler.rows) == len(rows)  # nothing after stop()
 
 
+
+
+def test_a_counted_process_tree_adds_its_memory_to_the_samples():
+    import subprocess
+    import sys
+
+    import psutil
+
+    # a parent whose child holds 200 MiB: the whole tree counts, as a launched server's does
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import time; x = bytearray(200 * 2**20); time.sleep(60)'])")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded: until the grandchild holds its memory
+            kids = psutil.Process(parent.pid).children(recursive=True)
+            if kids and kids[0].memory_info().rss > 190 * 2**20:
+                break
+            time.sleep(0.1)
+        alone, with_tree = Sampler([], 1.0), Sampler([], 1.0)
+        with_tree.count_tree(parent.pid)
+        alone.sample_now()
+        with_tree.sample_now()
+        assert with_tree.rows[0]["rss_mib"] - alone.rows[0]["rss_mib"] > 190
+    finally:
+        for kid in psutil.Process(parent.pid).children(recursive=True):
+            kid.kill()
+        parent.kill()
+        parent.wait(30)
+
+
+def test_an_external_servers_memory_is_null_with_a_reason():
+    from llem.window_parts import _rss_peak
+
+    assert _rss_peak([62.0], "external")["cpu_rss_peak_mib"] is None
+    assert "server=external" in _rss_peak([62.0], "external")["cpu_rss_null_reason"]
+    assert _rss_peak([62.0, 900.0], "launch") == {"cpu_rss_peak_mib": 900.0, "cpu_rss_null_reason": None}

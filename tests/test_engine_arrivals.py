@@ -122,6 +122,26 @@ def test_transformers_serve_command(compose_cfg, tmp_path):
     assert json.loads(engine.request_extras(7)["generation_config"]) == {"min_new_tokens": 7}
 
 
+@pytest.mark.parametrize("overrides, pages", [
+    ([], 4 * (1 + 1)),  # batch 4 of 128 + 128 tokens: one 256-token page each, and one of slack
+    (["batch=8", "input_len=512", "output_len=300"], 8 * (4 + 1)),
+    (["load.max_concurrency=16"], 16 * (1 + 1)),  # a larger client cap: the cache holds every sequence in flight
+])
+def test_transformers_serve_kv_cache_is_sized_to_the_workload(compose_cfg, tmp_path, overrides, pages):
+    config = to_config(compose_cfg(["server=launch", f"cache_dir={tmp_path}", *overrides]))
+    spec = PyTorchEngine(config, "cpu").server_launch(Path("/m"), "127.0.0.1", 8125)
+    assert dict(zip(spec.argv, spec.argv[1:]))["--cb-num-blocks"] == str(pages)
+    assert any(f"holds {pages} pages" in w for w in spec.warnings)  # recorded in the row's warnings
+
+
+def test_a_cache_size_in_server_args_wins(compose_cfg, tmp_path):
+    from llem.backends._serve_cache import cache_args
+
+    config = to_config(compose_cfg(["server=launch", "server.args=[--cb-num-blocks,64]"]))
+    assert cache_args(config, "5.12.0")[0] == []
+    assert cache_args(to_config(compose_cfg(["server=launch"])), "5.9.1")[0] == []  # too old to take the flag
+
+
 def test_pytorch_batches_what_has_arrived(compose_cfg, tmp_path):
     """The tiny model in-process at a rate with natural lengths: static batches of the requests that have
     arrived, each request its own length, the waits recorded."""

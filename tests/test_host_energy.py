@@ -82,7 +82,7 @@ def test_windows_are_a_no_op_without_codecarbon():
 
 def test_missing_codecarbon_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "codecarbon", None)
-    with pytest.raises(MeterError, match=r"llem\[energy\]"):
+    with pytest.raises(MeterError, match=r"pip install \"\.\[energy\]\""):
         HostMeter(tmp_path, None)
 
 

@@ -34,6 +34,12 @@ def test_failed_or_null_is_the_worst_value_never_zero(config):
     assert objective({"status": "failed"}, None) == math.inf
 
 
+def test_the_objective_is_not_logged_where_no_sweeper_reads_it(config, caplog):
+    caplog.set_level("DEBUG", logger="llem.job")
+    objective({"status": "ok", "j_per_output_token": None}, config())
+    assert [r.levelname for r in caplog.records if "objective" in r.getMessage()] == ["DEBUG"]
+
+
 def test_bounds_penalise(config):
     row = {"status": "ok", "j_per_output_token": 0.5, "ttft_ms_p99": 600.0, "output_tok_per_s": 900.0}
     assert objective(row, config("+objective.bounds.ttft_ms_p99='<=500'")) == math.inf
@@ -60,7 +66,7 @@ def test_gpu_lock_serialises_jobs_on_one_gpu():
         t.start()
         time.sleep(0.3)
         events.append(("first-done", time.monotonic()))
-    t.join(5)
+    t.join(60)
     assert [e[0] for e in events] == ["first-done", "second"]
     with gpu_lock(["GPU-other"]), gpu_lock(["GPU-test-lock"]):
         pass  # different GPUs do not block each other
@@ -126,8 +132,8 @@ def test_a_missing_plugin_names_the_extra(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert cli._missing_extra(["llem", "hydra/launcher=slurm"]) == (
-        "hydra/launcher=slurm needs the 'slurm' extra: pip install 'llem[slurm]'")
-    assert "llem[search]" in cli._missing_extra(["llem", "hydra/sweeper=energy_search"])
+        "hydra/launcher=slurm needs the 'slurm' extra: pip install \".[slurm]\" from a clone of llem")
+    assert '".[search]"' in cli._missing_extra(["llem", "hydra/sweeper=energy_search"])
     assert cli._missing_extra(["llem", "batch=4"]) is None
 
 

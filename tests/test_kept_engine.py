@@ -121,7 +121,7 @@ def test_a_kept_process_that_died_is_replaced(compose_cfg, tmp_path):
         assert measure_process.kept_serves(reuse)
         first = measure_process.Kept.proc
         first.kill()
-        first.join(10)
+        first.join(60)
         assert not measure_process.kept_serves(reuse)
         assert measure_process.measure_kept(config, tmp_path / "two", "cpu", DeviceIdle(), reuse) is None
         assert measure_process.Kept.proc is not first and measure_process.kept_serves(reuse)

@@ -176,7 +176,7 @@ def test_plots_without_matplotlib_fails_before_aggregating(job, tmp_path, monkey
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     out = tmp_path / "agg"
     err = _fails([job, "-o", out, "--plots"], capsys)
-    assert err == "llem.aggregate: --plots needs matplotlib: pip install 'llem[plots]'"
+    assert err == "llem.aggregate: --plots needs matplotlib: pip install \".[plots]\" from a clone of llem"
     assert not out.exists()
 
 

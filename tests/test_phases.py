@@ -98,6 +98,13 @@ def test_steady_state_outside_the_time_series_is_null(trace):
     assert energy is None and "does not cover" in why
 
 
+def test_a_steady_state_without_energy_has_no_null_reason():
+    reqs = [_req(i, 0.5 + 1.2 * (i // 2), 1.6 + 1.2 * (i // 2), tokens=10) for i in range(8)]
+    s = phases.steady_state(reqs, 2, [], baseline_power_w=None)
+    assert s.steady_state_s is not None and s.steady_state_energy_j is None
+    assert s.steady_state_null_reason is None
+
+
 def test_steady_state_columns(trace):
     _, rows, t0, t1 = _heavy_rows(trace)
     reqs = [_req(i, t0 + 0.5 + 1.2 * (i // 2), t0 + 1.6 + 1.2 * (i // 2), tokens=10) for i in range(8)]

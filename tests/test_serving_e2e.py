@@ -28,17 +28,24 @@ def _servers_left(cache):
     return [p for p in psutil.process_iter(["cmdline"]) if str(cache) in " ".join(p.info["cmdline"] or [])]
 
 
-def test_launch_at_a_rate(tmp_path):
-    """The issue's command on CPU (the server's cache capped: SERVE_CACHE): ends ok, arrivals at the rate asked,
-    every token asked for, the server's log kept in the job dir, and no server left behind."""
+def test_launch_at_a_rate(tmp_path, compose_cfg):
+    """The README's command on CPU, as given: ends ok, the server's KV cache sized to the workload (it fits a
+    laptop), arrivals at the rate asked, every token asked for, the server's log kept in the job dir, and no
+    server left behind."""
+    from llem.backends._serve_cache import cache_pages
+    from llem.config import to_config
+
     cache = tmp_path / "cache"
-    proc = run_llem(["server=launch", SERVE_CACHE, "load.request_rate=8", "dataset.num_requests=32",
+    proc = run_llem(["server=launch", "load.request_rate=8", "dataset.num_requests=32",
                      "hydra.run.dir=run", f"cache_dir={cache}"], cwd=tmp_path, check=True, timeout=600)
     job = tmp_path / "run"
     r = pd.read_parquet(job / "results.parquet").iloc[0]
     req = pd.read_parquet(job / "requests.parquet").sort_values("arrival_offset_s")
     assert r["status"] == "ok" and r["server_mode"] == "launch" and r["server_prompt"] == "text"
     assert r["server_start_s"] > 0 and not r["server_reused"] and r["num_server_starts"] == 1
+    pages = cache_pages(to_config(compose_cfg(["server=launch"])))
+    assert f"--cb-num-blocks {pages}" in r["server_command"]
+    assert 0 < r["cpu_rss_peak_mib"] < 4096  # the client and the server's processes (~15 GB left to itself)
     assert len(req) == 32 and (req["output_tokens"] == 128).all() and req["error"].isna().all()
     assert req["token_count_note"].isna().all()  # the server streamed and reported every token asked
     gaps = np.diff(req["arrival_offset_s"].to_numpy())

@@ -159,7 +159,7 @@ def test_check_names_the_install_and_the_gpu(compose_cfg, monkeypatch, fake_trt)
         TensorRTEngine(cfg, "cpu").check()
     TensorRTEngine(cfg, "cuda").check()
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)
-    with pytest.raises(EngineUnavailable, match=r"llem\[tensorrt\]"):
+    with pytest.raises(EngineUnavailable, match=r"pip install \"\.\[tensorrt\]\""):
         TensorRTEngine(cfg, "cuda").check()
 
 
@@ -223,7 +223,7 @@ def test_cli_shows_config_and_fails_fast_without_tensorrt_llm(tmp_path):
     shown = run_llem(["backend=tensorrt", "--cfg", "job"], cwd=tmp_path, check=True)
     assert "llm_backend: pytorch" in shown.stdout and "kv_cache_free_gpu_memory_fraction" in shown.stdout
     proc = run_llem(["backend=tensorrt", *FAST, "hydra.run.dir=run"], cwd=tmp_path)
-    assert proc.returncode == 1 and "pip install 'llem[tensorrt]'" in proc.stdout + proc.stderr
+    assert proc.returncode == 1 and 'pip install ".[tensorrt]"' in proc.stdout + proc.stderr
     r = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
     assert r["status"] == "failed" and r["error_stage"] == "check" and r["error_type"] == "EngineUnavailable"
     assert "loaded" not in proc.stdout + proc.stderr

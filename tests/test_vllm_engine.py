@@ -151,8 +151,16 @@ def test_launcher_gpus_follow_parallelism(compose_cfg):
     assert gpus_resolver(_root_=cfg) == 4
 
 
-def test_vllm_needs_a_gpu(compose_cfg):
+def test_vllm_needs_a_gpu(compose_cfg, fake_vllm):
     with pytest.raises(DeviceError, match="GPU"):
+        VllmEngine(_config(compose_cfg), "cpu").check()
+
+
+def test_a_missing_vllm_is_said_before_the_device(compose_cfg, monkeypatch):
+    from llem.errors import EngineUnavailable
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(EngineUnavailable, match=r'not installed: pip install "\.\[vllm\]"'):
         VllmEngine(_config(compose_cfg), "cpu").check()
 
 

@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from llem.install import install_hint
+
 NAME = "llem.aggregate"  # prefix of every error line
 FIGURES = "figures"  # --plots without a folder: <out>/figures
 
@@ -47,7 +49,7 @@ def _parser() -> _Parser:
     ap.add_argument("-o", "--out", type=Path, default=Path("aggregate"), help="output dir (default: ./aggregate)")
     ap.add_argument("--plots", nargs="?", const=True, type=Path, metavar="DIR",
                     help=f"write PNG plots into DIR; --plots alone: into OUT/{FIGURES}. Put it after the dirs, or "
-                         "write --plots=DIR. Needs matplotlib: pip install 'llem[plots]'")
+                         f"write --plots=DIR. Needs matplotlib: {install_hint('plots')}")
     ap.add_argument("--job", help="job for the power time-series plot (job_id, job_key or dir; default: the "
                                   "successful job with the most energy); needs --plots")
     ap.add_argument("--slo", nargs="+", metavar="BOUND",
@@ -106,7 +108,7 @@ def _check_outputs(ap: _Parser, args: argparse.Namespace) -> None:
     if args.unflagged and not args.slo:
         ap.error("--unflagged narrows the --slo recommendation: give --slo too")
     if args.plots is not None and find_spec("matplotlib") is None:
-        ap.error("--plots needs matplotlib: pip install 'llem[plots]'")
+        ap.error(f"--plots needs matplotlib: {install_hint('plots')}")
 
 
 def _checked_choices(ap: _Parser, agg, job, bounds, unflagged: bool = False):

@@ -2,7 +2,7 @@
 J/token trade-off, latency distributions from the raw request rows, and one job's power time
 series with its phases shaded. Doubt-flagged configurations are drawn hollow (dashed in the
 latency plot), with a legend entry saying so. matplotlib is imported here only
-(``pip install 'llem[plots]'``)."""
+(``pip install ".[plots]"`` from a clone of llem)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from llem.aggregate.doubt import MARK, codes_of, flag_text, is_flagged
 from llem.aggregate.stats import varying_columns
+from llem.install import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def _plt():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("llem's plots need matplotlib: pip install 'llem[plots]'") from None
+        raise ImportError(f"llem's plots need matplotlib: {install_hint('plots')}") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from llem.backends._serve_cache import cache_args
 from llem.backends._torch_runner import PyTorchResolved
 from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, WorkCounts, build_text, installed
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
 from llem.errors import ConfigError, EngineUnavailable
+from llem.install import install_hint
 from llem.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
@@ -187,7 +189,7 @@ class PyTorchEngine(Engine):
         missing = [name for name in needs if not installed(name)]
         if missing:
             raise EngineUnavailable(
-                f"backend=pytorch needs {', '.join(needs)} ({', '.join(missing)} missing): pip install 'llem[pytorch]'"
+                f"backend=pytorch needs {', '.join(needs)} ({', '.join(missing)} missing): {install_hint('pytorch')}"
             )
         cuda_only = {"backend.quantization": b.quantization.method != "none",
                      f"backend.attn_implementation={b.attn_implementation}": b.attn_implementation.startswith("flash"),
@@ -217,7 +219,7 @@ class PyTorchEngine(Engine):
         missing = [name for name in ("transformers", "fastapi", "uvicorn") if not installed(name)]
         if missing:
             raise EngineUnavailable(f"transformers serve needs {', '.join(missing)}: "
-                                    "pip install 'llem[serving-pytorch]'")
+                                    + install_hint("serving-pytorch"))
 
     def served_model(self, root: Path) -> Optional[Path]:
         """Random weights: a seeded random checkpoint with llem's id-word tokenizer (written once)."""
@@ -232,7 +234,7 @@ class PyTorchEngine(Engine):
 
     def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
         """``transformers serve MODEL --continuous-batching`` on the job's device (it takes text prompts only;
-        it has no maximum batch size: ``batch`` is not applied to it)."""
+        it has no maximum batch size: ``batch`` sizes its KV cache, ``llem/backends/_serve_cache.py``)."""
         import sys
 
         b, cfg = self.backend, self.config
@@ -244,10 +246,14 @@ class PyTorchEngine(Engine):
             argv.append("--compile")
         if cfg.model.trust_remote_code:
             argv.append("--trust-remote-code")
+        cache, sized = cache_args(cfg)  # its KV cache sized to the workload, not to the host's free memory
+        argv += cache
         env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
-        unbounded = [f"transformers serve takes no maximum batch size: batch={cfg.batch} does not bound how many "
-                     "requests it runs at once (load.max_concurrency does, from the client)"] if cfg.batch else []
-        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None, warnings=unbounded,
+        warnings = [sized]
+        if cfg.batch:
+            warnings.append(f"transformers serve takes no maximum batch size: batch={cfg.batch} does not bound how "
+                            "many requests it runs at once (load.max_concurrency does, from the client)")
+        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None, warnings=warnings,
                             max_in_flight_null_reason="transformers serve --continuous-batching has no maximum "
                             "batch size: its KV cache bounds how many requests it runs at once")
 

@@ -68,12 +68,13 @@ from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, i
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
+from llem.install import install_hint
 from llem.records import Progress, Request, RequestResult, now
 from llem.workload import special_token_ids
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'llem[tensorrt]' (or use docker/Dockerfile.tensorrt, NVIDIA's release image)"
+INSTALL_HINT = install_hint("tensorrt") + " (or use docker/Dockerfile.tensorrt, NVIDIA's release image)"
 WEIGHT_PRECISION = {"fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4", "w8a16": "int8", "w4a16": "int4",
                     "w4a16_awq": "int4", "w8a8_sq": "int8"}
 

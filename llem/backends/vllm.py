@@ -40,6 +40,7 @@ from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, b
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
+from llem.install import install_hint
 from llem.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
@@ -177,10 +178,11 @@ class VllmEngine(Engine):
         return config.batch
 
     def check(self) -> None:
+        if not installed("vllm"):  # no import: that is start-up, timed in load
+            raise EngineUnavailable(f"backend=vllm needs vLLM, which is not installed: {install_hint('vllm')} "
+                                    "(GPUs only)")
         if self.device != "cuda":
             raise DeviceError("backend=vllm runs on GPUs only: use device=cuda (or auto on a GPU machine)")
-        if not installed("vllm"):  # no import: that is start-up, timed in load
-            raise EngineUnavailable("backend=vllm needs vllm, which is not installed: pip install 'llem[vllm]'")
         self._check_engine_args()
 
     def compile_cache(self, root: Path) -> CompileCache:

@@ -28,12 +28,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from llem.energy.flags import Flag
 from llem.errors import ConfigError, MeterError
+from llem.install import install_hint
 from llem.results.row import CodecarbonFacts, HostEnergy
 
 log = logging.getLogger(__name__)
 
 J_PER_KWH = 3.6e6
-INSTALL_HINT = "pip install 'llem[energy]'"
+INSTALL_HINT = install_hint("energy")
 COUNTER_MODES = ("intel_rapl", "windows_emi", "intel_power_gadget", "apple_powermetrics")
 
 

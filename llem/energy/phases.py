@@ -16,11 +16,14 @@ flagged when it is not meaningful.
 from __future__ import annotations
 
 import bisect
+import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.energy.window import COUNTER_UPDATE_S, MIN_WINDOW_UPDATES
 from llem.records import RequestResult
 from llem.results.row import PrefillDecode, SteadyState
+
+log = logging.getLogger(__name__)
 
 
 def saturated_span(results: Sequence[RequestResult], in_flight: int) -> Tuple[Optional[Tuple[float, float]], str]:
@@ -90,7 +93,9 @@ def energy_between(rows: List[Dict[str, Any]], t0: float, t1: float) -> Tuple[Op
 def steady_state(results: Sequence[RequestResult], in_flight: int, rows: List[Dict[str, Any]],
                  baseline_power_w: Optional[float],
                  found: Optional[Tuple[Optional[Tuple[float, float]], str]] = None) -> SteadyState:
-    """The steady state's columns; ``found``: (span, why none) decided by the caller (a timed load's)."""
+    """The steady state's columns; ``found``: (span, why none) decided by the caller (a timed load's).
+    ``steady_state_null_reason`` is set only when there is no steady state; when there is one, a
+    null energy has the window's reason (``energy_null_reason``)."""
     span, why = found if found is not None else saturated_span(results, in_flight)
     if span is None:
         return SteadyState(steady_state_null_reason=why)
@@ -99,11 +104,11 @@ def steady_state(results: Sequence[RequestResult], in_flight: int, rows: List[Di
     out = SteadyState(steady_state_s=seconds, steady_state_output_tokens=tokens,
                       steady_state_output_tok_per_s=tokens / seconds if tokens else None)
     if tokens is None:
-        out.steady_state_null_reason = "the engine gave no per-token times"
+        log.warning("steady state: output tokens not counted: the engine gave no per-token times")
     energy, how = energy_between(rows, t0, t1)
     out.steady_state_energy_j = energy
-    if energy is None:
-        out.steady_state_null_reason = out.steady_state_null_reason or how
+    if energy is None:  # the reason is the window's own (energy_null_reason) or logged here
+        log.debug("steady-state energy not measured: %s", how)
     elif baseline_power_w is not None:
         adjusted = energy - baseline_power_w * seconds
         out.steady_state_energy_adjusted_j = adjusted

@@ -36,6 +36,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._trees: List[int] = []  # processes whose whole trees' memory counts with this one's (a launched server)
         try:
             import psutil
 
@@ -52,12 +53,32 @@ class Sampler:
         host: Dict[str, Any] = {"cpu_util_pct": None, "rss_mib": None}
         if self._psutil is not None:
             host = {"cpu_util_pct": self._psutil.cpu_percent(None) if cpu else None,
-                    "rss_mib": self._proc.memory_info().rss / 2**20}
+                    "rss_mib": (self._proc.memory_info().rss + self._trees_rss()) / 2**20}
         rows = [{"t_s": t, "phase": self.phase, **gpu.sample(), **host} for gpu in self.gpus]
         if not rows:
             rows = [{"t_s": t, "phase": self.phase, "gpu_index": None, **host}]
         with self._lock:
             self.rows.extend(rows)
+
+    def count_tree(self, pid: int) -> None:
+        """Add the resident memory of ``pid`` and all its descendants to every later sample's ``rss_mib``
+        (a server llem launched does the inference in its own processes)."""
+        self._trees.append(pid)
+
+    def _trees_rss(self) -> int:
+        total = 0
+        for pid in self._trees:
+            try:
+                root = self._psutil.Process(pid)
+                procs = [root, *root.children(recursive=True)]
+            except self._psutil.Error:  # gone: it holds no memory
+                continue
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except self._psutil.Error:
+                    pass
+        return total
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -156,7 +156,9 @@ class Memory:
 
     gpu_memory_allocated_peak_mib: Optional[float] = col("engine's peak device allocation, summed over GPUs (MiB)")
     gpu_memory_used_peak_mib: Optional[float] = col("NVML's peak device memory in use during the window (MiB)")
-    cpu_rss_peak_mib: Optional[float] = col("peak resident memory of the measurement process (MiB)")
+    cpu_rss_peak_mib: Optional[float] = col("peak resident memory of the measurement process, plus a launched "
+                                            "server's whole process tree (server=launch), summed (MiB)")
+    cpu_rss_null_reason: Optional[str] = col("why cpu_rss_peak_mib is null (server=external: not llem's processes)")
 
 
 @dataclass
@@ -199,7 +201,7 @@ class SteadyState:
     steady_state_energy_j: Optional[float] = col("GPU energy of the steady state, interpolated counter (J)")
     steady_state_energy_adjusted_j: Optional[float] = col("minus baseline power × its duration (J)")
     steady_state_j_per_output_token: Optional[float] = col("adjusted steady-state energy per output token (J)")
-    steady_state_null_reason: Optional[str] = col("why there is no steady state, when there is none")
+    steady_state_null_reason: Optional[str] = col("why there is no steady state; null when there is one")
 
 
 @dataclass

@@ -54,4 +54,5 @@ class TimeseriesRow:
     memory_used_mib: Optional[float] = col("device memory in use (MiB)")
     clock_event_reasons: Optional[int] = col("NVML clock-event reason bits")
     cpu_util_pct: Optional[float] = col("host CPU utilisation since the previous sample (%)")
-    rss_mib: Optional[float] = col("resident memory of the measuring process (MiB)")
+    rss_mib: Optional[float] = col("resident memory of the measuring process, plus a launched server's process "
+                                   "tree (MiB)")

@@ -31,6 +31,7 @@ from llem.backends._served_model import id_words
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
+from llem.install import install_hint
 from llem.load_metrics import load_mode
 from llem.records import Progress, Request, RequestResult, now
 from llem.serving.schedule import Slots, sleep_until
@@ -67,7 +68,7 @@ class ServerEngine(Engine):
 
     def check(self) -> None:
         if not installed("aiohttp"):
-            raise EngineUnavailable("server mode needs aiohttp: pip install 'llem[serving]'")
+            raise EngineUnavailable(f"server mode needs aiohttp: {install_hint('serving')}")
 
     def load(self) -> None:
         asyncio.run(self._discover())

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from llem import locks
+from llem import locks, reaper
 from llem.errors import ServerError
 from llem.serving import log_pipe
 
@@ -76,6 +76,11 @@ class Servers:
     """The driver's one running server (module state: the driver runs the jobs of a sweep in turn)."""
 
     current: Optional[_Running] = None
+
+    @classmethod
+    def owned_pids(cls) -> List[int]:
+        """The running server's process, which its handle reaps (never a stray to reap)."""
+        return [cls.current.proc.pid] if cls.current is not None else []
     starts: int = 0
 
 
@@ -288,6 +293,7 @@ def stop() -> None:
     cur, Servers.current = Servers.current, None
     if cur is None:
         return
+    tree = reaper.descendants(cur.proc.pid)  # its workers: orphans once it ends, reaped below
     for sig, wait_s in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
         if cur.proc.poll() is not None:
             break
@@ -299,6 +305,7 @@ def stop() -> None:
             cur.proc.wait(wait_s)
         except subprocess.TimeoutExpired:
             continue
+    reaper.reap(tree)
     if cur.port_claim is not None:
         os.close(cur.port_claim)  # the port is free for another llem process's server
     if cur.log_pipe is not None:
