@@ -10,12 +10,6 @@ from typing import Optional
 
 from llem.records import now
 
-
-def loop_time(t: float) -> float:
-    """A time on :func:`llem.records.now`'s clock as the running event loop's clock reads it."""
-    return asyncio.get_running_loop().time() + (t - now())
-
-
 # The event loop's timers wake up to 1 ms late (epoll waits in whole milliseconds, rounded up): a request sleeps
 # until this much before its due time, then yields to the loop until the time comes.
 EARLY_S = 0.0015
@@ -44,10 +38,9 @@ class Slots:
         """Take a slot: when it freed; None when none freed before ``end``."""
         if self._slots is None:
             return self.t0
-        try:
-            async with asyncio.timeout_at(loop_time(end)):
-                await self._slots.acquire()
-        except TimeoutError:
+        try:  # asyncio.wait_for, not asyncio.timeout_at: Python 3.10 has no timeout_at
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, end - now()))
+        except asyncio.TimeoutError:
             return None
         return self._free.popleft()
 
