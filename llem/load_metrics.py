@@ -28,7 +28,7 @@ PER_REQUEST = {"ttft_ms": "ttft_ms", "e2e_ms": "e2e_ms", "queue_ms": "queue_ms",
 _STAT = re.compile(r"^(ttft_ms|e2e_ms|queue_ms|itl_ms|tpot_ms)(_p\d+|_mean)?$")
 RAMP_QUANTILE = 0.1
 # p99 of the client's lateness (sent − when it could have been) above which the load it drove is doubtful. On a
-# 2-core VM (benchmarks/client_load.py, BENCHMARKS.md "Client load") llem's client stays under 1 ms up to ~35
+# 2-core VM (benchmarks/client_load.py, BENCHMARKS.md "Client load") llem's client stays under 1 ms up to 20–35
 # open streams and under 5 ms up to ~110 (a due request waits behind one decode step's chunks); a client that
 # blocks its event loop, or sends 64 requests freed at one instant, misses by more.
 CLIENT_LATE_MS = 5.0
