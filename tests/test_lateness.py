@@ -86,18 +86,23 @@ def test_p99_lateness_over_the_bound_is_flagged_client_late():
     assert clean == []
 
 
-def test_an_engine_without_lateness_is_judged_by_its_arrivals_against_the_due_times():
-    """An engine that stamps arrivals when it admitted them: each one's delay beyond its due gap from the first."""
-    requests = [Request(i, [1], arrival_s=i * 0.1) for i in range(10)]
-    results = [_result(i, i * 0.1 + (0.05 if i == 9 else 0.0)) for i in range(10)]
-    part, flags = load_part(results, request_rows(results, 0.0), requests, 1.0, _config())
-    assert part.client_lateness_ms_max == pytest.approx(50.0) and [f.code for f in flags] == ["client_late"]
+def test_a_burst_sent_within_one_percent_of_its_window_is_not_late():
+    """A burst's requests are all due at t0 and go out one after another: 20 ms late in a 10 s window is not."""
+    results = [_result(i, 0.0, late_s=0.020) for i in range(10)]
+    part, flags = load_part(results, request_rows(results, 0.0), [], 10.0, _config(rate=math.inf))
+    assert part.load_mode == "burst" and part.client_lateness_ms_p99 == pytest.approx(20.0) and flags == []
+
+
+def test_a_burst_sent_later_than_one_percent_of_its_window_is_late():
+    results = [_result(i, 0.0, late_s=0.2) for i in range(10)]
+    _, flags = load_part(results, request_rows(results, 0.0), [], 10.0, _config(rate=math.inf))
+    assert [f.code for f in flags] == ["client_late"] and "burst" in flags[0].message
 
 
 def test_no_lateness_known_is_null_with_a_reason():
     results = [_result(i, 0.0) for i in range(3)]
     part, flags = load_part(results, request_rows(results, 0.0), [], 1.0, _config(rate=math.inf))
-    assert part.client_lateness_ms_p99 is None and "no send time" in part.client_lateness_null_reason
+    assert part.client_lateness_ms_p99 is None and "in llem's process" in part.client_lateness_null_reason
     assert part.load_mode == "burst" and flags == []
 
 
