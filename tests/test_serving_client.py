@@ -84,7 +84,8 @@ def test_text_only_server_gets_id_words(compose_cfg):
                                           ("drop", "stream"), ("slow", "Timeout")])
 def test_errors_are_recorded_per_request(compose_cfg, mode, expect):
     with StandIn(mode=mode) as server:
-        engine, config = _client(compose_cfg, server.url, ["output_len=6", "server.request_timeout_s=1"])
+        engine, config = _client(compose_cfg, server.url, ["output_len=6", "server.request_timeout_s=1"],
+                                 prompt="token_ids")
         t0 = time.monotonic()
         out = engine.generate(_requests(config, 4), None, lambda n: None)
         assert time.monotonic() - t0 < 10
@@ -96,13 +97,19 @@ def test_a_failed_request_is_a_row_and_a_flag(compose_cfg):
     from llem.metrics import latency_summary, request_rows
 
     with StandIn(mode="fail500") as server:
-        engine, config = _client(compose_cfg, server.url, ["output_len=6", "+objective.bounds.ttft_ms_p99='<=500'"])
+        engine, config = _client(compose_cfg, server.url, ["output_len=6", "+objective.bounds.ttft_ms_p99='<=500'"],
+                                 prompt="token_ids")
         reqs = _requests(config, 3)
         out = engine.generate(reqs, None, lambda n: None)
     rows = request_rows(out, min(r.start_s for r in out))
     part, flags = load_part(out, rows, reqs, 1.0, config)
     assert part.num_requests_failed == 3 and part.goodput_pct == 0.0 and [f.code for f in flags] == ["requests_failed"]
     assert all(r.error.startswith("HTTP 500") for r in rows) and latency_summary(rows).ttft_ms_p50 is None
+
+
+def test_a_server_failing_the_prompt_probe_is_a_server_error_not_a_text_only_server(compose_cfg):
+    with StandIn(mode="fail500") as server, pytest.raises(ServerError, match="HTTP 500.*cannot serve"):
+        _client(compose_cfg, server.url)
 
 
 def test_unreachable_url_fails_the_check_fast():

@@ -94,8 +94,13 @@ class ServerEngine(Engine):
                 if self.prompt == "auto":  # one token, asked as token ids: a 4xx means text only
                     body = {"model": self.model_name, "prompt": [1, 2, 3], "max_tokens": 1}
                     async with session.post(f"{url}/v1/completions", json=body) as resp:
-                        self.prompt = "token_ids" if resp.status == 200 else "text"
-                        await resp.read()
+                        answer = await resp.read()
+                    if not (200 <= resp.status < 300 or 400 <= resp.status < 500):
+                        shown = " ".join(answer[:ERROR_BODY_CHARS].decode("utf-8", "replace").split())
+                        raise ServerError(f"server.url={url!r} answered a one-token request with HTTP {resp.status} "
+                                          f"({shown}): it cannot serve; set server.prompt=token_ids or text to skip "
+                                          "this question")
+                    self.prompt = "token_ids" if resp.status == 200 else "text"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ServerError(f"server.url={url!r} failed while llem asked for its model and how it takes prompts "
                               f"({DISCOVER_TIMEOUT_S:g} s per question): {type(exc).__name__}: {exc}") from None
