@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.energy.flags import Flag
 from llem.errors import RequestsFailed
-from llem.records import Request, RequestResult
+from llem.records import RequestResult
 from llem.results.load import LoadMetrics, ServerFacts
 from llem.results.tables import RequestRow
 
@@ -90,8 +90,8 @@ def _good(row: RequestRow, bounds) -> bool:
     return True
 
 
-def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requests: Sequence[Request],
-              window_s: float, config: Any) -> Tuple[LoadMetrics, List[Flag]]:
+def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], window_s: float, config: Any
+              ) -> Tuple[LoadMetrics, List[Flag]]:
     import numpy as np
 
     flags: List[Flag] = []

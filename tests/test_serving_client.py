@@ -100,7 +100,7 @@ def test_a_failed_request_is_a_row_and_a_flag(compose_cfg):
         reqs = _requests(config, 3)
         out = engine.generate(reqs, None, lambda n: None)
     rows = request_rows(out, min(r.start_s for r in out))
-    part, flags = load_part(out, rows, reqs, 1.0, config)
+    part, flags = load_part(out, rows, 1.0, config)
     assert part.num_requests_failed == 3 and part.goodput_pct == 0.0 and [f.code for f in flags] == ["requests_failed"]
     assert all(r.error.startswith("HTTP 500") for r in rows) and latency_summary(rows).ttft_ms_p50 is None
 
@@ -311,7 +311,7 @@ def test_a_wrong_token_count_is_noted_and_flagged_never_credited(compose_cfg, co
         reqs = _requests(config, 4)
         out = engine.generate(reqs, None, lambda n: None)
     rows = request_rows(out, min(r.start_s for r in out))
-    _, flags = load_part(out, rows, reqs, 1.0, config)
+    _, flags = load_part(out, rows, 1.0, config)
     assert all(r.error is None for r in out) and [f.code for f in flags] == ["token_count_mismatch"]
     assert [bool(r.token_count_note) for r in rows] == [True, False, True, False]
     assert [r.output_tokens for r in rows] == [streamed or 8, 8, streamed or 8, 8]
