@@ -13,6 +13,7 @@ from typing import Any, Dict, FrozenSet, List, Optional
 from llem.backends._engine_args import class_fields, source_classes
 from llem.config import Config, Weights
 
+# engine_args keys llem sets itself → the llem key that sets each
 RESERVED = {
     "model": "model.hf_id / model.weights", "tokenizer": "model.tokenizer", "revision": "model.revision",
     "trust_remote_code": "model.trust_remote_code", "dtype": "model.dtype", "load_format": "model.weights",

@@ -58,6 +58,7 @@ from llem.backends._trt_args import (
     ARGS_CLASSES,
     KV_CACHE_ALGOS,
     QUANT_ALGOS,
+    RESERVED,
     cache_key,
     llm_arguments,
     llm_kwargs,
@@ -127,23 +128,11 @@ class TensorRTResolved:
         "meaning": "llm_backend=trt: hit (a saved engine was loaded) or built; none otherwise"})
 
 
-_RESERVED = {
-    "model": "model.hf_id / model.weights", "tokenizer": "model.tokenizer", "revision": "model.revision",
-    "trust_remote_code": "model.trust_remote_code", "dtype": "model.dtype", "load_format": "model.weights",
-    "max_batch_size": "batch", "skip_tokenizer_init": "dataset (token ids need no tokenizer)",
-    "tensor_parallel_size": "backend.tensor_parallel_size", "pipeline_parallel_size": "backend.pipeline_parallel_size",
-    "max_seq_len": "backend.max_seq_len", "max_num_tokens": "backend.max_num_tokens",
-    "kv_cache_config": "backend.kv_cache_free_gpu_memory_fraction / backend.enable_block_reuse",
-    "quant_config": "backend.quantization / backend.kv_cache_dtype", "backend": "backend.llm_backend",
-    "return_perf_metrics": "nothing (llem needs the executor's request timestamps)",
-}
-
-
 class TensorRTEngine(Engine):
     name = "tensorrt"
     config_class = TensorRTConfig
     resolved_class = TensorRTResolved
-    reserved_args = _RESERVED
+    reserved_args = RESERVED
     no_arrivals = None  # generate_async at each request's arrival time
     no_natural_lengths = None  # SamplingParams per request
 
