@@ -23,7 +23,8 @@ https://nvidia.github.io/TensorRT-LLM/llm-api/reference.html):
 
 Timing: every token is stamped with the host time its chunk arrived (streaming, one chunk per
 iteration); a request's service starts at the executor's ``first_scheduled_time`` when it fits
-between submission and the first token, else at submission (``timing_note`` says so).
+between submission and the first token, else at submission (``timing_note`` says so); TTFT and e2e
+count from its due time (:mod:`llem.backends._due`).
 
 Engine cache: with ``llm_backend=trt`` the built engine is saved under ``engine_cache_dir`` in a
 directory named by a hash of every build setting, and later jobs of a sweep with the same
@@ -360,7 +361,7 @@ class _Track:
         if self.scheduled and self.start <= self.scheduled <= (first if first is not None else self.scheduled):
             start = self.scheduled
         else:
-            note = "TensorRT-LLM gave no usable first_scheduled_time: TTFT counts from submission"
+            note = "TensorRT-LLM gave no usable first_scheduled_time: service counts from submission"
         end = self.times[-1] if self.times else start
         return RequestResult(request_id=self.request.request_id, input_tokens=self.request.input_tokens,
                              output_tokens=len(self.times), start_s=start, end_s=end, first_token_s=first,

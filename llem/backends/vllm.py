@@ -15,9 +15,9 @@ Each token is stamped with the engine's own time of the step that produced it: V
 ``RequestStateStats.last_token_ts`` (``disable_log_stats=False`` attaches it), a CLOCK_MONOTONIC
 stamp taken in the engine-core process — the clock ``time.perf_counter`` reads on Linux, so it
 compares with the submission time taken here. A request's service starts when the scheduler
-first scheduled it (``scheduled_ts``; preemptions are not tracked): as for the PyTorch engine's
-static batches, TTFT and e2e count from there, and the wait before it (requests
-beyond ``batch`` wait in llem's queue for a free slot) is the request's ``start_offset_s``. ITL are
+first scheduled it (``scheduled_ts``; preemptions are not tracked). TTFT and e2e count from the
+request's due time (:mod:`llem.backends._due`), so the wait before service (requests beyond ``batch``
+wait in llem's queue for a free slot) is in them, and is the request's ``queue_ms``. ITL are
 the gaps between steps. Where the engine gives no stamps (or they do not fit the host clock),
 the host times are used and ``timing_note`` says so.
 """
@@ -301,7 +301,7 @@ class _Track:
             note = "vLLM gave no usable per-step timestamps: token times are host receive times"
         if not (self.start <= start <= (times[0] if times else start)) or note:
             start = self.start
-            note = note or "vLLM gave no scheduling timestamp: TTFT counts from submission"
+            note = note or "vLLM gave no scheduling timestamp: service counts from submission"
         return RequestResult(request_id=self.request.request_id, input_tokens=self.request.input_tokens,
                              output_tokens=n, start_s=start, end_s=times[-1] if times else start,
                              first_token_s=times[0] if times else None, token_times_s=list(times) or None,
