@@ -77,7 +77,8 @@ def record_failure(job_dir: Path, error: str, error_type: str, stage: Stage, *, 
 
 
 def _protect_api_key(cfg: DictConfig) -> None:
-    """The variable server.api_key_env names is a secret from the start, before any file is scrubbed."""
+    """The variable server.api_key_env names is a secret whatever it is called, from the start of the job
+    (before any file is scrubbed) and in every process it starts (the name travels in the environment)."""
     from omegaconf import OmegaConf
 
     from llem.config_load import ENV_NAME
