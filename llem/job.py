@@ -130,6 +130,26 @@ def check_gpus(config: Config, device: str) -> None:
                           "visible to this job (CUDA_VISIBLE_DEVICES, or hydra.launcher.gpus_per_node under submitit)")
 
 
+def check_job(config: Config, device: str, problem: Optional[str]) -> None:
+    """The check stage, before the baseline and any load (a dry run runs the same): the device, the GPUs, and
+    what the server mode needs: an external server answering now, within 2 s; else the engine's packages (its
+    own, or its server's) and the model's weights (a local copy, or a reachable Hub)."""
+    if device == "cuda" and problem:
+        raise DeviceError(problem)
+    check_gpus(config, device)
+    if config.server.mode == "external":  # the server holds the model
+        from llem.serving.server import auth_headers, check_external
+
+        check_external(config.server.url, auth_headers(config.server))
+        return
+    engine = engine_class(config.backend.name)(config, device)  # a missing package first: the user's fix
+    if config.server.mode == "none":
+        engine.check()
+    else:
+        engine.server_check()
+    model_source.check(config.model)
+
+
 def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
     """Run one job in Hydra's job dir. Returns its result values and the sweeper objective; never
     raises for a job-level failure (an interrupt raises :class:`Interrupted`)."""
@@ -182,20 +202,7 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
     log.info("job %s: backend=%s model=%s batch=%s device=%s", chash, config.backend.name, config.model.name,
              config.batch, device)
     try:
-        if device == "cuda" and problem:
-            raise DeviceError(problem)
-        check_gpus(config, device)
-        if config.server.mode == "external":  # the server holds the model: it must answer now, within 2 s
-            from llem.serving.server import auth_headers, check_external
-
-            check_external(config.server.url, auth_headers(config.server))
-        else:  # a missing engine package first: it is what the user must fix
-            engine = engine_class(config.backend.name)(config, device)
-            if config.server.mode == "none":
-                engine.check()
-            else:
-                engine.server_check()
-            model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
+        check_job(config, device, problem)
     except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable, ConfigError) as exc:
         log_failure(str(exc))
         return record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
