@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -120,6 +120,20 @@ class DecodingConfig:
         return self.temperature == 0
 
 
+def parse_bound(bound: Any) -> Tuple[str, float]:
+    """An ``objective.bounds`` value as (operator, limit): ``"<=500"`` → ("<=", 500.0); ValueError when it is
+    not ``<=NUMBER`` or ``>=NUMBER``."""
+    text = str(bound).strip()
+    if text[:2] not in ("<=", ">="):
+        raise ValueError(f"{bound!r} is not '<=NUMBER' or '>=NUMBER'")
+    return text[:2], float(text[2:])
+
+
+def breaks_bound(value: Optional[float], op: str, limit: float) -> bool:
+    """Whether ``value`` breaks the bound (an unmeasured value, None, meets none)."""
+    return value is None or (value > limit if op == "<=" else value < limit)
+
+
 @dataclass
 class ObjectiveConfig:
     """What a job returns to a Hydra sweeper (e.g. Optuna): a result column, optionally bounded.
@@ -136,14 +150,10 @@ class ObjectiveConfig:
         _require(self.direction in ("minimize", "maximize"), "objective.direction", self.direction,
                  "minimize, maximize")
         for column, bound in self.bounds.items():
-            text = str(bound).strip()
-            ok = text[:2] in ("<=", ">=")
-            if ok:
-                try:
-                    float(text[2:])
-                except ValueError:
-                    ok = False
-            _require(ok, f"objective.bounds.{column}", bound, "'<=NUMBER' or '>=NUMBER'")
+            try:
+                parse_bound(bound)
+            except ValueError:
+                _require(False, f"objective.bounds.{column}", bound, "'<=NUMBER' or '>=NUMBER'")
 
 
 # Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Optional
 
-from llem.config import Config
+from llem.config import Config, breaks_bound, parse_bound
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,7 @@ def objective(row: Dict[str, Any], config: Optional[Config]) -> float:
         return worst
     for column, bound in (config.objective.bounds.items() if config else ()):
         seen = row.get(column)
-        limit = float(bound.strip()[2:])
-        broken = seen is None or (seen > limit if bound.strip().startswith("<=") else seen < limit)
-        if broken:
+        if breaks_bound(seen, *parse_bound(bound)):
             log.log(logging.WARNING if level == logging.INFO else level, "objective: %s=%s breaks the bound %s → %s",
                     column, seen, bound, worst)
             return worst
