@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, FrozenSet, List
 
 from llem.backends._engine_args import class_fields, source_classes
-from llem.config import Config, Weights
+from llem.backends._hf_model import weights_args
+from llem.config import Config
 
 # engine_args keys llem sets itself → the llem key that sets each
 RESERVED = {
@@ -67,12 +68,7 @@ def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[st
     quant = {"quant_algo": QUANT_ALGOS[b.quantization], "kv_cache_quant_algo": KV_CACHE_ALGOS[b.kv_cache_dtype]}
     if any(quant.values()):
         kwargs["quant_config"] = quant
-    if config.model.weights == Weights.random:
-        kwargs["load_format"] = "dummy"
-    else:
-        kwargs["revision"] = config.model.revision
-        if config.model.tokenizer:
-            kwargs["tokenizer"] = config.model.tokenizer
+    kwargs.update(weights_args(config.model))
     kwargs.update(b.engine_args)
     return kwargs
 
