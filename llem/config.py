@@ -31,6 +31,7 @@ from llem.config_load import LoadConfig, OutputLengthsConfig, ServerConfig
 from llem.config_measure import BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
 from llem.errors import ConfigError
 from llem.errors import require as _require
+from llem.results.schema import plain
 
 __all__ = ["BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "DatasetConfig", "EnergyConfig",
            "FileDatasetConfig", "HFDatasetConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
@@ -289,21 +290,9 @@ def _storable(obj: Any, prefix: str = "") -> None:
                      "a finite number" + (" or inf" if key in INF_ALLOWED else ""))
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
-    return value
-
-
 def to_dict(config: Config) -> Dict[str, Any]:
     """The config as plain nested dicts (enums as their values)."""
-    return _plain(config)
+    return plain(config)
 
 
 def config_hash(config: Config) -> str:
