@@ -14,18 +14,28 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from llem.config_dataset import (
+    BuiltinDatasetConfig,
+    DatasetConfig,
+    FileDatasetConfig,
+    HFDatasetConfig,
+    RandomDatasetConfig,
+    TextDatasetConfig,
+)
 from llem.config_load import LoadConfig, OutputLengthsConfig, ServerConfig
 from llem.config_measure import BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
 from llem.errors import ConfigError
 from llem.errors import require as _require
+from llem.results.schema import plain
 
-__all__ = ["BaselineConfig", "BaselineKind", "EnergyConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
-           "ServerConfig", "WarmupConfig"]
+__all__ = ["BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "DatasetConfig", "EnergyConfig",
+           "FileDatasetConfig", "HFDatasetConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
+           "RandomDatasetConfig", "ServerConfig", "TextDatasetConfig", "WarmupConfig"]
 
 
 class DType(Enum):
@@ -80,105 +90,6 @@ class ModelConfig:
                          f"model.architecture.{key}", value, "an integer >= 1")
 
 
-@dataclass
-class DatasetConfig:
-    """Where requests come from. ``num_requests`` requests are measured per job; null (the default)
-    sizes the workload to the engine and the window (:mod:`llem.sizing`)."""
-
-    name: str = MISSING
-    num_requests: Optional[int] = None  # null: measure.waves × the engine's capacity, more until min_window_s
-    output_lengths: OutputLengthsConfig = field(default_factory=OutputLengthsConfig)  # with output_len=null
-
-    def __post_init__(self) -> None:
-        if self.num_requests is not None:
-            _require(self.num_requests >= 1, "dataset.num_requests", self.num_requests,
-                     "null (sized automatically) or an integer >= 1")
-
-
-@dataclass
-class RandomDatasetConfig(DatasetConfig):
-    """Random token ids of exactly ``input_len`` tokens each (no tokenizer needed)."""
-
-    name: str = "random"
-
-
-LONG_PROMPTS = ("truncate", "drop")
-PROMPT_LAYOUTS = ("column", "alpaca", "sharegpt")
-
-
-@dataclass
-class TextDatasetConfig(DatasetConfig):
-    """Prompts as text, tokenized once with the model's tokenizer (model.tokenizer, else model.hf_id).
-
-    Prompts are taken in the source's order, or shuffled with ``seed`` (``shuffle``), until the
-    requests asked for fit (a source that runs out is repeated, and counted): one longer than
-    ``input_len`` tokens is cut to ``input_len``
-    (``long_prompts=truncate``) or skipped (``drop``); one shorter than ``min_input_len`` is
-    skipped. What was cut or skipped is counted in the results (``prompts_*`` columns).
-    """
-
-    shuffle: bool = False
-    long_prompts: str = "truncate"  # truncate | drop
-    min_input_len: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(self.long_prompts in LONG_PROMPTS, "dataset.long_prompts", self.long_prompts, ", ".join(LONG_PROMPTS))
-        _require(self.min_input_len >= 1, "dataset.min_input_len", self.min_input_len, "an integer >= 1")
-
-
-@dataclass
-class FileDatasetConfig(TextDatasetConfig):
-    """Prompts from a JSONL file (one object per line, text under ``field``) or a text file."""
-
-    name: str = "file"
-    path: str = MISSING
-    field: str = "prompt"
-    format: str = "auto"  # auto | jsonl | text
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(self.format in ("auto", "jsonl", "text"), "dataset.format", self.format, "auto, jsonl, text")
-
-
-@dataclass
-class BuiltinDatasetConfig(TextDatasetConfig):
-    """A few hundred short, varied prompts shipped inside llem: a text workload with no download."""
-
-    name: str = "builtin"
-    shuffle: bool = True
-
-
-@dataclass
-class HFDatasetConfig(TextDatasetConfig):
-    """A Hugging Face dataset through the ``datasets`` library (``pip install ".[datasets]"``).
-
-    ``hf_id`` names it on the Hub; ``path`` (a ``save_to_disk`` directory, a directory of data
-    files, or one JSON/JSONL/Parquet/CSV file) reads a local copy instead. ``layout`` says how a
-    record becomes a prompt: ``column`` (the text under ``column``), ``alpaca`` (instruction, then
-    input) or ``sharegpt`` (the first human turn of the conversation under ``column``). With the
-    Hub unreachable (or HF_HUB_OFFLINE=1) the dataset is read from the local Hub cache only.
-    """
-
-    name: str = "hf"
-    hf_id: Optional[str] = None  # e.g. tatsu-lab/alpaca
-    subset: Optional[str] = None  # the dataset's configuration name, if it has several
-    split: str = "train"
-    column: str = "text"
-    layout: str = "column"  # column | alpaca | sharegpt
-    data_files: Optional[str] = None  # a file or glob inside the dataset repo (or under path)
-    revision: Optional[str] = None
-    path: Optional[str] = None  # a local copy, read instead of the Hub
-    shuffle: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(bool(self.hf_id) or bool(self.path), "dataset.hf_id", self.hf_id,
-                 "a Hugging Face dataset id (or set dataset.path to a local copy)")
-        _require(self.layout in PROMPT_LAYOUTS, "dataset.layout", self.layout, ", ".join(PROMPT_LAYOUTS))
-        _require(bool(self.split), "dataset.split", self.split, "a split name, e.g. train")
-        _require(bool(self.column), "dataset.column", self.column, "a column name")
-
 
 @dataclass
 class BackendConfig:
@@ -210,6 +121,20 @@ class DecodingConfig:
         return self.temperature == 0
 
 
+def parse_bound(bound: Any) -> Tuple[str, float]:
+    """An ``objective.bounds`` value as (operator, limit): ``"<=500"`` → ("<=", 500.0); ValueError when it is
+    not ``<=NUMBER`` or ``>=NUMBER``."""
+    text = str(bound).strip()
+    if text[:2] not in ("<=", ">="):
+        raise ValueError(f"{bound!r} is not '<=NUMBER' or '>=NUMBER'")
+    return text[:2], float(text[2:])
+
+
+def breaks_bound(value: Optional[float], op: str, limit: float) -> bool:
+    """Whether ``value`` breaks the bound (an unmeasured value, None, meets none)."""
+    return value is None or (value > limit if op == "<=" else value < limit)
+
+
 @dataclass
 class ObjectiveConfig:
     """What a job returns to a Hydra sweeper (e.g. Optuna): a result column, optionally bounded.
@@ -226,14 +151,10 @@ class ObjectiveConfig:
         _require(self.direction in ("minimize", "maximize"), "objective.direction", self.direction,
                  "minimize, maximize")
         for column, bound in self.bounds.items():
-            text = str(bound).strip()
-            ok = text[:2] in ("<=", ">=")
-            if ok:
-                try:
-                    float(text[2:])
-                except ValueError:
-                    ok = False
-            _require(ok, f"objective.bounds.{column}", bound, "'<=NUMBER' or '>=NUMBER'")
+            try:
+                parse_bound(bound)
+            except ValueError:
+                _require(False, f"objective.bounds.{column}", bound, "'<=NUMBER' or '>=NUMBER'")
 
 
 # Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).
@@ -369,21 +290,9 @@ def _storable(obj: Any, prefix: str = "") -> None:
                      "a finite number" + (" or inf" if key in INF_ALLOWED else ""))
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
-    return value
-
-
 def to_dict(config: Config) -> Dict[str, Any]:
     """The config as plain nested dicts (enums as their values)."""
-    return _plain(config)
+    return plain(config)
 
 
 def config_hash(config: Config) -> str:

@@ -132,9 +132,6 @@ class ServerConfig:
         if self.api_key_env is not None:
             _require(bool(ENV_NAME.fullmatch(str(self.api_key_env))), "server.api_key_env", self.api_key_env,
                      "the name of an environment variable (letters, digits, _; not its value)")
-            from llem import secrets
-
-            secrets.protect(self.api_key_env)  # its value is a secret whatever the variable is called
         own = sorted(set(self.extra_body) & set(OWN_BODY_KEYS))
         if own:
             raise ConfigError(f"server.extra_body.{own[0]} is invalid: llem sets {', '.join(own)} itself; "

@@ -1,9 +1,10 @@
 """``dry_run=true``: validate a job as a real run would, say what would happen, run nothing.
 
 With ``-m`` every job of the sweep is checked: its config (types, ranges, the engine's own
-checks that need no import of the engine), its devices, where pretrained weights would come from
-(a local copy, or a reachable Hugging Face Hub), that an external server answers at ``server.url``,
-and whether a successful result with the same ``config_hash`` is already in its dir (the job would be skipped).
+checks that need no import of the engine), then the real run's check stage (:func:`llem.job.check_job`:
+its devices, the engine's packages and where pretrained weights would come from, or that an external
+server answers at ``server.url``), and whether a successful result with the same ``config_hash`` is
+already in its dir (the job would be skipped).
 Nothing is written: the job dir Hydra made for the check is removed again when it is empty.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Dict
 
 from omegaconf import DictConfig
 
-from llem import model_source, results, sizing, validate
+from llem import results, sizing, validate
 from llem.config import config_hash, to_config
 from llem.errors import LlemError
 
@@ -27,7 +28,7 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from llem.backends import engine_class
-    from llem.job import check_gpus, resolve_device
+    from llem.job import check_job, resolve_device
 
     overrides = " ".join(HydraConfig.get().overrides.task) or "(defaults)"
     try:
@@ -36,16 +37,8 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         engine.validate_config(config)
         validate.check(config)
         device, problem = resolve_device(config)
-        if device == "cuda" and problem:
-            raise LlemError(problem)
-        check_gpus(config, device)
-        model_source.check(config.model)
-        if config.server.mode == "external":  # as the real run's check: the server must answer
-            from llem.serving.server import auth_headers, check_external
-
-            check_external(config.server.url, auth_headers(config.server))
+        check_job(config, device, problem)  # the real run's check stage
         instance = engine(config, device)
-        instance.check()
         m = config.measure
         plan = sizing.plan(config.dataset.num_requests, m.waves, m.min_window_s, m.max_requests,
                            instance.sequences_in_flight(), on_gpu=device == "cuda")

@@ -186,8 +186,7 @@ class Experiment:
             energy = parts[EnergySummary]
             baseline_w = 0.0 if cfg.baseline.kind == BaselineKind.none else energy.baseline_power_w
             attribution.into_rows(req_rows, outputs, in_window, window.t0, window.t1, window.energy_j, baseline_w)
-            parts[LoadMetrics], load_flags = load_metrics.load_part(outputs, req_rows, work.requests,
-                                                                    window.duration_s, cfg)
+            parts[LoadMetrics], load_flags = load_metrics.load_part(outputs, req_rows, window.duration_s, cfg)
             found += load_flags
             if cfg.measure.steady_state:
                 span = load_metrics.arrival_span(outputs) if cfg.load.timed else None

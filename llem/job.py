@@ -41,6 +41,7 @@ from llem.measure_process import (
     start_kept,
     stop_kept,
 )
+from llem.objective import objective
 from llem.results.row import Notes, Outcome, Stage, assemble
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def record_failure(job_dir: Path, error: str, error_type: str, stage: Stage, *, 
 
 
 def _protect_api_key(cfg: DictConfig) -> None:
-    """The variable server.api_key_env names is a secret from the start, before any file is scrubbed."""
+    """The variable server.api_key_env names is a secret whatever it is called, from the start of the job
+    (before any file is scrubbed) and in every process it starts (the name travels in the environment)."""
     from omegaconf import OmegaConf
 
     from llem.config_load import ENV_NAME
@@ -126,6 +128,26 @@ def check_gpus(config: Config, device: str) -> None:
     if visible < needed:
         raise DeviceError(f"backend={config.backend.name} needs {needed} GPUs for this config, but {visible} are "
                           "visible to this job (CUDA_VISIBLE_DEVICES, or hydra.launcher.gpus_per_node under submitit)")
+
+
+def check_job(config: Config, device: str, problem: Optional[str]) -> None:
+    """The check stage, before the baseline and any load (a dry run runs the same): the device, the GPUs, and
+    what the server mode needs: an external server answering now, within 2 s; else the engine's packages (its
+    own, or its server's) and the model's weights (a local copy, or a reachable Hub)."""
+    if device == "cuda" and problem:
+        raise DeviceError(problem)
+    check_gpus(config, device)
+    if config.server.mode == "external":  # the server holds the model
+        from llem.serving.server import auth_headers, check_external
+
+        check_external(config.server.url, auth_headers(config.server))
+        return
+    engine = engine_class(config.backend.name)(config, device)  # a missing package first: the user's fix
+    if config.server.mode == "none":
+        engine.check()
+    else:
+        engine.server_check()
+    model_source.check(config.model)
 
 
 def run(cfg: DictConfig) -> Tuple[Dict[str, Any], float]:
@@ -180,20 +202,7 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
     log.info("job %s: backend=%s model=%s batch=%s device=%s", chash, config.backend.name, config.model.name,
              config.batch, device)
     try:
-        if device == "cuda" and problem:
-            raise DeviceError(problem)
-        check_gpus(config, device)
-        if config.server.mode == "external":  # the server holds the model: it must answer now, within 2 s
-            from llem.serving.server import auth_headers, check_external
-
-            check_external(config.server.url, auth_headers(config.server))
-        else:  # a missing engine package first: it is what the user must fix
-            engine = engine_class(config.backend.name)(config, device)
-            if config.server.mode == "none":
-                engine.check()
-            else:
-                engine.server_check()
-            model_source.check(config.model)  # before the baseline: no local copy and no Hub fails here, at once
+        check_job(config, device, problem)
     except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable, ConfigError) as exc:
         log_failure(str(exc))
         return record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
@@ -367,41 +376,3 @@ def _set_outcome(job_dir: Path, outcome: str) -> None:
     tmp = job_dir / f".{OUTCOME}.{os.getpid()}"
     tmp.write_text(outcome + "\n")
     os.replace(tmp, job_dir / OUTCOME)
-
-
-def _sweeper_optimises() -> bool:
-    """Whether this run's sweeper reads the value a job returns (Optuna does; Hydra's grid and llem's
-    serial sweeper ignore it), so that the objective is logged only where it matters."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        target = str(HydraConfig.get().sweeper.get("_target_") or "")
-    except Exception:  # no Hydra context (a direct call): nothing reads the value
-        return False
-    return "optuna" in target.lower()
-
-
-def objective(row: Dict[str, Any], config: Optional[Config]) -> float:
-    """The value a sweeper optimises: the objective metric, or the worst value (never 0) when the
-    job failed, the metric is null, or a bound is broken. Logged at info only for a sweeper that
-    optimises it (debug otherwise: a plain run has no use for it)."""
-    level = logging.INFO if _sweeper_optimises() else logging.DEBUG
-    metric = config.objective.metric if config else "j_per_output_token"
-    minimize = config is None or config.objective.direction == "minimize"
-    worst = float("inf") if minimize else float("-inf")
-    if row.get("status") != "ok":
-        log.log(level, "objective %s: job failed → %s", metric, worst)
-        return worst
-    value = row.get(metric)
-    if value is None or value != value:
-        log.log(level, "objective %s is null (%s) → %s", metric, row.get("energy_null_reason") or "not measured", worst)
-        return worst
-    for column, bound in (config.objective.bounds.items() if config else ()):
-        seen = row.get(column)
-        limit = float(bound.strip()[2:])
-        broken = seen is None or (seen > limit if bound.strip().startswith("<=") else seen < limit)
-        if broken:
-            log.log(logging.WARNING if level == logging.INFO else level, "objective: %s=%s breaks the bound %s → %s",
-                    column, seen, bound, worst)
-            return worst
-    return float(value)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from llem.config import breaks_bound, parse_bound
 from llem.energy.flags import Flag
 from llem.errors import RequestsFailed
-from llem.records import Request, RequestResult
+from llem.records import RequestResult
 from llem.results.load import LoadMetrics, ServerFacts
 from llem.results.tables import RequestRow
 
@@ -75,23 +76,18 @@ def request_bounds(bounds: Dict[str, str]) -> List[Tuple[str, str, float, str]]:
     for key, text in bounds.items():
         m = _STAT.match(key)
         if m:
-            text = str(text).strip()
-            out.append((PER_REQUEST[m.group(1)], text[:2], float(text[2:]), f"{key}{text}"))
+            out.append((PER_REQUEST[m.group(1)], *parse_bound(text), f"{key}{str(text).strip()}"))
     return out
 
 
 def _good(row: RequestRow, bounds) -> bool:
     if row.error:
         return False
-    for column, op, limit, _ in bounds:
-        value = getattr(row, column)
-        if value is None or (value > limit if op == "<=" else value < limit):
-            return False
-    return True
+    return not any(breaks_bound(getattr(row, column), op, limit) for column, op, limit, _ in bounds)
 
 
-def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], requests: Sequence[Request],
-              window_s: float, config: Any) -> Tuple[LoadMetrics, List[Flag]]:
+def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], window_s: float, config: Any
+              ) -> Tuple[LoadMetrics, List[Flag]]:
     import numpy as np
 
     flags: List[Flag] = []

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from llem.load_metrics import FAILED_PCT_FLAG, load_part
-from llem.records import Request, RequestResult
+from llem.records import RequestResult
 from llem.results import read_result
 from tests.conftest import FAST, run_in_process, run_llem
 from tests.stand_in_server import StandIn
@@ -96,7 +96,7 @@ def _part(compose_cfg, n, failed):
 
     config = to_config(compose_cfg([]))
     results = _results(n, failed)
-    return load_part(results, request_rows(results, 0.0), [Request(i, [1, 2, 3]) for i in range(n)], 1.0, config)
+    return load_part(results, request_rows(results, 0.0), 1.0, config)
 
 
 def test_some_failed_requests_are_counted_and_flagged_past_the_threshold(compose_cfg):

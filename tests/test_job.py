@@ -11,8 +11,8 @@ import time
 import pytest
 
 from llem.config import to_config
-from llem.job import objective
 from llem.locks import gpu_lock
+from llem.objective import objective
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_failed_or_null_is_the_worst_value_never_zero(config):
 
 
 def test_the_objective_is_not_logged_where_no_sweeper_reads_it(config, caplog):
-    caplog.set_level("DEBUG", logger="llem.job")
+    caplog.set_level("DEBUG", logger="llem.objective")
     objective({"status": "ok", "j_per_output_token": None}, config())
     assert [r.levelname for r in caplog.records if "objective" in r.getMessage()] == ["DEBUG"]
 

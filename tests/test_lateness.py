@@ -17,7 +17,7 @@ from llem.config_measure import MeasureConfig
 from llem.errors import ConfigError
 from llem.load_metrics import CLIENT_LATE_MS, load_mode, load_part
 from llem.metrics import request_rows
-from llem.records import Request, RequestResult
+from llem.records import RequestResult
 from llem.serving.schedule import Slots
 from llem.validate import check_schedule
 
@@ -71,7 +71,7 @@ def test_no_cap_gives_every_request_a_slot_free_from_t0():
 
 def test_lateness_columns_come_from_each_requests_lateness():
     results = [_result(i, i * 0.1, late_s=0.001 * i) for i in range(10)]
-    part, flags = load_part(results, request_rows(results, 0.0), [], 1.0, _config())
+    part, flags = load_part(results, request_rows(results, 0.0), 1.0, _config())
     assert part.client_lateness_ms_max == pytest.approx(9.0) and part.client_lateness_ms_p50 == pytest.approx(4.5)
     assert part.load_mode == "open" and part.client_lateness_null_reason is None
     assert [r.lateness_ms for r in request_rows(results, 0.0)][3] == pytest.approx(3.0)
@@ -80,8 +80,8 @@ def test_lateness_columns_come_from_each_requests_lateness():
 def test_p99_lateness_over_the_bound_is_flagged_client_late():
     late = [_result(i, i * 0.1, late_s=(CLIENT_LATE_MS + 5) / 1000) for i in range(10)]
     on_time = [_result(i, i * 0.1, late_s=(CLIENT_LATE_MS - 1) / 1000) for i in range(10)]
-    _, flagged = load_part(late, request_rows(late, 0.0), [], 1.0, _config())
-    _, clean = load_part(on_time, request_rows(on_time, 0.0), [], 1.0, _config())
+    _, flagged = load_part(late, request_rows(late, 0.0), 1.0, _config())
+    _, clean = load_part(on_time, request_rows(on_time, 0.0), 1.0, _config())
     assert [f.code for f in flagged] == ["client_late"] and "p99" in flagged[0].message
     assert clean == []
 
@@ -89,19 +89,19 @@ def test_p99_lateness_over_the_bound_is_flagged_client_late():
 def test_a_burst_sent_within_one_percent_of_its_window_is_not_late():
     """A burst's requests are all due at t0 and go out one after another: 20 ms late in a 10 s window is not."""
     results = [_result(i, 0.0, late_s=0.020) for i in range(10)]
-    part, flags = load_part(results, request_rows(results, 0.0), [], 10.0, _config(rate=math.inf))
+    part, flags = load_part(results, request_rows(results, 0.0), 10.0, _config(rate=math.inf))
     assert part.load_mode == "burst" and part.client_lateness_ms_p99 == pytest.approx(20.0) and flags == []
 
 
 def test_a_burst_sent_later_than_one_percent_of_its_window_is_late():
     results = [_result(i, 0.0, late_s=0.2) for i in range(10)]
-    _, flags = load_part(results, request_rows(results, 0.0), [], 10.0, _config(rate=math.inf))
+    _, flags = load_part(results, request_rows(results, 0.0), 10.0, _config(rate=math.inf))
     assert [f.code for f in flags] == ["client_late"] and "burst" in flags[0].message
 
 
 def test_no_lateness_known_is_null_with_a_reason():
     results = [_result(i, 0.0) for i in range(3)]
-    part, flags = load_part(results, request_rows(results, 0.0), [], 1.0, _config(rate=math.inf))
+    part, flags = load_part(results, request_rows(results, 0.0), 1.0, _config(rate=math.inf))
     assert part.client_lateness_ms_p99 is None and "in llem's process" in part.client_lateness_null_reason
     assert part.load_mode == "burst" and flags == []
 

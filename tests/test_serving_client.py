@@ -1,21 +1,16 @@
-"""The HTTP client and the server lifecycle on their error paths, against a stand-in server: HTTP
-errors, dropped streams and timeouts are recorded per request, never dropped; arrivals and the
-concurrency cap are honoured; a server that fails to start or dies says why with its log; an
-unreachable server.url fails its check in under 2 s; a port in use is avoided."""
+"""The HTTP client on its error paths, against a stand-in server: HTTP errors, malformed replies, dropped
+streams and timeouts are recorded per request, never dropped; arrivals, due times and the concurrency cap
+are honoured; a server that dies while measured fails the window with its log."""
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import time
 
 import numpy as np
 import pytest
 
-from llem import locks
 from llem.arrivals import shape
-from llem.backends.base import ServerLaunch
 from llem.config import to_config
 from llem.errors import ServerError
 from llem.records import Request
@@ -102,7 +97,7 @@ def test_a_failed_request_is_a_row_and_a_flag(compose_cfg):
         reqs = _requests(config, 3)
         out = engine.generate(reqs, None, lambda n: None)
     rows = request_rows(out, min(r.start_s for r in out))
-    part, flags = load_part(out, rows, reqs, 1.0, config)
+    part, flags = load_part(out, rows, 1.0, config)
     assert part.num_requests_failed == 3 and part.goodput_pct == 0.0 and [f.code for f in flags] == ["requests_failed"]
     assert all(r.error.startswith("HTTP 500") for r in rows) and latency_summary(rows).ttft_ms_p50 is None
 
@@ -110,87 +105,6 @@ def test_a_failed_request_is_a_row_and_a_flag(compose_cfg):
 def test_a_server_failing_the_prompt_probe_is_a_server_error_not_a_text_only_server(compose_cfg):
     with StandIn(mode="fail500") as server, pytest.raises(ServerError, match="HTTP 500.*cannot serve"):
         _client(compose_cfg, server.url)
-
-
-def test_unreachable_url_fails_the_check_fast():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not listening: connection refused
-        t0 = time.monotonic()
-        with pytest.raises(ServerError, match="did not answer"):
-            srv.check_external(f"http://127.0.0.1:{port}")
-    assert time.monotonic() - t0 < 2.0
-    t0 = time.monotonic()
-    with pytest.raises(ServerError):
-        srv.check_external("http://10.255.255.1:9")  # never routed: only the timeout ends it
-    assert time.monotonic() - t0 < 2.0
-
-
-def test_a_port_in_use_is_avoided():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        chosen, claim = srv.free_port("127.0.0.1", port)
-        os.close(claim)
-        assert chosen != port
-
-
-def test_a_port_another_llem_process_claimed_is_avoided_until_it_lets_go():
-    """Nothing listens on a port while a server starts up: the claim, not the port, keeps two llem processes
-    choosing at once apart (seen: two test workers' transformers serve both bound to 8000, one failed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once this block ends
-    other = locks.port_lock(port)  # another llem process's claim (a second open file: flock refuses it as well)
-    assert other is not None
-    try:
-        chosen, claim = srv.free_port("127.0.0.1", port)
-        os.close(claim)
-        assert chosen != port
-        assert locks.port_lock(port) is None
-    finally:
-        os.close(other)
-    chosen, claim = srv.free_port("127.0.0.1", port)
-    os.close(claim)
-    assert chosen == port
-
-
-class _FakeEngine:
-    def __init__(self, argv):
-        self.argv = argv
-
-    def served_model(self, root):
-        return None
-
-    def server_launch(self, model_dir, host, port):
-        return ServerLaunch(argv=[*self.argv, "--port", str(port)])
-
-
-def test_a_server_that_fails_to_start_says_why(compose_cfg, tmp_path):
-    config = to_config(compose_cfg(["server=launch", "server.startup_timeout_s=20"]))
-    crash = [sys.executable, "-c", "import sys; print('CUDA out of memory while loading'); sys.exit(3)"]
-    with pytest.raises(ServerError, match="(?s)exited with code 3.*CUDA out of memory") as err:
-        srv.launch(_FakeEngine(crash), config, tmp_path, [])
-    assert "CUDA out of memory" in str(err.value) and srv.Servers.current is None
-
-
-def test_servers_are_reused_by_key_and_stopped(compose_cfg, tmp_path):
-    code = ("import sys,http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
-            "  s.send_response(200); s.end_headers(); s.wfile.write(b'{}')\n"
-            "h.HTTPServer(('127.0.0.1', int(sys.argv[-1])), H).serve_forever()")
-    config = to_config(compose_cfg(["server=launch", "server.port=18500"]))
-    calls = []
-    try:
-        first = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], lambda: calls.append(1))
-        again = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], lambda: calls.append(2))
-        assert first.start_s is not None and again.reused and again.url == first.url and calls == [1]
-        other = srv.launch(_FakeEngine([sys.executable, "-c", code, "x"]), config, tmp_path, [],
-                           lambda: calls.append(3))
-        assert not other.reused and other.pid != first.pid and calls == [1, 3] and not srv.alive(first.pid)
-    finally:
-        srv.stop()
-    assert srv.Servers.current is None and not srv.alive(other.pid)
 
 
 def test_a_server_that_died_fails_the_window(compose_cfg, tmp_path):
@@ -224,22 +138,6 @@ def test_an_external_server_measured_as_a_job(compose_cfg, tmp_path):
 
     lateness = pd.read_parquet(tmp_path / "job" / "requests.parquet")["lateness_ms"]
     assert lateness.notna().all() and (lateness >= 0).all()
-
-
-def test_a_secret_the_server_prints_never_stays_in_its_log(compose_cfg, tmp_path, monkeypatch):
-    secret = "hf_ServerSideSecret123"
-    monkeypatch.setenv("HF_TOKEN", secret)
-    code = ("import os,sys,http.server as h\nprint('token', os.environ['HF_TOKEN'], flush=True)\n"
-            "class H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n"
-            "  s.send_response(200); s.end_headers(); s.wfile.write(b'{}')\n"
-            "h.HTTPServer(('127.0.0.1', int(sys.argv[-1])), H).serve_forever()")
-    config = to_config(compose_cfg(["server=launch", "server.port=18600"]))
-    try:
-        endpoint = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], log_name="server.log")
-    finally:
-        srv.stop()
-    text = (tmp_path / "server.log").read_text()
-    assert endpoint.log_path == str(tmp_path / "server.log") and "token <HF_TOKEN>" in text and secret not in text
 
 
 BAD_REPLIES = {
@@ -318,7 +216,7 @@ def test_a_wrong_token_count_is_noted_and_flagged_never_credited(compose_cfg, co
         reqs = _requests(config, 4)
         out = engine.generate(reqs, None, lambda n: None)
     rows = request_rows(out, min(r.start_s for r in out))
-    _, flags = load_part(out, rows, reqs, 1.0, config)
+    _, flags = load_part(out, rows, 1.0, config)
     assert all(r.error is None for r in out) and [f.code for f in flags] == ["token_count_mismatch"]
     assert [bool(r.token_count_note) for r in rows] == [True, False, True, False]
     assert [r.output_tokens for r in rows] == [streamed or 8, 8, streamed or 8, 8]

@@ -1,5 +1,6 @@
 """Model facts from a Hugging Face architecture, for engines that load by path (vLLM, TensorRT-LLM):
-a ``config.json`` for dummy weights, and the parameter count. Not an engine (underscore module)."""
+a ``config.json`` for dummy weights, the parameter count, and the ``LLM`` arguments that say where the
+weights come from. Not an engine (underscore module)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,11 @@ def count_parameters(config: Config) -> Optional[int]:
     except Exception as exc:  # the count is a nicety; never fail a job over it
         log.info("parameter count unavailable: %s", exc)
         return None
+
+
+def weights_args(model: Any) -> Dict[str, Any]:
+    """The ``LLM`` arguments vLLM and TensorRT-LLM share for the weights: dummy ones for random weights,
+    else the revision (and the tokenizer, when model.tokenizer names one)."""
+    if model.weights == Weights.random:
+        return {"load_format": "dummy"}
+    return {"revision": model.revision, **({"tokenizer": model.tokenizer} if model.tokenizer else {})}

@@ -3,8 +3,8 @@
 The PyTorch engine drives one :class:`Runner` in its own process, or one per data-parallel
 worker (see ``_torch_workers``). Token times come from a streamer that ``generate`` calls once
 per decoding step with the step's tokens already on the host (so the stamp follows the step's
-end). TTFT of a request is the time from its batch's start to
-the batch's first generated token. With ``backend.decode_loop=llem`` batches run through llem's
+end). A request's service starts with its batch; its TTFT counts from its due time to the
+batch's first generated token. With ``backend.decode_loop=llem`` batches run through llem's
 own decode loop (``_torch_decode``) instead of ``generate``.
 """
 

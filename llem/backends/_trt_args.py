@@ -1,6 +1,6 @@
-"""TensorRT-LLM's ``LLM`` arguments from llem's config: which arguments its source accepts (read
-without importing it), the plain values a job passes, their conversion to TensorRT-LLM's config
-objects, the name a built engine is cached under, and the same arguments as ``trtllm-serve``'s."""
+"""TensorRT-LLM's ``LLM`` arguments from llem's config: the keys llem sets itself, which arguments its
+source accepts (read without importing it), the plain values a job passes, their conversion to TensorRT-LLM's
+config objects, the name a built engine is cached under, and the same arguments as ``trtllm-serve``'s."""
 
 from __future__ import annotations
 
@@ -11,7 +11,20 @@ from pathlib import Path
 from typing import Any, Dict, FrozenSet, List
 
 from llem.backends._engine_args import class_fields, source_classes
-from llem.config import Config, Weights
+from llem.backends._hf_model import weights_args
+from llem.config import Config
+
+# engine_args keys llem sets itself → the llem key that sets each
+RESERVED = {
+    "model": "model.hf_id / model.weights", "tokenizer": "model.tokenizer", "revision": "model.revision",
+    "trust_remote_code": "model.trust_remote_code", "dtype": "model.dtype", "load_format": "model.weights",
+    "max_batch_size": "batch", "skip_tokenizer_init": "dataset (token ids need no tokenizer)",
+    "tensor_parallel_size": "backend.tensor_parallel_size", "pipeline_parallel_size": "backend.pipeline_parallel_size",
+    "max_seq_len": "backend.max_seq_len", "max_num_tokens": "backend.max_num_tokens",
+    "kv_cache_config": "backend.kv_cache_free_gpu_memory_fraction / backend.enable_block_reuse",
+    "quant_config": "backend.quantization / backend.kv_cache_dtype", "backend": "backend.llm_backend",
+    "return_perf_metrics": "nothing (llem needs the executor's request timestamps)",
+}
 
 # llem's names → tensorrt_llm.llmapi.QuantAlgo members
 QUANT_ALGOS = {"none": None, "fp8": "FP8", "fp8_block": "FP8_BLOCK_SCALES", "nvfp4": "NVFP4",
@@ -55,12 +68,7 @@ def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[st
     quant = {"quant_algo": QUANT_ALGOS[b.quantization], "kv_cache_quant_algo": KV_CACHE_ALGOS[b.kv_cache_dtype]}
     if any(quant.values()):
         kwargs["quant_config"] = quant
-    if config.model.weights == Weights.random:
-        kwargs["load_format"] = "dummy"
-    else:
-        kwargs["revision"] = config.model.revision
-        if config.model.tokenizer:
-            kwargs["tokenizer"] = config.model.tokenizer
+    kwargs.update(weights_args(config.model))
     kwargs.update(b.engine_args)
     return kwargs
 

@@ -23,7 +23,8 @@ https://nvidia.github.io/TensorRT-LLM/llm-api/reference.html):
 
 Timing: every token is stamped with the host time its chunk arrived (streaming, one chunk per
 iteration); a request's service starts at the executor's ``first_scheduled_time`` when it fits
-between submission and the first token, else at submission (``timing_note`` says so).
+between submission and the first token, else at submission (``timing_note`` says so); TTFT and e2e
+count from its due time (:mod:`llem.backends._due`).
 
 Engine cache: with ``llm_backend=trt`` the built engine is saved under ``engine_cache_dir`` in a
 directory named by a hash of every build setting, and later jobs of a sweep with the same
@@ -58,6 +59,7 @@ from llem.backends._trt_args import (
     ARGS_CLASSES,
     KV_CACHE_ALGOS,
     QUANT_ALGOS,
+    RESERVED,
     cache_key,
     llm_arguments,
     llm_kwargs,
@@ -127,23 +129,11 @@ class TensorRTResolved:
         "meaning": "llm_backend=trt: hit (a saved engine was loaded) or built; none otherwise"})
 
 
-_RESERVED = {
-    "model": "model.hf_id / model.weights", "tokenizer": "model.tokenizer", "revision": "model.revision",
-    "trust_remote_code": "model.trust_remote_code", "dtype": "model.dtype", "load_format": "model.weights",
-    "max_batch_size": "batch", "skip_tokenizer_init": "dataset (token ids need no tokenizer)",
-    "tensor_parallel_size": "backend.tensor_parallel_size", "pipeline_parallel_size": "backend.pipeline_parallel_size",
-    "max_seq_len": "backend.max_seq_len", "max_num_tokens": "backend.max_num_tokens",
-    "kv_cache_config": "backend.kv_cache_free_gpu_memory_fraction / backend.enable_block_reuse",
-    "quant_config": "backend.quantization / backend.kv_cache_dtype", "backend": "backend.llm_backend",
-    "return_perf_metrics": "nothing (llem needs the executor's request timestamps)",
-}
-
-
 class TensorRTEngine(Engine):
     name = "tensorrt"
     config_class = TensorRTConfig
     resolved_class = TensorRTResolved
-    reserved_args = _RESERVED
+    reserved_args = RESERVED
     no_arrivals = None  # generate_async at each request's arrival time
     no_natural_lengths = None  # SamplingParams per request
 
@@ -371,7 +361,7 @@ class _Track:
         if self.scheduled and self.start <= self.scheduled <= (first if first is not None else self.scheduled):
             start = self.scheduled
         else:
-            note = "TensorRT-LLM gave no usable first_scheduled_time: TTFT counts from submission"
+            note = "TensorRT-LLM gave no usable first_scheduled_time: service counts from submission"
         end = self.times[-1] if self.times else start
         return RequestResult(request_id=self.request.request_id, input_tokens=self.request.input_tokens,
                              output_tokens=len(self.times), start_s=start, end_s=end, first_token_s=first,

@@ -15,27 +15,26 @@ Each token is stamped with the engine's own time of the step that produced it: V
 ``RequestStateStats.last_token_ts`` (``disable_log_stats=False`` attaches it), a CLOCK_MONOTONIC
 stamp taken in the engine-core process — the clock ``time.perf_counter`` reads on Linux, so it
 compares with the submission time taken here. A request's service starts when the scheduler
-first scheduled it (``scheduled_ts``; preemptions are not tracked): as for the PyTorch engine's
-static batches, TTFT and e2e count from there, and the wait before it (requests
-beyond ``batch`` wait in llem's queue for a free slot) is the request's ``start_offset_s``. ITL are
+first scheduled it (``scheduled_ts``; preemptions are not tracked). TTFT and e2e count from the
+request's due time (:mod:`llem.backends._due`), so the wait before service (requests beyond ``batch``
+wait in llem's queue for a free slot) is in them, and is the request's ``queue_ms``. ITL are
 the gaps between steps. Where the engine gives no stamps (or they do not fit the host clock),
 the host times are used and ``timing_note`` says so.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends._engine_args import check_engine_args, class_fields, package_dir, source_classes
+from llem.backends._engine_args import check_engine_args, package_dir
 from llem.backends._hf_model import count_parameters, shared_dummy_model
+from llem.backends._vllm_args import RESERVED, cli_flags, llm_arguments, llm_kwargs
 from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, build_text, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
@@ -81,80 +80,11 @@ class VllmResolved:
     num_gpu_blocks: Optional[int] = field(default=None, metadata={"meaning": "KV-cache blocks vLLM allocated"})
 
 
-_RESERVED = {
-    "model": "model.hf_id / model.weights", "tokenizer": "model.tokenizer", "revision": "model.revision",
-    "trust_remote_code": "model.trust_remote_code", "dtype": "model.dtype", "load_format": "model.weights",
-    "max_num_seqs": "batch", "seed": "seed", "skip_tokenizer_init": "dataset (token ids need no tokenizer)",
-    "tensor_parallel_size": "backend.tensor_parallel_size", "pipeline_parallel_size": "backend.pipeline_parallel_size",
-    "max_model_len": "backend.max_model_len", "gpu_memory_utilization": "backend.gpu_memory_utilization",
-    "enforce_eager": "backend.enforce_eager", "enable_prefix_caching": "backend.enable_prefix_caching",
-    "disable_log_stats": "nothing (llem needs the engine's request timestamps)",
-}
-
-
-def llm_kwargs(config: Config, model_path: str, token_ids_only: bool) -> Dict[str, Any]:
-    """The arguments of ``vllm.LLM`` for this job (llem's keys, then engine_args)."""
-    b = config.backend
-    kwargs: Dict[str, Any] = {
-        "model": model_path,
-        "dtype": config.model.dtype.value,
-        "max_num_seqs": config.batch,
-        "tensor_parallel_size": b.tensor_parallel_size,
-        "pipeline_parallel_size": b.pipeline_parallel_size,
-        "max_model_len": b.max_model_len or (config.input_len + config.output_len_max),
-        "gpu_memory_utilization": b.gpu_memory_utilization,
-        "enforce_eager": b.enforce_eager,
-        "enable_prefix_caching": b.enable_prefix_caching,
-        "seed": config.seed,
-        "disable_log_stats": False,
-        "skip_tokenizer_init": token_ids_only,
-        "trust_remote_code": config.model.trust_remote_code,
-    }
-    if config.model.weights == Weights.random:
-        kwargs["load_format"] = "dummy"
-    else:
-        kwargs["revision"] = config.model.revision
-        if config.model.tokenizer:
-            kwargs["tokenizer"] = config.model.tokenizer
-    kwargs.update(b.engine_args)
-    return kwargs
-
-
-def _init(cls: Optional[ast.ClassDef]) -> Optional[ast.FunctionDef]:
-    """A parsed class's ``__init__``, if it defines one."""
-    methods = [n for n in (cls.body if cls is not None else []) if isinstance(n, ast.FunctionDef)]
-    return next((m for m in methods if m.name == "__init__"), None)
-
-
-def _parameter_names(function: ast.FunctionDef) -> List[str]:
-    """The named parameters of a parsed function (``self`` left out)."""
-    a = function.args
-    return [arg.arg for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs) if arg.arg != "self"]
-
-
-@functools.cache
-def llm_arguments(package: Path) -> FrozenSet[str]:
-    """The keyword arguments ``vllm.LLM`` accepts, read from the vllm source under ``package`` without
-    importing it (~10 s): the named parameters of ``LLM.__init__`` (vllm/entrypoints/llm.py) and, as it
-    forwards ``**kwargs`` to ``EngineArgs``, that dataclass's fields (vllm/engine/arg_utils.py).
-    Empty where the source does not have this shape (then nothing is checked)."""
-    init = _init(source_classes(package / "entrypoints" / "llm.py").get("LLM"))
-    if init is None:
-        return frozenset()
-    names = set(_parameter_names(init))
-    if init.args.kwarg is not None:
-        engine_args = class_fields(source_classes(package / "engine" / "arg_utils.py"), "EngineArgs")
-        if engine_args is None:
-            return frozenset()
-        names |= engine_args
-    return frozenset(names)
-
-
 class VllmEngine(Engine):
     name = "vllm"
     config_class = VllmConfig
     resolved_class = VllmResolved
-    reserved_args = _RESERVED
+    reserved_args = RESERVED
     no_arrivals = None  # each request is added to the engine at its arrival, between steps
     no_natural_lengths = None  # each request has its own SamplingParams
 
@@ -340,27 +270,6 @@ class VllmEngine(Engine):
             self.llm = None
 
 
-NEGATED_FLAGS = ("enable_prefix_caching",)  # False must be said: vLLM's default is True
-
-
-def cli_flags(kwargs: Dict[str, Any]) -> List[str]:
-    """Engine arguments as ``vllm serve`` flags: ``--kebab-key value``; True → ``--key``; False left out (the
-    default) or ``--no-key`` where vLLM's default is True; None left out; mappings and lists as JSON."""
-    flags: List[str] = []
-    for key, value in kwargs.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            if value or key in NEGATED_FLAGS:
-                flags.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, (dict, list, tuple)):
-            flags += [flag, json.dumps(value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
 class _Track:
     """One request's tokens as they arrive: engine step stamps and host receive times."""
 
@@ -392,7 +301,7 @@ class _Track:
             note = "vLLM gave no usable per-step timestamps: token times are host receive times"
         if not (self.start <= start <= (times[0] if times else start)) or note:
             start = self.start
-            note = note or "vLLM gave no scheduling timestamp: TTFT counts from submission"
+            note = note or "vLLM gave no scheduling timestamp: service counts from submission"
         return RequestResult(request_id=self.request.request_id, input_tokens=self.request.input_tokens,
                              output_tokens=n, start_s=start, end_s=times[-1] if times else start,
                              first_token_s=times[0] if times else None, token_times_s=list(times) or None,

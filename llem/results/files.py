@@ -69,10 +69,10 @@ def write_atomic(table, path: Path, **options) -> None:
 
 def _scrubbed(value: Any) -> Any:
     """Secrets replaced in the plain value (nested dicts and lists too) before it is encoded (JSON)."""
-    from llem.results.schema import _plain
+    from llem.results.schema import plain
     from llem.secrets import scrub_value
 
-    return scrub_value(_plain(value))
+    return scrub_value(plain(value))
 
 
 def rows_table(rows: Sequence[Any], cls: type):

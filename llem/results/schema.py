@@ -137,21 +137,22 @@ def config_values(obj: Any, prefix: str = "cfg.") -> Dict[str, Any]:
     return out
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """``value`` as plain data: enums as their values, dataclasses as dicts, tuples as lists, nested too."""
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
 
 
 def storable(column: Column, value: Any) -> Any:
     """``value`` in the form the column's Arrow type takes (enums as their values, JSON as text)."""
-    value = _plain(value)
+    value = plain(value)
     if value is None:
         return None
     if column.type == JSON:

@@ -76,12 +76,12 @@ class Servers:
     """The driver's one running server (module state: the driver runs the jobs of a sweep in turn)."""
 
     current: Optional[_Running] = None
+    starts: int = 0
 
     @classmethod
     def owned_pids(cls) -> List[int]:
         """The running server's process, which its handle reaps (never a stray to reap)."""
         return [cls.current.proc.pid] if cls.current is not None else []
-    starts: int = 0
 
 
 def auth_headers(server) -> Dict[str, str]:

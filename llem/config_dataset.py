@@ -1,0 +1,112 @@
+"""The ``dataset.*`` keys: where requests come from (random token ids, a file, the prompts shipped inside
+llem, a Hugging Face dataset), as dataclasses :mod:`llem.config` composes into the schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from llem.config_load import OutputLengthsConfig
+from llem.errors import require as _require
+
+
+@dataclass
+class DatasetConfig:
+    """Where requests come from. ``num_requests`` requests are measured per job; null (the default)
+    sizes the workload to the engine and the window (:mod:`llem.sizing`)."""
+
+    name: str = MISSING
+    num_requests: Optional[int] = None  # null: measure.waves × the engine's capacity, more until min_window_s
+    output_lengths: OutputLengthsConfig = field(default_factory=OutputLengthsConfig)  # with output_len=null
+
+    def __post_init__(self) -> None:
+        if self.num_requests is not None:
+            _require(self.num_requests >= 1, "dataset.num_requests", self.num_requests,
+                     "null (sized automatically) or an integer >= 1")
+
+
+@dataclass
+class RandomDatasetConfig(DatasetConfig):
+    """Random token ids of exactly ``input_len`` tokens each (no tokenizer needed)."""
+
+    name: str = "random"
+
+
+LONG_PROMPTS = ("truncate", "drop")
+PROMPT_LAYOUTS = ("column", "alpaca", "sharegpt")
+
+
+@dataclass
+class TextDatasetConfig(DatasetConfig):
+    """Prompts as text, tokenized once with the model's tokenizer (model.tokenizer, else model.hf_id).
+
+    Prompts are taken in the source's order, or shuffled with ``seed`` (``shuffle``), until the
+    requests asked for fit (a source that runs out is repeated, and counted): one longer than
+    ``input_len`` tokens is cut to ``input_len``
+    (``long_prompts=truncate``) or skipped (``drop``); one shorter than ``min_input_len`` is
+    skipped. What was cut or skipped is counted in the results (``prompts_*`` columns).
+    """
+
+    shuffle: bool = False
+    long_prompts: str = "truncate"  # truncate | drop
+    min_input_len: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.long_prompts in LONG_PROMPTS, "dataset.long_prompts", self.long_prompts, ", ".join(LONG_PROMPTS))
+        _require(self.min_input_len >= 1, "dataset.min_input_len", self.min_input_len, "an integer >= 1")
+
+
+@dataclass
+class FileDatasetConfig(TextDatasetConfig):
+    """Prompts from a JSONL file (one object per line, text under ``field``) or a text file."""
+
+    name: str = "file"
+    path: str = MISSING
+    field: str = "prompt"
+    format: str = "auto"  # auto | jsonl | text
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.format in ("auto", "jsonl", "text"), "dataset.format", self.format, "auto, jsonl, text")
+
+
+@dataclass
+class BuiltinDatasetConfig(TextDatasetConfig):
+    """A few hundred short, varied prompts shipped inside llem: a text workload with no download."""
+
+    name: str = "builtin"
+    shuffle: bool = True
+
+
+@dataclass
+class HFDatasetConfig(TextDatasetConfig):
+    """A Hugging Face dataset through the ``datasets`` library (``pip install ".[datasets]"``).
+
+    ``hf_id`` names it on the Hub; ``path`` (a ``save_to_disk`` directory, a directory of data
+    files, or one JSON/JSONL/Parquet/CSV file) reads a local copy instead. ``layout`` says how a
+    record becomes a prompt: ``column`` (the text under ``column``), ``alpaca`` (instruction, then
+    input) or ``sharegpt`` (the first human turn of the conversation under ``column``). With the
+    Hub unreachable (or HF_HUB_OFFLINE=1) the dataset is read from the local Hub cache only.
+    """
+
+    name: str = "hf"
+    hf_id: Optional[str] = None  # e.g. tatsu-lab/alpaca
+    subset: Optional[str] = None  # the dataset's configuration name, if it has several
+    split: str = "train"
+    column: str = "text"
+    layout: str = "column"  # column | alpaca | sharegpt
+    data_files: Optional[str] = None  # a file or glob inside the dataset repo (or under path)
+    revision: Optional[str] = None
+    path: Optional[str] = None  # a local copy, read instead of the Hub
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.hf_id) or bool(self.path), "dataset.hf_id", self.hf_id,
+                 "a Hugging Face dataset id (or set dataset.path to a local copy)")
+        _require(self.layout in PROMPT_LAYOUTS, "dataset.layout", self.layout, ", ".join(PROMPT_LAYOUTS))
+        _require(bool(self.split), "dataset.split", self.split, "a split name, e.g. train")
+        _require(bool(self.column), "dataset.column", self.column, "a column name")
