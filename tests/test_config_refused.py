@@ -173,3 +173,13 @@ def test_the_api_key_variable_measures_nothing_and_leaves_the_hash(compose_cfg):
 
     base = config_hash(to_config(compose_cfg(EXTERNAL)))
     assert config_hash(to_config(compose_cfg([*EXTERNAL, "server.api_key_env=SOME_NAME"]))) == base
+
+
+@pytest.mark.parametrize("value", ["key-with\nnewline", "key with space", "schlüssel-123", "tab\tkey123"])
+def test_an_api_key_no_http_header_can_carry_is_refused_at_the_check_without_being_repeated(
+        compose_cfg, monkeypatch, value):
+    monkeypatch.setenv("LLEM_TEST_ODD_KEY", value)
+    config = to_config(compose_cfg([*EXTERNAL, "server.api_key_env=LLEM_TEST_ODD_KEY"]))
+    with pytest.raises(ConfigError, match=r"server.api_key_env=LLEM_TEST_ODD_KEY: .*printable ASCII") as err:
+        check(config)
+    assert value not in str(err.value)

@@ -17,7 +17,7 @@ from llem.config_measure import MeasureConfig
 from llem.errors import ConfigError
 from llem.load_metrics import CLIENT_LATE_MS, load_mode, load_part
 from llem.metrics import request_rows
-from llem.records import Request, RequestResult
+from llem.records import RequestResult
 from llem.serving.schedule import Slots
 from llem.validate import check_schedule
 
