@@ -12,7 +12,8 @@ from typing import Optional
 
 
 class StandIn:
-    """``mode``: ok | fail500 | drop (two tokens, then the connection closes) | slow (never answers).
+    """``mode``: ok | fail500 | busy (HTTP 429, Retry-After) | denied (HTTP 401) | drop (two tokens, then the
+    connection closes) | slow (never answers).
     ``bad``: how every ``bad_every``-th request (by arrival, from the first) misbehaves, the others answered
     well: ``event`` (``bad_line`` sent as one line of its stream, after a token), ``json_body`` (a plain JSON
     completion, as a server ignoring stream=true answers), ``html`` (an HTML error page with status 200),
@@ -65,6 +66,10 @@ class StandIn:
                 return web.json_response({"detail": "prompt must be a string."}, status=400)
             if self.mode == "fail500":
                 return web.Response(status=500, text="internal error: out of blocks")
+            if self.mode == "busy":
+                return web.Response(status=429, headers={"Retry-After": "3600"}, text="rate limited")
+            if self.mode == "denied":
+                return web.json_response({"error": "invalid api key"}, status=401)
             bad = self.bad if body["max_tokens"] > 1 and self.served % self.bad_every == 0 else ""
             self.served += body["max_tokens"] > 1  # the one-token prompt-kind probe is not counted
             if bad == "json_body":

@@ -17,7 +17,7 @@ from llem import locks
 from llem.arrivals import shape
 from llem.backends.base import ServerLaunch
 from llem.config import to_config
-from llem.errors import ServerError
+from llem.errors import ServerError, WorkloadError
 from llem.records import Request
 from llem.serving import server as srv
 from llem.serving.client import ServerEngine
@@ -413,3 +413,17 @@ def test_a_line_cut_across_reads_is_read_whole_and_stamped_when_it_completes(com
         assert r.error is None and r.output_tokens == 3 and len(r.token_times_s) == 3
         gaps = np.diff([r.start_s, *r.token_times_s])
         assert (gaps >= 0.045).all()  # each token when the second half of its line came, not the first
+
+
+@pytest.mark.parametrize("mode, status", [("busy", "HTTP 429"), ("denied", "HTTP 401")])
+def test_a_prompt_probe_refused_for_another_reason_than_its_prompt_names_the_status(compose_cfg, mode, status):
+    with StandIn(mode=mode) as server, pytest.raises(ServerError, match=f"with {status}: "):
+        _client(compose_cfg, server.url)
+
+
+def test_a_text_only_server_is_told_apart_by_the_probe_and_the_refusal_is_quoted(compose_cfg):
+    with StandIn(tokens_only=True) as server:
+        engine, _ = _client(compose_cfg, server.url, id_words=False)
+    assert engine.prompt == "text" and engine.probe_note.startswith("HTTP 400: ")
+    with pytest.raises(WorkloadError, match="it answered a prompt of token ids with HTTP 400: "):
+        engine._prompt(Request(0, [5, 6, 7]))

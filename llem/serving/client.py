@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ERROR_BODY_CHARS = 300
 DISCOVER_TIMEOUT_S = 30.0  # the model list and the prompt-kind probe, each
 JSON = {"Content-Type": "application/json"}
+NOT_ABOUT_THE_PROMPT = (401, 403, 404, 405, 407, 408, 429)  # refusals of the request, not of its prompt's kind
 WINDOW = "measure.max_window_s"  # the watch's key when the window's end comes before a request's own bounds
 
 
@@ -60,6 +61,7 @@ class ServerEngine(Engine):
         self.extras = extras  # output_len -> the JSON keys that make the server generate exactly that many
         self.model_name: Optional[str] = endpoint.model_name
         self.prompt = endpoint.prompt
+        self.probe_note: Optional[str] = None  # server.prompt=auto: the probe's refusal that made prompts text
         self._url = f"{endpoint.url}/v1/completions"
 
     def max_in_flight(self):
@@ -91,15 +93,28 @@ class ServerEngine(Engine):
                     if not names:
                         raise ServerError(f"server.url={url!r}: /v1/models lists no model: set server.model_name")
                     self.model_name = names[0]
-                if self.prompt == "auto":  # one token, asked as token ids: a 4xx means text only
+                if self.prompt == "auto":  # one token, asked as token ids: a refusal of them means text only
                     body = {"model": self.model_name, "prompt": [1, 2, 3], "max_tokens": 1}
-                    async with session.post(f"{url}/v1/completions", json=body) as resp:
-                        self.prompt = "token_ids" if resp.status == 200 else "text"
-                        await resp.read()
+                    async with session.post(f"{url}/v1/completions", json=body, allow_redirects=False) as resp:
+                        shown = " ".join((await resp.text(errors="replace"))[:ERROR_BODY_CHARS].split())
+                    self._probed(resp.status, shown)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ServerError(f"server.url={url!r} failed while llem asked for its model and how it takes prompts "
                               f"({DISCOVER_TIMEOUT_S:g} s per question): {type(exc).__name__}: {exc}") from None
         log.info("server %s serves %s; prompts sent as %s", url, self.model_name, self.prompt)
+
+    def _probed(self, status: int, shown: str) -> None:
+        """How prompts go, from the probe's answer: 200 takes token ids; an answer that says nothing of the
+        prompt (no content, a redirect, an authentication or rate refusal) is the server's failure, named
+        with its status, never read as "text only"; any other error means text only, and says so."""
+        if status == 200:
+            self.prompt = "token_ids"
+            return
+        if status < 200 or 200 < status < 400 or status in NOT_ABOUT_THE_PROMPT:
+            raise ServerError(f"server.url={self.endpoint.url!r} answered the one-token request llem sends to learn "
+                              f"how it takes prompts (POST /v1/completions) with HTTP {status}: {shown!r} "
+                              "(redirects are not followed; check server.url and server.api_key_env)")
+        self.prompt, self.probe_note = "text", f"HTTP {status}: {shown}"
 
     def _prompt(self, request: Request) -> Any:
         if self.prompt == "token_ids":
@@ -107,7 +122,8 @@ class ServerEngine(Engine):
         if self.endpoint.id_words:
             return id_words(request.token_ids)
         if request.text is None:
-            raise WorkloadError("this server takes text prompts only and the dataset gives token ids without text: "
+            raise WorkloadError("this server takes text prompts only (it answered a prompt of token ids with "
+                                f"{self.probe_note or 'an error'}) and the dataset gives token ids without text: "
                                 "use a text dataset (dataset=builtin, file, hf …) or a server that takes token ids")
         return request.text
 
