@@ -427,3 +427,23 @@ def test_a_text_only_server_is_told_apart_by_the_probe_and_the_refusal_is_quoted
     assert engine.prompt == "text" and engine.probe_note.startswith("HTTP 400: ")
     with pytest.raises(WorkloadError, match="it answered a prompt of token ids with HTTP 400: "):
         engine._prompt(Request(0, [5, 6, 7]))
+
+
+def test_a_line_that_never_ends_fails_its_request_at_the_line_bound_not_the_chunk_timeout(compose_cfg):
+    with StandIn(bad="endless", bad_every=2, delay_s=0.001) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "load.max_concurrency=1",
+                                                           "server.chunk_timeout_s=60"])
+        t0 = time.monotonic()
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    assert time.monotonic() - t0 < 30
+    assert "without a line break" in out[0].error and out[1].error is None
+
+
+def test_an_error_body_that_never_ends_is_quoted_in_part(compose_cfg):
+    with StandIn(mode="fail_endless") as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "server.request_timeout_s=60"],
+                                 prompt="token_ids")
+        t0 = time.monotonic()
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    assert time.monotonic() - t0 < 30
+    assert all(r.error.startswith("HTTP 500: eee") and len(r.error) < 400 for r in out)

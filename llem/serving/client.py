@@ -36,11 +36,12 @@ from llem.load_metrics import load_mode
 from llem.records import Progress, Request, RequestResult, now
 from llem.serving.schedule import Slots, sleep_until
 from llem.serving.server import Endpoint, alive, auth_headers, last_lines, model_names
-from llem.serving.stream import StreamParser
+from llem.serving.stream import MAX_LINE_BYTES, StreamParser
 
 log = logging.getLogger(__name__)
 
 ERROR_BODY_CHARS = 300
+MODELS_MAX_BYTES = 64 << 20  # a /v1/models answer past this is read no further (50,000 models take ~3 MB)
 DISCOVER_TIMEOUT_S = 30.0  # the model list and the prompt-kind probe, each
 JSON = {"Content-Type": "application/json"}
 NOT_ABOUT_THE_PROMPT = (401, 403, 404, 405, 407, 408, 429)  # refusals of the request, not of its prompt's kind
@@ -84,7 +85,7 @@ class ServerEngine(Engine):
                                              headers=auth_headers(self.config.server)) as session:
                 if self.model_name is None:
                     async with session.get(f"{url}/v1/models") as resp:
-                        body = await resp.read()
+                        body = await _head(resp, MODELS_MAX_BYTES)
                     try:
                         names = model_names(json.loads(body or b"null"), url)
                     except ValueError:
@@ -96,7 +97,7 @@ class ServerEngine(Engine):
                 if self.prompt == "auto":  # one token, asked as token ids: a refusal of them means text only
                     body = {"model": self.model_name, "prompt": [1, 2, 3], "max_tokens": 1}
                     async with session.post(f"{url}/v1/completions", json=body, allow_redirects=False) as resp:
-                        shown = " ".join((await resp.text(errors="replace"))[:ERROR_BODY_CHARS].split())
+                        shown = _shown(await _head(resp, ERROR_BODY_CHARS))
                     self._probed(resp.status, shown)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ServerError(f"server.url={url!r} failed while llem asked for its model and how it takes prompts "
@@ -217,15 +218,21 @@ class ServerEngine(Engine):
         try:
             async with session.post(self._url, data=body, headers=JSON) as resp:
                 if resp.status != 200:
-                    text = (await resp.text(errors="replace"))[:ERROR_BODY_CHARS]
-                    error = f"HTTP {resp.status}: {' '.join(text.split())}"
+                    error = f"HTTP {resp.status}: {_shown(await _head(resp, ERROR_BODY_CHARS))}"
                 else:
                     last = now()  # the wait for the first event that carries text counts from the headers
                     watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
-                    rest, finished = b"", False
+                    rest, finished = bytearray(), False
                     async for data in resp.content.iter_any():
                         t = now()
-                        *lines, rest = (rest + data).split(b"\n")
+                        rest += data
+                        if len(rest) > MAX_LINE_BYTES and b"\n" not in rest:
+                            parser.overlong(len(rest))
+                            break
+                        if b"\n" not in data:
+                            continue
+                        *lines, tail = bytes(rest).split(b"\n")
+                        rest = bytearray(tail)
                         for raw in lines:
                             if parser.line(raw, t):
                                 finished = True
@@ -235,8 +242,8 @@ class ServerEngine(Engine):
                         if parser.last_token_s is not None and parser.last_token_s != last:
                             last = parser.last_token_s
                             watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
-                    if not finished and rest:
-                        parser.line(rest, now())
+                    if not finished and rest and parser.error is None:
+                        parser.line(bytes(rest), now())
         except asyncio.CancelledError:
             if watch.expired is None:
                 raise
@@ -265,6 +272,22 @@ class ServerEngine(Engine):
 
     def info(self) -> EngineInfo:
         return EngineInfo()
+
+
+async def _head(resp, limit: int) -> bytes:
+    """At most ``limit`` bytes of a reply's body: an error body or a model list is read no further, so a server
+    whose body never ends costs neither the memory nor, past the request's own bounds, the time."""
+    data = b""
+    while len(data) < limit:
+        more = await resp.content.read(limit - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _shown(body: bytes) -> str:
+    return " ".join(body.decode("utf-8", "replace").split())
 
 
 class _Watch:
