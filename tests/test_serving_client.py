@@ -447,3 +447,28 @@ def test_an_error_body_that_never_ends_is_quoted_in_part(compose_cfg):
         out = engine.generate(_requests(config, 2), None, lambda n: None)
     assert time.monotonic() - t0 < 30
     assert all(r.error.startswith("HTTP 500: eee") and len(r.error) < 400 for r in out)
+
+
+def test_a_models_answer_trickled_a_byte_at_a_time_fails_the_check_within_its_bound():
+    import threading
+
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def trickle():
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9999\r\n\r\n")
+                while not stop.wait(0.3):
+                    conn.sendall(b" ")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(ServerError, match="did not answer GET /v1/models within"):
+                srv.check_external(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        finally:
+            stop.set()
+    assert time.monotonic() - t0 < srv.CHECK_TIMEOUT_S + 1.0

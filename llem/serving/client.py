@@ -35,13 +35,12 @@ from llem.install import install_hint
 from llem.load_metrics import load_mode
 from llem.records import Progress, Request, RequestResult, now
 from llem.serving.schedule import Slots, sleep_until
-from llem.serving.server import Endpoint, alive, auth_headers, last_lines, model_names
+from llem.serving.server import MODELS_MAX_BYTES, Endpoint, alive, auth_headers, last_lines, model_names
 from llem.serving.stream import MAX_LINE_BYTES, StreamParser
 
 log = logging.getLogger(__name__)
 
 ERROR_BODY_CHARS = 300
-MODELS_MAX_BYTES = 64 << 20  # a /v1/models answer past this is read no further (50,000 models take ~3 MB)
 DISCOVER_TIMEOUT_S = 30.0  # the model list and the prompt-kind probe, each
 JSON = {"Content-Type": "application/json"}
 NOT_ABOUT_THE_PROMPT = (401, 403, 404, 405, 407, 408, 429)  # refusals of the request, not of its prompt's kind
