@@ -13,7 +13,8 @@ from typing import Optional
 
 class StandIn:
     """``mode``: ok | fail500 | busy (HTTP 429, Retry-After) | denied (HTTP 401) | drop (two tokens, then the
-    connection closes) | slow (never answers) | fail_endless (HTTP 500 whose body never ends).
+    connection closes) | slow (never answers) | fail_endless (HTTP 500 whose body never ends) |
+    moved (HTTP 307 to /elsewhere, which streams well).
     ``bad``: how every ``bad_every``-th request (by arrival, from the first) misbehaves, the others answered
     well: ``event`` (``bad_line`` sent as one line of its stream, after a token), ``json_body`` (a plain JSON
     completion, as a server ignoring stream=true answers), ``html`` (an HTML error page with status 200),
@@ -67,6 +68,8 @@ class StandIn:
                 return web.json_response({"detail": "prompt must be a string."}, status=400)
             if self.mode == "fail500":
                 return web.Response(status=500, text="internal error: out of blocks")
+            if self.mode == "moved" and request.path != "/elsewhere/v1/completions":
+                raise web.HTTPTemporaryRedirect("/elsewhere/v1/completions")
             if self.mode == "fail_endless":
                 resp = web.StreamResponse(status=500)
                 await resp.prepare(request)
@@ -125,6 +128,7 @@ class StandIn:
             app.router.add_get("/v1/models", models)
             app.router.add_get("/health", models)
             app.router.add_post("/v1/completions", completions)
+            app.router.add_post("/elsewhere/v1/completions", completions)
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()

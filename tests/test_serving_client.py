@@ -472,3 +472,10 @@ def test_a_models_answer_trickled_a_byte_at_a_time_fails_the_check_within_its_bo
         finally:
             stop.set()
     assert time.monotonic() - t0 < srv.CHECK_TIMEOUT_S + 1.0
+
+
+def test_a_redirected_request_is_an_error_not_a_measure_of_where_it_points(compose_cfg):
+    with StandIn(mode="moved") as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4"], prompt="token_ids")
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    assert all(r.error.startswith("HTTP 307: a redirect, not followed") and r.output_tokens == 0 for r in out)

@@ -8,9 +8,9 @@ freed), when it was sent (``start_s``) and the client's lateness (sent − when 
 the bytes of every streamed chunk that carried text were read, the end, and the tokens credited: the server's
 ``usage.completion_tokens`` checked against the length asked for and the tokens streamed, never more than
 asked (:mod:`llem.serving.stream` reads the stream and says how). An HTTP error, a malformed reply, a
-dropped stream or a wait past ``server.connect_timeout_s``, ``server.chunk_timeout_s``,
-``server.request_timeout_s`` or the end of ``measure.max_window_s`` is the request's ``error``: recorded,
-never dropped, the other requests measured.
+dropped stream, a redirect (never followed: the server measured is server.url) or a wait past
+``server.connect_timeout_s``, ``server.chunk_timeout_s``, ``server.request_timeout_s`` or the end of
+``measure.max_window_s`` is the request's ``error``: recorded, never dropped, the other requests measured.
 
 Prompts go as token ids where the server takes them (``server.prompt=auto`` asks once with a one-token
 request), as text otherwise: the request's own text, or its ids as id-words when the server's tokenizer
@@ -215,8 +215,11 @@ class ServerEngine(Engine):
         watch = _Watch(start + bounds.request_timeout_s, end)
         watch.arm("connect_timeout_s", start + bounds.connect_timeout_s)
         try:
-            async with session.post(self._url, data=body, headers=JSON) as resp:
-                if resp.status != 200:
+            async with session.post(self._url, data=body, headers=JSON, allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:  # another server's answer would be measured as this one's
+                    error = (f"HTTP {resp.status}: a redirect, not followed (set server.url to where the server "
+                             "answers)")
+                elif resp.status != 200:
                     error = f"HTTP {resp.status}: {_shown(await _head(resp, ERROR_BODY_CHARS))}"
                 else:
                     last = now()  # the wait for the first event that carries text counts from the headers
