@@ -135,6 +135,9 @@ class ServerConfig:
             from llem import secrets
 
             secrets.protect(self.api_key_env)  # its value is a secret whatever the variable is called
+        for path, value in _not_json(self.extra_body, "server.extra_body"):
+            raise ConfigError(f"{path}={value!r} is invalid: allowed a JSON value (a string, a finite number, "
+                              "true, false, null, a list or an object): every request carries it as JSON")
         own = sorted(set(self.extra_body) & set(OWN_BODY_KEYS))
         if own:
             raise ConfigError(f"server.extra_body.{own[0]} is invalid: llem sets {', '.join(own)} itself; "
@@ -183,3 +186,18 @@ class OutputLengthsConfig:
         limit = 1.0 if self.distribution == "uniform" else 3.0
         _require(0 <= self.spread <= limit, f"{key}.spread", self.spread,
                  f"a number in [0, {limit:g}] for {self.distribution}")
+
+
+def _not_json(value: Any, path: str):
+    """The (path, value) of each part of ``value`` that strict JSON cannot carry: NaN and infinities (which
+    Python's encoder writes as the non-JSON ``NaN``/``Infinity``), and anything not a JSON type."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _not_json(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _not_json(item, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif not isinstance(value, (str, int, float, bool, type(None))):
+        yield path, value

@@ -183,3 +183,10 @@ def test_an_api_key_no_http_header_can_carry_is_refused_at_the_check_without_bei
     with pytest.raises(ConfigError, match=r"server.api_key_env=LLEM_TEST_ODD_KEY: .*printable ASCII") as err:
         check(config)
     assert value not in str(err.value)
+
+
+@pytest.mark.parametrize("override, path", [("+server.extra_body.x=nan", "server.extra_body.x"),
+                                            ("+server.extra_body={a:{b:[1,inf]}}", "server.extra_body.a.b[1]")])
+def test_extra_body_values_strict_json_cannot_carry_are_refused(compose_cfg, override, path):
+    message = _refused(compose_cfg, [*EXTERNAL, override])
+    assert message.startswith(f"{path}=") and "allowed a JSON value" in message
