@@ -126,6 +126,8 @@ class ServerConfig:
             value = getattr(self, key)
             _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"server.{key}", value,
                      "a finite number of seconds > 0")
+        _require(self.model_name is None or (isinstance(self.model_name, str) and self.model_name.strip() != ""),
+                 "server.model_name", self.model_name, "null (the first model /v1/models lists) or a model's name")
         if self.mode == "external":
             check_url(self.url)
         _require(is_host(str(self.host)), "server.host", self.host, "an IP address or a host name, e.g. 127.0.0.1")

@@ -190,3 +190,8 @@ def test_an_api_key_no_http_header_can_carry_is_refused_at_the_check_without_bei
 def test_extra_body_values_strict_json_cannot_carry_are_refused(compose_cfg, override, path):
     message = _refused(compose_cfg, [*EXTERNAL, override])
     assert message.startswith(f"{path}=") and "allowed a JSON value" in message
+
+
+def test_an_empty_server_model_name_is_refused(compose_cfg):
+    message = _refused(compose_cfg, [*EXTERNAL, "server.model_name=''"])
+    assert message.startswith("server.model_name='' is invalid") and "null" in message
