@@ -126,12 +126,17 @@ class ServerConfig:
             value = getattr(self, key)
             _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"server.{key}", value,
                      "a finite number of seconds > 0")
+        _require(self.model_name is None or (isinstance(self.model_name, str) and self.model_name.strip() != ""),
+                 "server.model_name", self.model_name, "null (the first model /v1/models lists) or a model's name")
         if self.mode == "external":
             check_url(self.url)
         _require(is_host(str(self.host)), "server.host", self.host, "an IP address or a host name, e.g. 127.0.0.1")
         if self.api_key_env is not None:
             _require(bool(ENV_NAME.fullmatch(str(self.api_key_env))), "server.api_key_env", self.api_key_env,
                      "the name of an environment variable (letters, digits, _; not its value)")
+        for path, value in _not_json(self.extra_body, "server.extra_body"):
+            raise ConfigError(f"{path}={value!r} is invalid: allowed a JSON value (a string, a finite number, "
+                              "true, false, null, a list or an object): every request carries it as JSON")
         own = sorted(set(self.extra_body) & set(OWN_BODY_KEYS))
         if own:
             raise ConfigError(f"server.extra_body.{own[0]} is invalid: llem sets {', '.join(own)} itself; "
@@ -180,3 +185,18 @@ class OutputLengthsConfig:
         limit = 1.0 if self.distribution == "uniform" else 3.0
         _require(0 <= self.spread <= limit, f"{key}.spread", self.spread,
                  f"a number in [0, {limit:g}] for {self.distribution}")
+
+
+def _not_json(value: Any, path: str):
+    """The (path, value) of each part of ``value`` that strict JSON cannot carry: NaN and infinities (which
+    Python's encoder writes as the non-JSON ``NaN``/``Infinity``), and anything not a JSON type."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _not_json(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _not_json(item, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif not isinstance(value, (str, int, float, bool, type(None))):
+        yield path, value

@@ -7,8 +7,9 @@ stderr (:class:`ScrubbingStream`), result rows (:func:`scrub_value`) and written
 Stdlib only and cheap to import, so it can be installed before anything else runs.
 
 A value is replaced in every form an exit may have encoded it in (:func:`encodings`): as is, JSON-escaped
-(with and without ``ensure_ascii``), ``repr``/backslash-escaped, YAML-escaped, URL-quoted and base64. Structured
-values (result rows, YAML files) are scrubbed before they are encoded, and text exits scrub every encoded form.
+(with and without ``ensure_ascii``), ``repr``/backslash-escaped (once or twice), YAML-escaped, URL-quoted and
+base64. Structured values (result rows, YAML files) are scrubbed before they are encoded, and text exits scrub
+every encoded form.
 Credentials in a URL (``scheme://user:password@host``) are replaced by ``<credentials>`` wherever they appear.
 Variables named by :func:`protect` (e.g. ``server.api_key_env``) are secrets whatever their name; the names
 travel in ``LLEM_SECRET_VARS``, so child processes protect them too.
@@ -63,14 +64,22 @@ def protect(name: str) -> None:
         os.environ[PROTECTED_VAR] = ",".join([*protected_names(), name])
 
 
+ESCAPES = (lambda v: json.dumps(v)[1:-1], lambda v: json.dumps(v, ensure_ascii=False)[1:-1], lambda v: repr(v)[1:-1],
+           lambda v: v.encode("unicode_escape").decode("ascii"))
+"""Backslash escapes that may be applied twice on the way out: a server's JSON quoted in an error message that
+is then written as JSON or repr (each composition of two is a form of its own)."""
+
+
 @functools.lru_cache(maxsize=256)
 def encodings(value: str) -> Tuple[str, ...]:
-    """The forms of ``value`` an exit may write: as is, JSON-escaped (ASCII or not), repr/backslash-escaped,
-    YAML-escaped, URL-quoted, base64 (padding dropped: it depends on what follows); longest first."""
+    """The forms of ``value`` an exit may write: as is, JSON-escaped (ASCII or not), repr/backslash-escaped
+    (once, or twice in any combination), YAML-escaped, URL-quoted, base64 (padding dropped: it depends on what
+    follows); longest first."""
     forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1],
              value.encode("unicode_escape").decode("ascii"), value.encode("ascii", "backslashreplace").decode(),
              value.replace("'", "''"), _yaml_escaped(value),
              urllib.parse.quote(value, safe=""), urllib.parse.quote(value), urllib.parse.quote_plus(value)}
+    forms |= {twice(once(value)) for once in ESCAPES for twice in ESCAPES}  # e.g. a quoted error quoted again
     raw = value.encode("utf-8")
     forms |= {base64.b64encode(raw).decode().rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("=")}
     return tuple(sorted((f for f in forms if len(f) >= MIN_SECRET_LEN), key=lambda f: (-len(f), f)))

@@ -131,8 +131,12 @@ def _command_line() -> list:
         return []
 
 
+HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what a Bearer token can be in an HTTP header: printable ASCII
+
+
 def check_api_key(config: Config) -> None:
-    """server.api_key_env names a variable that is set, to a value long enough to be scrubbed as a secret."""
+    """server.api_key_env names a variable that is set, to a value long enough to be scrubbed as a secret and
+    sendable as an HTTP header (a line break or a non-ASCII character would fail every request instead)."""
     from llem.secrets import MIN_SECRET_LEN
 
     name = config.server.api_key_env
@@ -145,6 +149,9 @@ def check_api_key(config: Config) -> None:
     if len(value) < MIN_SECRET_LEN:
         raise ConfigError(f"server.api_key_env={name}: the value of {name} has fewer than {MIN_SECRET_LEN} "
                           "characters, too short to be kept out of logs and files as a secret")
+    if not HEADER_SAFE.fullmatch(value):
+        raise ConfigError(f"server.api_key_env={name}: the value of {name} holds a space, line break, control or "
+                          "non-ASCII character, which an HTTP header cannot carry: allowed printable ASCII only")
 
 
 def check(config: Config) -> None:

@@ -12,11 +12,14 @@ from typing import Optional
 
 
 class StandIn:
-    """``mode``: ok | fail500 | drop (two tokens, then the connection closes) | slow (never answers).
+    """``mode``: ok | fail500 | busy (HTTP 429, Retry-After) | denied (HTTP 401) | drop (two tokens, then the
+    connection closes) | slow (never answers) | fail_endless (HTTP 500 whose body never ends) |
+    moved (HTTP 307 to /elsewhere, which streams well).
     ``bad``: how every ``bad_every``-th request (by arrival, from the first) misbehaves, the others answered
     well: ``event`` (``bad_line`` sent as one line of its stream, after a token), ``json_body`` (a plain JSON
     completion, as a server ignoring stream=true answers), ``html`` (an HTML error page with status 200),
-    ``trickle`` (keep-alive comments every ``delay_s``, never a token), ``count`` (``usage.completion_tokens``
+    ``trickle`` (keep-alive comments every ``delay_s``, never a token), ``endless`` (after a token, 1 MiB
+    writes with no line break, without end), ``count`` (``usage.completion_tokens``
     = ``count``; with ``streamed``, that many tokens are streamed). ``models``: the /v1/models answer, as raw
     bytes (None: a well-formed list). ``split_s`` > 0: each token's event is written in two halves, cut
     mid-line, that far apart."""
@@ -65,6 +68,17 @@ class StandIn:
                 return web.json_response({"detail": "prompt must be a string."}, status=400)
             if self.mode == "fail500":
                 return web.Response(status=500, text="internal error: out of blocks")
+            if self.mode == "moved" and request.path != "/elsewhere/v1/completions":
+                raise web.HTTPTemporaryRedirect("/elsewhere/v1/completions")
+            if self.mode == "fail_endless":
+                resp = web.StreamResponse(status=500)
+                await resp.prepare(request)
+                while True:
+                    await resp.write(b"e" * (1 << 20))
+            if self.mode == "busy":
+                return web.Response(status=429, headers={"Retry-After": "3600"}, text="rate limited")
+            if self.mode == "denied":
+                return web.json_response({"error": "invalid api key"}, status=401)
             bad = self.bad if body["max_tokens"] > 1 and self.served % self.bad_every == 0 else ""
             self.served += body["max_tokens"] > 1  # the one-token prompt-kind probe is not counted
             if bad == "json_body":
@@ -97,6 +111,8 @@ class StandIn:
                     if self.mode == "drop" and i == 1:
                         request.transport.close()
                         return resp
+                    while bad == "endless":
+                        await resp.write(b"data: " + b"x" * (1 << 20))
                     if bad == "event" and i == 0:
                         await resp.write(self.bad_line + b"\n\n")
                 await resp.write(b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}\n\n')
@@ -112,6 +128,7 @@ class StandIn:
             app.router.add_get("/v1/models", models)
             app.router.add_get("/health", models)
             app.router.add_post("/v1/completions", completions)
+            app.router.add_post("/elsewhere/v1/completions", completions)
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()

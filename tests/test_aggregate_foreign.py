@@ -47,6 +47,14 @@ def test_a_status_llem_never_writes_leaves_that_job_out(jobs):
     assert any("status '3'" in w for w in agg.warnings), agg.warnings
 
 
+def test_a_row_with_no_configuration_columns_leaves_that_job_out(jobs):
+    (jobs / "stray").mkdir()
+    pd.DataFrame([{"status": "ok", "x": 1}]).to_parquet(jobs / "stray" / "results.parquet")
+    agg = aggregate([jobs])
+    assert any("stray" in w and "no cfg.* column" in w for w in agg.warnings), agg.warnings
+    assert sorted(agg.runs["status"]) == ["incomplete", "ok", "ok"]  # counted as not done, never averaged in
+
+
 @pytest.mark.parametrize("bound, column", [("flags<=1", "flags"), ("cfg.model.name>=0", "cfg.model.name")])
 def test_a_bound_on_a_column_that_is_no_number_is_refused(jobs, tmp_path, capsys, bound, column):
     with pytest.raises(SystemExit) as stop:

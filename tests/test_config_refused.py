@@ -173,3 +173,25 @@ def test_the_api_key_variable_measures_nothing_and_leaves_the_hash(compose_cfg):
 
     base = config_hash(to_config(compose_cfg(EXTERNAL)))
     assert config_hash(to_config(compose_cfg([*EXTERNAL, "server.api_key_env=SOME_NAME"]))) == base
+
+
+@pytest.mark.parametrize("value", ["key-with\nnewline", "key with space", "schlüssel-123", "tab\tkey123"])
+def test_an_api_key_no_http_header_can_carry_is_refused_at_the_check_without_being_repeated(
+        compose_cfg, monkeypatch, value):
+    monkeypatch.setenv("LLEM_TEST_ODD_KEY", value)
+    config = to_config(compose_cfg([*EXTERNAL, "server.api_key_env=LLEM_TEST_ODD_KEY"]))
+    with pytest.raises(ConfigError, match=r"server.api_key_env=LLEM_TEST_ODD_KEY: .*printable ASCII") as err:
+        check(config)
+    assert value not in str(err.value)
+
+
+@pytest.mark.parametrize("override, path", [("+server.extra_body.x=nan", "server.extra_body.x"),
+                                            ("+server.extra_body={a:{b:[1,inf]}}", "server.extra_body.a.b[1]")])
+def test_extra_body_values_strict_json_cannot_carry_are_refused(compose_cfg, override, path):
+    message = _refused(compose_cfg, [*EXTERNAL, override])
+    assert message.startswith(f"{path}=") and "allowed a JSON value" in message
+
+
+def test_an_empty_server_model_name_is_refused(compose_cfg):
+    message = _refused(compose_cfg, [*EXTERNAL, "server.model_name=''"])
+    assert message.startswith("server.model_name='' is invalid") and "null" in message

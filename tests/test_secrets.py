@@ -265,6 +265,14 @@ def test_every_encoded_form_of_a_value_is_replaced(monkeypatch, encode):
     assert "<NASTY_TOKEN>" in out and not any(form in out for form in s.encodings(NASTY))
 
 
+@pytest.mark.parametrize("outer", [json.dumps, repr], ids=["json", "repr"])
+@pytest.mark.parametrize("inner", [json.dumps, repr], ids=["json", "repr"])
+def test_a_value_escaped_twice_is_replaced(monkeypatch, inner, outer):
+    monkeypatch.setenv("NASTY_TOKEN", NASTY)  # e.g. a server's error event quoting the key, quoted in a summary
+    out = s.scrub(f"before {outer(inner(NASTY)[1:-1])} after")
+    assert "<NASTY_TOKEN>" in out and "te-" not in out
+
+
 def test_rows_are_scrubbed_before_they_are_encoded(monkeypatch, compose_cfg):
     from llem.config import to_config
     from llem.results.files import result_table

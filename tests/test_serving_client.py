@@ -12,7 +12,7 @@ import pytest
 
 from llem.arrivals import shape
 from llem.config import to_config
-from llem.errors import ServerError
+from llem.errors import ServerError, WorkloadError
 from llem.records import Request
 from llem.serving import server as srv
 from llem.serving.client import ServerEngine
@@ -100,11 +100,6 @@ def test_a_failed_request_is_a_row_and_a_flag(compose_cfg):
     part, flags = load_part(out, rows, 1.0, config)
     assert part.num_requests_failed == 3 and part.goodput_pct == 0.0 and [f.code for f in flags] == ["requests_failed"]
     assert all(r.error.startswith("HTTP 500") for r in rows) and latency_summary(rows).ttft_ms_p50 is None
-
-
-def test_a_server_failing_the_prompt_probe_is_a_server_error_not_a_text_only_server(compose_cfg):
-    with StandIn(mode="fail500") as server, pytest.raises(ServerError, match="HTTP 500.*cannot serve"):
-        _client(compose_cfg, server.url)
 
 
 def test_a_server_that_died_fails_the_window(compose_cfg, tmp_path):
@@ -318,3 +313,69 @@ def test_a_line_cut_across_reads_is_read_whole_and_stamped_when_it_completes(com
         assert r.error is None and r.output_tokens == 3 and len(r.token_times_s) == 3
         gaps = np.diff([r.start_s, *r.token_times_s])
         assert (gaps >= 0.045).all()  # each token when the second half of its line came, not the first
+
+
+@pytest.mark.parametrize("mode, status", [("busy", "HTTP 429"), ("denied", "HTTP 401")])
+def test_a_prompt_probe_refused_for_another_reason_than_its_prompt_names_the_status(compose_cfg, mode, status):
+    with StandIn(mode=mode) as server, pytest.raises(ServerError, match=f"with {status}: "):
+        _client(compose_cfg, server.url)
+
+
+def test_a_text_only_server_is_told_apart_by_the_probe_and_the_refusal_is_quoted(compose_cfg):
+    with StandIn(tokens_only=True) as server:
+        engine, _ = _client(compose_cfg, server.url, id_words=False)
+    assert engine.prompt == "text" and engine.probe_note.startswith("HTTP 400: ")
+    with pytest.raises(WorkloadError, match="it answered a prompt of token ids with HTTP 400: "):
+        engine._prompt(Request(0, [5, 6, 7]))
+
+
+def test_a_line_that_never_ends_fails_its_request_at_the_line_bound_not_the_chunk_timeout(compose_cfg):
+    with StandIn(bad="endless", bad_every=2, delay_s=0.001) as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "load.max_concurrency=1",
+                                                           "server.chunk_timeout_s=60"])
+        t0 = time.monotonic()
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    assert time.monotonic() - t0 < 30
+    assert "without a line break" in out[0].error and out[1].error is None
+
+
+def test_an_error_body_that_never_ends_is_quoted_in_part(compose_cfg):
+    with StandIn(mode="fail_endless") as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "server.request_timeout_s=60"],
+                                 prompt="token_ids")
+        t0 = time.monotonic()
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    assert time.monotonic() - t0 < 30
+    assert all(r.error.startswith("HTTP 500: eee") and len(r.error) < 400 for r in out)
+
+
+def test_a_models_answer_trickled_a_byte_at_a_time_fails_the_check_within_its_bound():
+    import threading
+
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def trickle():
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9999\r\n\r\n")
+                while not stop.wait(0.3):
+                    conn.sendall(b" ")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(ServerError, match="did not answer GET /v1/models within"):
+                srv.check_external(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        finally:
+            stop.set()
+    assert time.monotonic() - t0 < srv.CHECK_TIMEOUT_S + 1.0
+
+
+def test_a_redirected_request_is_an_error_not_a_measure_of_where_it_points(compose_cfg):
+    with StandIn(mode="moved") as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4"], prompt="token_ids")
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+    assert all(r.error.startswith("HTTP 307: a redirect, not followed") and r.output_tokens == 0 for r in out)

@@ -156,6 +156,8 @@ def _read_job(job: Job) -> Tuple[object, Optional[object]]:
     elif res is not None and res.column("status")[0].as_py() not in STATUSES:
         res, why = None, (f"{RESULTS} has status {res.column('status')[0].as_py()!r}, where llem writes "
                           f"{' or '.join(STATUSES)} (not written by llem?)")
+    elif res is not None and not any(n.startswith("cfg.") for n in res.column_names):
+        res, why = None, f"{RESULTS} has no cfg.* column, so no configuration to report it under (not written by llem?)"
     if res is None:
         if why == f"no {RESULTS}":
             why = f"no {RESULTS}: the job never finished (stopped, killed, or still running)"

@@ -8,9 +8,9 @@ freed), when it was sent (``start_s``) and the client's lateness (sent − when 
 the bytes of every streamed chunk that carried text were read, the end, and the tokens credited: the server's
 ``usage.completion_tokens`` checked against the length asked for and the tokens streamed, never more than
 asked (:mod:`llem.serving.stream` reads the stream and says how). An HTTP error, a malformed reply, a
-dropped stream or a wait past ``server.connect_timeout_s``, ``server.chunk_timeout_s``,
-``server.request_timeout_s`` or the end of ``measure.max_window_s`` is the request's ``error``: recorded,
-never dropped, the other requests measured.
+dropped stream, a redirect (never followed: the server measured is server.url) or a wait past
+``server.connect_timeout_s``, ``server.chunk_timeout_s``, ``server.request_timeout_s`` or the end of
+``measure.max_window_s`` is the request's ``error``: recorded, never dropped, the other requests measured.
 
 Prompts go as token ids where the server takes them (``server.prompt=auto`` asks once with a one-token
 request), as text otherwise: the request's own text, or its ids as id-words when the server's tokenizer
@@ -35,14 +35,15 @@ from llem.install import install_hint
 from llem.load_metrics import load_mode
 from llem.records import Progress, Request, RequestResult, now
 from llem.serving.schedule import Slots, sleep_until
-from llem.serving.server import Endpoint, alive, auth_headers, last_lines, model_names
-from llem.serving.stream import StreamParser
+from llem.serving.server import MODELS_MAX_BYTES, Endpoint, alive, auth_headers, last_lines, model_names
+from llem.serving.stream import MAX_LINE_BYTES, StreamParser
 
 log = logging.getLogger(__name__)
 
 ERROR_BODY_CHARS = 300
 DISCOVER_TIMEOUT_S = 30.0  # the model list and the prompt-kind probe, each
 JSON = {"Content-Type": "application/json"}
+NOT_ABOUT_THE_PROMPT = (401, 403, 404, 405, 407, 408, 429)  # refusals of the request, not of its prompt's kind
 WINDOW = "measure.max_window_s"  # the watch's key when the window's end comes before a request's own bounds
 
 
@@ -60,6 +61,7 @@ class ServerEngine(Engine):
         self.extras = extras  # output_len -> the JSON keys that make the server generate exactly that many
         self.model_name: Optional[str] = endpoint.model_name
         self.prompt = endpoint.prompt
+        self.probe_note: Optional[str] = None  # server.prompt=auto: the probe's refusal that made prompts text
         self._url = f"{endpoint.url}/v1/completions"
 
     def max_in_flight(self):
@@ -82,7 +84,7 @@ class ServerEngine(Engine):
                                              headers=auth_headers(self.config.server)) as session:
                 if self.model_name is None:
                     async with session.get(f"{url}/v1/models") as resp:
-                        body = await resp.read()
+                        body = await _head(resp, MODELS_MAX_BYTES)
                     try:
                         names = model_names(json.loads(body or b"null"), url)
                     except ValueError:
@@ -91,20 +93,28 @@ class ServerEngine(Engine):
                     if not names:
                         raise ServerError(f"server.url={url!r}: /v1/models lists no model: set server.model_name")
                     self.model_name = names[0]
-                if self.prompt == "auto":  # one token, asked as token ids: a 4xx means text only
+                if self.prompt == "auto":  # one token, asked as token ids: a refusal of them means text only
                     body = {"model": self.model_name, "prompt": [1, 2, 3], "max_tokens": 1}
-                    async with session.post(f"{url}/v1/completions", json=body) as resp:
-                        answer = await resp.read()
-                    if not (200 <= resp.status < 300 or 400 <= resp.status < 500):
-                        shown = " ".join(answer[:ERROR_BODY_CHARS].decode("utf-8", "replace").split())
-                        raise ServerError(f"server.url={url!r} answered a one-token request with HTTP {resp.status} "
-                                          f"({shown}): it cannot serve; set server.prompt=token_ids or text to skip "
-                                          "this question")
-                    self.prompt = "token_ids" if resp.status == 200 else "text"
+                    async with session.post(f"{url}/v1/completions", json=body, allow_redirects=False) as resp:
+                        shown = _shown(await _head(resp, ERROR_BODY_CHARS))
+                    self._probed(resp.status, shown)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ServerError(f"server.url={url!r} failed while llem asked for its model and how it takes prompts "
                               f"({DISCOVER_TIMEOUT_S:g} s per question): {type(exc).__name__}: {exc}") from None
         log.info("server %s serves %s; prompts sent as %s", url, self.model_name, self.prompt)
+
+    def _probed(self, status: int, shown: str) -> None:
+        """How prompts go, from the probe's answer: 200 takes token ids; an answer that says nothing of the
+        prompt (no content, a redirect, an authentication or rate refusal) is the server's failure, named
+        with its status, never read as "text only"; any other error means text only, and says so."""
+        if status == 200:
+            self.prompt = "token_ids"
+            return
+        if status < 200 or 200 < status < 400 or status in NOT_ABOUT_THE_PROMPT:
+            raise ServerError(f"server.url={self.endpoint.url!r} answered the one-token request llem sends to learn "
+                              f"how it takes prompts (POST /v1/completions) with HTTP {status}: {shown!r} "
+                              "(redirects are not followed; check server.url and server.api_key_env)")
+        self.prompt, self.probe_note = "text", f"HTTP {status}: {shown}"
 
     def _prompt(self, request: Request) -> Any:
         if self.prompt == "token_ids":
@@ -112,7 +122,8 @@ class ServerEngine(Engine):
         if self.endpoint.id_words:
             return id_words(request.token_ids)
         if request.text is None:
-            raise WorkloadError("this server takes text prompts only and the dataset gives token ids without text: "
+            raise WorkloadError("this server takes text prompts only (it answered a prompt of token ids with "
+                                f"{self.probe_note or 'an error'}) and the dataset gives token ids without text: "
                                 "use a text dataset (dataset=builtin, file, hf …) or a server that takes token ids")
         return request.text
 
@@ -204,17 +215,26 @@ class ServerEngine(Engine):
         watch = _Watch(start + bounds.request_timeout_s, end)
         watch.arm("connect_timeout_s", start + bounds.connect_timeout_s)
         try:
-            async with session.post(self._url, data=body, headers=JSON) as resp:
-                if resp.status != 200:
-                    text = (await resp.text(errors="replace"))[:ERROR_BODY_CHARS]
-                    error = f"HTTP {resp.status}: {' '.join(text.split())}"
+            async with session.post(self._url, data=body, headers=JSON, allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:  # another server's answer would be measured as this one's
+                    error = (f"HTTP {resp.status}: a redirect, not followed (set server.url to where the server "
+                             "answers)")
+                elif resp.status != 200:
+                    error = f"HTTP {resp.status}: {_shown(await _head(resp, ERROR_BODY_CHARS))}"
                 else:
                     last = now()  # the wait for the first event that carries text counts from the headers
                     watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
-                    rest, finished = b"", False
+                    rest, finished = bytearray(), False
                     async for data in resp.content.iter_any():
                         t = now()
-                        *lines, rest = (rest + data).split(b"\n")
+                        rest += data
+                        if len(rest) > MAX_LINE_BYTES and b"\n" not in rest:
+                            parser.overlong(len(rest))
+                            break
+                        if b"\n" not in data:
+                            continue
+                        *lines, tail = bytes(rest).split(b"\n")
+                        rest = bytearray(tail)
                         for raw in lines:
                             if parser.line(raw, t):
                                 finished = True
@@ -224,8 +244,8 @@ class ServerEngine(Engine):
                         if parser.last_token_s is not None and parser.last_token_s != last:
                             last = parser.last_token_s
                             watch.arm("chunk_timeout_s", last + bounds.chunk_timeout_s)
-                    if not finished and rest:
-                        parser.line(rest, now())
+                    if not finished and rest and parser.error is None:
+                        parser.line(bytes(rest), now())
         except asyncio.CancelledError:
             if watch.expired is None:
                 raise
@@ -254,6 +274,22 @@ class ServerEngine(Engine):
 
     def info(self) -> EngineInfo:
         return EngineInfo()
+
+
+async def _head(resp, limit: int) -> bytes:
+    """At most ``limit`` bytes of a reply's body: an error body or a model list is read no further, so a server
+    whose body never ends costs neither the memory nor, past the request's own bounds, the time."""
+    data = b""
+    while len(data) < limit:
+        more = await resp.content.read(limit - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _shown(body: bytes) -> str:
+    return " ".join(body.decode("utf-8", "replace").split())
 
 
 class _Watch:

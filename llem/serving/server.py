@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 1.5  # server.url must answer within this at the check
 LOG_TAIL_LINES = 30  # a failed row carries this many of the server's last log lines
 PORT_TRIES = 200
+MODELS_MAX_BYTES = 64 << 20  # a /v1/models answer past this is read no further (50,000 models take ~3 MB)
 
 
 @dataclass
@@ -93,9 +95,27 @@ def auth_headers(server) -> Dict[str, str]:
 
 
 def _get(url: str, timeout_s: float, headers: Optional[Dict[str, str]] = None) -> Any:
-    request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310 - the user's own server
-        return json.loads(resp.read() or b"null")
+    """The JSON a GET answers, within ``timeout_s`` as a whole: urllib's timeout bounds each read, so a server
+    that trickles its answer a byte at a time would hold the check without end; the read runs in a daemon
+    thread that is left behind when the time is up. At most ``MODELS_MAX_BYTES`` of the body are read."""
+    box: Dict[str, Any] = {}
+
+    def fetch() -> None:
+        try:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310 - the user's own server
+                box["body"] = resp.read(MODELS_MAX_BYTES)
+        except Exception as exc:  # raised in the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=fetch, name="llem-get", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"its answer was not complete after {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return json.loads(box["body"] or b"null")
 
 
 def model_names(models: Any, url: str) -> List[str]:

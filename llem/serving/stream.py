@@ -5,8 +5,9 @@ A reply is *malformed* — that request's ``error``, never the job's — when a 
 line (a JSON or HTML body from a server that ignored ``stream=true``), an event's data is not JSON or not
 a JSON object, an event has no ``choices`` list, a choice is not an object, a choice's ``text`` is not a
 string, a ``finish_reason`` is not a string, ``usage`` is not an object or one of its token counts is
-not an integer, or the stream ends before the server finished (no ``[DONE]``, ``finish_reason`` or
-``usage``). Keep-alive and comment lines are skipped; they carry no token.
+not an integer, a line runs past ``MAX_LINE_BYTES`` without a line break, or the stream ends before the
+server finished (no ``[DONE]``, ``finish_reason`` or ``usage``). Keep-alive and comment lines are skipped;
+they carry no token.
 
 The token count (:meth:`StreamParser.result`): what can be verified, never more than was asked. With the
 id-word tokenizer each streamed word is one token, so the streamed tokens are counted. Elsewhere a chunk
@@ -25,6 +26,7 @@ from typing import Any, List, Optional
 from llem.backends._served_model import words_in
 
 SHOWN_CHARS = 120  # how much of an offending line an error quotes
+MAX_LINE_BYTES = 16 << 20  # a line longer than this without a line break is malformed, read no further
 SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:")
 USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -84,6 +86,11 @@ class StreamParser:
         except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
             return self._fail(f"malformed event (not JSON): {_shown(data)!r}")
         return self.error is not None
+
+    def overlong(self, size: int) -> bool:
+        """A line grew past ``MAX_LINE_BYTES`` without a line break: the reply is malformed, read no further."""
+        return self._fail(f"malformed reply: {size} bytes without a line break (a line may hold at most "
+                          f"{MAX_LINE_BYTES} bytes)")
 
     def _fail(self, message: str) -> bool:
         self.error = message
