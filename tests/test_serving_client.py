@@ -4,7 +4,9 @@ are honoured; a server that dies while measured fails the window with its log.""
 
 from __future__ import annotations
 
+import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -350,7 +352,6 @@ def test_an_error_body_that_never_ends_is_quoted_in_part(compose_cfg):
 
 
 def test_a_models_answer_trickled_a_byte_at_a_time_fails_the_check_within_its_bound():
-    import threading
 
     stop = threading.Event()
     with socket.socket() as listener:
