@@ -106,7 +106,7 @@ def _detached_burners(count: int, wall_s: float):
     return [int(line) for line in out.stdout.split()]
 
 
-JOB = ["device=cpu", "dataset.num_requests=16", "output_len=96", "batch=4", "warmup.batches=1"]
+JOB = ["device=cpu", "dataset.num_requests=8", "output_len=64", "batch=4", "warmup.batches=1"]
 
 
 @pytest.mark.slow
