@@ -26,6 +26,7 @@ from llem.energy.flags import Flag
 from llem.records import Request
 from llem.results.row import Sizing
 
+MAX_PASSES = 3  # measured passes at most: a short window is measured again, twice at most
 MARGIN = 1.1  # aim 10 % past the minimum: a wave's time varies a little between warm-up and window
 
 
@@ -108,8 +109,11 @@ def wave_for_lengths(wave_s: Optional[float], wave_len_mean: Optional[float], wo
 
 def remeasure_count(p: Plan, window_s: float) -> Optional[int]:
     """After a measured window: the larger count to measure again when it came out shorter than the
-    minimum (auto only, once), else None."""
-    if not p.auto or p.min_window_s is None or p.passes > 1 or window_s >= p.min_window_s or window_s <= 0:
+    minimum (auto only, at most MAX_PASSES passes in all), else None. A second pass is enough where the
+    engine's concurrency is fixed; a server whose own concurrency llem does not know runs more requests at
+    once as it gets more, so its rate grows with the count and a third pass may still be needed."""
+    if (not p.auto or p.min_window_s is None or p.passes >= MAX_PASSES or window_s >= p.min_window_s
+            or window_s <= 0):
         return None
     old = p.num_requests
     n = _count_for(p, window_s / old)

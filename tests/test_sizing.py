@@ -27,11 +27,13 @@ def test_the_warmup_wave_predicts_whole_waves_for_the_window():
     assert sizing.extend_for_window(slow, wave_s=5.0) == 4  # 4 waves already last 20 s: never fewer
 
 
-def test_a_short_window_is_measured_once_more_scaled_by_its_rate():
+def test_a_short_window_is_measured_again_scaled_by_its_rate_twice_at_most():
     p = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=8, on_gpu=True)
     n = sizing.remeasure_count(p, window_s=4.0)  # 32 requests in 4 s → 88 wanted → 11 waves
     assert n == 88 and p.passes == 2 and p.estimate_s == pytest.approx(11.0)
-    assert sizing.remeasure_count(p, window_s=4.0) is None  # once only
+    # a server of unknown concurrency ran the 88 faster than the 32: a third pass, and no fourth
+    assert sizing.remeasure_count(p, window_s=5.0) > 88 and p.passes == 3
+    assert sizing.remeasure_count(p, window_s=5.0) is None
     fine = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=10_000, capacity=8, on_gpu=True)
     assert sizing.remeasure_count(fine, window_s=10.5) is None
 
@@ -142,12 +144,12 @@ def test_a_cold_first_call_does_not_mislead_the_prediction(compose_cfg, tmp_path
     assert row["warmup_batches_run"] == 2 and row["window_estimate_s"] < 1.5 and row["num_waves"] > 4
 
 
-def test_a_window_that_comes_out_short_is_measured_once_more(compose_cfg, tmp_path, monkeypatch):
+def test_a_window_that_comes_out_short_is_measured_again(compose_cfg, tmp_path, monkeypatch):
     # warm-up batches of another output length predict nothing: the first window (4 waves, ~0.2 s) is the probe
     row = _measure(compose_cfg, tmp_path, monkeypatch, _Waves(wave_s=0.05, first_s=0.05),
                    ["measure.min_window_s=0.6", "warmup.output_len=1"])
     assert row["status"] == "ok", row["error"]
-    assert row["measure_passes_run"] == 2 and row["num_requests"] % 4 == 0 and row["num_requests"] > 16
+    assert row["measure_passes_run"] >= 2 and row["num_requests"] % 4 == 0 and row["num_requests"] > 16
 
 
 def test_a_set_count_that_cannot_fill_the_batch_is_measured_as_set_and_flagged(compose_cfg, tmp_path, monkeypatch):
