@@ -112,7 +112,7 @@ class MeasureConfig:
     With ``dataset.num_requests`` null, a job measures ``waves`` times the sequences the engine holds
     at once (so the batch is full and there is a steady state), and on a GPU as many more whole waves
     as the warm-up predicts are needed for a window of at least ``min_window_s`` (a window that still
-    comes out short is measured once more, longer; at most ``max_requests``).
+    comes out short is measured again, longer, twice at most; at most ``max_requests``).
     prefill: a prefill-only pass (output length 1) of the same workload after the measured
     window; decode = measured − prefill. steady_state: the part of the measured window where
     the engine held ``batch`` sequences (needs more requests than ``batch``). ``max_window_s`` bounds the
