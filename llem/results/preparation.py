@@ -24,7 +24,7 @@ class Sizing:
     num_waves: Optional[float] = col("num_requests ÷ num_in_flight")
     window_min_s: Optional[float] = col("the window asked for (measure.min_window_s; null on the CPU)")
     window_estimate_s: Optional[float] = col("the window predicted for the count measured (s)")
-    measure_passes_run: Optional[int] = col("measured passes: 2 or 3 when earlier windows came out short and were discarded")
+    measure_passes_run: Optional[int] = col("measured passes: 2 or 3 when earlier windows came out short (discarded)")
 
 
 @dataclass
