@@ -32,6 +32,16 @@ def _client(compose_cfg, url, overrides=(), prompt="auto", id_words=True, pid=No
     return engine, config
 
 
+def _bad_then_good(compose_cfg, stand_in, bound):
+    """Two requests one after the other against ``stand_in`` (its first misbehaves), under ``bound``: the
+    results and how long the client took."""
+    with stand_in as server:
+        engine, config = _client(compose_cfg, server.url, ["output_len=4", "load.max_concurrency=1", bound])
+        t0 = time.monotonic()
+        out = engine.generate(_requests(config, 2), None, lambda n: None)
+        return out, time.monotonic() - t0
+
+
 def _requests(config, n):
     reqs = [Request(i, [5, 6, 7]) for i in range(n)]
     shape(reqs, config)
@@ -160,13 +170,9 @@ def test_a_malformed_reply_fails_its_request_only(compose_cfg, kind):
 
 
 def test_a_keep_alive_trickle_ends_at_the_chunk_timeout(compose_cfg):
-    with StandIn(bad="trickle", bad_every=2, delay_s=0.05) as server:
-        engine, config = _client(compose_cfg, server.url, ["output_len=4", "load.max_concurrency=1",
-                                                           "server.chunk_timeout_s=0.5"])
-        t0 = time.monotonic()
-        out = engine.generate(_requests(config, 2), None, lambda n: None)
-        assert time.monotonic() - t0 < 5
-    assert out[0].error == "TimeoutError: past server.chunk_timeout_s=0.5 s" and out[1].error is None
+    out, took_s = _bad_then_good(compose_cfg, StandIn(bad="trickle", bad_every=2, delay_s=0.05),
+                                 "server.chunk_timeout_s=0.5")
+    assert took_s < 5 and out[0].error == "TimeoutError: past server.chunk_timeout_s=0.5 s" and out[1].error is None
 
 
 def test_a_server_slow_to_answer_ends_at_the_connect_timeout(compose_cfg):
@@ -332,12 +338,9 @@ def test_a_text_only_server_is_told_apart_by_the_probe_and_the_refusal_is_quoted
 
 
 def test_a_line_that_never_ends_fails_its_request_at_the_line_bound_not_the_chunk_timeout(compose_cfg):
-    with StandIn(bad="endless", bad_every=2, delay_s=0.001) as server:
-        engine, config = _client(compose_cfg, server.url, ["output_len=4", "load.max_concurrency=1",
-                                                           "server.chunk_timeout_s=60"])
-        t0 = time.monotonic()
-        out = engine.generate(_requests(config, 2), None, lambda n: None)
-    assert time.monotonic() - t0 < 30
+    out, took_s = _bad_then_good(compose_cfg, StandIn(bad="endless", bad_every=2, delay_s=0.001),
+                                 "server.chunk_timeout_s=60")
+    assert took_s < 30
     assert "without a line break" in out[0].error and out[1].error is None
 
 
