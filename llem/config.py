@@ -29,13 +29,14 @@ from llem.config_dataset import (
 )
 from llem.config_load import LoadConfig, OutputLengthsConfig, ServerConfig
 from llem.config_measure import BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
+from llem.config_runtime import RuntimeConfig, image_for, image_key, is_image_ref
 from llem.errors import ConfigError
 from llem.errors import require as _require
 from llem.results.schema import plain
 
 __all__ = ["BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "DatasetConfig", "EnergyConfig",
            "FileDatasetConfig", "HFDatasetConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
-           "RandomDatasetConfig", "ServerConfig", "TextDatasetConfig", "WarmupConfig"]
+           "RandomDatasetConfig", "RuntimeConfig", "ServerConfig", "TextDatasetConfig", "WarmupConfig"]
 
 
 class DType(Enum):
@@ -100,6 +101,8 @@ class BackendConfig:
 
     name: str = MISSING
     engine_args: Dict[str, Any] = field(default_factory=dict)
+    image: Optional[str] = None  # llem's image of this engine: the measurement process runs in it (runtime=docker)
+    server_image: Optional[str] = None  # the engine's own server image: server=launch runs in it (runtime=docker)
 
 
 @dataclass
@@ -187,6 +190,7 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     cooldown_s: float = 0.0  # wait before the job's baseline (thermal gap between jobs)
     isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
@@ -209,6 +213,26 @@ class Config:
         _require(isinstance(self.backend, BackendConfig), "backend", self.backend, "a backend group (backend=...)")
         _require(isinstance(self.model, ModelConfig), "model", self.model, "a model group (model=...)")
         _require(isinstance(self.dataset, DatasetConfig), "dataset", self.dataset, "a dataset group (dataset=...)")
+        self._check_runtime()
+
+    def _check_runtime(self) -> None:
+        """The engine's images are references, and a container runtime has what it needs: an image for the
+        server mode, a measurement process of its own (isolate), a server that it starts (not external)."""
+        for key in ("image", "server_image"):
+            value = getattr(self.backend, key, None)
+            _require(value is None or is_image_ref(value), f"backend.{key}", value,
+                     "null or an image reference such as name:tag or registry/name@sha256:…")
+        runtime = self.runtime
+        if not runtime.in_container:
+            return
+        mode = getattr(self.server, "mode", "none")
+        _require(mode != "external", "runtime.name", runtime.name,
+                 "host with server=external (an external server runs where it was started)")
+        _require(self.isolate, "isolate", self.isolate, f"true with runtime={runtime.name} (the measurement process "
+                 "is the container's)")
+        _require(image_for(runtime, self.backend, mode) is not None, image_key(runtime, mode), None,
+                 f"an image reference with runtime={runtime.name}: backend={self.backend.name} sets none; set "
+                 "runtime.image=<name:tag>")
 
     @property
     def output_len_max(self) -> int:
@@ -306,5 +330,14 @@ def config_hash(config: Config) -> str:
         node.pop(leaf, None)
     if tree.get("server", {}).get("mode") == "none":  # in-process: the server's settings measure nothing
         tree["server"] = {"mode": "none"}
+    backend = tree.get("backend", {})
+    backend.pop("image", None)
+    backend.pop("server_image", None)
+    runtime = config.runtime
+    if runtime.in_container:  # the image this job runs in, however it was named; on the host: nothing
+        tree["runtime"] = {"name": runtime.name, "args": list(runtime.args),
+                           "image": image_for(runtime, config.backend, config.server.mode)}
+    else:
+        tree.pop("runtime", None)
     text = json.dumps(tree, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -62,6 +62,10 @@ def register_all() -> None:
         OmegaConf.register_new_resolver("llem_gpus", gpus_resolver)
     if not OmegaConf.has_resolver("llem_fit"):
         OmegaConf.register_new_resolver("llem_fit", _fit_resolver)
+    if not OmegaConf.has_resolver("llem_version"):  # the tag of llem's own images (docker/compose.yaml)
+        from llem import __version__
+
+        OmegaConf.register_new_resolver("llem_version", lambda: __version__)
     cs = ConfigStore.instance()
     for name in engine_names():
         cs.store(group="backend", name=f"base_{name}", node=engine_class(name).config_class)
