@@ -41,6 +41,7 @@ class RuntimeConfig:
     pull: bool = False  # false: an image not present locally fails at the check (true: pulled, as load)
     reuse: bool = True  # consecutive jobs of a sweep needing the same container share it
     args: List[str] = field(default_factory=list)  # extra arguments for the runtime's run command
+    global_args: List[str] = field(default_factory=list)  # before every subcommand (podman: --runtime runc …)
 
     def __post_init__(self) -> None:
         _require(self.name in RUNTIMES, "runtime.name", self.name, ", ".join(RUNTIMES) + " (runtime=<name>)")
@@ -52,6 +53,9 @@ class RuntimeConfig:
             flag = arg.split("=", 1)[0]
             _require(flag not in OWN_RUN_ARGS, "runtime.args", list(self.args),
                      f"run arguments other than the ones llem sets itself ({', '.join(OWN_RUN_ARGS)})")
+
+        for arg in self.global_args:
+            _require(isinstance(arg, str), "runtime.global_args", list(self.global_args), "a list of strings")
 
     @property
     def in_container(self) -> bool:
