@@ -20,10 +20,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from llem import dirnames, environment, floors, model_source, results, secrets, validate
+from llem import dirnames, environment, model_source, results, secrets, validate
 from llem.backends import engine_class
 from llem.config import Config, config_hash, to_config
 from llem.console import log_failure, summary_line
+from llem.deploy import floors
 from llem.energy.idle import DeviceIdle
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError

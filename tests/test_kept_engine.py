@@ -134,7 +134,7 @@ def test_a_kept_process_that_died_is_replaced(compose_cfg, tmp_path):
 def test_a_kept_engine_whose_device_idle_floor_expired_is_rebuilt(compose_cfg, monkeypatch, tmp_path):
     """On a GPU the floor the kept engine's jobs use is the one metered before it was built: once older than
     baseline.device_idle_reuse_s there is none (the job closes the engine and meters the floor again)."""
-    from llem import floors
+    from llem.deploy import floors
     from llem.energy.idle import DeviceIdle
 
     config = to_config(compose_cfg(["baseline.device_idle_reuse_s=60"]))
