@@ -20,10 +20,10 @@ CONTAINER_RUNTIMES = ("docker", "podman")
 IMAGE_REF = re.compile(r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
                        r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
                        r"(?:@sha256:[0-9a-f]{64})?|sha256:[0-9a-f]{64}")
-# Run arguments llem sets itself: runtime.args may add to them, never replace them (the container's network,
-# user, mounts, GPUs and name are what make the measurement the one the row describes).
-OWN_RUN_ARGS = ("--network", "--net", "--user", "-u", "--gpus", "--device", "--name", "--rm", "-v", "--volume",
-                "--mount", "--init", "-e", "--env", "--env-file", "--label", "-l", "-d", "--detach")
+# Run arguments llem sets itself: runtime.args may add to them (more mounts, settings), never replace them (the
+# container's network, user, GPUs, name and labels are what make the measurement the one the row describes).
+OWN_RUN_ARGS = ("--network", "--net", "--user", "-u", "--gpus", "--device", "--name", "--rm", "--init", "--label",
+                "-l", "-d", "--detach")
 
 
 def is_image_ref(text: object) -> bool:

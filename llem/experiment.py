@@ -34,6 +34,7 @@ from llem.kept_engine import KeptEngine
 from llem.preload import preload_engine
 from llem.records import RequestResult
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
+from llem.results.preparation import ContainerFacts, on_host
 from llem.results.row import (
     Baselines,
     BuildCache,
@@ -81,8 +82,10 @@ class Experiment:
     def __init__(self, config: Config, job_dir: Path, device: str, device_idle: DeviceIdle,
                  stage: Callable[[Stage], None] = lambda s: None, endpoint: Any = None,
                  kept: Optional[KeptEngine] = None, keep: Optional[Tuple[Optional[int], int]] = None,
-                 import_s: Optional[float] = None):
+                 import_s: Optional[float] = None, container: Any = None):
         self.config = config
+        # where the engine runs: a container's facts (ContainerFacts; a server's ride on its endpoint), else the host
+        self.container = container if container is not None else getattr(endpoint, "container", None)
         self.import_s = import_s  # the engine's libraries imported beforehand (preload_engine), in seconds
         self.held = kept  # an engine an earlier job loaded with the same build (reuse_engine), or None
         self.keep = keep  # (capacity to build for, builds so far): keep the engine loaded after an ok job
@@ -123,7 +126,7 @@ class Experiment:
             sampler.count_tree(self.endpoint.pid)  # the server's processes hold the model and its cache
         sampler.start()
         meter = EnergyMeter(gpus, sampler, sync=lambda: None, null_reason=reason)
-        parts: Dict[type, Any] = {}
+        parts: Dict[type, Any] = {ContainerFacts: self.container or on_host()}
         req_rows: List[RequestRow] = []
         measure_t0: Optional[float] = None
         host: Optional[HostWindows] = None

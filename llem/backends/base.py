@@ -73,6 +73,7 @@ class Engine(ABC):
     name: ClassVar[str]
     config_class: ClassVar[Type[BackendConfig]]
     resolved_class: ClassVar[Optional[type]] = None  # the dataclass EngineInfo.resolved holds (engine.* columns)
+    package: ClassVar[Optional[str]] = None  # its distribution: engine_version_inside reads its version in an image
     # engine_args keys that duplicate llem's own keys (rejected, naming the llem key to use)
     reserved_args: ClassVar[Dict[str, str]] = {}
     # What the engine cannot do in llem's own process: None where it can, else why not (a config asking

@@ -134,6 +134,7 @@ class PyTorchEngine(Engine):
     name = "pytorch"
     config_class = PyTorchConfig
     resolved_class = PyTorchResolved
+    package = "transformers"
     reserved_args = _RESERVED
     no_arrivals = None  # static batches of what has arrived (one process; data parallel refuses a rate)
     no_natural_lengths = None  # a batch runs to its longest request; each keeps its own length

@@ -133,6 +133,7 @@ class TensorRTEngine(Engine):
     name = "tensorrt"
     config_class = TensorRTConfig
     resolved_class = TensorRTResolved
+    package = "tensorrt_llm"
     reserved_args = RESERVED
     no_arrivals = None  # generate_async at each request's arrival time
     no_natural_lengths = None  # SamplingParams per request

@@ -84,6 +84,7 @@ class VllmEngine(Engine):
     name = "vllm"
     config_class = VllmConfig
     resolved_class = VllmResolved
+    package = "vllm"
     reserved_args = RESERVED
     no_arrivals = None  # each request is added to the engine at its arrival, between steps
     no_natural_lengths = None  # each request has its own SamplingParams

@@ -1,5 +1,6 @@
 """Result parts about how a job was prepared for its window: the request count it was sized to, the engine's
-start-up and warm-up, what its build reused from the compile caches, and whether it ran on a kept engine."""
+start-up and warm-up, what its build reused from the compile caches, whether it ran on a kept engine, and the
+container it ran in."""
 
 from __future__ import annotations
 
@@ -63,3 +64,29 @@ class EngineReuse:
     engine_build_job: Optional[str] = col("the job dir (name) that built the engine this job measured on")
     num_engine_jobs: Optional[int] = col("jobs this engine build has measured, this one included")
     num_engine_builds: Optional[int] = col("engine builds in this sweep so far, this job's included")
+
+
+HOST_RUNTIME = "runtime=host: the engine ran in llem's own processes on this host"
+
+
+@dataclass
+class ContainerFacts:
+    """Where the engine ran: the host, or a container of an image (runtime=docker|podman; runtime.reuse)."""
+
+    runtime: Optional[str] = col("where the engine ran: host, docker or podman")
+    runtime_image: Optional[str] = col("the image reference the engine ran in")
+    runtime_image_digest: Optional[str] = col("the image's content digest: the registry's (name@sha256:…) when it "
+                                              "came from one, else the local image id (sha256:…)")
+    container_start_s: Optional[float] = col("how long pulling (runtime.pull) and starting the container took until "
+                                             "it ran, paid by the job that started it; never in a window (s)")
+    container_reused: Optional[bool] = col("the container was started by an earlier job of the sweep and kept "
+                                           "running: this job paid no container start")
+    engine_version_inside: Optional[str] = col("the engine's package and version as reported inside the container "
+                                               "(name==version)")
+    container_null_reason: Optional[str] = col("why the container columns are null (the host runtime), or what of "
+                                               "them could not be read")
+
+
+def on_host() -> ContainerFacts:
+    return ContainerFacts(runtime="host", container_null_reason=HOST_RUNTIME)
+

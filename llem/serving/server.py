@@ -62,6 +62,7 @@ class Endpoint:
     warnings: List[str] = field(default_factory=list)  # what the server does not take of the job's settings
     max_in_flight: Optional[int] = None  # sequences the server runs at once, where llem knows it
     max_in_flight_null_reason: Optional[str] = None
+    container: Any = None  # the container it runs in (llem.results.preparation.ContainerFacts), if any
 
 
 @dataclass
