@@ -25,6 +25,7 @@ from llem.backends import engine_class
 from llem.config import Config, config_hash, to_config
 from llem.console import log_failure, summary_line
 from llem.deploy import floors
+from llem.deploy.held import Held
 from llem.energy.idle import DeviceIdle
 from llem.energy.nvml import gpu_counts, visible_uuids
 from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
@@ -47,6 +48,7 @@ from llem.results.row import Notes, Outcome, Stage, assemble
 
 log = logging.getLogger(__name__)
 
+_HELD = Held()  # the driver's container (runtime=docker|podman)
 OUTCOME = "outcome.txt"  # ok | skipped | failed: how this job's latest run ended
 SERVER_LOGS = ".llem-servers"  # in a sweep dir: the log of each server its jobs started
 
@@ -138,6 +140,12 @@ def check_job(config: Config, device: str, problem: Optional[str]) -> None:
     if device == "cuda" and problem:
         raise DeviceError(problem)
     check_gpus(config, device)
+    if config.runtime.in_container:  # the engine is the image's: nothing of it is needed on the host
+        from llem.deploy.base import JobPlace
+        from llem.deploy.choose_container import pick_container
+
+        pick_container(JobPlace(config, config_hash(config), Path("."), device, 0), _HELD).check_needs()
+        return
     if config.server.mode == "external":  # the server holds the model
         from llem.serving.server import auth_headers, check_external
 
@@ -210,6 +218,11 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
     uses_host = device == "cpu" or "codecarbon" in config.energy.meters  # the host's CPU, or a meter of all of it
     with gpu_lock(visible_uuids(gpus_needed) if device == "cuda" else []), host_lock(job_dir, exclusive=uses_host):
+        if config.runtime.in_container:
+            values = _in_container(config, chash, job_dir, device, gpus_needed, problem)
+            _set_outcome(job_dir, "ok" if values.get("status") == "ok" else "failed")
+            log.info("%s → %s", summary_line(values), job_dir)
+            return values
         try:
             values = _measure(config, chash, job_dir, device, gpus_needed, problem)
         finally:
@@ -220,6 +233,31 @@ def run_config(config: Config, job_dir: Path) -> Dict[str, Any]:
     _set_outcome(job_dir, "ok" if values.get("status") == "ok" else "failed")
     log.info("%s → %s", summary_line(values), job_dir)
     return values
+
+
+def _in_container(config: Config, chash: str, job_dir: Path, device: str, gpus_needed: int,
+                  problem: Optional[str]) -> Dict[str, Any]:
+    """The job in a container (runtime=docker|podman): start (or reuse) it, measure, finish."""
+    from llem.deploy.base import JobPlace, StartFailed
+    from llem.deploy.choose_container import pick_container
+
+    stop_kept()  # a kept engine or a server on the host would share the devices
+    from llem.serving.server import stop
+
+    stop()
+    place = JobPlace(config, chash, job_dir, device, gpus_needed, sweep_dir=_sweep_dir(), problem=problem)
+    deployment = pick_container(place, _HELD)
+    try:
+        try:
+            idle = deployment.start()
+        except StartFailed as exc:
+            log.error("the container did not start: %s", exc.error)
+            return record_failure(job_dir, exc.error, exc.error_type, exc.stage, config=config, chash=chash)
+        if problem:
+            idle.warnings.append(problem)
+        return deployment.measure(idle)
+    finally:
+        deployment.finish()
 
 
 def _measure(config: Config, chash: str, job_dir: Path, device: str, gpus_needed: int,
