@@ -1,0 +1,144 @@
+"""Real jobs in real containers on the CPU (runtime=docker): the measurement process inside llem's test image,
+the engine's own server (transformers serve) inside it, a host-and-docker sweep giving the same tokens,
+reuse of a container across consecutive jobs, a signal leaving no container, a killed driver's container
+removed by the next start, and a missing image failing at the check in under 2 s.
+
+They need a docker daemon (DOCKER_HOST is honoured) and llem's CPU test image built from this tree
+(docker/test/build.sh, run once per session: seconds once its dependency layers are cached); without a
+daemon they are skipped, saying so."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from llem.runtime import ContainerRuntime, RuntimeUnavailable
+from tests.conftest import FAST, llem_env, run_llem
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "llem-test-cpu:latest"
+CPU = [*FAST, "device=cpu", "warmup.batches=0", "measure.min_window_s=0", "progress=false"]
+DOCKER = ["runtime=docker", f"runtime.image={IMAGE}"]
+
+
+def _daemon_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "version"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture(scope="module")
+def image():
+    """llem's CPU test image with this tree's llem in it (its llem layer is rebuilt from the tree)."""
+    if not _daemon_answers():
+        pytest.skip("no docker daemon answers (DOCKER_HOST): the container tests need one")
+    build = subprocess.run([str(ROOT / "docker" / "test" / "build.sh")], capture_output=True, text=True,
+                           timeout=1800, env={**os.environ, "PYTHON": sys.executable})
+    assert build.returncode == 0, f"docker/test/build.sh failed:\n{build.stdout}\n{build.stderr}"
+    return IMAGE
+
+
+def _rows(sweep: Path):
+    rows = [pq.read_table(f).to_pylist()[0] for f in sorted(sweep.glob("*/results.parquet"))]
+    return sorted(rows, key=lambda r: r["started_at"] or "")
+
+
+def _containers(label: str):
+    out = subprocess.run(["docker", "ps", "--all", "--filter", f"label={label}", "--format", "{{.Names}}"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return out.split()
+
+
+@pytest.fixture(scope="module")
+def host_and_docker(image, tmp_path_factory):
+    """One sweep: the same two jobs on the host, then in the container (the second reusing the first's)."""
+    root = tmp_path_factory.mktemp("containers")
+    proc = run_llem(["-m", "runtime=host,docker", f"runtime.image={image}", "output_len=8,6", *CPU,
+                     "hydra.sweep.dir=sweep"], cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return _rows(root / "sweep"), proc.stdout + proc.stderr
+
+
+def test_a_cpu_job_measures_inside_the_container(host_and_docker):
+    inside = [r for r in host_and_docker[0] if r["runtime"] == "docker"]
+    assert len(inside) == 2 and all(r["status"] == "ok" for r in inside)
+    first = inside[0]
+    assert first["runtime_image"] == IMAGE and first["runtime_image_digest"].startswith("sha256:")
+    assert first["engine_version_inside"].startswith("transformers==") and first["container_start_s"] > 0
+
+
+def test_host_and_docker_give_the_same_tokens(host_and_docker):
+    by = {(r["runtime"], r["cfg.output_len"]): r for r in host_and_docker[0]}
+    for output_len in (8, 6):
+        host, docker = by[("host", output_len)], by[("docker", output_len)]
+        assert host["workload_sha256"] == docker["workload_sha256"]
+        assert host["output_tokens_total"] == docker["output_tokens_total"] == host["num_requests"] * output_len
+        assert host["runtime"] == "host" and host["container_null_reason"].startswith("runtime=host")
+
+
+def test_consecutive_jobs_with_the_same_container_share_it(host_and_docker):
+    first, second = [r for r in host_and_docker[0] if r["runtime"] == "docker"]
+    assert first["container_reused"] is False and second["container_reused"] is True
+    assert second["container_start_s"] is None
+
+
+def test_the_sweep_leaves_no_container(host_and_docker):
+    assert "container llem-" in host_and_docker[1] and not _containers("llem.driver")
+
+
+def test_a_served_job_runs_the_engine_s_server_inside_the_container(image, tmp_path):
+    proc = run_llem([*DOCKER, "server=launch", *CPU, "hydra.run.dir=job"], cwd=tmp_path, timeout=600)
+    row = pq.read_table(tmp_path / "job" / "results.parquet").to_pylist()[0]
+    assert proc.returncode == 0 and row["status"] == "ok", proc.stdout + proc.stderr
+    assert row["server_mode"] == "launch" and row["runtime"] == "docker" and row["server_start_s"] > 0
+    assert row["engine_version_inside"].startswith("transformers==")
+    assert row["cpu_rss_peak_mib"] > 100  # the server's processes, seen from the host through the container
+    assert (tmp_path / "job" / "server.log").stat().st_size > 0 and not _containers("llem.driver")
+
+
+def test_sigterm_leaves_no_container(image, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "llem", *DOCKER, "server=launch", *CPU, "hydra.run.dir=job"],
+                            cwd=tmp_path, env=llem_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mine = f"llem.driver={proc.pid}"
+    deadline = time.monotonic() + 120
+    while not _containers(mine) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert _containers(mine), "no container was started"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not _containers(mine), out
+
+
+def test_a_killed_driver_s_container_is_removed_by_the_next_start(image):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"llem-stale-{dead.pid}"
+    subprocess.run(["docker", "run", "--rm", "--detach", "--init", "--network=host", "--name", name, "--label",
+                    f"llem.driver={dead.pid}", "--label", f"llem.host={socket.gethostname()}", image, "sleep",
+                    "infinity"], check=True, capture_output=True, timeout=60)
+    assert name in ContainerRuntime("docker").reap_stale() and not _containers(f"llem.driver={dead.pid}")
+
+
+def test_a_missing_image_fails_at_the_check_within_2_s(image, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeUnavailable) as err:
+        ContainerRuntime("docker").check("llem-absent:0", "runtime.image", pull=False)
+    assert time.monotonic() - t0 < 2
+    assert "runtime.image='llem-absent:0' is not present locally" in str(err.value)
+    assert "docker pull llem-absent:0" in str(err.value)
+    proc = run_llem(["runtime=docker", "runtime.image=llem-absent:0", *CPU, "hydra.run.dir=job"], cwd=tmp_path)
+    row = pq.read_table(tmp_path / "job" / "results.parquet").to_pylist()[0]
+    assert proc.returncode == 1 and row["error_stage"] == "check" and "runtime.image" in row["error"]
