@@ -121,3 +121,7 @@ def test_the_digest_is_the_registry_s_when_there_is_one_else_the_image_id():
 
 def test_a_missing_llem_image_names_the_command_that_builds_it():
     assert build_hint("llem-vllm:0.1.0") == "docker compose -f docker/compose.yaml build vllm"
+
+
+def test_an_image_llem_does_not_build_gets_no_build_hint():
+    assert build_hint("vllm/vllm-openai:v0.24.0") is None

@@ -136,7 +136,7 @@ def check_image(place: JobPlace, need_llem: bool) -> Optional[ImageFacts]:
     if facts is not None and need_llem and found != __version__:
         what = (f"holds llem {found}, not this llem {__version__}" if found else
                 f"has no {LABEL_VERSION} label (it is not one of llem's images)")
-        raise RuntimeUnavailable(f"{key}={image!r} {what}: rebuild it ({build_hint(image)})")
+        raise RuntimeUnavailable(f"{key}={image!r} {what}: rebuild it ({build_hint(image) or 'docs/containers.md'})")
     return facts
 
 

@@ -102,9 +102,10 @@ class ContainerRuntime:
         if done.returncode != 0:
             if pull:
                 raise RuntimeUnavailable(f"runtime.name={self.name}: `{' '.join(argv)}` failed ({said})")
+            build = f"build it ({build_hint(image)}), or " if build_hint(image) else ""
             raise RuntimeUnavailable(f"{image_key}={image!r} is not present locally ({self.name}: {said}) and "
-                                     f"runtime.pull=false: build it ({build_hint(image)}), or `{self.name} pull "
-                                     f"{image}`, or set runtime.pull=true")
+                                     f"runtime.pull=false: {build}`{self.name} pull {image}`, or set "
+                                     "runtime.pull=true")
         log.debug("%s check: %.2f s", self.name, time.monotonic() - t0)
         return None if pull else _facts(image, done.stdout)
 
@@ -237,12 +238,15 @@ def container_name(key: str) -> str:
     return f"llem-{key[:12]}-{os.getpid()}"
 
 
-def build_hint(image: str) -> str:
-    """The command that builds one of llem's own images (``llem-<engine>:<version>``), else a generic hint."""
+def build_hint(image: str) -> Optional[str]:
+    """The command that builds one of llem's own images (``llem-<engine>:<version>``, the CPU test image);
+    None for any other image (it is pulled)."""
     name = image.split("/")[-1].split(":")[0]
     if name.startswith("llem-") and name[5:] in ("pytorch", "vllm", "tensorrt"):
         return f"docker compose -f docker/compose.yaml build {name[5:]}"
-    return "see docs/containers.md"
+    if name == "llem-test-cpu":
+        return "docker/test/build.sh"
+    return None
 
 
 def _facts(image: str, inspect_json: str) -> ImageFacts:
