@@ -108,7 +108,7 @@ def test_an_interrupt_stops_the_measurement_process_first(tmp_path, signum):
     import multiprocessing as mp
 
     from llem.deploy import process as mpr
-    from llem.deploy.held import Held, Running
+    from llem.deploy.held import Held
 
     ctx = mp.get_context("fork")
     child = ctx.Process(target=time.sleep, args=(60,))
@@ -118,7 +118,7 @@ def test_an_interrupt_stops_the_measurement_process_first(tmp_path, signum):
     held = Held()
     with pytest.raises(mpr.Interrupted) as caught:
         with mpr.interruptible(tmp_path, held):
-            held.running = Running(child, stage)
+            held.running = mpr.Running(child, stage)
             threading.Timer(0.2, os.kill, (os.getpid(), signum)).start()
             child.join()  # as the parent does: blocked until the signal arrives
     assert not child.is_alive() and child.exitcode == -signal.SIGTERM

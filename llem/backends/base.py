@@ -158,8 +158,9 @@ class Engine(ABC):
     @classmethod
     def build_key(cls, config: Config) -> Optional[str]:
         """What a loaded engine depends on, as text (:func:`build_text`): a later job of a sweep with the same key
-        may measure on the engine an earlier job loaded, after :meth:`reconfigure` (``reuse_engine``). None, the
-        default: this engine is loaded afresh for every job."""
+        may measure on the engine an earlier job loaded, after :meth:`reconfigure` (``reuse_engine``; asked only
+        of jobs whose engine runs in llem's own processes, never behind a server). None, the default: this engine
+        is loaded afresh for every job."""
         return None
 
     @classmethod

@@ -286,7 +286,7 @@ class PyTorchEngine(Engine):
         """One process: the model, its seed (random weights) and every backend key; with a compiled or static
         decode, the shapes it was built at (batch, lengths) too. Data parallel replicas are built per job."""
         b = config.backend
-        if config.server.mode != "none" or b.num_processes > 1:
+        if b.num_processes > 1:
             return None
         shaped = b.torch_compile != "off" or b.cache_implementation == "static" or b.decode_loop == "llem"
         shapes = (config.batch, config.input_len, config.output_len_max, config.warmup.output_len) if shaped else None

@@ -163,8 +163,6 @@ class VllmEngine(Engine):
     def build_key(cls, config: Config) -> Optional[str]:
         """The engine's arguments less ``max_num_seqs`` (a build for a larger batch holds a smaller one: the job
         keeps only ``batch`` in flight) and ``seed`` (requests carry their own), the model, the cache root."""
-        if config.server.mode != "none":
-            return None
         kwargs = llm_kwargs(config, "", token_ids_only=True)
         for key in ("max_num_seqs", "seed", "model"):
             kwargs.pop(key, None)

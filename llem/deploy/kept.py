@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from llem.deploy import floors
-from llem.deploy.held import Held, Resident, Running
+from llem.deploy.held import Held, Resident
 from llem.deploy.local import Local, row_after
 from llem.deploy.process import (
     STOP_GRACE_S,
+    Running,
     died,
     exit_now,
     log_file,

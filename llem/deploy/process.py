@@ -21,10 +21,10 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
-from llem.deploy.held import Held, Running
 from llem.results.row import Stage
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,18 @@ class Interrupted(BaseException):
     def __init__(self, signal_name: str, job_dir: Optional[Path], stage: Optional[Stage]) -> None:
         super().__init__(f"{signal_name} during {stage.value if stage else 'the job'} of {job_dir}")
         self.signal_name, self.job_dir, self.stage = signal_name, job_dir, stage
+
+
+@dataclass
+class Running:
+    """The measurement process of the job in progress and its shared stage index: the driver's ``Held.running``,
+    which an interrupt stops first."""
+
+    proc: Any
+    stage: Any
+
+    def stop(self) -> None:
+        stop(self.proc)
 
 
 def stop(proc: Any) -> None:
@@ -57,7 +69,7 @@ def stop(proc: Any) -> None:
 
 
 @contextmanager
-def interruptible(job_dir: Path, held: Held) -> Iterator[None]:
+def interruptible(job_dir: Path, held: Any) -> Iterator[None]:
     """While a job runs, SIGINT and SIGTERM stop its measurement process (``held.running``) and raise
     Interrupted."""
     def handler(signum, frame) -> None:
@@ -182,7 +194,7 @@ class Started:
         self.proc, self.conn, self.stage = proc, conn, stage
 
 
-def start_isolated(config, device: str, preload: bool, held: Held) -> Started:
+def start_isolated(config, device: str, preload: bool, held: Any) -> Started:
     """Spawn the job's measurement process now; with ``preload`` it imports the engine at once, while the
     parent meters the device-idle floor. :func:`measure_isolated` gives it the job."""
     proc, conn, stage = spawn(_child, "llem-measure", lambda conn, stage: (
@@ -203,7 +215,7 @@ def spawn(target, name: str, args) -> Tuple[Any, Any, Any]:
     return proc, parent_conn, stage
 
 
-def abandon(started: Optional[Started], held: Held) -> None:
+def abandon(started: Optional[Started], held: Any) -> None:
     """Stop a measurement process started ahead of a job that will not run (its floor failed)."""
     if started is None:
         return
@@ -218,7 +230,7 @@ def abandon(started: Optional[Started], held: Held) -> None:
     held.running = None
 
 
-def measure_isolated(config, job_dir: Path, device: str, idle, held: Held, endpoint=None,
+def measure_isolated(config, job_dir: Path, device: str, idle, held: Any, endpoint=None,
                      started: Optional[Started] = None) -> Optional[Tuple[str, Stage]]:
     """Run the experiment in a spawned process (``started`` ahead, or now); return (why it died, stage), or
     None if it exited cleanly."""

@@ -2,9 +2,9 @@
 
 A fresh process per job pays the engine's build every time (a vLLM job of the H200: ~40 s of start-up
 with the compile cache hit, for a 10 s window). With ``reuse_engine=true`` (the default) the driver
-keeps the measurement process (llem.deploy.kept), and the engine loaded in it, after a job that ended ok; the next job
-measures on it when its engine's :meth:`~llem.backends.base.Engine.build_key` is the same and the
-build holds its batch. Any other job stops the kept process first (its GPU memory is freed) and
+keeps the measurement process (llem.deploy.kept), and the engine loaded in it, after a job that ended
+ok; the next job measures on it when its engine's :meth:`~llem.backends.base.Engine.build_key` is the
+same and the build holds its batch. Any other job stops the kept process first (its GPU memory is freed) and
 builds its own. The rule, its trade-off and the columns that say what a job measured on are in
 docs/sweeps.md.
 
@@ -49,15 +49,22 @@ def reuse_for(config: Any, device: str, overrides: Sequence[str]) -> Optional[Re
     a server, an engine built per job, not in a process of its own)."""
     from llem.backends import engine_class
 
-    if not config.reuse_engine or not config.isolate or config.server.mode != "none":
-        return None
-    cls = engine_class(config.backend.name)
-    key = cls.build_key(config)
+    key = _kept_key(config, device)
     if key is None:
         return None
-    key = f"{device}:{key}"
-    capacity = cls.build_capacity(config)
+    capacity = engine_class(config.backend.name).build_capacity(config)
     return Reuse(key, capacity, _largest_after(tuple(overrides), key, capacity, device))
+
+
+def _kept_key(config: Any, device: str) -> Optional[str]:
+    """The key of the kept engine a job may measure on: its engine's build key on its device; None where the
+    job cannot measure on a kept engine (reuse off, in this process, behind a server, built per job)."""
+    from llem.backends import engine_class
+
+    if not config.reuse_engine or not config.isolate or config.server.mode != "none":
+        return None
+    key = engine_class(config.backend.name).build_key(config)
+    return None if key is None else f"{device}:{key}"
 
 
 def _largest_after(overrides: Tuple[str, ...], key: str, capacity: Optional[int], device: str) -> Optional[int]:
@@ -72,13 +79,12 @@ def _largest_after(overrides: Tuple[str, ...], key: str, capacity: Optional[int]
     for later in jobs[start:start + LOOKAHEAD_JOBS]:
         try:
             cfg = compose(later)
-            cls = engine_class(cfg.backend.name)
-            later_key = cls.build_key(cfg)
+            later_key = _kept_key(cfg, device)
         except Exception:  # a job that cannot be composed fails alone; it ends the run of this build
             break
-        if later_key is None or f"{device}:{later_key}" != key or not cfg.reuse_engine:
+        if later_key != key:
             break
-        largest = max(largest, cls.build_capacity(cfg) or 0)
+        largest = max(largest, engine_class(cfg.backend.name).build_capacity(cfg) or 0)
     if largest > capacity:
         log.info("the engine is built for %d sequences in flight: later jobs of the sweep measure on it", largest)
     return largest
