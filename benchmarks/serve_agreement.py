@@ -214,6 +214,8 @@ def agree_at(overrides: List[str], rates: List[float], args, work: Path) -> List
 
     from llem.backends import engine_class, register_all
     from llem.config import conf_dir, to_config
+    from llem.deploy.held import Held
+    from llem.deploy.server_process import launch
     from llem.energy.nvml import visible_uuids
     from llem.serving import server
 
@@ -221,14 +223,15 @@ def agree_at(overrides: List[str], rates: List[float], args, work: Path) -> List
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         config = to_config(compose("config", overrides=[*overrides, "server=launch"]))
-    engine = engine_class(config.backend.name)(config, "cuda")
+    serving = engine_class(config.backend.name).serving(config, "cuda")
     work.mkdir(parents=True, exist_ok=True)
     gpus = visible_uuids(engine_class(config.backend.name).gpus_required(config.backend))
-    endpoint = server.launch(engine, config, work, gpus)
+    held = Held()
+    endpoint = launch(serving, config, work, gpus, held)
     lines: List[str] = []
     try:
         model = server.check_external(endpoint.url)[0]
-        tokenizer = str(engine.served_model(Path(config.cache_dir))) if config.model.weights.value == "random" \
+        tokenizer = str(serving.served_model(Path(config.cache_dir))) if config.model.weights.value == "random" \
             else (config.model.tokenizer or config.model.hf_id)
         for rate in rates:
             tag = f"rate{rate:g}"
@@ -269,7 +272,7 @@ def agree_at(overrides: List[str], rates: List[float], args, work: Path) -> List
                          f"{mine['TTFT mean ms'] / ref['TTFT mean ms']:.4f} | "
                          f"{_versus(mine, ref, 'ITL p50 ms', '.3f')} | {own['llem']} | {own['bench']} |")
     finally:
-        server.stop()
+        held.release()
     return lines
 
 

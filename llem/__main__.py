@@ -59,13 +59,9 @@ def _register_sweeper() -> None:
     plugins.register(LlemSweeper)
 
 
-def _leave_no_orphans() -> None:
+def _leave_no_orphans(held) -> None:
     """Before exiting: stop what llem still runs and reap it (a process llem leaves is PID 1's to reap)."""
-    from llem.measure_process import stop_kept
-    from llem.serving.server import stop
-
-    stop()
-    stop_kept()
+    held.stop_all()
     reaper.reap_adopted()
     reaper.stop_resource_tracker()
 
@@ -84,23 +80,24 @@ def main() -> None:
 
     from llem.backends import register_all
     from llem.config import conf_dir
+    from llem.deploy.held import Held
+    from llem.deploy.process import Interrupted
     from llem.help import register_resolvers
-    from llem.measure_process import Interrupted
 
     register_all()
     register_resolvers()
     _register_sweeper()
     failed = []
+    held = Held()  # what outlives a job (a kept engine, a running server): the driver's, handed to every job
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def app(cfg):
         from llem import job
-        from llem.serving.server import Servers
 
         try:
-            row, value = job.run(cfg)
+            row, value = job.run(cfg, held)
         finally:
-            reaper.reap_adopted(Servers.owned_pids())  # orphans of this job's processes
+            reaper.reap_adopted(held.pids())  # orphans of this job's processes
         if row.get("status") not in OK_STATUSES:
             failed.append(row)
         return value
@@ -113,13 +110,13 @@ def main() -> None:
     try:
         app()
     except Interrupted as exc:
-        _leave_no_orphans()
+        _leave_no_orphans(held)
         where = (f"during {exc.stage.value if exc.stage else 'the job'} of {exc.job_dir}: the measurement was "
                  "stopped and no result was written for it" if exc.job_dir else "between jobs")
         print(f"llem: interrupted by {exc.signal_name} {where}. Run the same command again to resume (finished "
               "jobs are skipped).", file=sys.stderr)
         sys.exit(130 if exc.signal_name == "SIGINT" else 143)
-    _leave_no_orphans()
+    _leave_no_orphans(held)
     from llem.sweep import SweepSummary
 
     if failed or SweepSummary.failures:

@@ -88,3 +88,16 @@ def resolver(*, _root_: Any) -> str:
     overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []
     exclude = OmegaConf.select(_root_, "hydra.job.config.override_dirname.exclude_keys", default=None) or []
     return job_dirname(list(overrides), list(exclude))
+
+
+def sweep_job_dirname(config: Any, overrides: List[str]) -> str:
+    """The dir name Hydra gives a sweep job with these overrides, when ``hydra.sweep.subdir`` is llem's
+    default (llem.dirnames) or Hydra's override_dirname; else a name from the overrides' hash."""
+    subdir = config.hydra.sweep._get_node("subdir")._value()
+    opts = config.hydra.job.config.override_dirname
+    if subdir == SUBDIR:
+        return job_dirname(overrides, opts.exclude_keys)
+    if subdir == "${hydra.job.override_dirname}":
+        lines = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in opts.exclude_keys)
+        return opts.item_sep.join(lines).replace("=", opts.kv_sep)
+    return "invalid-" + hashlib.sha256("\0".join(overrides).encode()).hexdigest()[:12]

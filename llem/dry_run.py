@@ -1,10 +1,10 @@
 """``dry_run=true``: validate a job as a real run would, say what would happen, run nothing.
 
 With ``-m`` every job of the sweep is checked: its config (types, ranges, the engine's own
-checks that need no import of the engine), then the real run's check stage (:func:`llem.job.check_job`:
-its devices, the engine's packages and where pretrained weights would come from, or that an external
-server answers at ``server.url``), and whether a successful result with the same ``config_hash`` is
-already in its dir (the job would be skipped).
+checks that need no import of the engine), then the real run's check stage (its deployment's
+:meth:`~llem.deploy.base.Deployment.check`: its devices, the engine's packages and where pretrained weights
+would come from, or that an external server answers at ``server.url``), and whether a successful result
+with the same ``config_hash`` is already in its dir (the job would be skipped).
 Nothing is written: the job dir Hydra made for the check is removed again when it is empty.
 """
 
@@ -28,7 +28,8 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from llem.backends import engine_class
-    from llem.job import check_job, resolve_device
+    from llem.deploy.choose import pick, place_of
+    from llem.deploy.held import Held
 
     overrides = " ".join(HydraConfig.get().overrides.task) or "(defaults)"
     try:
@@ -36,8 +37,9 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         engine = engine_class(config.backend.name)
         engine.validate_config(config)
         validate.check(config)
-        device, problem = resolve_device(config)
-        check_job(config, device, problem)  # the real run's check stage
+        place = place_of(config, config_hash(config), job_dir)
+        pick(place, Held()).check()  # the real run's check stage, where its engine would run
+        device = place.device
         instance = engine(config, device)
         m = config.measure
         plan = sizing.plan(config.dataset.num_requests, m.waves, m.min_window_s, m.max_requests,

@@ -110,15 +110,16 @@ class Experiment:
         outcome = Outcome(config_hash=config_hash(cfg),
                           started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         engine_cls = engine_class(cfg.backend.name)
-        if self.held is not None:
+        if self.endpoint is not None:  # the server serves; the engine's serving part says how to ask it
+            from llem.serving.client import ServerEngine
+
+            extras = engine_cls.serving(cfg, self.device).request_extras
+            engine = ServerEngine(cfg, self.device, self.endpoint, extras)
+        elif self.held is not None:
             (engine := self.held.engine).reconfigure(cfg)
         else:
             engine = engine_cls(cfg, self.device)
             engine.build_for = self.keep[0] if self.keep else None
-        if self.endpoint is not None:  # the server serves; the engine's class says how to ask it
-            from llem.serving.client import ServerEngine
-
-            engine = ServerEngine(cfg, self.device, self.endpoint, engine.request_extras)
         gpus, warns, reason = metered_gpus(cfg, engine_cls, self.device)
         self.warnings.extend(warns)
         sampler = Sampler(gpus, cfg.energy.sample_interval_ms / 1000.0)

@@ -19,10 +19,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from llem.dirnames import sweep_job_dirname
 from llem.locks import SWEEP_LOCK, holder, try_lock
+from llem.outcome import OUTCOME
 
 log = logging.getLogger(__name__)
-OUTCOME = "outcome.txt"
 
 
 class SweepSummary(Callback):
@@ -86,11 +87,6 @@ class SweepSummary(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from llem.measure_process import stop_kept
-        from llem.serving.server import stop
-
-        stop()  # the server the last jobs shared (server=launch), if one runs
-        stop_kept()  # the engine the last jobs measured on (reuse_engine), if one is kept
         sweep = Path(config.hydra.sweep.dir)
         if self.dry_run:
             self._remove_dry_run_files(sweep)
@@ -220,18 +216,37 @@ def job_outcome(job_return: Any, since: float) -> Tuple[str, Optional[float]]:
 
 def expected_skips(config: DictConfig, jobs: Sequence[Sequence[str]]) -> List[int]:
     """Indices of the jobs whose dir already ended ok or skipped: a rerun resumes them by skipping."""
-    from llem.job import job_dirname
-
     sweep = Path(config.hydra.sweep.dir)
     found = []
     for index, overrides in enumerate(jobs):
         try:
-            outcome = (sweep / job_dirname(config, list(overrides)) / OUTCOME).read_text().strip()
+            outcome = (sweep / sweep_job_dirname(config, list(overrides)) / OUTCOME).read_text().strip()
         except (OSError, ValueError):
             continue
         if outcome in ("ok", "skipped"):
             found.append(index)
     return found
+
+
+def fail_uncomposable(config: DictConfig, overrides: List[str], exc: Exception) -> None:
+    """A sweep job whose config cannot be composed: a failed row in its own dir, and the sweep goes on."""
+    job_dir = Path(config.hydra.sweep.dir) / sweep_job_dirname(config, overrides)
+    error = " ".join(str(exc).split())  # Hydra's message, on one line
+    SweepSummary.failures += 1
+    if config.get("dry_run"):
+        log.info("dry run: %s → invalid: %s", " ".join(overrides), error)
+        return
+    log.error("job %s: its config cannot be composed: %s (failed alone; the sweep goes on)", " ".join(overrides),
+              error)
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as write_error:
+        log.error("no result written for it: %s", write_error)
+        return
+    from llem.outcome import record_failure
+    from llem.results.row import Stage
+
+    record_failure(job_dir, error, type(exc).__name__, Stage.config, warnings=[f"overrides: {' '.join(overrides)}"])
 
 
 def _by_error(failed: List[Path]) -> Dict[str, List[str]]:

@@ -82,11 +82,11 @@ def test_vllm_serve_command(compose_cfg, tmp_path):
                                     "model.dtype=bfloat16", "server=launch", f"cache_dir={tmp_path}",
                                     "+backend.engine_args.kv_cache_dtype=fp8",
                                     "+backend.engine_args.compilation_config={level: 3}"]))
-    engine = VllmEngine(config, "cuda")
-    folder = engine.served_model(tmp_path)
+    serving = VllmEngine.serving(config, "cuda")
+    folder = serving.served_model(tmp_path)
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
     assert len(tokenizer["model"]["vocab"]) == config.model.architecture["vocab_size"]
-    spec = engine.server_launch(folder, "127.0.0.1", 8123)
+    spec = serving.command(folder, "127.0.0.1", 8123)
     argv = spec.argv
     assert argv[argv.index("serve") + 1] == str(folder) and spec.prompt == "token_ids" and spec.id_words
     pairs = dict(zip(argv, argv[1:]))
@@ -102,8 +102,8 @@ def test_vllm_serve_command(compose_cfg, tmp_path):
 def test_trtllm_serve_command(compose_cfg, tmp_path):
     config = to_config(compose_cfg(["backend=tensorrt", "model=tiny", "batch=16", "server=launch",
                                     f"cache_dir={tmp_path}"]))
-    engine = TensorRTEngine(config, "cuda")
-    spec = engine.server_launch(engine.served_model(tmp_path), "127.0.0.1", 8124)
+    serving = TensorRTEngine.serving(config, "cuda")
+    spec = serving.command(serving.served_model(tmp_path), "127.0.0.1", 8124)
     pairs = dict(zip(spec.argv, spec.argv[1:]))
     assert pairs["--backend"] == "pytorch" and pairs["--max_batch_size"] == "16" and pairs["--tp_size"] == "1"
     assert pairs["--max_seq_len"] == "256" and pairs["--port"] == "8124"
@@ -114,12 +114,12 @@ def test_trtllm_serve_command(compose_cfg, tmp_path):
 
 def test_transformers_serve_command(compose_cfg, tmp_path):
     config = to_config(compose_cfg(["server=launch", f"cache_dir={tmp_path}"]))
-    engine = PyTorchEngine(config, "cpu")
-    spec = engine.server_launch(Path("/m"), "127.0.0.1", 8125)
+    serving = PyTorchEngine.serving(config, "cpu")
+    spec = serving.command(Path("/m"), "127.0.0.1", 8125)
     assert spec.argv[3:5] == ["serve", "/m"] and "--continuous-batching" in spec.argv
     pairs = dict(zip(spec.argv, spec.argv[1:]))
     assert pairs["--device"] == "cpu" and pairs["--port"] == "8125" and spec.prompt == "text" and spec.id_words
-    assert json.loads(engine.request_extras(7)["generation_config"]) == {"min_new_tokens": 7}
+    assert json.loads(serving.request_extras(7)["generation_config"]) == {"min_new_tokens": 7}
 
 
 @pytest.mark.parametrize("overrides, pages", [
@@ -129,7 +129,7 @@ def test_transformers_serve_command(compose_cfg, tmp_path):
 ])
 def test_transformers_serve_kv_cache_is_sized_to_the_workload(compose_cfg, tmp_path, overrides, pages):
     config = to_config(compose_cfg(["server=launch", f"cache_dir={tmp_path}", *overrides]))
-    spec = PyTorchEngine(config, "cpu").server_launch(Path("/m"), "127.0.0.1", 8125)
+    spec = PyTorchEngine.serving(config, "cpu").command(Path("/m"), "127.0.0.1", 8125)
     assert dict(zip(spec.argv, spec.argv[1:]))["--cb-num-blocks"] == str(pages)
     assert any(f"holds {pages} pages" in w for w in spec.warnings)  # recorded in the row's warnings
 

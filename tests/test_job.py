@@ -107,19 +107,20 @@ def test_a_second_sweep_on_a_locked_dir_is_refused(tmp_path, caplog):
 def test_an_interrupt_stops_the_measurement_process_first(tmp_path, signum):
     import multiprocessing as mp
 
-    from llem import measure_process as mpr
+    from llem.deploy import process as mpr
+    from llem.deploy.held import Held
 
     ctx = mp.get_context("fork")
     child = ctx.Process(target=time.sleep, args=(60,))
     stage = ctx.RawValue("i", mpr.STAGES.index(mpr.Stage.measure))
     child.start()  # before the handler: a forked child must not inherit it (the real one is spawned)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    held = Held()
     with pytest.raises(mpr.Interrupted) as caught:
-        with mpr.interruptible(tmp_path):
-            mpr._Running.proc, mpr._Running.stage = child, stage
+        with mpr.interruptible(tmp_path, held):
+            held.running = mpr.Running(child, stage)
             threading.Timer(0.2, os.kill, (os.getpid(), signum)).start()
             child.join()  # as the parent does: blocked until the signal arrives
-    mpr._Running.proc = mpr._Running.stage = None
     assert not child.is_alive() and child.exitcode == -signal.SIGTERM
     assert caught.value.stage == mpr.Stage.measure and caught.value.signal_name == signal.Signals(signum).name
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
@@ -141,7 +142,8 @@ def test_an_uncomposable_job_gets_a_failed_row_in_the_dir_hydra_would_give_it(co
     from hydra.errors import ConfigCompositionException
 
     from llem import results
-    from llem.job import fail_uncomposable, job_dirname
+    from llem.dirnames import sweep_job_dirname as job_dirname
+    from llem.sweep import fail_uncomposable
 
     cfg = compose_cfg([])
     from omegaconf import OmegaConf, open_dict

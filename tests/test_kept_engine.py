@@ -6,7 +6,7 @@ import pandas as pd
 
 from llem.backends import engine_class
 from llem.config import to_config
-from llem.kept_engine import Reuse, SweepJobs, reuse_for
+from llem.deploy.reuse import Reuse, SweepJobs, reuse_for
 from tests.conftest import FAST, run_llem
 
 VLLM = ["backend=vllm", "model=llama3", "device=cuda"]
@@ -27,7 +27,6 @@ def test_vllm_build_key_leaves_out_batch_and_seed_only(compose_cfg):
     for change in ("model.dtype=float16", "backend.gpu_memory_utilization=0.5", "input_len=64", "output_len=64",
                    "backend.enforce_eager=true", "cache_dir=/elsewhere"):
         assert key(to_config(compose_cfg([*VLLM, change]))) != base, change
-    assert key(to_config(compose_cfg([*VLLM, "server=launch"]))) is None  # the server holds the engine
 
 
 def test_pytorch_build_key_keeps_the_shapes_a_compiled_decode_was_built_at(compose_cfg):
@@ -53,6 +52,7 @@ def test_a_build_is_sized_for_the_largest_batch_of_the_jobs_after_it(compose_cfg
     assert Reuse(first.key, 64, 64).served_by(first.key, 32) is False  # a build too small for the batch
     assert reuse_for(to_config(compose_cfg([*VLLM, "reuse_engine=false"])), "cuda", []) is None
     assert reuse_for(to_config(compose_cfg([*VLLM, "isolate=false"])), "cuda", []) is None
+    assert reuse_for(to_config(compose_cfg([*VLLM, "server=launch"])), "cuda", []) is None  # the server holds it
 
 
 def _by(rows, *keys):
@@ -109,24 +109,31 @@ def test_a_failed_job_in_the_kept_process_is_a_row_and_the_next_builds_again(tmp
 def test_a_kept_process_that_died_is_replaced(compose_cfg, tmp_path):
     """Killed between two jobs (the kernel's OOM killer, a driver fault): the next job starts a new process
     and builds again instead of writing into a dead pipe."""
-    from llem import measure_process
-    from llem.energy.idle import DeviceIdle
+    from llem.config import config_hash
+    from llem.deploy.base import JobPlace
+    from llem.deploy.held import Held
+    from llem.deploy.kept import Kept
 
     config = to_config(compose_cfg(FAST))
     reuse = reuse_for(config, "cpu", [])
-    for name in ("one", "two"):
-        (tmp_path / name).mkdir()
+    held = Held()
+
+    def job(name):
+        place = JobPlace(config, config_hash(config), tmp_path / name, "cpu", 1, sweep_dir=tmp_path)
+        place.job_dir.mkdir()
+        deployment = Kept(place, held, reuse)
+        return deployment.measure(deployment.start())
+
     try:
-        assert measure_process.measure_kept(config, tmp_path / "one", "cpu", DeviceIdle(), reuse) is None
-        assert measure_process.kept_serves(reuse)
-        first = measure_process.Kept.proc
-        first.kill()
-        first.join(60)
-        assert not measure_process.kept_serves(reuse)
-        assert measure_process.measure_kept(config, tmp_path / "two", "cpu", DeviceIdle(), reuse) is None
-        assert measure_process.Kept.proc is not first and measure_process.kept_serves(reuse)
+        assert job("one")["status"] == "ok"
+        first = held.resident
+        assert first is not None and first.alive()
+        first.proc.kill()
+        first.proc.join(60)
+        assert job("two")["status"] == "ok"
+        assert held.resident is not first and held.resident.alive() and held.engine_builds == 2
     finally:
-        measure_process.stop_kept()
+        held.stop_all()
     two = pd.read_parquet(tmp_path / "two" / "results.parquet").iloc[0]
     assert two.status == "ok" and not two.engine_reused
 

@@ -12,7 +12,7 @@ from llem.serving.server import Endpoint
 def _launch_argv(compose_cfg, tmp_path, *overrides):
     config = to_config(compose_cfg(["backend=vllm", "model=llama3", "model.weights=random", "server=launch",
                                     f"cache_dir={tmp_path}", *overrides]))
-    return VllmEngine(config, "cuda").server_launch(tmp_path, "127.0.0.1", 8000)
+    return VllmEngine.serving(config, "cuda").command(tmp_path, "127.0.0.1", 8000)
 
 
 def test_the_default_experiment_holds_the_in_process_batch(compose_cfg):
@@ -45,7 +45,7 @@ def test_trtllm_serve_without_batch_gets_no_max_batch_size(compose_cfg, tmp_path
 
 def test_transformers_serve_says_why_its_concurrency_is_unknown(compose_cfg, tmp_path):
     config = to_config(compose_cfg(["server=launch", f"cache_dir={tmp_path}"]))
-    spec = PyTorchEngine(config, "cpu").server_launch(tmp_path, "127.0.0.1", 8000)
+    spec = PyTorchEngine.serving(config, "cpu").command(tmp_path, "127.0.0.1", 8000)
     assert spec.max_in_flight is None and "no maximum batch size" in spec.max_in_flight_null_reason
     assert not [w for w in spec.warnings if "batch=" in w]  # no batch was asked for, so none is ignored
 
@@ -87,7 +87,7 @@ def _spec(**kw):
 
 
 def test_the_engines_flag_in_server_args_is_what_the_server_runs_at():
-    from llem.serving.server import _in_flight
+    from llem.deploy.server_process import _in_flight
 
     unknown = _spec(max_in_flight_null_reason="its own default")
     assert _in_flight(unknown, ["--max-num-seqs", "64"]) == {"max_in_flight": 64, "max_in_flight_null_reason": None}

@@ -14,8 +14,10 @@ import pytest
 from llem import locks
 from llem.backends.base import ServerLaunch
 from llem.config import to_config
+from llem.deploy import server_process as srv
+from llem.deploy.held import Held
 from llem.errors import ServerError
-from llem.serving import server as srv
+from llem.serving.server import alive, check_external
 
 
 def test_unreachable_url_fails_the_check_fast():
@@ -24,11 +26,11 @@ def test_unreachable_url_fails_the_check_fast():
         port = s.getsockname()[1]  # bound, not listening: connection refused
         t0 = time.monotonic()
         with pytest.raises(ServerError, match="did not answer"):
-            srv.check_external(f"http://127.0.0.1:{port}")
+            check_external(f"http://127.0.0.1:{port}")
     assert time.monotonic() - t0 < 2.0
     t0 = time.monotonic()
     with pytest.raises(ServerError):
-        srv.check_external("http://10.255.255.1:9")  # never routed: only the timeout ends it
+        check_external("http://10.255.255.1:9")  # never routed: only the timeout ends it
     assert time.monotonic() - t0 < 2.0
 
 
@@ -62,23 +64,24 @@ def test_a_port_another_llem_process_claimed_is_avoided_until_it_lets_go():
     assert chosen == port
 
 
-class _FakeEngine:
+class _FakeServing:
     def __init__(self, argv):
         self.argv = argv
 
     def served_model(self, root):
         return None
 
-    def server_launch(self, model_dir, host, port):
+    def command(self, model_dir, host, port):
         return ServerLaunch(argv=[*self.argv, "--port", str(port)])
 
 
 def test_a_server_that_fails_to_start_says_why(compose_cfg, tmp_path):
     config = to_config(compose_cfg(["server=launch", "server.startup_timeout_s=20"]))
     crash = [sys.executable, "-c", "import sys; print('CUDA out of memory while loading'); sys.exit(3)"]
+    held = Held()
     with pytest.raises(ServerError, match="(?s)exited with code 3.*CUDA out of memory") as err:
-        srv.launch(_FakeEngine(crash), config, tmp_path, [])
-    assert "CUDA out of memory" in str(err.value) and srv.Servers.current is None
+        srv.launch(_FakeServing(crash), config, tmp_path, [], held)
+    assert "CUDA out of memory" in str(err.value) and held.resident is None
 
 
 def test_servers_are_reused_by_key_and_stopped(compose_cfg, tmp_path):
@@ -87,16 +90,20 @@ def test_servers_are_reused_by_key_and_stopped(compose_cfg, tmp_path):
             "h.HTTPServer(('127.0.0.1', int(sys.argv[-1])), H).serve_forever()")
     config = to_config(compose_cfg(["server=launch", "server.port=18500"]))
     calls = []
+    held = Held()
     try:
-        first = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], lambda: calls.append(1))
-        again = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], lambda: calls.append(2))
+        first = srv.launch(_FakeServing([sys.executable, "-c", code]), config, tmp_path, [], held,
+                           lambda: calls.append(1))
+        again = srv.launch(_FakeServing([sys.executable, "-c", code]), config, tmp_path, [], held,
+                           lambda: calls.append(2))
         assert first.start_s is not None and again.reused and again.url == first.url and calls == [1]
-        other = srv.launch(_FakeEngine([sys.executable, "-c", code, "x"]), config, tmp_path, [],
+        other = srv.launch(_FakeServing([sys.executable, "-c", code, "x"]), config, tmp_path, [], held,
                            lambda: calls.append(3))
-        assert not other.reused and other.pid != first.pid and calls == [1, 3] and not srv.alive(first.pid)
+        assert not other.reused and other.pid != first.pid and calls == [1, 3] and not alive(first.pid)
+        assert held.pids() == [other.pid] and held.server_starts == 2
     finally:
-        srv.stop()
-    assert srv.Servers.current is None and not srv.alive(other.pid)
+        held.stop_all()
+    assert held.resident is None and not alive(other.pid)
 
 
 def test_a_secret_the_server_prints_never_stays_in_its_log(compose_cfg, tmp_path, monkeypatch):
@@ -107,9 +114,11 @@ def test_a_secret_the_server_prints_never_stays_in_its_log(compose_cfg, tmp_path
             "  s.send_response(200); s.end_headers(); s.wfile.write(b'{}')\n"
             "h.HTTPServer(('127.0.0.1', int(sys.argv[-1])), H).serve_forever()")
     config = to_config(compose_cfg(["server=launch", "server.port=18600"]))
+    held = Held()
     try:
-        endpoint = srv.launch(_FakeEngine([sys.executable, "-c", code]), config, tmp_path, [], log_name="server.log")
+        endpoint = srv.launch(_FakeServing([sys.executable, "-c", code]), config, tmp_path, [], held,
+                              log_name="server.log")
     finally:
-        srv.stop()
+        held.stop_all()
     text = (tmp_path / "server.log").read_text()
     assert endpoint.log_path == str(tmp_path / "server.log") and "token <HF_TOKEN>" in text and secret not in text

@@ -129,7 +129,7 @@ def test_the_sweep_callback_brings_the_job_dir_resolver_to_a_worker():
 
 @pytest.mark.slow
 def test_a_sweep_says_where_it_is_and_its_dirs_are_named_as_the_driver_expects(tmp_path):
-    from llem.job import job_dirname as driver_dirname
+    from llem.dirnames import sweep_job_dirname as driver_dirname
 
     args = ["-m", *FAST, "isolate=false", "batch=1,2,abc", "model.hf_id=org/name", "hydra.sweep.dir=sweep"]
     proc = run_llem(args, cwd=tmp_path)

@@ -311,7 +311,7 @@ def _checked(compose_cfg, llm_backend, *engine_args):
 
 
 def test_source_gives_the_fields_of_the_args_class_and_its_bases(trt_source):
-    from llem.backends.tensorrt import llm_arguments
+    from llem.backends._trt_args import llm_arguments
 
     torch_args, trt_args = llm_arguments(trt_source, "pytorch"), llm_arguments(trt_source, "trt")
     assert set(_BASE_FIELDS) <= torch_args & trt_args
@@ -355,7 +355,7 @@ def test_unreadable_source_skips_the_check(compose_cfg, tmp_path, monkeypatch, l
 def test_args_class_with_a_base_from_elsewhere_skips_the_check(compose_cfg, tmp_path, monkeypatch):
     """A base class defined in another module may add fields this reading cannot see: no check then,
     rather than rejecting a valid key."""
-    from llem.backends.tensorrt import llm_arguments
+    from llem.backends._trt_args import llm_arguments
 
     monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
     fields = "\n".join(f"    {name}: Optional[Any] = None" for name in _BASE_FIELDS)

@@ -10,7 +10,7 @@ size (one job at a time on one machine) is the config's ``max_batch_size``.
 Around each batch it logs the sweep's progress (``llem.sweep.SweepProgress``): ``job i of N`` with
 the job's overrides, the elapsed time and an estimate of the time left, then each job's outcome
 and duration. Dry runs print their own line per job instead. It also shares the grid with the jobs
-(``llem.kept_engine.SweepJobs``), so that an engine kept for the next jobs is built for all of them.
+(``llem.deploy.reuse.SweepJobs``), so that an engine kept for the next jobs is built for all of them.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class _ComposableOnly:
             try:
                 self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             except Exception as exc:
-                from llem.job import fail_uncomposable
+                from llem.sweep import fail_uncomposable
 
                 fail_uncomposable(self.config, list(overrides), exc)
                 uncomposable.append((initial_job_idx + offset, "failed (its config cannot be composed)", None))
@@ -70,8 +70,8 @@ class _ComposableOnly:
 
     def _share_grid(self) -> None:
         """The whole grid, and how to type one job's config, for a job that builds an engine the jobs after it
-        can measure on (llem.kept_engine: a build is sized for the largest batch among them)."""
-        from llem.kept_engine import SweepJobs
+        can measure on (llem.deploy.reuse: a build is sized for the largest batch among them)."""
+        from llem.deploy.reuse import SweepJobs
 
         jobs = [tuple(job) for batch in self.sweeper.overrides or [] for job in batch]
         if SweepJobs.jobs == jobs:

@@ -67,6 +67,40 @@ class ServerLaunch:
     warnings: List[str] = field(default_factory=list)  # what the server does not take of the job's settings
 
 
+class Serving:
+    """The serving part of an engine, for one config: how its own OpenAI-compatible server is started
+    (``server=launch``) and what a completion request to any server needs (launch or external). It is made
+    from the config alone (:meth:`Engine.serving`): the job's parent and the HTTP client never build the
+    engine. The defaults: no server of its own; requests ask for exactly ``output_len`` tokens."""
+
+    def __init__(self, config: Config, device: str) -> None:
+        self.config = config
+        self.backend = config.backend
+        self.device = device  # "cpu" or "cuda"
+        self.name = config.backend.name
+
+    def check(self) -> None:
+        """Before anything is written or started: raise EngineUnavailable where this engine's server cannot
+        run here (a missing package), cheaply."""
+
+    def served_model(self, root: Path) -> Optional[Path]:
+        """A model directory the server can load (random weights: written under ``root`` once), or None
+        to serve ``model.hf_id``. Runs in the job's parent, which never opens a CUDA context."""
+        return None
+
+    def command(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
+        """The engine's own OpenAI-compatible server for this config; ``model_dir`` is what
+        :meth:`served_model` prepared. Raise EngineUnavailable where the engine has none."""
+        from llem.errors import EngineUnavailable
+
+        raise EngineUnavailable(f"backend={self.name} has no OpenAI-compatible server in llem: use server=none")
+
+    def request_extras(self, output_len: int) -> Dict[str, Any]:
+        """Keys this engine's server needs in a completion request to generate exactly ``output_len``
+        tokens (EOS ignored)."""
+        return {"ignore_eos": True, "min_tokens": output_len}
+
+
 class Engine(ABC):
     """One inference engine behind llem's measurement protocol."""
 
@@ -80,6 +114,7 @@ class Engine(ABC):
     # for it is refused before anything loads, with this reason and what to use instead).
     no_arrivals: ClassVar[Optional[str]] = "it submits every request at once"
     no_natural_lengths: ClassVar[Optional[str]] = "it generates the same length for every request"
+    serving_class: ClassVar[Type[Serving]] = Serving  # its server and how to ask it (no server by default)
 
     def __init__(self, config: Config, device: str) -> None:
         self.config = config
@@ -111,6 +146,11 @@ class Engine(ABC):
                               f"{cls.no_natural_lengths}. Use {server}, or a fixed output_len")
 
     @classmethod
+    def serving(cls, config: Config, device: str) -> Serving:
+        """The serving part for this config (:class:`Serving`), without building the engine."""
+        return cls.serving_class(config, device)
+
+    @classmethod
     def gpus_required(cls, backend: Any) -> int:
         """How many of the visible GPUs one job uses, from its backend config (typed or a DictConfig:
         launchers ask before the config is typed, to size a SLURM task)."""
@@ -119,8 +159,9 @@ class Engine(ABC):
     @classmethod
     def build_key(cls, config: Config) -> Optional[str]:
         """What a loaded engine depends on, as text (:func:`build_text`): a later job of a sweep with the same key
-        may measure on the engine an earlier job loaded, after :meth:`reconfigure` (``reuse_engine``). None, the
-        default: this engine is loaded afresh for every job."""
+        may measure on the engine an earlier job loaded, after :meth:`reconfigure` (``reuse_engine``; asked only
+        of jobs whose engine runs in llem's own processes, never behind a server). None, the default: this engine
+        is loaded afresh for every job."""
         return None
 
     @classmethod
@@ -158,27 +199,6 @@ class Engine(ABC):
                  ) -> List[RequestResult]:
         """Generate exactly ``output_len`` tokens for every request (None: each request's own
         ``output_len``), each submitted at its ``arrival_s`` (None: at once); one result per request."""
-
-    def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
-        """The engine's own OpenAI-compatible server for this config (``server=launch``); ``model_dir``
-        is what :meth:`served_model` prepared. Raise EngineUnavailable where the engine has none."""
-        from llem.errors import EngineUnavailable
-
-        raise EngineUnavailable(f"backend={self.name} has no OpenAI-compatible server in llem: use server=none")
-
-    def server_check(self) -> None:
-        """Before anything is written or started: raise EngineUnavailable where this engine's server cannot
-        run here (a missing package), cheaply."""
-
-    def served_model(self, root: Path) -> Optional[Path]:
-        """A model directory the server can load (random weights: written under ``root`` once), or None
-        to serve ``model.hf_id``. Runs in the job's parent, which never opens a CUDA context."""
-        return None
-
-    def request_extras(self, output_len: int) -> Dict[str, Any]:
-        """Keys this engine's server needs in a completion request to generate exactly ``output_len``
-        tokens (EOS ignored)."""
-        return {"ignore_eos": True, "min_tokens": output_len}
 
     def synchronize(self) -> None:
         """Wait until all queued device work has finished (measurement window edges)."""

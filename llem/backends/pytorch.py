@@ -22,7 +22,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from llem.backends._serve_cache import cache_args
 from llem.backends._torch_runner import PyTorchResolved
-from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, WorkCounts, build_text, installed
+from llem.backends.base import (
+    CompileCache,
+    Engine,
+    EngineInfo,
+    ServerLaunch,
+    Serving,
+    WorkCounts,
+    build_text,
+    installed,
+)
 from llem.config import BackendConfig, Config, _require
 from llem.environment import package_version
 from llem.errors import ConfigError, EngineUnavailable
@@ -130,6 +139,69 @@ _RESERVED_GENERATE = {
 }
 
 
+def _compile_cache(backend: Any, root: Path) -> CompileCache:
+    """With backend.torch_compile: Inductor's FX-graph and AOTAutograd caches (the hit/miss signal) and
+    Triton's kernels under the root; nothing is compiled otherwise."""
+    if backend.torch_compile == "off":
+        return CompileCache()
+    inductor = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or root / "inductor").expanduser()
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "TRITON_CACHE_DIR": str(root / "triton")}
+    return CompileCache(env=env, artifacts=[str(inductor / "fxgraph" / "**" / "*"),
+                                            str(inductor / "aotautograd" / "**" / "*")])
+
+
+class PyTorchServing(Serving):
+    """``transformers serve --continuous-batching``: text prompts only, no maximum batch size."""
+
+    def check(self) -> None:
+        missing = [name for name in ("transformers", "fastapi", "uvicorn") if not installed(name)]
+        if missing:
+            raise EngineUnavailable(f"transformers serve needs {', '.join(missing)}: "
+                                    + install_hint("serving-pytorch"))
+
+    def served_model(self, root: Path) -> Optional[Path]:
+        """Random weights: a seeded random checkpoint with llem's id-word tokenizer (written once)."""
+        from llem.config import Weights
+
+        m = self.config.model
+        if m.weights != Weights.random:
+            return None
+        from llem.backends._served_model import random_checkpoint
+
+        return random_checkpoint(m.architecture, m.dtype.value, self.config.seed, root)
+
+    def command(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
+        """``transformers serve MODEL --continuous-batching`` on the job's device (it takes text prompts only;
+        it has no maximum batch size: ``batch`` sizes its KV cache, ``llem/backends/_serve_cache.py``)."""
+        import sys
+
+        b, cfg = self.backend, self.config
+        argv = [sys.executable, "-m", "transformers.cli.transformers", "serve",
+                str(model_dir) if model_dir else cfg.model.hf_id, "--continuous-batching",
+                "--device", "cuda:0" if self.device == "cuda" else "cpu", "--dtype", cfg.model.dtype.value,
+                "--attn-implementation", b.attn_implementation, "--host", host, "--port", str(port)]
+        if b.torch_compile != "off":
+            argv.append("--compile")
+        if cfg.model.trust_remote_code:
+            argv.append("--trust-remote-code")
+        cache, sized = cache_args(cfg)  # its KV cache sized to the workload, not to the host's free memory
+        argv += cache
+        env = dict(_compile_cache(b, Path(cfg.cache_dir).expanduser()).env)
+        warnings = [sized]
+        if cfg.batch:
+            warnings.append(f"transformers serve takes no maximum batch size: batch={cfg.batch} does not bound how "
+                            "many requests it runs at once (load.max_concurrency does, from the client)")
+        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None, warnings=warnings,
+                            max_in_flight_null_reason="transformers serve --continuous-batching has no maximum "
+                            "batch size: its KV cache bounds how many requests it runs at once")
+
+    def request_extras(self, output_len: int) -> Dict[str, Any]:
+        """transformers serve has no ignore_eos: a generation config with min_new_tokens does it."""
+        import json
+
+        return {"generation_config": json.dumps({"min_new_tokens": output_len})}
+
+
 class PyTorchEngine(Engine):
     name = "pytorch"
     config_class = PyTorchConfig
@@ -138,6 +210,7 @@ class PyTorchEngine(Engine):
     reserved_args = _RESERVED
     no_arrivals = None  # static batches of what has arrived (one process; data parallel refuses a rate)
     no_natural_lengths = None  # a batch runs to its longest request; each keeps its own length
+    serving_class = PyTorchServing
 
     def __init__(self, config: Config, device: str) -> None:
         super().__init__(config, device)
@@ -173,14 +246,7 @@ class PyTorchEngine(Engine):
         return int(backend.num_processes) * int(backend.gpus_per_process)
 
     def compile_cache(self, root: Path) -> CompileCache:
-        """With backend.torch_compile: Inductor's FX-graph and AOTAutograd caches (the hit/miss signal) and
-        Triton's kernels under the root; nothing is compiled otherwise."""
-        if self.backend.torch_compile == "off":
-            return CompileCache()
-        inductor = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or root / "inductor").expanduser()
-        env = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "TRITON_CACHE_DIR": str(root / "triton")}
-        return CompileCache(env=env, artifacts=[str(inductor / "fxgraph" / "**" / "*"),
-                                                str(inductor / "aotautograd" / "**" / "*")])
+        return _compile_cache(self.backend, root)
 
     def check(self) -> None:
         """Cheap checks only (no import of torch or transformers: importing them and creating the CUDA
@@ -215,62 +281,13 @@ class PyTorchEngine(Engine):
             raise EngineUnavailable(
                 f"backend.quantization.method={b.quantization.method} needs bitsandbytes: pip install bitsandbytes")
 
-    # -- server ---------------------------------------------------------------------------
-    def server_check(self) -> None:
-        missing = [name for name in ("transformers", "fastapi", "uvicorn") if not installed(name)]
-        if missing:
-            raise EngineUnavailable(f"transformers serve needs {', '.join(missing)}: "
-                                    + install_hint("serving-pytorch"))
-
-    def served_model(self, root: Path) -> Optional[Path]:
-        """Random weights: a seeded random checkpoint with llem's id-word tokenizer (written once)."""
-        from llem.config import Weights
-
-        m = self.config.model
-        if m.weights != Weights.random:
-            return None
-        from llem.backends._served_model import random_checkpoint
-
-        return random_checkpoint(m.architecture, m.dtype.value, self.config.seed, root)
-
-    def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
-        """``transformers serve MODEL --continuous-batching`` on the job's device (it takes text prompts only;
-        it has no maximum batch size: ``batch`` sizes its KV cache, ``llem/backends/_serve_cache.py``)."""
-        import sys
-
-        b, cfg = self.backend, self.config
-        argv = [sys.executable, "-m", "transformers.cli.transformers", "serve",
-                str(model_dir) if model_dir else cfg.model.hf_id, "--continuous-batching",
-                "--device", "cuda:0" if self.device == "cuda" else "cpu", "--dtype", cfg.model.dtype.value,
-                "--attn-implementation", b.attn_implementation, "--host", host, "--port", str(port)]
-        if b.torch_compile != "off":
-            argv.append("--compile")
-        if cfg.model.trust_remote_code:
-            argv.append("--trust-remote-code")
-        cache, sized = cache_args(cfg)  # its KV cache sized to the workload, not to the host's free memory
-        argv += cache
-        env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
-        warnings = [sized]
-        if cfg.batch:
-            warnings.append(f"transformers serve takes no maximum batch size: batch={cfg.batch} does not bound how "
-                            "many requests it runs at once (load.max_concurrency does, from the client)")
-        return ServerLaunch(argv=argv, env=env, prompt="text", id_words=model_dir is not None, warnings=warnings,
-                            max_in_flight_null_reason="transformers serve --continuous-batching has no maximum "
-                            "batch size: its KV cache bounds how many requests it runs at once")
-
-    def request_extras(self, output_len: int) -> Dict[str, Any]:
-        """transformers serve has no ignore_eos: a generation config with min_new_tokens does it."""
-        import json
-
-        return {"generation_config": json.dumps({"min_new_tokens": output_len})}
-
     # -- load / generate ------------------------------------------------------------------
     @classmethod
     def build_key(cls, config: Config) -> Optional[str]:
         """One process: the model, its seed (random weights) and every backend key; with a compiled or static
         decode, the shapes it was built at (batch, lengths) too. Data parallel replicas are built per job."""
         b = config.backend
-        if config.server.mode != "none" or b.num_processes > 1:
+        if b.num_processes > 1:
             return None
         shaped = b.torch_compile != "off" or b.cache_implementation == "static" or b.decode_loop == "llem"
         shapes = (config.batch, config.input_len, config.output_len_max, config.warmup.output_len) if shaped else None

@@ -53,30 +53,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.backends._engine_args import check_engine_args, package_dir
 from llem.backends._hf_model import count_parameters, shared_dummy_model
 from llem.backends._trt_args import (
-    ARGS_CLASSES,
     KV_CACHE_ALGOS,
     QUANT_ALGOS,
     RESERVED,
     cache_key,
-    llm_arguments,
     llm_kwargs,
-    serve_argv,
     to_api,
 )
-from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, installed
+from llem.backends._trt_serve import TensorRTServing, caches, check_setup
+from llem.backends.base import CompileCache, Engine, EngineInfo
 from llem.config import BackendConfig, Config, Weights
-from llem.environment import package_version
-from llem.errors import ConfigError, DeviceError, EngineUnavailable
-from llem.install import install_hint
+from llem.errors import ConfigError
 from llem.records import Progress, Request, RequestResult, now
 from llem.workload import special_token_ids
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = install_hint("tensorrt") + " (or use docker/Dockerfile.tensorrt, NVIDIA's release image)"
 WEIGHT_PRECISION = {"fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4", "w8a16": "int8", "w4a16": "int4",
                     "w4a16_awq": "int4", "w8a8_sq": "int8"}
 
@@ -137,6 +131,7 @@ class TensorRTEngine(Engine):
     reserved_args = RESERVED
     no_arrivals = None  # generate_async at each request's arrival time
     no_natural_lengths = None  # SamplingParams per request
+    serving_class = TensorRTServing
 
     @classmethod
     def validate_config(cls, config: Config) -> None:
@@ -150,24 +145,7 @@ class TensorRTEngine(Engine):
         return int(backend.tensor_parallel_size) * int(backend.pipeline_parallel_size)
 
     def check(self) -> None:
-        if not installed("tensorrt_llm"):  # no import: that is start-up, timed in load
-            raise EngineUnavailable(f"backend=tensorrt needs tensorrt_llm, which is not installed: {INSTALL_HINT}")
-        if self.device != "cuda":
-            raise DeviceError("backend=tensorrt runs on GPUs only: use device=cuda (or auto on a GPU machine)")
-        self._check_engine_args()
-
-    def _check_engine_args(self) -> None:
-        """An engine_args key LLM does not take fails here, named as llem's key, instead of in load inside
-        TensorRT-LLM (its argument set is read from tensorrt_llm's source: importing it is start-up)."""
-        b = self.backend
-        if not b.engine_args:
-            return
-        package = package_dir("tensorrt_llm")
-        known = llm_arguments(package, b.llm_backend) if package is not None else frozenset()
-        llm = "tensorrt_llm._tensorrt_engine.LLM" if b.llm_backend == "trt" else "tensorrt_llm.LLM"
-        version = package_version("tensorrt_llm") or "version unknown"
-        target = f"{llm} ({ARGS_CLASSES[b.llm_backend]}, TensorRT-LLM {version})"
-        check_engine_args(b.engine_args, known, target, package)
+        check_setup(self.backend, self.device)
 
     def load(self) -> None:
         import tensorrt_llm
@@ -190,13 +168,7 @@ class TensorRTEngine(Engine):
             self.llm = tensorrt_llm.LLM(**to_api(self.kwargs, llmapi))
 
     def compile_cache(self, root: Path) -> CompileCache:
-        """Built TensorRT engines (llm_backend=trt: the hit/miss signal), and Triton's and Inductor's
-        kernels, under the root."""
-        env = {"TRITON_CACHE_DIR": str(root / "triton"), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor")}
-        if self.backend.llm_backend != "trt":
-            return CompileCache(env=env)
-        engines = Path(self.backend.engine_cache_dir or root / "trt").expanduser()
-        return CompileCache(env=env, artifacts=[str(engines / "*" / "*")])
+        return caches(self.backend, root)
 
     def _cached_build(self, llm_class, llmapi):
         """The TensorRT backend's engine: from the cache when built before with the same settings,
@@ -291,28 +263,6 @@ class TensorRTEngine(Engine):
 
         asyncio.run(run())
         return [t.result() for t in tracks]
-
-    def server_check(self) -> None:
-        self.check()  # trtllm-serve needs what the engine needs
-
-    def served_model(self, root: Path) -> Optional[Path]:
-        """Random weights: the dummy model dir (config.json) with llem's id-word tokenizer beside it."""
-        from llem.backends._served_model import dummy_model_dir
-
-        return dummy_model_dir(self.config.model, root)
-
-    def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
-        """``trtllm-serve MODEL`` with its documented flags; the other LLM arguments (load_format, KV-cache and
-        quantisation configs, engine_args) in the YAML file ``--extra_llm_api_options`` reads. With ``batch``
-        null no ``--max_batch_size``: the server runs at its own default."""
-        cfg = self.config
-        argv = serve_argv(cfg, str(model_dir) if model_dir else cfg.model.hf_id, host, port)
-        env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
-        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None,
-                            max_in_flight=cfg.batch, in_flight_flag="--max_batch_size",
-                            max_in_flight_null_reason=None if cfg.batch else (
-                                "batch is null: trtllm-serve ran at its own default max_batch_size, which llem "
-                                "does not read back"))
 
     def synchronize(self) -> None:
         pass  # generate returns when every request's last token is on the host

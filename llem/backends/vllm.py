@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from llem.backends._engine_args import check_engine_args, package_dir
 from llem.backends._hf_model import count_parameters, shared_dummy_model
 from llem.backends._vllm_args import RESERVED, cli_flags, llm_arguments, llm_kwargs
-from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, build_text, installed
+from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, Serving, build_text, installed
 from llem.config import BackendConfig, Config, Weights
 from llem.environment import package_version
 from llem.errors import ConfigError, DeviceError, EngineUnavailable
@@ -80,6 +80,72 @@ class VllmResolved:
     num_gpu_blocks: Optional[int] = field(default=None, metadata={"meaning": "KV-cache blocks vLLM allocated"})
 
 
+def _check(backend: Any, device: str) -> None:
+    """The engine's (and ``vllm serve``'s) cheap check: vLLM installed, a GPU, engine_args it takes."""
+    if not installed("vllm"):  # no import: that is start-up, timed in load
+        raise EngineUnavailable(f"backend=vllm needs vLLM, which is not installed: {install_hint('vllm')} "
+                                "(GPUs only)")
+    if device != "cuda":
+        raise DeviceError("backend=vllm runs on GPUs only: use device=cuda (or auto on a GPU machine)")
+    if not backend.engine_args:
+        return
+    # an engine_args key vllm.LLM does not take fails here, named as llem's key, instead of in load inside
+    # vLLM (its argument set is read from vllm's source: importing vllm is start-up)
+    package = package_dir("vllm")
+    known = llm_arguments(package) if package is not None else frozenset()
+    version = package_version("vllm") or "version unknown"
+    check_engine_args(backend.engine_args, known, f"vllm.LLM (vLLM {version})", package)
+
+
+def _compile_cache(backend: Any, root: Path) -> CompileCache:
+    """vLLM's torch.compile cache (its AOT artifacts and Inductor graphs: the hit/miss signal), Triton's
+    kernels, Inductor's and FlashInfer's JIT caches, all under the root; none with enforce_eager."""
+    env = {"VLLM_CACHE_ROOT": str(root / "vllm"), "TRITON_CACHE_DIR": str(root / "triton"),
+           "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "FLASHINFER_WORKSPACE_BASE": str(root / "flashinfer")}
+    if backend.enforce_eager:
+        return CompileCache(env=env)
+    vllm_root = Path(os.environ.get("VLLM_CACHE_ROOT") or env["VLLM_CACHE_ROOT"]).expanduser()
+    compiled = vllm_root / "torch_compile_cache"
+    return CompileCache(env=env, artifacts=[
+        str(compiled / "torch_aot_compile" / "*" / "rank_*" / "model"),
+        str(compiled / "*" / "rank_*" / "*" / "artifact_compile_range_*"),
+        str(compiled / "*" / "rank_*" / "*" / "vllm_compile_cache.py")])
+
+
+class VllmServing(Serving):
+    """``vllm serve``: what the engine needs, its engine arguments as flags."""
+
+    def check(self) -> None:
+        _check(self.backend, self.device)  # vllm serve needs what the engine needs
+
+    def served_model(self, root: Path) -> Optional[Path]:
+        """Random weights: the dummy model dir (config.json) with llem's id-word tokenizer beside it."""
+        from llem.backends._served_model import dummy_model_dir
+
+        return dummy_model_dir(self.config.model, root)
+
+    def command(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
+        """``vllm serve`` with the job's engine arguments as its flags (``engine_args`` keys in kebab case);
+        with ``batch`` null no ``--max-num-seqs``: the server runs at its own default."""
+        import shutil
+        import sys
+
+        cfg = self.config
+        kwargs = llm_kwargs(cfg, str(model_dir) if model_dir else cfg.model.hf_id, token_ids_only=False)
+        model = kwargs.pop("model")
+        for key in ("skip_tokenizer_init", "disable_log_stats"):
+            kwargs.pop(key, None)
+        exe = shutil.which("vllm")
+        argv = ([exe] if exe else [sys.executable, "-m", "vllm.entrypoints.cli.main"]) + ["serve", model]
+        argv += ["--host", host, "--port", str(port)] + cli_flags(kwargs)
+        env = dict(_compile_cache(self.backend, Path(cfg.cache_dir).expanduser()).env)
+        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None,
+                            max_in_flight=cfg.batch, in_flight_flag="--max-num-seqs",
+                            max_in_flight_null_reason=None if cfg.batch else (
+                                "batch is null: vllm serve chose its own max_num_seqs (by its usage context and "
+                                "the GPU's memory), which llem does not read back"))
+
+
 class VllmEngine(Engine):
     name = "vllm"
     config_class = VllmConfig
@@ -88,6 +154,7 @@ class VllmEngine(Engine):
     reserved_args = RESERVED
     no_arrivals = None  # each request is added to the engine at its arrival, between steps
     no_natural_lengths = None  # each request has its own SamplingParams
+    serving_class = VllmServing
 
     @classmethod
     def gpus_required(cls, backend: Any) -> int:
@@ -97,8 +164,6 @@ class VllmEngine(Engine):
     def build_key(cls, config: Config) -> Optional[str]:
         """The engine's arguments less ``max_num_seqs`` (a build for a larger batch holds a smaller one: the job
         keeps only ``batch`` in flight) and ``seed`` (requests carry their own), the model, the cache root."""
-        if config.server.mode != "none":
-            return None
         kwargs = llm_kwargs(config, "", token_ids_only=True)
         for key in ("max_num_seqs", "seed", "model"):
             kwargs.pop(key, None)
@@ -109,36 +174,10 @@ class VllmEngine(Engine):
         return config.batch
 
     def check(self) -> None:
-        if not installed("vllm"):  # no import: that is start-up, timed in load
-            raise EngineUnavailable(f"backend=vllm needs vLLM, which is not installed: {install_hint('vllm')} "
-                                    "(GPUs only)")
-        if self.device != "cuda":
-            raise DeviceError("backend=vllm runs on GPUs only: use device=cuda (or auto on a GPU machine)")
-        self._check_engine_args()
+        _check(self.backend, self.device)
 
     def compile_cache(self, root: Path) -> CompileCache:
-        """vLLM's torch.compile cache (its AOT artifacts and Inductor graphs: the hit/miss signal), Triton's
-        kernels, Inductor's and FlashInfer's JIT caches, all under the root; none with enforce_eager."""
-        env = {"VLLM_CACHE_ROOT": str(root / "vllm"), "TRITON_CACHE_DIR": str(root / "triton"),
-               "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "FLASHINFER_WORKSPACE_BASE": str(root / "flashinfer")}
-        if self.backend.enforce_eager:
-            return CompileCache(env=env)
-        vllm_root = Path(os.environ.get("VLLM_CACHE_ROOT") or env["VLLM_CACHE_ROOT"]).expanduser()
-        compiled = vllm_root / "torch_compile_cache"
-        return CompileCache(env=env, artifacts=[
-            str(compiled / "torch_aot_compile" / "*" / "rank_*" / "model"),
-            str(compiled / "*" / "rank_*" / "*" / "artifact_compile_range_*"),
-            str(compiled / "*" / "rank_*" / "*" / "vllm_compile_cache.py")])
-
-    def _check_engine_args(self) -> None:
-        """An engine_args key vllm.LLM does not take fails here, named as llem's key, instead of in load
-        inside vLLM (its argument set is read from vllm's source: importing vllm is start-up)."""
-        if not self.backend.engine_args:
-            return
-        package = package_dir("vllm")
-        known = llm_arguments(package) if package is not None else frozenset()
-        version = package_version("vllm") or "version unknown"
-        check_engine_args(self.backend.engine_args, known, f"vllm.LLM (vLLM {version})", package)
+        return _compile_cache(self.backend, root)
 
     @classmethod
     def preload(cls) -> None:
@@ -158,36 +197,6 @@ class VllmEngine(Engine):
             self.kwargs["max_num_seqs"] = self.build_for  # later jobs of the sweep measure larger batches on it
         self.llm = LLM(**self.kwargs)
         self._params = count_parameters(cfg)
-
-    def server_check(self) -> None:
-        self.check()  # vllm serve needs what the engine needs
-
-    def served_model(self, root: Path) -> Optional[Path]:
-        """Random weights: the dummy model dir (config.json) with llem's id-word tokenizer beside it."""
-        from llem.backends._served_model import dummy_model_dir
-
-        return dummy_model_dir(self.config.model, root)
-
-    def server_launch(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
-        """``vllm serve`` with the job's engine arguments as its flags (``engine_args`` keys in kebab case);
-        with ``batch`` null no ``--max-num-seqs``: the server runs at its own default."""
-        import shutil
-        import sys
-
-        cfg = self.config
-        kwargs = llm_kwargs(cfg, str(model_dir) if model_dir else cfg.model.hf_id, token_ids_only=False)
-        model = kwargs.pop("model")
-        for key in ("skip_tokenizer_init", "disable_log_stats"):
-            kwargs.pop(key, None)
-        exe = shutil.which("vllm")
-        argv = ([exe] if exe else [sys.executable, "-m", "vllm.entrypoints.cli.main"]) + ["serve", model]
-        argv += ["--host", host, "--port", str(port)] + cli_flags(kwargs)
-        env = dict(self.compile_cache(Path(cfg.cache_dir).expanduser()).env)
-        return ServerLaunch(argv=argv, env=env, prompt="token_ids", id_words=model_dir is not None,
-                            max_in_flight=cfg.batch, in_flight_flag="--max-num-seqs",
-                            max_in_flight_null_reason=None if cfg.batch else (
-                                "batch is null: vllm serve chose its own max_num_seqs (by its usage context and "
-                                "the GPU's memory), which llem does not read back"))
 
     def sampling_params(self, output_len: int):
         from vllm import SamplingParams

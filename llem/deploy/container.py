@@ -255,10 +255,7 @@ class InContainer(Deployment):
         why = (f"the measurement in the container exited with code {code} during {stage.value}; its last log lines "
                f"({CONTAINER_LOG}):\n{last_lines(p.job_dir / CONTAINER_LOG)}" if code != 0 else
                "the measurement in the container wrote no result")
-        try:
-            from llem.outcome import record_failure
-        except ImportError:
-            from llem.job import record_failure
+        from llem.outcome import record_failure
 
         return record_failure(p.job_dir, why, "ContainerDied", stage, config=p.config, chash=p.chash)
 

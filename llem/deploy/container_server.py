@@ -41,6 +41,8 @@ from llem.deploy.container import (
     runtime_for,
     spec_key,
 )
+from llem.deploy.local import measure_here
+from llem.deploy.server_process import _in_flight, copy_log, free_port, server_key
 from llem.energy.idle import DeviceIdle
 from llem.errors import EngineUnavailable, ServerError
 from llem.results.row import Stage
@@ -63,24 +65,6 @@ def inside_argv(argv: List[str]) -> List[str]:
     elif os.path.isabs(head):
         head = os.path.basename(head)
     return [head, *argv[1:]]
-
-
-def _serving(place: Any) -> Any:
-    """The engine's serving part for this job (built from the config alone)."""
-    cls = engine_class(place.config.backend.name)
-    if hasattr(cls, "serving"):
-        return cls.serving(place.config, place.device)
-    engine = cls(place.config, place.device)  # the engine contract before its serving part was split off
-    engine.command = engine.server_launch
-    return engine
-
-
-def _port_helpers():
-    try:
-        from llem.deploy.server_process import _in_flight, free_port, server_key
-    except ImportError:
-        from llem.serving.server import _in_flight, free_port, server_key
-    return _in_flight, free_port, server_key
 
 
 def engine_version(runtime: ContainerRuntime, name: str, package: Optional[str]) -> Dict[str, Optional[str]]:
@@ -107,10 +91,9 @@ class ContainerServer(Deployment):
 
     def start(self) -> DeviceIdle:
         p, cfg, s = self.place, self.place.config, self.place.config.server
-        in_flight, free_port, server_key = _port_helpers()
         runtime = runtime_for(p)
         image = image_for(cfg.runtime, cfg.backend, "launch")
-        serving = _serving(p)
+        serving = engine_class(cfg.backend.name).serving(cfg, p.device)
         try:
             model_dir = serving.served_model(Path(cfg.cache_dir).expanduser())
             probe = serving.command(model_dir, s.host, s.port)
@@ -164,7 +147,7 @@ class ContainerServer(Deployment):
                 url=f"http://{s.host}:{port}", mode="launch",
                 prompt=launch.prompt if s.prompt == "auto" else s.prompt, id_words=launch.id_words, pid=pid,
                 log_path=str(log_path), command=" ".join(argv), starts=self.held.server_starts,
-                warnings=list(launch.warnings), container=container.facts, **in_flight(launch, list(s.args)))
+                warnings=list(launch.warnings), container=container.facts, **_in_flight(launch, list(s.args)))
             container.endpoint.start_s = self._wait_healthy(container, launch.health_path, s.startup_timeout_s)
         except ServerError as exc:
             self.held.release()
@@ -214,22 +197,11 @@ class ContainerServer(Deployment):
             time.sleep(0.5)
 
     def measure(self, idle: DeviceIdle) -> Dict[str, Any]:
-        return _measure_over_http(self.place, self.held, idle, self.endpoint)
+        return measure_here(self.place, self.held, idle, endpoint=self.endpoint)
 
     def finish(self) -> None:
         """The server's lines written while the job ran into its server.log; a single run removes the container."""
         if self.endpoint is not None:
-            from llem.serving.server import copy_log
-
             copy_log(self.endpoint, self.log_from, self.place.job_dir)
         super().finish()
 
-
-def _measure_over_http(place: Any, held: Any, idle: DeviceIdle, endpoint: Endpoint) -> Dict[str, Any]:
-    try:
-        from llem.deploy.local import measure_here
-    except ImportError:
-        from llem.job import _run_measurement
-
-        return _run_measurement(place.config, place.chash, place.job_dir, place.device, idle, endpoint, None, None)
-    return measure_here(place, held, idle, endpoint=endpoint)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 log = logging.getLogger(__name__)
@@ -40,21 +39,13 @@ class Resident(ABC):
         return []
 
 
-@dataclass
-class Running:
-    """The measurement process of the job in progress and its shared stage index (multiprocessing objects)."""
-
-    proc: Any
-    stage: Any
-
-
 class Held:
     """The driver's resident (at most one, with its key), the job's running measurement, per-driver counters."""
 
     def __init__(self) -> None:
         self.key: Optional[str] = None
         self.resident: Optional[Resident] = None
-        self.running: Optional[Running] = None  # an interrupt stops it before it says so
+        self.running: Optional[Any] = None  # the job's measurement process (llem.deploy.process.Running)
         self.server_starts = 0  # servers started by this driver
         self.engine_builds = 0  # engine builds this driver asked kept processes for
         self._hooked = False
@@ -91,9 +82,7 @@ class Held:
         """Stop everything this driver still runs: the measurement in progress, then the resident."""
         running, self.running = self.running, None
         if running is not None:
-            from llem.deploy.process import stop
-
-            stop(running.proc)
+            running.stop()
         self.release()
 
     def pids(self) -> List[int]:
