@@ -4,8 +4,8 @@ reuse of a container across consecutive jobs, a signal leaving no container, a k
 removed by the next start, and a missing image failing at the check in under 2 s.
 
 They need a docker daemon (DOCKER_HOST is honoured) and llem's CPU test image built from this tree
-(docker/test/build.sh, run once per session: seconds once its dependency layers are cached); without a
-daemon they are skipped, saying so."""
+(docker/test/build.sh, run once per module: seconds once its dependency layers are cached; LLEM_TEST_IMAGE
+names one built beforehand instead); without a daemon they are skipped, saying so."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.conftest import FAST, llem_env, run_llem
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "llem-test-cpu:latest"
+IMAGE = os.environ.get("LLEM_TEST_IMAGE", "llem-test-cpu:latest")  # set: an image built beforehand, used as is
 CPU = [*FAST, "device=cpu", "warmup.batches=0", "measure.min_window_s=0", "progress=false"]
 DOCKER = ["runtime=docker", f"runtime.image={IMAGE}"]
 
@@ -45,6 +45,8 @@ def image():
     """llem's CPU test image with this tree's llem in it (its llem layer is rebuilt from the tree)."""
     if not _daemon_answers():
         pytest.skip("no docker daemon answers (DOCKER_HOST): the container tests need one")
+    if "LLEM_TEST_IMAGE" in os.environ:
+        return IMAGE
     build = subprocess.run([str(ROOT / "docker" / "test" / "build.sh")], capture_output=True, text=True,
                            timeout=1800, env={**os.environ, "PYTHON": sys.executable})
     assert build.returncode == 0, f"docker/test/build.sh failed:\n{build.stdout}\n{build.stderr}"
@@ -66,7 +68,7 @@ def _containers(label: str):
 def host_and_docker(image, tmp_path_factory):
     """One sweep: the same two jobs on the host, then in the container (the second reusing the first's)."""
     root = tmp_path_factory.mktemp("containers")
-    proc = run_llem(["-m", "runtime=host,docker", f"runtime.image={image}", "output_len=8,6", *CPU,
+    proc = run_llem(["-m", *CPU, "runtime=host,docker", f"runtime.image={image}", "output_len=8,6",
                      "hydra.sweep.dir=sweep"], cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return _rows(root / "sweep"), proc.stdout + proc.stderr

@@ -125,3 +125,8 @@ def test_a_missing_llem_image_names_the_command_that_builds_it():
 
 def test_an_image_llem_does_not_build_gets_no_build_hint():
     assert build_hint("vllm/vllm-openai:v0.24.0") is None
+
+
+def test_labels_are_read_with_each_runtime_s_template():
+    assert ContainerRuntime("docker")._label_template("llem.driver") == '{{.Label "llem.driver"}}'
+    assert ContainerRuntime("podman")._label_template("llem.driver") == '{{index .Labels "llem.driver"}}'

@@ -201,10 +201,16 @@ class ContainerRuntime:
 
     def ours(self) -> List[Dict[str, str]]:
         """llem's containers on this runtime: name, driver pid and host of each."""
-        fmt = "\t".join(["{{.Names}}", *('{{.Label "' + label + '"}}' for label in (LABEL_DRIVER, LABEL_HOST))])
+        fmt = "\t".join(["{{.Names}}", *(self._label_template(label) for label in (LABEL_DRIVER, LABEL_HOST))])
         done = self._call(["ps", "--all", "--filter", f"label={LABEL_DRIVER}", "--format", fmt], check=False)
         rows = [line.split("\t") for line in done.stdout.splitlines() if line.strip()]
         return [{"name": r[0], "driver": r[1], "host": r[2] if len(r) > 2 else ""} for r in rows]
+
+    def _label_template(self, label: str) -> str:
+        """A label's value in ``ps --format``: docker's ``.Label`` function; podman's labels are a map."""
+        if self.name == "podman":
+            return '{{index .Labels "' + label + '"}}'
+        return '{{.Label "' + label + '"}}'
 
     def reap_stale(self) -> List[str]:
         """Remove this host's llem containers whose driver is no longer running (one killed with SIGKILL
