@@ -148,7 +148,8 @@ class ContainerServer(Deployment):
                 prompt=launch.prompt if s.prompt == "auto" else s.prompt, id_words=launch.id_words, pid=pid,
                 log_path=str(log_path), command=" ".join(argv), starts=self.held.server_starts,
                 warnings=list(launch.warnings), container=container.facts, **_in_flight(launch, list(s.args)))
-            container.endpoint.start_s = self._wait_healthy(container, launch.health_path, s.startup_timeout_s)
+            self._wait_healthy(container, launch.health_path, s.startup_timeout_s - (time.monotonic() - t0))
+            container.endpoint.start_s = time.monotonic() - t0  # from the run to /health, as on the host
         except ServerError as exc:
             self.held.release()
             raise StartFailed(f"ServerError: {exc}", "ServerError", Stage.load) from exc
