@@ -66,9 +66,10 @@ def _containers(label: str):
 
 @pytest.fixture(scope="module")
 def host_and_docker(image, tmp_path_factory):
-    """One sweep: the same two jobs on the host, then in the container (the second reusing the first's)."""
+    """One sweep: the same two jobs on the host, then in the container (the second reusing the first's; the
+    first-listed override varies fastest)."""
     root = tmp_path_factory.mktemp("containers")
-    proc = run_llem(["-m", *CPU, "runtime=host,docker", f"runtime.image={image}", "output_len=8,6",
+    proc = run_llem(["-m", *CPU, "output_len=8,6", "runtime=host,docker", f"runtime.image={image}",
                      "hydra.sweep.dir=sweep"], cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return _rows(root / "sweep"), proc.stdout + proc.stderr
