@@ -10,7 +10,7 @@ from typing import List
 from llem.config import conf_dir
 from llem.install import install_hint
 
-GROUPS = ("backend", "model", "dataset", "server")
+GROUPS = ("backend", "model", "dataset", "server", "runtime")
 # Hydra's own options worth listing beside llem's presets, and the plugin each needs.
 HYDRA_OPTIONS = {
     "launcher": [("basic", "Hydra's: one job after another in this process (default)", None)],
