@@ -89,12 +89,6 @@ else
     "$cli" build -q --build-arg "BASE=$base" --label llem.image=test-deps -t "$deps" "$ctx" >/dev/null
     # the install stage (the wheels and the environment, 2 GB) is left untagged by the legacy builder
     "$cli" image prune -f --filter label=llem.image=test-deps-install >/dev/null 2>&1 || true
-    # older dependency sets: their images (unless a container uses one) and their wheels
-    keep=$("$cli" image inspect --format '{{.Id}}' "$deps")
-    for old in $("$cli" image ls -q --no-trunc --filter label=llem.image=test-deps); do
-        [ "${old#sha256:}" = "${keep#sha256:}" ] || "$cli" rmi -f "$old" >/dev/null 2>&1 || true
-    done
-    find "$cache" -maxdepth 1 -name 'deps-*' ! -name "deps-$key" -exec rm -rf {} +
     took "build $deps" "$t"
 fi
 
@@ -119,6 +113,11 @@ version=$("$python" -c 'import sys; sys.path.insert(0, sys.argv[1]); import llem
 source=$("$python" "$here/source_digest.py" "$root")
 "$cli" build -q --build-arg "DEPS=$deps" --build-arg "LLEM_VERSION=$version" --build-arg "LLEM_SOURCE=$source" \
     -t "$image" "$llem_ctx" >/dev/null
-# the previous llem layers, now untagged
+# the previous llem layers, now untagged; then older dependency sets (unless a container uses one), their wheels
 "$cli" image prune -f --filter label=llem.image=test-cpu >/dev/null 2>&1 || true
+keep=$("$cli" image inspect --format '{{.Id}}' "$deps")
+for old in $("$cli" image ls -q --no-trunc --filter label=llem.image=test-deps); do
+    [ "${old#sha256:}" = "${keep#sha256:}" ] || "$cli" rmi "$old" >/dev/null 2>&1 || true
+done
+find "$cache" -maxdepth 1 -name 'deps-*' ! -name "deps-$key" -exec rm -rf {} +
 took "build $image (llem $version, source ${source:0:12})" "$t"
