@@ -17,7 +17,11 @@ stop_ci_docker() {
         for _ in $(seq 40); do kill -0 "$ci_dockerd" 2>/dev/null || break; sleep 0.5; done
         kill -9 "$ci_dockerd" 2>/dev/null || true
     fi
-    rm -rf "$ci_exec" "$ci_sock"
+    # what dockerd left mounted under its exec root (its network namespace), deepest first
+    awk -v root="$ci_exec" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf "$ci_exec" "$ci_sock" 2>/dev/null || true
 }
 trap stop_ci_docker EXIT
 
