@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "llem-test-cpu:latest"
 REQUIRE_ENV = "LLEM_REQUIRE_CONTAINERS"
 RUNTIMES = ("docker", "podman")
-BUILD = {"docker": "docker/test/build.sh", "podman": "docker/test/build.sh && docker/test/podman.sh load"}
+BUILD = {"docker": "docker/test/build.sh", "podman": "LLEM_CONTAINER_CLI=podman docker/test/build.sh"}
 PROBE_TIMEOUT_S = 20
 _names = itertools.count()
 

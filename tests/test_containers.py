@@ -83,3 +83,26 @@ def test_an_image_of_other_sources_is_not_current(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     image, why = containers.find_image("docker")
     assert image is None and "other llem sources" in why and why.endswith("rebuild it: docker/test/build.sh")
+
+
+@pytest.mark.slow
+def test_a_job_runs_in_the_image_as_the_host_user(container_image, tmp_path):
+    """python -m llem on CPU inside the image, as the host's user, writing into a folder mounted from the host:
+    the row is ok and the files are the host user's."""
+    from tests.conftest import FAST
+
+    job = tmp_path / "run"
+    proc = container_image.run(["python", "-m", "llem", *FAST, f"hydra.run.dir={job}", f"cache_dir={tmp_path}/cache"],
+                               mounts=[tmp_path], workdir=tmp_path, timeout_s=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import pandas as pd
+
+    row = pd.read_parquet(job / "results.parquet").iloc[0]
+    assert row["status"] == "ok" and row["output_tokens_total"] > 0
+    assert (job / "results.parquet").stat().st_uid == os.getuid()
+
+
+def test_transformers_serve_is_in_the_image(container_image):
+    """The image carries the server the pytorch engine launches (transformers serve, with fastapi and uvicorn)."""
+    proc = container_image.run(["python", "-m", "transformers.cli.transformers", "serve", "--help"])
+    assert proc.returncode == 0 and "--continuous-batching" in proc.stdout, proc.stderr[-2000:]
