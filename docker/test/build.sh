@@ -96,7 +96,12 @@ fi
 t=$(now)
 llem_ctx=$(mktemp -d)
 trap 'rm -f "$reqs"; rm -rf "$llem_ctx"' EXIT
-"$python" -m pip --disable-pip-version-check wheel -q --no-deps -w "$llem_ctx" "$root"
+# built from a copy of exactly the files the digest covers: a build/ folder left in the checkout (setuptools
+# reuses it) cannot carry a module deleted since into the wheel
+mkdir "$llem_ctx/src"
+"$python" "$here/source_digest.py" --files "$root" | tar -C "$root" -cf - -T - | tar -C "$llem_ctx/src" -xf -
+"$python" -m pip --disable-pip-version-check wheel -q --no-deps -w "$llem_ctx" "$llem_ctx/src"
+rm -rf "$llem_ctx/src"
 # every package of the source tree must be in the wheel ([tool.setuptools] packages lists them one by one)
 "$python" - "$root" "$llem_ctx"/llem-*.whl <<'PY'
 import sys, zipfile
