@@ -124,13 +124,13 @@ def find_image(runtime: str) -> Tuple[Optional[ContainerImage], str]:
     if shutil.which(runtime) is None:
         return None, f"{runtime}: no {runtime} command on PATH"
     env = runtime_env(runtime)
-    where = " ".join(f"{k}={v}" for k, v in env.items()) or (
-        f"DOCKER_HOST={os.environ.get('DOCKER_HOST', '(default socket)')}" if runtime == "docker" else "")
+    where = {**os.environ, **env}.get("DOCKER_HOST" if runtime == "docker" else "CONTAINERS_STORAGE_CONF", "(default)")
+    where = f"{'DOCKER_HOST' if runtime == 'docker' else 'CONTAINERS_STORAGE_CONF'}={where}"
     probe = ("version", "--format", "{{.Server.Version}}") if runtime == "docker" else ("info", "--format",
                                                                                           "{{.Store.GraphRoot}}")
     rc, said = _cli(runtime, env, *probe)
     if rc != 0:
-        return None, f"{runtime}: no daemon answers ({where}): {said}"
+        return None, f"{runtime}: does not answer ({where}): {said}"
     rc, said = _cli(runtime, env, "image", "inspect", "--format", "{{.Id}} {{json .Config.Labels}}", IMAGE)
     if rc != 0:
         return None, f"{runtime}: no image {IMAGE} ({where}): {build}"
