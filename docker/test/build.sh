@@ -17,6 +17,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/docker/test"
 cli=${LLEM_CONTAINER_CLI:-docker}
+case "$cli" in
+docker) ;;
+podman) [ -n "${CONTAINERS_STORAGE_CONF:-}" ] || eval "$("$here/podman.sh" env)" ;;  # its own storage
+*) echo "build.sh: LLEM_CONTAINER_CLI=$cli: docker or podman" >&2; exit 2 ;;
+esac
 python=${PYTHON:-python3}
 cache=${LLEM_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llem-images}
 torch_version=2.13.0
@@ -48,7 +53,7 @@ else
         took "mmdebstrap" "$t"
     fi
     t=$(now)
-    "$cli" import --change 'CMD ["/bin/bash"]' "$tar" "$base" >/dev/null
+    "$cli" import --change 'CMD ["/bin/bash"]' "$tar" "$base" >/dev/null 2>&1
     took "import $base" "$t"
 fi
 
@@ -56,12 +61,16 @@ fi
 reqs=$(mktemp)
 trap 'rm -f "$reqs"' EXIT
 { "$python" "$here/requirements.py" "$root/pyproject.toml" "${extras[@]}"; echo "torch==$torch_version+cpu"; } > "$reqs"
-base_id=$("$cli" image inspect --format '{{.Id}}' "$base")
-key=$({ cat "$reqs" "$here/Dockerfile.deps"; echo "$base_id"; } | sha256sum | cut -c1-12)
+# the same key in docker and podman: podman takes docker's image rather than building its own
+key=$(cat "$reqs" "$here/Dockerfile.deps" | sha256sum | cut -c1-12)
 deps=llem-test-deps:$key
 ctx="$cache/deps-$key"
 if "$cli" image inspect "$deps" >/dev/null 2>&1; then
     echo "deps: $deps present"
+elif [ "$cli" = podman ] && docker image inspect "$deps" >/dev/null 2>&1; then
+    t=$(now)
+    docker save "$deps" | podman load -q >/dev/null
+    took "load $deps from docker" "$t"
 else
     t=$(now)
     if [ ! -e "$ctx/wheels/.complete" ]; then
@@ -80,11 +89,6 @@ else
     "$cli" build -q --build-arg "BASE=$base" --label llem.image=test-deps -t "$deps" "$ctx" >/dev/null
     # the install stage (the wheels and the environment, 2 GB) is left untagged by the legacy builder
     "$cli" image prune -f --filter label=llem.image=test-deps-install >/dev/null 2>&1 || true
-    # older dependency sets: their images (unless a container uses one) and their wheels
-    for old in $("$cli" image ls --format '{{.Repository}}:{{.Tag}}' llem-test-deps); do
-        [ "$old" = "$deps" ] || "$cli" rmi "$old" >/dev/null 2>&1 || true
-    done
-    find "$cache" -maxdepth 1 -name 'deps-*' ! -name "deps-$key" -exec rm -rf {} +
     took "build $deps" "$t"
 fi
 
@@ -92,12 +96,33 @@ fi
 t=$(now)
 llem_ctx=$(mktemp -d)
 trap 'rm -f "$reqs"; rm -rf "$llem_ctx"' EXIT
-"$python" -m pip --disable-pip-version-check wheel -q --no-deps -w "$llem_ctx" "$root"
+# built from a copy of exactly the files the digest covers: a build/ folder left in the checkout (setuptools
+# reuses it) cannot carry a module deleted since into the wheel
+mkdir "$llem_ctx/src"
+"$python" "$here/source_digest.py" --files "$root" | tar -C "$root" -cf - -T - | tar -C "$llem_ctx/src" -xf -
+"$python" -m pip --disable-pip-version-check wheel -q --no-deps -w "$llem_ctx" "$llem_ctx/src"
+rm -rf "$llem_ctx/src"
+# every package of the source tree must be in the wheel ([tool.setuptools] packages lists them one by one)
+"$python" - "$root" "$llem_ctx"/llem-*.whl <<'PY'
+import sys, zipfile
+from pathlib import Path
+root, wheel = Path(sys.argv[1]), sys.argv[2]
+inside = {str(Path(n).parent) for n in zipfile.ZipFile(wheel).namelist() if n.endswith("/__init__.py")}
+missing = sorted(str(p.parent.relative_to(root)) for p in (root / "llem").rglob("__init__.py")
+                 if str(p.parent.relative_to(root)) not in inside and "__pycache__" not in p.parts)
+if missing:
+    sys.exit(f"build.sh: the llem wheel lacks {missing}: add them to [tool.setuptools] packages in pyproject.toml")
+PY
 cp "$here/Dockerfile" "$llem_ctx/Dockerfile"
 version=$("$python" -c 'import sys; sys.path.insert(0, sys.argv[1]); import llem; print(llem.__version__)' "$root")
 source=$("$python" "$here/source_digest.py" "$root")
 "$cli" build -q --build-arg "DEPS=$deps" --build-arg "LLEM_VERSION=$version" --build-arg "LLEM_SOURCE=$source" \
     -t "$image" "$llem_ctx" >/dev/null
-# the previous llem layers, now untagged
+# the previous llem layers, now untagged; then older dependency sets (unless a container uses one), their wheels
 "$cli" image prune -f --filter label=llem.image=test-cpu >/dev/null 2>&1 || true
+keep=$("$cli" image inspect --format '{{.Id}}' "$deps")
+for old in $("$cli" image ls -q --no-trunc --filter label=llem.image=test-deps); do
+    [ "${old#sha256:}" = "${keep#sha256:}" ] || "$cli" rmi "$old" >/dev/null 2>&1 || true
+done
+find "$cache" -maxdepth 1 -name 'deps-*' ! -name "deps-$key" -exec rm -rf {} +
 took "build $image (llem $version, source ${source:0:12})" "$t"

@@ -7,6 +7,7 @@ Usage: requirements.py PYPROJECT EXTRA... ; needs Python >= 3.11 (tomllib).
 from __future__ import annotations
 
 import sys
+
 import tomllib
 
 

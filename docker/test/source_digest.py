@@ -1,4 +1,4 @@
-"""Print the digest of what llem's wheel is built from (the package, its config, its build file).
+"""Print the digest of what llem's wheel is built from (the package, its config, its build file), or the files.
 
 The test image carries it as the label ``llem.source``: an image whose label differs from the checkout's
 runs other code than the checkout's, even at the same ``llem.version``. Standard library only, so the
@@ -35,4 +35,8 @@ def source_digest(root: Path) -> str:
 
 
 if __name__ == "__main__":
-    print(source_digest(Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()))
+    # source_digest.py ROOT: the digest; source_digest.py --files ROOT: the files it covers, one a line
+    files = sys.argv[1:2] == ["--files"]
+    args = sys.argv[2:] if files else sys.argv[1:]
+    top = Path(args[0] if args else ".").resolve()
+    print("\n".join(map(str, source_files(top))) if files else source_digest(top))
