@@ -3,14 +3,11 @@ the engine's own server (transformers serve) inside it, a host-and-docker sweep 
 reuse of a container across consecutive jobs, a signal leaving no container, a killed driver's container
 removed by the next start, and a missing image failing at the check in under 2 s.
 
-They need a docker daemon (DOCKER_HOST is honoured) and llem's CPU test image built from this tree
-(docker/test/build.sh, run once per module: seconds once its dependency layers are cached; LLEM_TEST_IMAGE
-names one built beforehand instead); without a daemon they are skipped, saying so."""
+They run in the docker that the ``docker_image`` fixture finds holding llem's CPU test image built from this
+checkout (tests/containers.py; build it with docker/test/build.sh), and are skipped, saying why, without one."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,32 +22,7 @@ from llem.runtime import ContainerRuntime, RuntimeUnavailable
 from tests.conftest import FAST, llem_env, run_llem
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE = os.environ.get("LLEM_TEST_IMAGE", "llem-test-cpu:latest")  # set: an image built beforehand, used as is
 CPU = [*FAST, "device=cpu", "warmup.batches=0", "measure.min_window_s=0", "progress=false"]
-DOCKER = ["runtime=docker", f"runtime.image={IMAGE}"]
-
-
-def _daemon_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "version"], capture_output=True, timeout=10).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-@pytest.fixture(scope="module")
-def image():
-    """llem's CPU test image with this tree's llem in it (its llem layer is rebuilt from the tree)."""
-    if not _daemon_answers():
-        pytest.skip("no docker daemon answers (DOCKER_HOST): the container tests need one")
-    if "LLEM_TEST_IMAGE" in os.environ:
-        return IMAGE
-    build = subprocess.run([str(ROOT / "docker" / "test" / "build.sh")], capture_output=True, text=True,
-                           timeout=1800, env={**os.environ, "PYTHON": sys.executable})
-    assert build.returncode == 0, f"docker/test/build.sh failed:\n{build.stdout}\n{build.stderr}"
-    return IMAGE
 
 
 def _rows(sweep: Path):
@@ -58,28 +30,28 @@ def _rows(sweep: Path):
     return sorted(rows, key=lambda r: r["started_at"] or "")
 
 
-def _containers(label: str):
+def _containers(image, label: str):
     out = subprocess.run(["docker", "ps", "--all", "--filter", f"label={label}", "--format", "{{.Names}}"],
-                         capture_output=True, text=True, timeout=30).stdout
+                         capture_output=True, text=True, timeout=30, env=image.environ()).stdout
     return out.split()
 
 
 @pytest.fixture(scope="module")
-def host_and_docker(image, tmp_path_factory):
+def host_and_docker(docker_image, tmp_path_factory):
     """One sweep: the same two jobs on the host, then in the container (the second reusing the first's; the
     first-listed override varies fastest)."""
     root = tmp_path_factory.mktemp("containers")
-    proc = run_llem(["-m", *CPU, "output_len=8,6", "runtime=host,docker", f"runtime.image={image}",
-                     "hydra.sweep.dir=sweep"], cwd=root, timeout=600)
+    proc = run_llem(["-m", *CPU, "output_len=8,6", "runtime=host,docker", f"runtime.image={docker_image.image}",
+                     "hydra.sweep.dir=sweep"], cwd=root, env_extra=docker_image.env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return _rows(root / "sweep"), proc.stdout + proc.stderr
+    return _rows(root / "sweep"), proc.stdout + proc.stderr, docker_image
 
 
 def test_a_cpu_job_measures_inside_the_container(host_and_docker):
     inside = [r for r in host_and_docker[0] if r["runtime"] == "docker"]
     assert len(inside) == 2 and all(r["status"] == "ok" for r in inside)
     first = inside[0]
-    assert first["runtime_image"] == IMAGE and first["runtime_image_digest"].startswith("sha256:")
+    assert first["runtime_image"] == host_and_docker[2].image and first["runtime_image_digest"].startswith("sha256:")
     assert first["engine_version_inside"].startswith("transformers==") and first["container_start_s"] > 0
 
 
@@ -99,49 +71,57 @@ def test_consecutive_jobs_with_the_same_container_share_it(host_and_docker):
 
 
 def test_the_sweep_leaves_no_container(host_and_docker):
-    assert "container llem-" in host_and_docker[1] and not _containers("llem.driver")
+    assert "container llem-" in host_and_docker[1] and not _containers(host_and_docker[2], "llem.driver")
 
 
-def test_a_served_job_runs_the_engine_s_server_inside_the_container(image, tmp_path):
-    proc = run_llem([*DOCKER, "server=launch", *CPU, "hydra.run.dir=job"], cwd=tmp_path, timeout=600)
+def test_a_served_job_runs_the_engine_s_server_inside_the_container(docker_image, tmp_path):
+    proc = run_llem([*docker_image.overrides(), "server=launch", *CPU, "hydra.run.dir=job"], cwd=tmp_path,
+                    env_extra=docker_image.env, timeout=600)
     row = pq.read_table(tmp_path / "job" / "results.parquet").to_pylist()[0]
     assert proc.returncode == 0 and row["status"] == "ok", proc.stdout + proc.stderr
     assert row["server_mode"] == "launch" and row["runtime"] == "docker" and row["server_start_s"] > 0
     assert row["engine_version_inside"].startswith("transformers==")
     assert row["cpu_rss_peak_mib"] > 100  # the server's processes, seen from the host through the container
-    assert (tmp_path / "job" / "server.log").stat().st_size > 0 and not _containers("llem.driver")
+    assert (tmp_path / "job" / "server.log").stat().st_size > 0 and not _containers(docker_image, "llem.driver")
 
 
-def test_sigterm_leaves_no_container(image, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "llem", *DOCKER, "server=launch", *CPU, "hydra.run.dir=job"],
-                            cwd=tmp_path, env=llem_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_sigterm_leaves_no_container(docker_image, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "llem", *docker_image.overrides(), "server=launch", *CPU,
+                             "hydra.run.dir=job"], cwd=tmp_path, env=llem_env(docker_image.env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mine = f"llem.driver={proc.pid}"
     deadline = time.monotonic() + 120
-    while not _containers(mine) and time.monotonic() < deadline and proc.poll() is None:
+    while not _containers(docker_image, mine) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert _containers(mine), "no container was started"
+    assert _containers(docker_image, mine), "no container was started"
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and not _containers(mine), out
+    assert proc.returncode == 143 and not _containers(docker_image, mine), out
 
 
-def test_a_killed_driver_s_container_is_removed_by_the_next_start(image):
+def test_a_killed_driver_s_container_is_removed_by_the_next_start(docker_image, monkeypatch):
     dead = subprocess.Popen(["true"])
     dead.wait()
     name = f"llem-stale-{dead.pid}"
     subprocess.run(["docker", "run", "--rm", "--detach", "--init", "--network=host", "--name", name, "--label",
-                    f"llem.driver={dead.pid}", "--label", f"llem.host={socket.gethostname()}", image, "sleep",
-                    "infinity"], check=True, capture_output=True, timeout=60)
-    assert name in ContainerRuntime("docker").reap_stale() and not _containers(f"llem.driver={dead.pid}")
+                    f"llem.driver={dead.pid}", "--label", f"llem.host={socket.gethostname()}", docker_image.image,
+                    "sleep", "infinity"], check=True, capture_output=True, timeout=60, env=docker_image.environ())
+    for key, value in docker_image.env.items():
+        monkeypatch.setenv(key, value)
+    assert name in ContainerRuntime("docker").reap_stale()
+    assert not _containers(docker_image, f"llem.driver={dead.pid}")
 
 
-def test_a_missing_image_fails_at_the_check_within_2_s(image, tmp_path):
+def test_a_missing_image_fails_at_the_check_within_2_s(docker_image, tmp_path, monkeypatch):
+    for key, value in docker_image.env.items():
+        monkeypatch.setenv(key, value)
     t0 = time.monotonic()
     with pytest.raises(RuntimeUnavailable) as err:
         ContainerRuntime("docker").check("llem-absent:0", "runtime.image", pull=False)
     assert time.monotonic() - t0 < 2
     assert "runtime.image='llem-absent:0' is not present locally" in str(err.value)
     assert "docker pull llem-absent:0" in str(err.value)
-    proc = run_llem(["runtime=docker", "runtime.image=llem-absent:0", *CPU, "hydra.run.dir=job"], cwd=tmp_path)
+    proc = run_llem(["runtime=docker", "runtime.image=llem-absent:0", *CPU, "hydra.run.dir=job"], cwd=tmp_path,
+                    env_extra=docker_image.env)
     row = pq.read_table(tmp_path / "job" / "results.parquet").to_pylist()[0]
     assert proc.returncode == 1 and row["error_stage"] == "check" and "runtime.image" in row["error"]
