@@ -39,9 +39,9 @@ def _containers(image, label: str):
 @pytest.fixture(scope="module")
 def host_and_docker(docker_image, tmp_path_factory):
     """One sweep: the same two jobs on the host, then in the container (the second reusing the first's; the
-    first-listed override varies fastest)."""
+    sweeper varies the key that sorts last fastest: seed)."""
     root = tmp_path_factory.mktemp("containers")
-    proc = run_llem(["-m", *CPU, "output_len=8,6", "runtime=host,docker", f"runtime.image={docker_image.image}",
+    proc = run_llem(["-m", *CPU, "runtime=host,docker", "seed=0,1", f"runtime.image={docker_image.image}",
                      "hydra.sweep.dir=sweep"], cwd=root, env_extra=docker_image.env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return _rows(root / "sweep"), proc.stdout + proc.stderr, docker_image
@@ -56,12 +56,13 @@ def test_a_cpu_job_measures_inside_the_container(host_and_docker):
 
 
 def test_host_and_docker_give_the_same_tokens(host_and_docker):
-    by = {(r["runtime"], r["cfg.output_len"]): r for r in host_and_docker[0]}
-    for output_len in (8, 6):
-        host, docker = by[("host", output_len)], by[("docker", output_len)]
+    by = {(r["runtime"], r["cfg.seed"]): r for r in host_and_docker[0]}
+    for seed in (0, 1):
+        host, docker = by[("host", seed)], by[("docker", seed)]
         assert host["workload_sha256"] == docker["workload_sha256"]
-        assert host["output_tokens_total"] == docker["output_tokens_total"] == host["num_requests"] * output_len
+        assert host["output_tokens_total"] == docker["output_tokens_total"] == host["num_requests"] * 8
         assert host["runtime"] == "host" and host["container_null_reason"].startswith("runtime=host")
+    assert by[("host", 0)]["workload_sha256"] != by[("host", 1)]["workload_sha256"]
 
 
 def test_consecutive_jobs_with_the_same_container_share_it(host_and_docker):
