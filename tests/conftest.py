@@ -119,3 +119,29 @@ def on_path(tmp_path, monkeypatch):
         return pkg
 
     return _put
+
+
+# -- containers (tests/containers.py): skipped without a daemon or a current test image, failed instead when
+# LLEM_REQUIRE_CONTAINERS=1 -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def docker_image():
+    """llem's CPU test image (llem-test-cpu:latest) in a reachable docker: a tests.containers.ContainerImage."""
+    from tests.containers import require_image
+
+    return require_image("docker")
+
+
+@pytest.fixture(scope="session")
+def podman_image():
+    """llem's CPU test image in podman (storage of docker/test/podman.sh): a tests.containers.ContainerImage."""
+    from tests.containers import require_image
+
+    return require_image("podman")
+
+
+@pytest.fixture(scope="session", params=["docker", "podman"])
+def container_image(request):
+    """The test once in docker, once in podman (each skipped or failed on its own)."""
+    from tests.containers import require_image
+
+    return require_image(request.param)
