@@ -129,12 +129,7 @@ class Experiment:
         host: Optional[HostWindows] = None
         info: Optional[EngineInfo] = None
         flags: List[str] = []
-        max_in_flight, max_in_flight_null_reason = engine.max_in_flight()
-        plan = sizing.plan(cfg.dataset.num_requests, cfg.measure.waves, cfg.measure.min_window_s,
-                           cfg.measure.max_requests, engine.sequences_in_flight(), on_gpu=bool(gpus),
-                           request_rate=cfg.load.request_rate,
-                           burst_unknown=max_in_flight is None and not cfg.load.timed and not cfg.load.max_concurrency)
-        plan.max_in_flight, plan.max_in_flight_null_reason = max_in_flight, max_in_flight_null_reason
+        plan = sizing.for_job(cfg, engine, on_gpu=bool(gpus))
         parts[Sizing] = sizing.part(plan, None)
         try:
             self._stage(Stage.workload)

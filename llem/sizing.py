@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from llem.energy.flags import Flag
 from llem.records import Request, RequestResult
@@ -75,6 +75,18 @@ def plan(num_requests: Optional[int], waves: int, min_window_s: float, max_reque
     capped = n > max_requests
     return Plan(True, capacity, min(n, _whole_waves_within(max_requests, capacity)), minimum, max_requests,
                 capped=capped, observe=burst_unknown)
+
+
+def for_job(config: Any, engine: Any, on_gpu: bool) -> Plan:
+    """The plan of one job on ``engine`` (what it holds at once, and whether that is known): a burst against
+    a server whose concurrency is unknown is sized by what its windows show."""
+    held, why = engine.max_in_flight()
+    m, load = config.measure, config.load
+    p = plan(config.dataset.num_requests, m.waves, m.min_window_s, m.max_requests, engine.sequences_in_flight(),
+             on_gpu=on_gpu, request_rate=load.request_rate,
+             burst_unknown=held is None and not load.timed and not load.max_concurrency)
+    p.max_in_flight, p.max_in_flight_null_reason = held, why
+    return p
 
 
 def in_service_peak(outputs: Sequence[RequestResult]) -> Tuple[Optional[int], Optional[str]]:

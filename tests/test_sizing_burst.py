@@ -76,3 +76,26 @@ def test_a_dry_run_says_the_burst_starts_from_a_count_to_be_measured_again():
     said = sizing.describe(_burst())
     assert said.startswith("32 requests to start (4 waves of 8: the server's own concurrency is unknown")
     assert "most requests the server had in service at once" in said
+
+
+class _Server:
+    def __init__(self, held):
+        self.held = held
+
+    def max_in_flight(self):
+        return self.held, None if self.held else "its own default"
+
+    def sequences_in_flight(self):
+        return self.held or 4
+
+
+def test_only_a_burst_against_a_server_of_unknown_concurrency_is_sized_by_its_peak(compose_cfg):
+    from llem.config import to_config
+
+    def observed(held, *overrides):
+        return sizing.for_job(to_config(compose_cfg(list(overrides))), _Server(held), on_gpu=True).observe
+
+    assert observed(None)
+    assert not observed(64)  # the server's flag, or batch, says what it holds
+    assert not observed(None, "load.max_concurrency=8")  # a closed loop: the client's cap holds the rest
+    assert not observed(None, "load.request_rate=4")  # an open loop: the rate sets the window
