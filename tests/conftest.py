@@ -124,15 +124,3 @@ def on_path(tmp_path, monkeypatch):
         return pkg
 
     return _put
-
-
-def pytest_collection_modifyitems(items):
-    """Files that run real jobs first (a test marked slow, or llem run in a subprocess or in-process), each
-    file's tests in their order: the workers take files in this order (--dist loadfile), so the long ones
-    start at once and the short ones fill in around them, instead of the longest starting last."""
-    def runs_jobs(item) -> bool:
-        return any(hasattr(getattr(item, "module", None), name) for name in ("run_llem", "run_in_process"))
-
-    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
-    jobs = {item.path for item in items if runs_jobs(item)}
-    items.sort(key=lambda item: (item.path not in slow, item.path not in jobs))
