@@ -36,7 +36,7 @@ from llem.results.row import Sizing
 MAX_PASSES = 3  # measured passes at most: a short window is measured again, twice at most
 MARGIN = 1.1  # aim 10 % past the minimum: a wave's time varies a little between warm-up and window
 # A burst every request of which a server of unknown concurrency had in service at once grows this many fold:
-# two such steps from the 4 waves of 4 it starts with pass vLLM's largest default (1024) and the window's
+# two such steps from the 4 waves of 4 it starts with reach vLLM's largest default (1024) and the window's
 # overshoot is bounded (at worst GROWTH waves where the server held exactly the short window's count).
 GROWTH = 8
 
