@@ -23,6 +23,11 @@ register_all()
 # Set in every process that imports this (each worker does): an inherited value is the controller's, shared.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ["LLEM_LOCK_DIR"] = tempfile.mkdtemp(prefix=f"llem-test-locks-{WORKER}-")
+# The workers share the host's cores: torch's OpenMP threads, one per core in every worker and in every job it
+# starts, spin waiting for each other when there are more of them than cores (4 workers on 2 cores: a CPU job
+# beside the others took 3× as long). Each worker, and what it starts, gets its share of the cores.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 
 @pytest.fixture(scope="package")
