@@ -1,4 +1,4 @@
-"""The container check's rule for llem's own images: the image that runs llem's measurement must carry this
+"""Which deployment a container runtime gets, and the container check's rule for llem's own images: the image that runs llem's measurement must carry this
 llem (its llem.version label), or the job fails at the check naming the key and the command that rebuilds
 it; the engine's own server image needs no llem."""
 
@@ -52,3 +52,13 @@ def test_the_engine_s_own_server_image_needs_no_llem(compose_cfg, labels):
 def test_an_image_of_this_llem_passes(compose_cfg, labels):
     labels({"llem.version": __version__})
     assert check_image(_place(compose_cfg, []), need_llem=True).labels["llem.version"] == __version__
+
+
+def test_a_container_runtime_picks_the_container_deployments(compose_cfg):
+    from llem.deploy.choose import pick
+    from llem.deploy.container import InContainer
+    from llem.deploy.container_server import ContainerServer
+    from llem.deploy.held import Held
+
+    assert type(pick(_place(compose_cfg, []), Held())) is InContainer
+    assert type(pick(_place(compose_cfg, ["server=launch"]), Held())) is ContainerServer
