@@ -1,6 +1,6 @@
-"""Which deployment a container runtime gets, and the container check's rule for llem's own images: the image that runs llem's measurement must carry this
-llem (its llem.version label), or the job fails at the check naming the key and the command that rebuilds
-it; the engine's own server image needs no llem."""
+"""Which deployment a container runtime gets, and the check's rule for llem's own images: the image that
+runs llem's measurement must carry this llem (its llem.version label), or the job fails at the check naming
+the key and the command that rebuilds it; the engine's own server image needs no llem."""
 
 from __future__ import annotations
 
