@@ -1,7 +1,8 @@
 """Real jobs in real containers on the CPU (runtime=docker): the measurement process inside llem's test image,
 the engine's own server (transformers serve) inside it, a host-and-docker sweep giving the same tokens,
-reuse of a container across consecutive jobs, a signal leaving no container, a killed driver's container
-removed by the next start, and a missing image failing at the check in under 2 s.
+reuse of a container across consecutive jobs, a container dying in the window (a failed row with its last
+lines), a signal leaving no container, a killed driver's container removed by the next start, and a missing
+image failing at the check in under 2 s.
 
 They run in the docker that the ``docker_image`` fixture finds holding llem's CPU test image built from this
 checkout (tests/containers.py; build it with docker/test/build.sh), and are skipped, saying why, without one."""
@@ -126,3 +127,21 @@ def test_a_missing_image_fails_at_the_check_within_2_s(docker_image, tmp_path, m
                     env_extra=docker_image.env)
     row = pq.read_table(tmp_path / "job" / "results.parquet").to_pylist()[0]
     assert proc.returncode == 1 and row["error_stage"] == "check" and "runtime.image" in row["error"]
+
+
+def test_a_container_that_dies_in_the_window_is_a_failed_row_with_its_last_lines(docker_image, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "llem", *docker_image.overrides(), *CPU, "dataset.num_requests=32",
+                             "output_len=128", "hydra.run.dir=job"], cwd=tmp_path, env=llem_env(docker_image.env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stage, deadline = tmp_path / "job" / ".llem-stage", time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stage.exists() and stage.read_text().strip() == "measure":
+            break
+        time.sleep(0.1)
+    for name in _containers(docker_image, f"llem.driver={proc.pid}"):
+        subprocess.run(["docker", "kill", name], capture_output=True, timeout=60, env=docker_image.environ())
+    out, _ = proc.communicate(timeout=120)
+    row = pq.read_table(tmp_path / "job" / "results.parquet").to_pylist()[0]
+    assert proc.returncode == 1 and row["status"] == "failed" and row["error_stage"] == "measure", out
+    assert "exited with code 137 during measure" in row["error"] and "measuring 32 requests" in row["error"]
+    assert (tmp_path / "job" / "container.log").stat().st_size > 0
