@@ -41,9 +41,16 @@ class LlemSweeper(BasicSweeper):
         from llem.config import SweepConfig
         from llem.sweep_order import reorder
 
-        settings = SweepConfig(**OmegaConf.to_container(self.config.sweep, resolve=True))
-        (grid,) = BasicSweeper.split_arguments(overrides, None)
-        jobs = reorder(grid, settings.order, settings.seed)
+        from hydra.errors import CompactHydraException
+
+        from llem.errors import ConfigError
+
+        try:
+            settings = SweepConfig(**OmegaConf.to_container(self.config.sweep, resolve=True))
+            (grid,) = BasicSweeper.split_arguments(overrides, None)
+            jobs = reorder(grid, settings.order, settings.seed)
+        except ConfigError as exc:  # said as one line, no traceback: nothing has run yet
+            raise CompactHydraException(str(exc)) from None
         if settings.order != "grid":
             log.info("sweep.order=%s: %d jobs reordered", settings.order, len(jobs))
         return [list(chunk) for chunk in BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size)]
