@@ -36,14 +36,12 @@ class LlemSweeper(BasicSweeper):
     def split_arguments(self, overrides: List[Any], max_batch_size: Optional[int]) -> List[List[List[str]]]:
         """Hydra's grid in the order of ``sweep.order`` (checked first: a bad value stops the sweep before any job
         runs), then cut into batches of ``max_batch_size``."""
+        from hydra.errors import CompactHydraException
         from omegaconf import OmegaConf
 
         from llem.config import SweepConfig
-        from llem.sweep_order import reorder
-
-        from hydra.errors import CompactHydraException
-
         from llem.errors import ConfigError
+        from llem.sweep_order import reorder
 
         try:
             settings = SweepConfig(**OmegaConf.to_container(self.config.sweep, resolve=True))
