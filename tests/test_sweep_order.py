@@ -191,3 +191,22 @@ def test_a_single_run_has_no_position_and_says_why(compose_cfg, tmp_path):
     row = run_in_process(compose_cfg, [], tmp_path / "job")
     assert row["status"] == "ok" and row["sweep_position"] is None and row["sweep_order"] is None
     assert row["sweep_position_null_reason"] == "a single run, not a sweep" and row["started_cold"] is True
+
+
+def test_a_kept_build_is_sized_only_up_to_the_next_cold_job(compose_cfg, monkeypatch):
+    from llem.deploy.reuse import SweepJobs, reuse_for
+
+    vllm = ["backend=vllm", "model=llama3", "device=cuda"]
+    jobs = [("batch=1",), ("batch=8", "cold_start=true"), ("batch=32",)]
+    monkeypatch.setattr(SweepJobs, "jobs", jobs)
+    monkeypatch.setattr(SweepJobs, "compose", lambda ov: to_config(compose_cfg([*vllm, *ov])))
+    assert reuse_for(to_config(compose_cfg([*vllm, "batch=1"])), "cuda", ["batch=1"]).build_for == 1
+    cold = reuse_for(to_config(compose_cfg([*vllm, *jobs[1]])), "cuda", list(jobs[1]))
+    assert cold.build_for == 32  # the cold job builds for the warm jobs after it
+
+
+def test_jobs_after_one_that_cannot_be_composed_keep_their_position():
+    from hydra_plugins.llem_sweeper.llem_sweeper import _runs
+
+    assert _runs([4, 5, 7, 8, 9]) == [(0, [4, 5]), (2, [7, 8, 9])]
+    assert _runs([]) == []
