@@ -88,6 +88,7 @@ def run(cfg: DictConfig, held: Held) -> Tuple[Dict[str, Any], float]:
             error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
             log_failure(f"invalid config: {error}")
             values = record_failure(job_dir, error, type(exc).__name__, Stage.config, cfg=cfg)
+            values = _with_sweep_place(job_dir, values, config.sweep.order if config else None)
             return values, objective(values, None)
         try:
             values = run_config(config, job_dir, held)
@@ -122,14 +123,14 @@ def run_config(config: Config, job_dir: Path, held: Optional[Held] = None) -> Di
     except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable, ConfigError) as exc:
         log_failure(str(exc))
         values = record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
-        return _with_sweep_place(deployment, values)
+        return _with_sweep_place(job_dir, values, config.sweep.order)
     uses_host = place.device == "cpu" or "codecarbon" in config.energy.meters  # the host's CPU, or a meter of all
     with gpu_lock(place.gpus()), host_lock(job_dir, exclusive=uses_host):
         try:
             values = _start_and_measure(deployment)
         finally:
             deployment.finish()
-    values = _with_sweep_place(deployment, values)
+    values = _with_sweep_place(job_dir, values, config.sweep.order, deployment.started_cold)
     set_outcome(job_dir, "ok" if values.get("status") == "ok" else "failed")
     log.info("%s → %s", summary_line(values), job_dir)
     return values
@@ -153,21 +154,22 @@ def _start_and_measure(deployment: Deployment) -> Dict[str, Any]:
     return deployment.measure(idle)
 
 
-def _with_sweep_place(deployment: Deployment, values: Dict[str, Any]) -> Dict[str, Any]:
-    """The row with the job's place in its sweep and whether it started cold (known here, not where it measured)."""
+def _with_sweep_place(job_dir: Path, values: Dict[str, Any], order: Optional[str],
+                      started_cold: Optional[bool] = None) -> Dict[str, Any]:
+    """The row with the job's place in its sweep (``order``: its sweep.order) and whether it started cold: known
+    to the job's parent, not where it measured."""
     from llem.results.files import amend_result
     from llem.results.preparation import SweepPlace
 
-    place = deployment.place
-    if place.sweep_dir is None:
-        part = SweepPlace(sweep_position_null_reason="a single run, not a sweep", started_cold=deployment.started_cold)
+    if _sweep_dir() is None:
+        part = SweepPlace(sweep_position_null_reason="a single run, not a sweep", started_cold=started_cold)
     else:
         from hydra.core.hydra_config import HydraConfig
 
-        part = SweepPlace(sweep_position=int(HydraConfig.get().job.num) + 1, sweep_order=place.config.sweep.order,
-                          started_cold=deployment.started_cold)
+        part = SweepPlace(sweep_position=int(HydraConfig.get().job.num) + 1, sweep_order=order,
+                          started_cold=started_cold)
     try:
-        return amend_result(place.job_dir, part) or values
+        return amend_result(job_dir, part) or values
     except Exception as exc:  # the row stands without them
         log.warning("the job's place in the sweep was not added to its row: %s", exc)
         return values

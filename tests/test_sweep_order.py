@@ -210,3 +210,15 @@ def test_jobs_after_one_that_cannot_be_composed_keep_their_position():
 
     assert _runs([4, 5, 7, 8, 9]) == [(0, [4, 5]), (2, [7, 8, 9])]
     assert _runs([]) == []
+
+
+@pytest.mark.slow
+def test_under_optuna_a_shuffled_order_fails_the_job_at_config_naming_the_key(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    proc = run_llem(["hydra/sweeper=energy_search", "hydra.sweeper.n_trials=1", "sweep.order=shuffled",
+                     "hydra.sweeper.params={batch:'choice(1,2)'}", *FAST, "hydra.sweep.dir=s", "-m"], cwd=tmp_path)
+    rows = list(_rows(tmp_path / "s").values())
+    assert proc.returncode == 1 and len(rows) == 1
+    row = rows[0]
+    assert row.status == "failed" and row.error_stage == "config" and "sweep.order=shuffled" in row.error
+    assert int(row.sweep_position) == 1 and pd.isna(row.load_s)  # refused before anything loaded
