@@ -200,3 +200,12 @@ def _not_json(value: Any, path: str):
         yield path, value
     elif not isinstance(value, (str, int, float, bool, type(None))):
         yield path, value
+
+
+def load_mode(load_config: Any) -> str:
+    """How the load was made: ``burst`` (rate inf, no cap: every request due at once), ``closed`` (rate inf
+    with ``max_concurrency=N``: N in flight, each next request due as one finishes) or ``open`` (a finite
+    rate: each request due at its arrival time)."""
+    if load_config.timed:
+        return "open"
+    return "closed" if load_config.max_concurrency is not None else "burst"

@@ -41,9 +41,7 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         pick(place, Held()).check()  # the real run's check stage, where its engine would run
         device = place.device
         instance = engine(config, device)
-        m = config.measure
-        plan = sizing.plan(config.dataset.num_requests, m.waves, m.min_window_s, m.max_requests,
-                           instance.sequences_in_flight(), on_gpu=device == "cuda")
+        plan = sizing.for_job(config, instance, on_gpu=device == "cuda")
     except Exception as exc:  # a dry run reports every problem, and never stops the others
         why = str(exc) if isinstance(exc, LlemError) else f"{type(exc).__name__}: {exc}"
         log.info("dry run: %s → invalid: %s", overrides, why)

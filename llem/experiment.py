@@ -130,10 +130,7 @@ class Experiment:
         host: Optional[HostWindows] = None
         info: Optional[EngineInfo] = None
         flags: List[str] = []
-        plan = sizing.plan(cfg.dataset.num_requests, cfg.measure.waves, cfg.measure.min_window_s,
-                           cfg.measure.max_requests, engine.sequences_in_flight(), on_gpu=bool(gpus),
-                           request_rate=cfg.load.request_rate)
-        plan.max_in_flight, plan.max_in_flight_null_reason = engine.max_in_flight()
+        plan = sizing.for_job(cfg, engine, on_gpu=bool(gpus))
         parts[Sizing] = sizing.part(plan, None)
         try:
             self._stage(Stage.workload)
@@ -159,14 +156,15 @@ class Experiment:
             loaded_idle, loaded_rows = self._loaded_idle(meter, sampler, gpus)
             self._stage(Stage.measure)
             measured = self._measure(meter, engine, work, host, gpus)
-            more = sizing.remeasure_count(plan, measured.window.duration_s)
-            if more is not None:
-                log.warning("the window lasted %.2f s, under measure.min_window_s=%g s: measuring again with %d "
-                            "requests (the short window is discarded)", measured.window.duration_s,
-                            cfg.measure.min_window_s, more)
+            peak = sizing.in_service_peak(measured.outputs)
+            while (more := sizing.remeasure_count(plan, measured.window.duration_s, peak[0])) is not None:
+                log.warning("the window lasted %.2f s with at most %s requests in service at once, under "
+                            "measure.min_window_s=%g s: measuring again with %d requests (the short window is "
+                            "discarded)", measured.window.duration_s, peak[0], cfg.measure.min_window_s, more)
                 work = self._build(more, parts)
                 measured = self._measure(meter, engine, work, host, gpus)
-            parts[Sizing], parts[host_cpu.HostLoad] = sizing.part(plan, len(work.requests)), measured.host
+                peak = sizing.in_service_peak(measured.outputs)
+            parts[Sizing], parts[host_cpu.HostLoad] = sizing.part(plan, len(work.requests), peak), measured.host
             measure_t0 = measured.window.t0
             window, outputs = measured.window, measured.outputs
             in_window = sampler.between(window.t0, window.t1)
@@ -191,7 +189,7 @@ class Experiment:
             found += load_flags
             if cfg.measure.steady_state:
                 span = load_metrics.arrival_span(outputs) if cfg.load.timed else None
-                parts[SteadyState] = phases.steady_state(outputs, engine.sequences_in_flight(),
+                parts[SteadyState] = phases.steady_state(outputs, plan.capacity,
                                                          in_window, baseline_w, span)
             steady = parts.get(SteadyState)
             found += sizing.flags(plan, len(outputs), cfg.measure.steady_state,

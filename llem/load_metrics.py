@@ -18,6 +18,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.config import breaks_bound, parse_bound
+from llem.config_load import load_mode
 from llem.energy.flags import Flag
 from llem.errors import RequestsFailed
 from llem.records import RequestResult
@@ -59,15 +60,6 @@ def check_some_succeeded(results: Sequence[RequestResult], what: str) -> None:
     result."""
     if results and all(r.error or not r.output_tokens for r in results):
         raise RequestsFailed(f"no request of the {what} succeeded ({len(results)} asked): {quote_errors(results)}")
-
-
-def load_mode(load_config: Any) -> str:
-    """How the load was made: ``burst`` (rate inf, no cap: every request due at once), ``closed`` (rate inf
-    with ``max_concurrency=N``: N in flight, each next request due as one finishes) or ``open`` (a finite
-    rate: each request due at its arrival time)."""
-    if load_config.timed:
-        return "open"
-    return "closed" if load_config.max_concurrency is not None else "burst"
 
 
 def request_bounds(bounds: Dict[str, str]) -> List[Tuple[str, str, float, str]]:

@@ -6,8 +6,15 @@ the sequences the engine holds at once (``batch`` × replicas; a server of unkno
 the window has a steady state. On a GPU the energy counter steps every ~0.1 s, so the window must
 also last ``measure.min_window_s``: the warm-up's fastest batch (one wave, the same output length;
 with natural lengths scaled from the mean length it asked for to the workload's) predicts how many
-whole waves that takes, and a window that still comes out short is measured once
-more with the count scaled by what it showed (the short one is discarded, like a warm-up).
+whole waves that takes, and a window that still comes out short is measured again (twice at most) with
+the count scaled by what it showed (the short one is discarded, like a warm-up).
+
+A burst against a server whose concurrency llem does not know (``batch`` null, no flag of the engine's
+own in ``server.args``, or an external server) is sized from what the short window shows instead: the
+most requests it had in service at once (first token to end). Fewer than all: that is what the server
+runs at once, and the next count is whole waves of it, one wave lasting the window ÷ the waves it ran.
+All of them: the server may hold more, its window barely grows with the count until the count passes
+what it holds, so the count grows GROWTH-fold (or more, where the window's rate asks for more).
 
 At a finite ``load.request_rate`` the window lasts about count ÷ rate: the count is at least
 rate × ``measure.min_window_s`` (on a GPU), and a short window is measured again the same way.
@@ -20,14 +27,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from llem.energy.flags import Flag
-from llem.records import Request
+from llem.records import Request, RequestResult
 from llem.results.row import Sizing
 
 MAX_PASSES = 3  # measured passes at most: a short window is measured again, twice at most
 MARGIN = 1.1  # aim 10 % past the minimum: a wave's time varies a little between warm-up and window
+# A burst every request of which a server of unknown concurrency had in service at once grows this many fold:
+# two such steps from the 4 waves of 4 it starts with reach vLLM's largest default (1024) and the window's
+# overshoot is bounded (at worst GROWTH waves where the server held exactly the short window's count).
+GROWTH = 8
 
 
 @dataclass
@@ -44,15 +55,17 @@ class Plan:
     capped: bool = False  # the count the window needed was more than max_requests
     max_in_flight: Optional[int] = None  # what one engine runs at once as it ran (batch, or a known default)
     max_in_flight_null_reason: Optional[str] = None
+    observe: bool = False  # a burst against a server of unknown concurrency: sized by the peak it showed
 
     def waves_of(self, n: int) -> float:
         return n / self.capacity
 
 
 def plan(num_requests: Optional[int], waves: int, min_window_s: float, max_requests: int, capacity: int,
-         on_gpu: bool, request_rate: float = math.inf) -> Plan:
+         on_gpu: bool, request_rate: float = math.inf, burst_unknown: bool = False) -> Plan:
     """The starting count: the user's, or ``waves`` × ``capacity`` (within ``max_requests``); at a finite
-    ``request_rate`` at least as many as arrive in MARGIN × the minimum window."""
+    ``request_rate`` at least as many as arrive in MARGIN × the minimum window. ``burst_unknown``: a burst
+    against a server whose concurrency is unknown (``capacity`` is then only where the count starts)."""
     minimum = min_window_s if on_gpu and min_window_s > 0 else None
     if num_requests is not None:
         return Plan(False, capacity, num_requests, minimum, max_requests)
@@ -61,7 +74,35 @@ def plan(num_requests: Optional[int], waves: int, min_window_s: float, max_reque
         n = max(n, math.ceil(MARGIN * minimum * request_rate))
     capped = n > max_requests
     return Plan(True, capacity, min(n, _whole_waves_within(max_requests, capacity)), minimum, max_requests,
-                capped=capped)
+                capped=capped, observe=burst_unknown)
+
+
+def for_job(config: Any, engine: Any, on_gpu: bool) -> Plan:
+    """The plan of one job on ``engine`` (what it holds at once, and whether that is known): a burst against
+    a server whose concurrency is unknown is sized by what its windows show."""
+    held, why = engine.max_in_flight()
+    m, load = config.measure, config.load
+    p = plan(config.dataset.num_requests, m.waves, m.min_window_s, m.max_requests, engine.sequences_in_flight(),
+             on_gpu=on_gpu, request_rate=load.request_rate,
+             burst_unknown=held is None and not load.timed and not load.max_concurrency)
+    p.max_in_flight, p.max_in_flight_null_reason = held, why
+    return p
+
+
+def in_service_peak(outputs: Sequence[RequestResult]) -> Tuple[Optional[int], Optional[str]]:
+    """The most requests in service at once (from first token to end; a request sent but still queued in a
+    server is not in service), and why it is None, if it is. A request that ends as another's first token
+    arrives is not counted with it."""
+    spans = [(o.first_token_s, o.end_s) for o in outputs if o.error is None and o.first_token_s is not None]
+    if not spans:
+        return None, ("no request succeeded" if all(o.error is not None for o in outputs)
+                      else "no request reported its first token's time")
+    events = sorted([(t0, 1) for t0, _ in spans] + [(t1, -1) for _, t1 in spans])  # at a tie, an end first
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak, None
 
 
 def _whole_waves_within(limit: int, capacity: int) -> int:
@@ -107,21 +148,47 @@ def wave_for_lengths(wave_s: Optional[float], wave_len_mean: Optional[float], wo
     return wave_s * work_len_mean / wave_len_mean
 
 
-def remeasure_count(p: Plan, window_s: float) -> Optional[int]:
+def remeasure_count(p: Plan, window_s: float, peak: Optional[int] = None) -> Optional[int]:
     """After a measured window: the larger count to measure again when it came out shorter than the
-    minimum (auto only, at most MAX_PASSES passes in all), else None. A second pass is enough where the
-    engine's concurrency is fixed; a server whose own concurrency llem does not know runs more requests at
-    once as it gets more, so its rate grows with the count and a third pass may still be needed."""
+    minimum (auto only, at most MAX_PASSES passes in all), else None. Where what the engine holds at once is
+    fixed (its batch; a closed loop's client cap) or the rate is (an open loop), the count is scaled by the
+    window's rate; a burst against a server of unknown concurrency by ``peak``, the most requests the
+    window had in service at once (:func:`observed_count`), which also becomes the plan's capacity."""
+    if p.observe and peak:
+        p.capacity = peak  # what the server ran at once, as the burst showed
     if (not p.auto or p.min_window_s is None or p.passes >= MAX_PASSES or window_s >= p.min_window_s
             or window_s <= 0):
         return None
     old = p.num_requests
-    n = _count_for(p, window_s / old)
+    if p.observe and peak:
+        n, estimate_s = observed_count(p, window_s, peak)
+    else:
+        n = _count_for(p, window_s / old)
+        estimate_s = window_s * n / old  # the short window's rate, the new count
     if n <= old:
         return None
-    p.num_requests, p.passes = n, p.passes + 1
-    p.estimate_s = window_s * n / old  # the short window's rate, the new count
+    p.num_requests, p.passes, p.estimate_s = n, p.passes + 1, estimate_s
     return n
+
+
+def observed_count(p: Plan, window_s: float, peak: int) -> Tuple[int, Optional[float]]:
+    """The next count of a short burst that had at most ``peak`` of its requests in service at once, and the
+    window it predicts (None: no prediction). Fewer than all: the server runs ``peak`` at once and the window
+    held ceil(count ÷ peak) waves of it (a partial wave lasts about as long as a full one), so whole waves of
+    ``peak`` enough for MARGIN × the minimum window. All of them: the server may hold more, and until the
+    count passes what it holds the window lasts about one request's life whatever the count, so GROWTH times
+    the count (more where the window's rate asks for more), with no prediction."""
+    old = p.num_requests
+    if peak >= old:
+        n = max(old * GROWTH, math.ceil(MARGIN * p.min_window_s * old / window_s))
+        if n > p.max_requests:
+            p.capped, n = True, max(old, p.max_requests)
+        return n, None
+    wave_s = window_s / math.ceil(old / peak)
+    n = math.ceil(MARGIN * p.min_window_s / wave_s) * peak
+    if n > p.max_requests:
+        p.capped, n = True, max(old, _whole_waves_within(p.max_requests, peak))
+    return n, wave_s * n / peak
 
 
 def describe(p: Plan) -> str:
@@ -131,23 +198,32 @@ def describe(p: Plan) -> str:
         return (f"{p.num_requests} requests as set" + (
             f" (fewer than the {p.capacity} sequences the engine holds at once: flagged batch_not_filled)"
             if short else ""))
+    waves = f"{p.num_requests // p.capacity} waves of {p.capacity}"
+    if p.observe:
+        more = (f"; a window under {p.min_window_s:g} s is measured again, sized by the most requests the server had "
+                "in service at once" if p.min_window_s else "")
+        return f"{p.num_requests} requests to start ({waves}: the server's own concurrency is unknown{more})"
     more = f", more whole waves until the window lasts {p.min_window_s:g} s" if p.min_window_s else ""
-    return f"{p.num_requests} requests ({p.num_requests // p.capacity} waves of {p.capacity}{more})"
+    return f"{p.num_requests} requests ({waves}{more})"
 
 
-def part(p: Plan, measured: Optional[int]) -> Sizing:
-    """The row's sizing columns."""
+def part(p: Plan, measured: Optional[int],
+         peak: Tuple[Optional[int], Optional[str]] = (None, "no window was measured")) -> Sizing:
+    """The row's sizing columns; ``peak``: :func:`in_service_peak` of the measured window."""
     return Sizing(requests_sizing="auto" if p.auto else "set", num_in_flight=p.capacity,
                   num_waves=p.waves_of(measured) if measured else None, window_min_s=p.min_window_s,
                   window_estimate_s=p.estimate_s, measure_passes_run=p.passes, num_in_flight_engine=p.max_in_flight,
-                  num_in_flight_engine_null_reason=p.max_in_flight_null_reason)
+                  num_in_flight_engine_null_reason=p.max_in_flight_null_reason, num_in_service_peak=peak[0],
+                  num_in_service_peak_null_reason=peak[1])
 
 
 def hint(p: Plan) -> str:
     """What the user can change when the count fell short ('' when nothing)."""
     if not p.auto:
         return "leave dataset.num_requests unset (null) for llem to size it"
-    return f"raise measure.max_requests (now {p.max_requests})" if p.capped else ""
+    if p.capped:
+        return f"raise measure.max_requests (now {p.max_requests})"
+    return "set batch (what the server runs at once) or dataset.num_requests" if p.observe else ""
 
 
 def flags(p: Plan, measured: int, steady_wanted: bool, steady_null_reason: Optional[str]) -> List[Flag]:

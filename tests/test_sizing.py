@@ -212,3 +212,44 @@ def test_natural_lengths_predict_the_window_from_the_mean_length_asked(compose_c
     expected_s = row["num_waves"] * token_s * row["output_tokens_requested_mean"]
     assert row["window_estimate_s"] == pytest.approx(expected_s, rel=0.1)
     assert row["measure_passes_run"] == 1 and row["window_s"] >= 2.4
+
+
+class _Holds:
+    """A server that runs up to ``held`` requests at once, each wave ``wave_s``, and does not say how many it
+    holds (its concurrency is unknown to llem, as a server launched at its own default)."""
+
+    def __new__(cls, held: int, wave_s: float):
+        from llem.backends.base import Engine
+        from llem.records import RequestResult, now
+
+        class Holds(Engine):
+            name = "holds"
+            config_class = None
+
+            def load(self):
+                pass
+
+            def max_in_flight(self):
+                return None, "the server's own default"
+
+            def generate(self, requests, output_len, progress):
+                out = []
+                for first in range(0, len(requests), held):
+                    wave = requests[first:first + held]
+                    t0 = now()
+                    time.sleep(wave_s)
+                    t1 = now()
+                    out += [RequestResult(r.request_id, r.input_tokens, output_len, t0, t1, t0 + wave_s / 4, [t1])
+                            for r in wave]
+                    progress(len(wave))
+                return out
+
+        return Holds
+
+
+def test_a_burst_against_a_server_of_unknown_concurrency_reaches_the_window(compose_cfg, tmp_path, monkeypatch):
+    # every count up to 96 takes one 0.35 s wave: scaled by its rate (16, 32, 64) the window stays short
+    row = _measure(compose_cfg, tmp_path, monkeypatch, _Holds(held=96, wave_s=0.35), ["measure.min_window_s=0.6"])
+    assert row["status"] == "ok", row["error"]
+    assert row["window_s"] >= 0.6 and "short_window" not in row["flags"]
+    assert row["num_in_service_peak"] == 96 and row["num_in_flight"] == 96 and row["num_waves"] > 1

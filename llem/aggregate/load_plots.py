@@ -8,8 +8,8 @@ from typing import List
 
 import numpy as np
 
+from llem.aggregate import plot_parts as parts
 from llem.aggregate.capacity import RATE
-from llem.aggregate.plots import _errorbars, _flagged, _legend, _no_data, _plt, _points, _save
 from llem.aggregate.stats import varying_columns
 
 
@@ -29,16 +29,16 @@ def has_rates(summary) -> bool:
 
 
 def load_curves(summary, path: Path) -> Path:
-    plt = _plt()
+    plt = parts.plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     any_flagged = False
     for label, rows in _series(summary):
         x = rows["requests_per_s_mean"].to_numpy(float)
-        flagged = _flagged(rows)
+        flagged = parts.flagged(rows)
         any_flagged |= bool(flagged.any())
-        y, yerr = _errorbars(rows, "j_per_output_token")
+        y, yerr = parts.errorbars(rows, "j_per_output_token")
         if np.isfinite(y).any():
-            _points(axes[0], x, y, None, yerr, flagged, label)
+            parts.points(axes[0], x, y, None, yerr, flagged, label)
         for metric, style in (("ttft_ms_p99", "-"), ("itl_ms_p50", ":")):
             if metric in rows.columns:
                 axes[1].plot(x, rows[metric].to_numpy(float), style, marker="o", label=f"{label} {metric}")
@@ -46,10 +46,10 @@ def load_curves(summary, path: Path) -> Path:
                 title="energy per output token against load")
     axes[1].set(xlabel="achieved request rate (requests/s)", ylabel="ms", title="TTFT p99 and ITL p50 against load")
     if not axes[0].lines:
-        _no_data(axes[0], "no J/token (energy was not measured)")
+        parts.no_data(axes[0], "no J/token (energy was not measured)")
     else:
-        _legend(axes[0], any_flagged)
+        parts.legend(axes[0], any_flagged)
     if axes[1].lines:
         axes[1].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return parts.save(fig, path)

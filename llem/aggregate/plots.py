@@ -13,30 +13,16 @@ from typing import List, Optional
 
 import numpy as np
 
+from llem.aggregate import load_plots
+from llem.aggregate import plot_parts as parts
 from llem.aggregate.doubt import MARK, codes_of, flag_text, is_flagged
 from llem.aggregate.stats import varying_columns
-from llem.install import install_hint
 
 log = logging.getLogger(__name__)
 
 PHASE_COLOURS = {"device_idle": "#d9d9d9", "settle": "#f0f0f0", "setup": "#fde0c5", "load": "#f8c291",
                  "warmup": "#f6e58d", "loaded_idle": "#c7ecee", "measure": "#badc58"}
 MAX_SERIES = 12
-FLAGGED_HOLLOW = "hollow: doubt-flagged (see flags)"
-FLAGGED_DASHED = "dashed: doubt-flagged (! flags)"
-
-
-def _plt():
-    """pyplot on the file-only Agg backend; a missing matplotlib says which extra installs it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(f"llem's plots need matplotlib: {install_hint('plots')}") from None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _series(summary) -> List[tuple]:
@@ -53,69 +39,13 @@ def _series(summary) -> List[tuple]:
     return out[:MAX_SERIES]
 
 
-def _plain_ticks(ax, axis: str = "x") -> None:
-    """Log axes with plain numbers (1, 2, 5, 10…) rather than powers of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_formatter(NullFormatter())
-
-
-def _errorbars(rows, metric: str):
-    mean = rows[f"{metric}_mean"].to_numpy(float)
-    lo = rows[f"{metric}_ci95_low"].to_numpy(float)
-    hi = rows[f"{metric}_ci95_high"].to_numpy(float)
-    return mean, np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
-
-
-def _flagged(rows) -> np.ndarray:
-    """Which rows (configurations) are doubt-flagged."""
-    return np.array([is_flagged(r) for _, r in rows.iterrows()], dtype=bool)
-
-
-def _points(ax, x, y, xerr, yerr, flagged: np.ndarray, label: str) -> None:
-    """One series: a line with CI bars, filled markers where unflagged, hollow where doubt-flagged."""
-    bars = ax.errorbar(x, y, xerr=xerr, yerr=yerr, capsize=4, label=label)
-    colour = bars.lines[0].get_color()
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ax.plot(x[~flagged], y[~flagged], "o", color=colour, ms=7)
-    ax.plot(x[flagged], y[flagged], "o", mfc="white", mec=colour, mew=1.8, ms=9)
-
-
-def _legend(ax, any_flagged: bool, dashed: bool = False) -> None:
-    """The series legend, with an entry for how doubt-flagged configurations are drawn (hollow markers,
-    or dashed lines) when there are any."""
-    from matplotlib.lines import Line2D
-
-    handles, labels = ax.get_legend_handles_labels()
-    if any_flagged and dashed:
-        handles.append(Line2D([], [], ls="--", color="#444444"))
-        labels.append(FLAGGED_DASHED)
-    elif any_flagged:
-        handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#444444", mew=1.8, ms=9))
-        labels.append(FLAGGED_HOLLOW)
-    ax.legend(handles, labels, fontsize=8)
-
-
-def _no_data(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="#666666")
-
-
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=120)
-    _plt().close(fig)
-    return path
-
-
 def per_batch(summary, path: Path) -> Path:
-    return _save(per_batch_figure(summary), path)
+    return parts.save(per_batch_figure(summary), path)
 
 
 def per_batch_figure(summary):
     """J/token and tok/s against batch, one line per series; doubt-flagged configurations hollow."""
-    plt = _plt()
+    plt = parts.plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, metric, title in ((axes[0], "j_per_output_token", "energy per output token (adjusted), J"),
                               (axes[1], "output_tok_per_s", "output tokens per second")):
@@ -123,9 +53,9 @@ def per_batch_figure(summary):
         for label, rows in _series(summary):
             if f"{metric}_mean" not in rows or rows[f"{metric}_mean"].isna().all():
                 continue
-            mean, err = _errorbars(rows, metric)
-            flagged = _flagged(rows)
-            _points(ax, rows["cfg.batch"], mean, None, err, flagged, label)
+            mean, err = parts.errorbars(rows, metric)
+            flagged = parts.flagged(rows)
+            parts.points(ax, rows["cfg.batch"], mean, None, err, flagged, label)
             drawn, any_flagged = True, any_flagged or bool(flagged.any())
         ax.set_xscale("log", base=2)
         batches = sorted(summary["cfg.batch"].dropna().unique())
@@ -135,30 +65,30 @@ def per_batch_figure(summary):
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         if drawn:
-            _legend(ax, any_flagged)
+            parts.legend(ax, any_flagged)
         else:
-            _no_data(ax, "not measured\n(no NVML GPU)" if metric.startswith("j_") else "no data")
+            parts.no_data(ax, "not measured\n(no NVML GPU)" if metric.startswith("j_") else "no data")
     fig.suptitle("mean across repeats, bars: bootstrap 95% CI")
     fig.tight_layout()
     return fig
 
 
 def tradeoff(summary, path: Path) -> Path:
-    return _save(tradeoff_figure(summary), path)
+    return parts.save(tradeoff_figure(summary), path)
 
 
 def tradeoff_figure(summary):
     """Throughput against J/token per configuration (labels: batch); doubt-flagged configurations hollow."""
-    plt = _plt()
+    plt = parts.plt()
     fig, ax = plt.subplots(figsize=(8, 6))
     drawn = any_flagged = False
     for label, rows in _series(summary):
         if "j_per_output_token_mean" not in rows or rows["j_per_output_token_mean"].isna().all():
             continue
-        y, yerr = _errorbars(rows, "j_per_output_token")
-        x, xerr = _errorbars(rows, "output_tok_per_s")
-        flagged = _flagged(rows)
-        _points(ax, x, y, xerr, yerr, flagged, label)
+        y, yerr = parts.errorbars(rows, "j_per_output_token")
+        x, xerr = parts.errorbars(rows, "output_tok_per_s")
+        flagged = parts.flagged(rows)
+        parts.points(ax, x, y, xerr, yerr, flagged, label)
         for xi, yi, b, doubtful in zip(x, y, rows["cfg.batch"], flagged):
             ax.annotate(f"b{_batch(b)}{MARK if doubtful else ''}", (xi, yi), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
@@ -170,11 +100,11 @@ def tradeoff_figure(summary):
     if drawn:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _plain_ticks(ax, "x")
-        _plain_ticks(ax, "y")
-        _legend(ax, any_flagged)
+        parts.plain_ticks(ax, "x")
+        parts.plain_ticks(ax, "y")
+        parts.legend(ax, any_flagged)
     else:
-        _no_data(ax, "energy not measured (no NVML GPU)")
+        parts.no_data(ax, "energy not measured (no NVML GPU)")
     fig.tight_layout()
     return fig
 
@@ -185,7 +115,7 @@ def _batch(value):
 
 def latency(agg, path: Path, max_points: int = 20000) -> Path:
     """ECDFs of TTFT and of every inter-token gap, per configuration, from the raw request rows."""
-    plt = _plt()
+    plt = parts.plt()
     ok = agg.runs[agg.runs["status"] == "ok"]
     config_of = dict(zip(ok["job_key"], ok["config_key"]))
     labels = {r["config_key"]: " ".join(f"{c.removeprefix('cfg.')}={r[c]}" for c in
@@ -211,14 +141,14 @@ def latency(agg, path: Path, max_points: int = 20000) -> Path:
                     ls="--" if key in flagged else "-")
     for ax, name in ((axes[0], "time to first token, ms"), (axes[1], "inter-token latency, ms (every gap)")):
         ax.set_xscale("log")
-        _plain_ticks(ax, "x")
+        parts.plain_ticks(ax, "x")
         ax.set_xlabel(name)
         ax.set_ylabel("fraction of requests" if "first" in name else "fraction of gaps")
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
-            _legend(ax, any(line.get_linestyle() == "--" for line in ax.lines), dashed=True)
+            parts.legend(ax, any(line.get_linestyle() == "--" for line in ax.lines), dashed=True)
         else:
-            _no_data(ax, "no request timings")
+            parts.no_data(ax, "no request timings")
     fig.suptitle("latency distributions (empirical CDF over all request rows)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -245,7 +175,7 @@ def power_timeseries(row, path: Path) -> Path:
     """One job's sampled power (per GPU) over time, its phases shaded; CPU use where there is no GPU."""
     import pandas as pd
 
-    plt = _plt()
+    plt = parts.plt()
     ts = pd.read_parquet(Path(row["job_dir"]) / "timeseries.parquet")
     fig, ax = plt.subplots(figsize=(13, 5))
     gpu = ts.dropna(subset=["power_instant_w"]) if "power_instant_w" in ts else ts.iloc[0:0]
@@ -292,10 +222,9 @@ def draw_all(agg, out_dir: Path, job: Optional[str] = None) -> List[Path]:
     paths = [per_batch(agg.summary, out_dir / "j_per_token_vs_batch.png"),
              tradeoff(agg.summary, out_dir / "throughput_vs_j_per_token.png"),
              latency(agg, out_dir / "latency_distributions.png")]
-    from llem.aggregate.load_plots import has_rates, load_curves
 
-    if has_rates(agg.summary):
-        paths.append(load_curves(agg.summary, out_dir / "load_j_per_token_and_latency_vs_rate.png"))
+    if load_plots.has_rates(agg.summary):
+        paths.append(load_plots.load_curves(agg.summary, out_dir / "load_j_per_token_and_latency_vs_rate.png"))
     row = pick_job(agg.runs, job)
     if row is not None and (Path(row["job_dir"]) / "timeseries.parquet").is_file():
         name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(row["job_id"]))[:80]

@@ -39,7 +39,7 @@ class DueTimes:
 
 def closed_loop(load) -> Optional[int]:
     """N for a closed loop (``request_rate=inf`` with ``max_concurrency=N``), else None (the one definition
-    of the load's modes: :func:`llem.load_metrics.load_mode`)."""
-    from llem.load_metrics import load_mode
+    of the load's modes: :func:`llem.config_load.load_mode`)."""
+    from llem.config_load import load_mode
 
     return load.max_concurrency if load_mode(load) == "closed" else None

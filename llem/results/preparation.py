@@ -17,10 +17,13 @@ class Sizing:
                                          "(dataset.num_requests)")
     num_in_flight: Optional[int] = col("sequences the engine holds at once (batch × replicas), as sizing counted "
                                        "them: for a server of unknown concurrency, load.max_concurrency, else the "
-                                       "in-process default")
+                                       "in-process default; for a burst against one, num_in_service_peak")
     num_in_flight_engine: Optional[int] = col("sequences one engine runs at once as it ran: batch, or a launched "
                                               "server's own default where llem knows it")
     num_in_flight_engine_null_reason: Optional[str] = col("why num_in_flight_engine is null, when it is")
+    num_in_service_peak: Optional[int] = col("the most requests in service at once in the measured window (first "
+                                             "token to end, from the requests' timings)")
+    num_in_service_peak_null_reason: Optional[str] = col("why num_in_service_peak is null, when it is")
     num_waves: Optional[float] = col("num_requests ÷ num_in_flight")
     window_min_s: Optional[float] = col("the window asked for (measure.min_window_s; null on the CPU)")
     window_estimate_s: Optional[float] = col("the window predicted for the count measured (s)")

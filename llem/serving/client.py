@@ -30,9 +30,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from llem.backends._served_model import id_words
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
+from llem.config_load import load_mode
 from llem.errors import EngineUnavailable, ServerError, WorkloadError
 from llem.install import install_hint
-from llem.load_metrics import load_mode
 from llem.records import Progress, Request, RequestResult, now
 from llem.serving.schedule import Slots, sleep_until
 from llem.serving.server import MODELS_MAX_BYTES, Endpoint, alive, auth_headers, last_lines, model_names
