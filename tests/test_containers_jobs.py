@@ -70,6 +70,7 @@ def test_consecutive_jobs_with_the_same_container_share_it(host_and_docker):
     first, second = [r for r in host_and_docker[0] if r["runtime"] == "docker"]
     assert first["container_reused"] is False and second["container_reused"] is True
     assert second["container_start_s"] is None
+    assert first["started_cold"] is True and second["started_cold"] is False
 
 
 def test_the_sweep_leaves_no_container(host_and_docker):

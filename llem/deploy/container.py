@@ -184,7 +184,7 @@ class InContainer(Deployment):
         held = self.held.reuse(spec.key) if cfg.runtime.reuse else self.held.release()
         if held is not None:
             log.info("container %s: reused", held.name)
-            self.container = held
+            self.container, self.started_cold = held, False
             self.facts = facts_of(p, facts, None, True)
             return self.device_idle()  # a sleeping container holds no CUDA context
         idle = self.device_idle()
@@ -204,6 +204,7 @@ class InContainer(Deployment):
             raise StartFailed(f"the container did not start ({runtime.name} run exited with {done.returncode}): "
                               f"{said}", "ContainerError")
         self.container = Container(runtime, name, facts_of(p, facts, time.monotonic() - t0, False))
+        self.started_cold = True
         self.facts = self.container.facts
         self.held.hold(spec.key, self.container)
         log.info("container %s: running after %.2f s", name, self.facts.container_start_s)
