@@ -106,17 +106,26 @@ def _detached_burners(count: int, wall_s: float):
     return [int(line) for line in out.stdout.split()]
 
 
-JOB = ["device=cpu", "dataset.num_requests=8", "output_len=64", "batch=4", "warmup.batches=1"]
+# a window of about half a second on one core: twice what HOST_BUSY_MIN_S of a burner's time needs
+JOB = ["device=cpu", "dataset.num_requests=16", "output_len=64", "batch=4", "warmup.batches=1"]
 
 
 @pytest.mark.slow
 def test_a_cpu_burner_beside_a_real_cpu_job_flags_host_busy(compose_cfg, tmp_path):
     # half the host's cores spinning: other processes' share is then about 50 %, twice HOST_BUSY_PCT, and the
-    # job keeps cores of its own (with every core spinning, its window took ~50 s on 2 cores)
-    pids = _detached_burners(max(1, (os.cpu_count() or 2) // 2), wall_s=180)  # killed below, as soon as the job ends
+    # job keeps cores of its own: its torch threads are the cores left (a thread on a spinning core stalls the
+    # others at every step: on 2 cores with 2 threads the window took ~20 s instead of ~1 s)
+    import torch
+
+    cpus = os.cpu_count() or 2
+    burners = max(1, cpus // 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, cpus - burners)))
+    pids = _detached_burners(burners, wall_s=180)  # killed below, as soon as the job ends
     try:
         row = run_in_process(compose_cfg, JOB, tmp_path / "job")
     finally:
+        torch.set_num_threads(threads)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
