@@ -42,7 +42,7 @@ from llem.deploy.container import (
     spec_key,
 )
 from llem.deploy.local import measure_here
-from llem.deploy.server_process import _in_flight, copy_log, free_port, server_key
+from llem.deploy.server_process import copy_log, free_port, in_flight, server_key
 from llem.energy.idle import DeviceIdle
 from llem.errors import EngineUnavailable, ServerError
 from llem.results.row import Stage
@@ -149,7 +149,7 @@ class ContainerServer(Deployment):
                 url=f"http://{s.host}:{port}", mode="launch",
                 prompt=launch.prompt if s.prompt == "auto" else s.prompt, id_words=launch.id_words, pid=pid,
                 log_path=str(log_path), command=" ".join(argv), starts=self.held.server_starts,
-                warnings=list(launch.warnings), container=container.facts, **_in_flight(launch, list(s.args)))
+                warnings=list(launch.warnings), container=container.facts, **in_flight(launch, list(s.args)))
             self._wait_healthy(container, launch.health_path, s.startup_timeout_s - (time.monotonic() - t0))
             container.endpoint.start_s = time.monotonic() - t0  # from the run to /health, as on the host
         except ServerError as exc:

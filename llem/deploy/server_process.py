@@ -126,7 +126,7 @@ def launch(serving: Any, config: Any, log_dir: Path, gpus: List[str], held: Held
     endpoint = Endpoint(url=f"http://{s.host}:{port}", mode="launch", prompt=spec.prompt if s.prompt == "auto"
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
                         command=" ".join(argv), starts=held.server_starts, warnings=list(spec.warnings),
-                        **_in_flight(spec, list(s.args)))
+                        **in_flight(spec, list(s.args)))
     running = RunningServer(proc, endpoint, pipe, claim, spec.health_path)
     held.hold(key, running)
     try:
@@ -138,7 +138,7 @@ def launch(serving: Any, config: Any, log_dir: Path, gpus: List[str], held: Held
     return endpoint
 
 
-def _in_flight(spec: Any, args: List[str]) -> Dict[str, Any]:
+def in_flight(spec: Any, args: List[str]) -> Dict[str, Any]:
     """What the server runs at once: the engine's flag as ``server.args`` last set it, else what the engine said."""
     flag, value = spec.in_flight_flag, None
     for i, arg in enumerate(args if flag else []):
