@@ -32,10 +32,10 @@ def template_row():
 
     from hydra import compose, initialize_config_dir
 
-    from llem import environment
     from llem.backends import register_all
     from llem.backends._torch_runner import PyTorchResolved
     from llem.config import conf_dir, to_config
+    from llem.results import environment
     from llem.results.row import PARTS, CodecarbonFacts, GpuEnergy, Notes, Outcome, assemble
 
     register_all()

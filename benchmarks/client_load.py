@@ -144,8 +144,8 @@ def lateness_ms(results, requests) -> List[float]:
 def run_one(url: str, pid: int, label: str, overrides: List[str], n: int, tokens: int, profile: bool) -> dict:
     import numpy as np
 
-    from llem.arrivals import shape
-    from llem.records import Request
+    from llem.workload.arrivals import shape
+    from llem.workload.records import Request
 
     engine, config = client(url, [f"dataset.num_requests={n}", f"output_len={tokens}", *overrides], pid)
     requests = [Request(i, [1, 2, 3]) for i in range(n)]

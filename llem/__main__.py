@@ -8,8 +8,8 @@ import signal
 import sys
 from typing import List, Optional
 
-from llem import reaper, secrets
-from llem.install import install_hint
+from llem.support import reaper, secrets
+from llem.support.install import install_hint
 
 # Optional Hydra plugins a config group needs: (override pattern, module, llem extra).
 PLUGIN_EXTRAS = [
@@ -80,9 +80,9 @@ def main() -> None:
 
     from llem.backends import register_all
     from llem.config import conf_dir
+    from llem.config.help import register_resolvers
     from llem.deploy.held import Held
     from llem.deploy.process import Interrupted
-    from llem.help import register_resolvers
 
     register_all()
     register_resolvers()
@@ -92,7 +92,7 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def app(cfg):
-        from llem import job
+        from llem.run import job
 
         try:
             row, value = job.run(cfg, held)
@@ -117,7 +117,7 @@ def main() -> None:
               "jobs are skipped).", file=sys.stderr)
         sys.exit(130 if exc.signal_name == "SIGINT" else 143)
     _leave_no_orphans(held)
-    from llem.sweep import SweepSummary
+    from llem.run.sweep import SweepSummary
 
     if failed or SweepSummary.failures:
         sys.exit(1)

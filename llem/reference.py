@@ -63,7 +63,7 @@ def _configs():
 
 
 def render() -> str:
-    from llem.environment import Environment
+    from llem.results.environment import Environment
 
     lines = [HEADER, "## results.parquet — one row per job", ""]
     configs = _configs()

@@ -19,7 +19,7 @@ from llem.config import conf_dir
 
 register_all()
 # Each test worker (xdist) has its own lock folder: CPU jobs of different tests would otherwise wait on
-# each other for the host (llem.locks.host_lock), which is right for measurements and slow for tests.
+# each other for the host (llem.support.locks.host_lock), which is right for measurements and slow for tests.
 # Set in every process that imports this (each worker does): an inherited value is the controller's, shared.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ["LLEM_LOCK_DIR"] = tempfile.mkdtemp(prefix=f"llem-test-locks-{WORKER}-")
@@ -86,7 +86,7 @@ def run_in_process(compose_cfg, overrides: List[str], job_dir: Path) -> dict:
     """One job measured in this process (a job's own code path, minus Hydra and the spawned process):
     end-to-end through workload, engine, meters and writer, without paying a new interpreter."""
     from llem.config import to_config
-    from llem.job import run_config
+    from llem.run.job import run_config
 
     config = to_config(compose_cfg([*FAST, "isolate=false", *overrides]))
     job_dir.mkdir(parents=True, exist_ok=True)

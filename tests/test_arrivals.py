@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from llem.arrivals import arrival_offsets, drawn_lengths, shape
 from llem.backends import engine_class
 from llem.config import OutputLengthsConfig, to_config
-from llem.errors import ConfigError
+from llem.support.errors import ConfigError
 from llem.workload import build
+from llem.workload.arrivals import arrival_offsets, drawn_lengths, shape
 
 
 def _gaps(rate, burstiness, n=4000, seed=0):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llem.energy.attribution import per_request
-from llem.records import RequestResult
+from llem.workload.records import RequestResult
 from tests.replay import csv_counter_j, csv_row_at, grid, phase_span
 
 

@@ -4,10 +4,10 @@ the device-idle floor reused by later jobs of a sweep while recent."""
 import os
 import time
 
-from llem import compile_cache
 from llem.backends.base import CompileCache
 from llem.config import to_config
 from llem.energy.idle import DeviceIdle, remember_device_idle, reuse_device_idle
+from llem.measure import compile_cache
 
 
 def _cache(tmp_path):

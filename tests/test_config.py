@@ -9,7 +9,7 @@ from omegaconf.errors import ValidationError
 from llem.aggregate.collect import flatten
 from llem.backends import engine_class, engine_names
 from llem.config import Config, DType, Weights, config_hash, to_config, to_dict
-from llem.errors import ConfigError
+from llem.support.errors import ConfigError
 
 
 def test_default_config_is_typed(compose_cfg):
@@ -107,7 +107,7 @@ def test_flatten_dotted_names(compose_cfg):
     assert "backend.engine_args" in flat and isinstance(flat["backend.generate_args"], str)
 
 
-# -- checks across keys and facts outside the config (llem.validate), before anything loads ----------------
+# -- checks across keys and facts outside the config (llem.config.validate), before anything loads ----------------
 
 
 @pytest.mark.parametrize("overrides, says", [
@@ -119,21 +119,21 @@ def test_flatten_dotted_names(compose_cfg):
     (["+objective.bounds.nonsense='<=3'"], "objective.bounds.nonsense is invalid"),
 ])
 def test_cross_checks_name_the_key(compose_cfg, overrides, says):
-    from llem import validate
+    from llem.config import validate
 
     with pytest.raises(ConfigError, match=says):
         validate.check(to_config(compose_cfg(overrides)))
 
 
 def test_lengths_fit_the_model_within_its_positions(compose_cfg):
-    from llem import validate
+    from llem.config import validate
 
     validate.check(to_config(compose_cfg(["input_len=1920", "output_len=128"])))  # exactly 2048: fine
     validate.check(to_config(compose_cfg(["objective.metric=output_tok_per_s", "+objective.bounds.ttft_ms_p99='<=9'"])))
 
 
 def test_a_pretrained_models_positions_come_from_its_config_json(compose_cfg, tmp_path):
-    from llem import validate
+    from llem.config import validate
 
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_positions": 1024}')
     config = to_config(compose_cfg(["model.weights=pretrained", f"model.hf_id={tmp_path}", "input_len=1000",

@@ -11,8 +11,8 @@ import socket
 import pytest
 
 from llem.config import to_config
-from llem.errors import ConfigError, WorkloadError
-from llem.validate import check, check_overrides
+from llem.config.validate import check, check_overrides
+from llem.support.errors import ConfigError, WorkloadError
 from llem.workload import read_prompts
 from tests.conftest import run_llem
 

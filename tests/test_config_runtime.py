@@ -8,7 +8,7 @@ import pytest
 
 from llem import __version__
 from llem.config import config_hash, image_for, to_config
-from llem.errors import ConfigError
+from llem.support.errors import ConfigError
 
 
 def _refused(compose_cfg, overrides):

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llem import datasets_hf, workload
+from llem import workload
 from llem.config import to_config
-from llem.errors import ConfigError, WorkloadError
+from llem.support.errors import ConfigError, WorkloadError
+from llem.workload import datasets_hf
 from tests.conftest import FAST, run_in_process, run_llem
 
 datasets = pytest.importorskip("datasets")
@@ -72,9 +73,9 @@ def test_builtin_prompt_set_ships_in_the_package():
     assert len(prompts) >= 200 and len(set(prompts)) == len(prompts)
     assert all(0 < len(p) <= 300 and p == p.strip() for p in prompts)
     packaging = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "llem" in packaging["packages"]
-    rel = workload.BUILTIN_PROMPTS.relative_to(ROOT / "llem").as_posix()
-    assert any(fnmatch(rel, pattern) for pattern in packaging["package-data"]["llem"])
+    assert "llem.workload" in packaging["packages"]
+    rel = workload.BUILTIN_PROMPTS.relative_to(ROOT / "llem" / "workload").as_posix()
+    assert any(fnmatch(rel, pattern) for pattern in packaging["package-data"]["llem.workload"])
 
 
 def test_builtin_is_seeded_and_records_its_length_distribution(compose_cfg):
@@ -173,7 +174,7 @@ def test_the_shipped_groups_name_their_sources(compose_cfg):
 
 
 def test_loading_llem_does_not_import_datasets():
-    code = "import sys, llem.config, llem.workload, llem.datasets_hf; assert 'datasets' not in sys.modules"
+    code = "import sys, llem.config, llem.workload, llem.workload.datasets_hf; assert 'datasets' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -222,8 +223,8 @@ def test_sharegpt_takes_the_first_human_turn(compose_cfg, local_copies):
 def test_natural_lengths_follow_the_reference_completions(compose_cfg, local_copies):
     """output_len=null: a record's reference answer sets its length (in the model's tokens, here bytes);
     a record without one draws from dataset.output_lengths."""
-    from llem.arrivals import shape
     from llem.config import to_config
+    from llem.workload.arrivals import shape
 
     work = _build(compose_cfg, ["dataset=alpaca", f"dataset.path={local_copies / 'alpaca'}", BYTES,
                                 "dataset.shuffle=false", "output_len=null"])

@@ -8,9 +8,9 @@ from typing import Dict
 
 import pytest
 
-from llem import metrics
 from llem.energy.nvml import GpuReader
 from llem.energy.window import COUNTER_UPDATE_S, EnergyMeter, Sampler
+from llem.measure import metrics
 from llem.results.schema import columns_of
 from llem.results.tables import TimeseriesRow
 from tests.fake_nvml import (
@@ -380,7 +380,7 @@ def test_a_counted_process_tree_adds_its_memory_to_the_samples():
 
 
 def test_an_external_servers_memory_is_null_with_a_reason():
-    from llem.window_parts import _rss_peak
+    from llem.measure.window_parts import _rss_peak
 
     assert _rss_peak([62.0], "external")["cpu_rss_peak_mib"] is None
     assert "server=external" in _rss_peak([62.0], "external")["cpu_rss_null_reason"]

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from llem.arrivals import shape
 from llem.backends.pytorch import PyTorchEngine
 from llem.backends.tensorrt import TensorRTEngine
 from llem.backends.vllm import VllmEngine, cli_flags
 from llem.config import to_config
-from llem.records import Request
+from llem.workload.arrivals import shape
+from llem.workload.records import Request
 from tests.test_tensorrt_engine import FakeLLM as FakeTrtLLM
 from tests.test_tensorrt_engine import fake_trt  # noqa: F401 - a fixture
 from tests.test_vllm_engine import fake_vllm  # noqa: F401 - a fixture

@@ -10,9 +10,9 @@ import time
 import pandas as pd
 import pytest
 
-from llem import experiment
 from llem.config import to_config
 from llem.energy.nvml import GpuReader
+from llem.measure import experiment
 from tests.fake_nvml import FakeClock, FakeNVML
 from tests.replay import looped
 

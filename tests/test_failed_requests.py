@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from llem.load_metrics import FAILED_PCT_FLAG, load_part
-from llem.records import RequestResult
+from llem.measure.load_metrics import FAILED_PCT_FLAG, load_part
 from llem.results import read_result
+from llem.workload.records import RequestResult
 from tests.conftest import FAST, run_in_process, run_llem
 from tests.stand_in_server import StandIn
 
@@ -71,8 +71,8 @@ def _results(n, failed):
 
 
 def test_a_window_whose_requests_gave_no_token_and_no_error_fails_too():
-    from llem.errors import RequestsFailed
-    from llem.load_metrics import check_some_succeeded
+    from llem.measure.load_metrics import check_some_succeeded
+    from llem.support.errors import RequestsFailed
 
     silent = [RequestResult(request_id=i, input_tokens=3, output_tokens=0, start_s=0.0, end_s=1.0) for i in range(3)]
     with pytest.raises(RequestsFailed, match="3× 'no output token, and no error'"):
@@ -81,7 +81,7 @@ def test_a_window_whose_requests_gave_no_token_and_no_error_fails_too():
 
 
 def test_the_quoted_errors_are_the_first_few_distinct_ones():
-    from llem.load_metrics import QUOTED_ERRORS, quote_errors
+    from llem.measure.load_metrics import QUOTED_ERRORS, quote_errors
 
     results = [RequestResult(request_id=i, input_tokens=3, output_tokens=0, start_s=0.0, end_s=1.0,
                              error=f"HTTP 50{i % 5}") for i in range(10)]
@@ -92,7 +92,7 @@ def test_the_quoted_errors_are_the_first_few_distinct_ones():
 
 def _part(compose_cfg, n, failed):
     from llem.config import to_config
-    from llem.metrics import request_rows
+    from llem.measure.metrics import request_rows
 
     config = to_config(compose_cfg([]))
     results = _results(n, failed)

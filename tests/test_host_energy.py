@@ -12,7 +12,7 @@ import pytest
 
 from llem.config import to_config
 from llem.energy.codecarbon import J_PER_KWH, HostMeter, HostReading, HostWindows, carbon_intensity
-from llem.errors import ConfigError, MeterError
+from llem.support.errors import ConfigError, MeterError
 
 
 @pytest.mark.parametrize("override,key", [

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from llem.config import to_config
-from llem.locks import gpu_lock
-from llem.objective import objective
+from llem.run.objective import objective
+from llem.support.locks import gpu_lock
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_failed_or_null_is_the_worst_value_never_zero(config):
 
 
 def test_the_objective_is_not_logged_where_no_sweeper_reads_it(config, caplog):
-    caplog.set_level("DEBUG", logger="llem.objective")
+    caplog.set_level("DEBUG", logger="llem.run.objective")
     objective({"status": "ok", "j_per_output_token": None}, config())
     assert [r.levelname for r in caplog.records if "objective" in r.getMessage()] == ["DEBUG"]
 
@@ -48,7 +48,7 @@ def test_bounds_penalise(config):
 
 
 def test_bad_bound_names_the_key(config):
-    from llem.errors import ConfigError
+    from llem.support.errors import ConfigError
 
     with pytest.raises(ConfigError, match="objective.bounds.ttft_ms_p99"):
         config("+objective.bounds.ttft_ms_p99='<500'")
@@ -76,7 +76,7 @@ def test_gpu_lock_serialises_jobs_on_one_gpu():
 
 
 def test_a_job_dir_is_locked_while_its_job_runs(tmp_path):
-    from llem.locks import job_lock
+    from llem.support.locks import job_lock
 
     with job_lock(tmp_path / "job") as first:
         assert first
@@ -89,8 +89,8 @@ def test_a_job_dir_is_locked_while_its_job_runs(tmp_path):
 def test_a_second_sweep_on_a_locked_dir_is_refused(tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from llem.locks import SWEEP_LOCK, try_lock
-    from llem.sweep import SweepSummary
+    from llem.run.sweep import SweepSummary
+    from llem.support.locks import SWEEP_LOCK, try_lock
 
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
     first = SweepSummary()
@@ -142,8 +142,8 @@ def test_an_uncomposable_job_gets_a_failed_row_in_the_dir_hydra_would_give_it(co
     from hydra.errors import ConfigCompositionException
 
     from llem import results
-    from llem.dirnames import sweep_job_dirname as job_dirname
-    from llem.sweep import fail_uncomposable
+    from llem.config.dirnames import sweep_job_dirname as job_dirname
+    from llem.run.sweep import fail_uncomposable
 
     cfg = compose_cfg([])
     from omegaconf import OmegaConf, open_dict

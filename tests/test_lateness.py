@@ -12,14 +12,14 @@ from types import SimpleNamespace
 import pytest
 
 from llem.config import to_config
-from llem.config_load import LoadConfig, load_mode
-from llem.config_measure import MeasureConfig
-from llem.errors import ConfigError
-from llem.load_metrics import CLIENT_LATE_MS, load_part
-from llem.metrics import request_rows
-from llem.records import RequestResult
+from llem.config.load import LoadConfig, load_mode
+from llem.config.measure import MeasureConfig
+from llem.config.validate import check_schedule
+from llem.measure.load_metrics import CLIENT_LATE_MS, load_part
+from llem.measure.metrics import request_rows
 from llem.serving.schedule import Slots
-from llem.validate import check_schedule
+from llem.support.errors import ConfigError
+from llem.workload.records import RequestResult
 
 
 def _result(i: int, due: float, late_s=None) -> RequestResult:
@@ -125,8 +125,8 @@ def test_an_arrival_schedule_longer_than_the_window_is_refused_before_load(compo
 
 
 def test_a_sleep_never_ends_before_its_time():
-    from llem.records import now
     from llem.serving.schedule import sleep_until
+    from llem.workload.records import now
 
     async def scenario():
         woke = []

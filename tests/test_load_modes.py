@@ -13,9 +13,9 @@ from llem.backends.pytorch import PyTorchEngine
 from llem.backends.tensorrt import TensorRTEngine
 from llem.backends.vllm import VllmEngine
 from llem.config import to_config
-from llem.config_load import load_mode
-from llem.errors import ConfigError
-from llem.records import Request
+from llem.config.load import load_mode
+from llem.support.errors import ConfigError
+from llem.workload.records import Request
 from tests.test_tensorrt_engine import fake_trt  # noqa: F401 - a fixture
 from tests.test_vllm_engine import fake_vllm  # noqa: F401 - a fixture
 

@@ -14,7 +14,7 @@ import pytest
 
 from llem import workload
 from llem.aggregate.__main__ import main as aggregate_main
-from llem.errors import WorkloadError
+from llem.support.errors import WorkloadError
 from llem.workload import read_prompts
 
 # --- dataset.path -------------------------------------------------------------------------------------

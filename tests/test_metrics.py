@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llem.metrics import latency_summary, request_rows
-from llem.records import RequestResult
+from llem.measure.metrics import latency_summary, request_rows
+from llem.workload.records import RequestResult
 
 
 def _result(i, start, times):

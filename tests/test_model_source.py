@@ -14,9 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llem import model_source
-from llem.config import ModelConfig, Weights
-from llem.model_source import ModelUnavailable
+from llem.config import ModelConfig, Weights, model_source
+from llem.config.model_source import ModelUnavailable
 from tests.conftest import FAST, fake_distribution, run_llem
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -7,9 +7,9 @@ from typing import List
 
 import pytest
 
-from llem import metrics
 from llem.energy import phases
-from llem.records import RequestResult
+from llem.measure import metrics
+from llem.workload.records import RequestResult
 from tests.replay import csv_counter_j, make_rig, phase_span, rel_err
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from llem.backends import engine_class
 from llem.config import to_config
-from llem.errors import ConfigError, EngineUnavailable
-from llem.records import Request
+from llem.support.errors import ConfigError, EngineUnavailable
+from llem.workload.records import Request
 
 pytest.importorskip("transformers")
 

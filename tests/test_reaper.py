@@ -1,4 +1,4 @@
-"""No defunct process is left: orphans of llem's processes are adopted and reaped (llem/reaper.py)."""
+"""No defunct process is left: orphans of llem's processes are adopted and reaped (llem/support/reaper.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="su
 SCRIPT = textwrap.dedent("""
     import multiprocessing, subprocess, sys, time
     import psutil
-    from llem import reaper
+    from llem.support import reaper
 
     def defunct():
         return sorted(c.pid for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE)
@@ -46,7 +46,7 @@ def test_orphans_and_the_resource_tracker_are_reaped():
 
 
 def test_reaping_is_bounded_by_its_timeout():
-    from llem import reaper
+    from llem.support import reaper
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

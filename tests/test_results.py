@@ -18,11 +18,11 @@ from llem.results.row import PARTS, Notes, Outcome, Throughput, assemble, part_c
 from llem.results.schema import F64, I64, columns_of, config_columns
 from llem.results.tables import RequestRow, TimeseriesRow
 
-# A measured number carries its unit in its name; these are counts or ratios, named as such.
+# A measured number carries its unit in its name; these are counts, ratios or positions, named as such.
 UNITS = {"s", "ms", "j", "w", "mib", "pct", "bytes", "g", "kwh", "c", "mhz", "mj", "gb"}
 COUNTS = re.compile(r"(^num_|_total$|_tokens|_tokens_(min|max|mean|p\d+)$|_parameters$|_rows$|_run$|_cv$|"
                     r"^flops_estimate$|^prompts_|_index$|_id$|^gpu_count$|^cpu_count$|_reasons$|_expected$|"
-                    r"^tokens_|_version$)")
+                    r"^tokens_|_version$|_position$)")
 
 
 def _row(config, **parts):
@@ -36,7 +36,7 @@ def test_every_fixed_column_is_declared_once_with_a_meaning():
 
 
 def test_numbers_carry_their_unit_in_their_name():
-    from llem.environment import Environment
+    from llem.results.environment import Environment
 
     cols = part_columns() + columns_of(RequestRow) + columns_of(TimeseriesRow) + columns_of(Environment, "env.")
     bad = [c.name for c in cols if c.type in (F64, I64) and not UNITS & set(c.name.split(".")[-1].split("_"))

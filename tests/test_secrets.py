@@ -1,4 +1,4 @@
-"""llem.secrets: secret environment values never reach logs, the console or written files."""
+"""llem.support.secrets: secret environment values never reach logs, the console or written files."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llem import secrets as s
+from llem.support import secrets as s
 
 TOKEN = "hf_NotARealSecret4242xyz"
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ def test_scrub_tree_rewrites_matching_files_recursively(monkeypatch, tmp_path):
 
 
 def test_subprocess_output_never_holds_the_token():
-    code = ("import llem.secrets as s; s.install(); import logging; logging.basicConfig(level=logging.INFO); "
+    code = ("import llem.support.secrets as s; s.install(); import logging; logging.basicConfig(level=logging.INFO); "
             f"logging.getLogger('x').info('tok=%s', '{TOKEN}'); print('{TOKEN}'); raise RuntimeError('{TOKEN}')")
     env = {k: v for k, v in os.environ.items() if not s.is_secret_name(k)}
     env["HF_TOKEN"] = TOKEN
@@ -300,7 +300,7 @@ def test_a_protected_variable_is_a_secret_whatever_its_name_also_in_child_proces
     assert s.scrub("x value-of-a-plain-name") == "x value-of-a-plain-name"
     s.protect("PLAIN_NAME")
     assert s.scrub("x value-of-a-plain-name") == "x <PLAIN_NAME>"
-    code = "from llem import secrets; print(secrets.scrub('x value-of-a-plain-name'))"
+    code = "from llem.support import secrets; print(secrets.scrub('x value-of-a-plain-name'))"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert child.stdout.strip() == "x <PLAIN_NAME>"
 
@@ -383,7 +383,7 @@ def test_a_server_that_writes_a_lot_never_blocks_on_the_log_pipe(tmp_path):
 
 
 def test_a_job_dir_name_holds_a_secrets_name_not_its_value(monkeypatch):
-    from llem.dirnames import job_dirname
+    from llem.config.dirnames import job_dirname
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     name = job_dirname([f"model.name={TOKEN}", "server.url=http://alice:Pa55word@10.0.0.1:8000"])

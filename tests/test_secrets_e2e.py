@@ -11,7 +11,7 @@ from typing import Dict
 
 import pytest
 
-from llem import secrets
+from llem.support import secrets
 from tests.conftest import FAST, run_llem
 from tests.stand_in_server import StandIn
 

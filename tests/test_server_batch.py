@@ -1,10 +1,10 @@
 """``batch`` null: a launched server runs at its engine's own default; llem's process at IN_PROCESS_BATCH."""
 
-from llem import sizing
 from llem.backends._trt_args import serve_argv
 from llem.backends.pytorch import PyTorchEngine
 from llem.backends.vllm import VllmEngine
 from llem.config import IN_PROCESS_BATCH, to_config
+from llem.measure import sizing
 from llem.serving.client import ServerEngine
 from llem.serving.server import Endpoint
 
@@ -87,12 +87,12 @@ def _spec(**kw):
 
 
 def test_the_engines_flag_in_server_args_is_what_the_server_runs_at():
-    from llem.deploy.server_process import _in_flight
+    from llem.deploy.server_process import in_flight
 
     unknown = _spec(max_in_flight_null_reason="its own default")
-    assert _in_flight(unknown, ["--max-num-seqs", "64"]) == {"max_in_flight": 64, "max_in_flight_null_reason": None}
-    assert _in_flight(unknown, ["--max-num-seqs=32"])["max_in_flight"] == 32
-    assert _in_flight(unknown, ["--enforce-eager"]) == {"max_in_flight": None,
+    assert in_flight(unknown, ["--max-num-seqs", "64"]) == {"max_in_flight": 64, "max_in_flight_null_reason": None}
+    assert in_flight(unknown, ["--max-num-seqs=32"])["max_in_flight"] == 32
+    assert in_flight(unknown, ["--enforce-eager"]) == {"max_in_flight": None,
                                                         "max_in_flight_null_reason": "its own default"}
 
 

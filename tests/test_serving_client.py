@@ -12,13 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from llem.arrivals import shape
 from llem.config import to_config
-from llem.errors import ServerError, WorkloadError
-from llem.records import Request
 from llem.serving import server as srv
 from llem.serving.client import ServerEngine
 from llem.serving.server import Endpoint
+from llem.support.errors import ServerError, WorkloadError
+from llem.workload.arrivals import shape
+from llem.workload.records import Request
 from tests.stand_in_server import StandIn
 
 pytest.importorskip("aiohttp")
@@ -100,8 +100,8 @@ def test_errors_are_recorded_per_request(compose_cfg, mode, expect):
 
 
 def test_a_failed_request_is_a_row_and_a_flag(compose_cfg):
-    from llem.load_metrics import load_part
-    from llem.metrics import latency_summary, request_rows
+    from llem.measure.load_metrics import load_part
+    from llem.measure.metrics import latency_summary, request_rows
 
     with StandIn(mode="fail500") as server:
         engine, config = _client(compose_cfg, server.url, ["output_len=6", "+objective.bounds.ttft_ms_p99='<=500'"],
@@ -203,7 +203,7 @@ def test_a_bound_past_the_request_deadline_is_named_as_the_request_timeout(compo
 @pytest.mark.parametrize("override", ["server.chunk_timeout_s=inf", "server.chunk_timeout_s=0",
                                       "server.connect_timeout_s=-1", "server.connect_timeout_s=nan"])
 def test_a_bound_that_is_not_a_finite_positive_time_is_refused(compose_cfg, override):
-    from llem.errors import ConfigError
+    from llem.support.errors import ConfigError
 
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", "\\.")):
         to_config(compose_cfg(["server=launch", override]))
@@ -211,8 +211,8 @@ def test_a_bound_that_is_not_a_finite_positive_time_is_refused(compose_cfg, over
 
 @pytest.mark.parametrize("count, streamed", [(24, None), (2, None), (-5, None), (8, 3)])
 def test_a_wrong_token_count_is_noted_and_flagged_never_credited(compose_cfg, count, streamed):
-    from llem.load_metrics import load_part
-    from llem.metrics import request_rows
+    from llem.measure.load_metrics import load_part
+    from llem.measure.metrics import request_rows
 
     with StandIn(bad="count", bad_every=2, count=count, streamed=streamed) as server:
         engine, config = _client(compose_cfg, server.url, ["output_len=8", "load.max_concurrency=1"])
@@ -276,7 +276,7 @@ def test_each_request_is_due_at_t0_plus_its_offset_and_its_lateness_is_sent_minu
 
 
 def test_a_burst_is_due_at_once_and_ttft_counts_from_then(compose_cfg):
-    from llem.metrics import request_rows
+    from llem.measure.metrics import request_rows
 
     with StandIn() as server:
         engine, config = _client(compose_cfg, server.url, ["output_len=2"])

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from llem import locks
 from llem.backends.base import ServerLaunch
 from llem.config import to_config
 from llem.deploy import server_process as srv
 from llem.deploy.held import Held
-from llem.errors import ServerError
 from llem.serving.server import alive, check_external
+from llem.support import locks
+from llem.support.errors import ServerError
 
 
 def test_unreachable_url_fails_the_check_fast():

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from llem import sizing
 from llem.config import to_config
-from llem.errors import ConfigError
+from llem.measure import sizing
+from llem.support.errors import ConfigError
 
 
 def test_auto_count_is_whole_waves_of_the_capacity():
@@ -83,7 +83,7 @@ class _Waves:
 
     def __new__(cls, wave_s: float, first_s: float):
         from llem.backends.base import Engine
-        from llem.records import RequestResult, now
+        from llem.workload.records import RequestResult, now
 
         class Waves(Engine):
             name = "waves"
@@ -111,7 +111,7 @@ class _Waves:
 
 
 def _measure(compose_cfg, tmp_path, monkeypatch, engine, overrides):
-    from llem import experiment
+    from llem.measure import experiment
 
     monkeypatch.setattr(experiment, "engine_class", lambda name: engine)
     monkeypatch.setattr(experiment, "metered_gpus", lambda cfg, cls, device: ([], [], "no GPU here"))
@@ -162,7 +162,7 @@ def test_a_set_count_that_cannot_fill_the_batch_is_measured_as_set_and_flagged(c
 
 
 def test_natural_lengths_scale_the_warmup_wave_to_the_workloads_mean_length():
-    from llem.records import Request
+    from llem.workload.records import Request
 
     short = [Request(i, [1], output_len=n) for i, n in enumerate((10, 20))]
     assert sizing.asked_mean(short, None, longest=99) == 15.0 and sizing.asked_mean(short, 7, longest=99) == 7.0
@@ -178,7 +178,7 @@ class _Tokens:
 
     def __new__(cls, token_s: float):
         from llem.backends.base import Engine
-        from llem.records import RequestResult, now
+        from llem.workload.records import RequestResult, now
 
         class Tokens(Engine):
             name = "tokens"
@@ -220,7 +220,7 @@ class _Holds:
 
     def __new__(cls, held: int, wave_s: float):
         from llem.backends.base import Engine
-        from llem.records import RequestResult, now
+        from llem.workload.records import RequestResult, now
 
         class Holds(Engine):
             name = "holds"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from llem import sizing
-from llem.records import RequestResult
+from llem.measure import sizing
+from llem.workload.records import RequestResult
 
 
 def _done(spans, errors=()):

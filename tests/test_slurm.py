@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llem import locks, slurm
 from llem.backends import gpus_resolver
 from llem.energy.flags import host_flags
 from llem.energy.window import WindowEnergy
+from llem.support import locks, slurm
 from tests import slurm_cluster
 from tests.conftest import FAST, run_llem
 
@@ -125,7 +125,7 @@ def _in_thread(fn):
 
 
 def test_a_job_that_uses_the_host_measures_alone_and_gpu_only_jobs_share_it(tmp_path, caplog):
-    caplog.set_level("INFO", logger="llem.locks")
+    caplog.set_level("INFO", logger="llem.support.locks")
     with locks.host_lock(tmp_path / "gpu-a", exclusive=False, directory=tmp_path), \
             locks.host_lock(tmp_path / "gpu-b", exclusive=False, directory=tmp_path):
         pass  # GPU-only jobs side by side: neither waits

@@ -15,8 +15,8 @@ import pytest
 
 from llem.config import config_hash, to_config
 from llem.deploy.held import Held, Resident
-from llem.errors import ConfigError
-from llem.sweep_order import LLEM_SWEEPER, check_sweeper, reorder
+from llem.run.sweep_order import LLEM_SWEEPER, check_sweeper, reorder
+from llem.support.errors import ConfigError
 from tests.conftest import FAST, run_llem
 
 

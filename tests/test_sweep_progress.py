@@ -14,8 +14,8 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from llem.dirnames import MAX_CHARS, job_dirname
-from llem.sweep import SweepProgress, SweepSummary, duration, expected_skips, job_outcome
+from llem.config.dirnames import MAX_CHARS, job_dirname
+from llem.run.sweep import SweepProgress, SweepSummary, duration, expected_skips, job_outcome
 from tests.conftest import FAST, llem_env, run_llem
 
 # --- directory names ---------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_the_sweep_callback_brings_the_job_dir_resolver_to_a_worker():
 
 @pytest.mark.slow
 def test_a_sweep_says_where_it_is_and_its_dirs_are_named_as_the_driver_expects(tmp_path):
-    from llem.dirnames import sweep_job_dirname as driver_dirname
+    from llem.config.dirnames import sweep_job_dirname as driver_dirname
 
     args = ["-m", *FAST, "isolate=false", "batch=1,2,abc", "model.hf_id=org/name", "hydra.sweep.dir=sweep"]
     proc = run_llem(args, cwd=tmp_path)

@@ -17,8 +17,8 @@ import pytest
 from llem.backends import engine_class
 from llem.backends.tensorrt import TensorRTEngine, cache_key, llm_kwargs, to_api
 from llem.config import to_config
-from llem.errors import ConfigError, DeviceError, EngineUnavailable
-from llem.records import Request
+from llem.support.errors import ConfigError, DeviceError, EngineUnavailable
+from llem.workload.records import Request
 from tests.conftest import FAST, fake_distribution, run_llem
 
 

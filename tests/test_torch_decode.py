@@ -10,8 +10,8 @@ import pytest
 
 from llem.backends import engine_class
 from llem.config import to_config
-from llem.errors import ConfigError
-from llem.records import Request
+from llem.support.errors import ConfigError
+from llem.workload.records import Request
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

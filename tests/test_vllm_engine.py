@@ -15,8 +15,8 @@ from llem.backends import engine_class
 from llem.backends._hf_model import write_dummy_model
 from llem.backends.vllm import VllmEngine, llm_kwargs
 from llem.config import to_config
-from llem.errors import ConfigError, DeviceError
-from llem.records import Request
+from llem.support.errors import ConfigError, DeviceError
+from llem.workload.records import Request
 from tests.conftest import fake_distribution
 
 
@@ -157,7 +157,7 @@ def test_vllm_needs_a_gpu(compose_cfg, fake_vllm):
 
 
 def test_a_missing_vllm_is_said_before_the_device(compose_cfg, monkeypatch):
-    from llem.errors import EngineUnavailable
+    from llem.support.errors import EngineUnavailable
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(EngineUnavailable, match=r'not installed: pip install "\.\[vllm\]"'):

@@ -8,7 +8,7 @@ import pytest
 
 from llem import workload
 from llem.config import to_config
-from llem.errors import WorkloadError
+from llem.support.errors import WorkloadError
 
 
 def test_random_requests_are_seeded_and_exact_length():

@@ -7,12 +7,12 @@ such a job is failed alone: it gets a job dir with a failed result row (``error_
 Hydra's message) and an outcome, and the other jobs of the batch are launched as usual. The batch
 size (one job at a time on one machine) is the config's ``max_batch_size``.
 
-Around each batch it logs the sweep's progress (``llem.sweep.SweepProgress``): ``job i of N`` with
+Around each batch it logs the sweep's progress (``llem.run.sweep.SweepProgress``): ``job i of N`` with
 the job's overrides, the elapsed time and an estimate of the time left, then each job's outcome
 and duration. Dry runs print their own line per job instead. It also shares the grid with the jobs
 (``llem.deploy.reuse.SweepJobs``), so that an engine kept for the next jobs is built for all of them.
 
-The grid is put in the run order ``sweep.order`` asks for (llem.sweep_order) before it is batched and shared:
+The grid is put in the run order ``sweep.order`` asks for (llem.run.sweep_order) before it is batched and shared:
 each job's number (``hydra.job.num``) is its position in that order; its dir name, from its overrides, is not
 affected.
 """
@@ -40,8 +40,8 @@ class LlemSweeper(BasicSweeper):
         from omegaconf import OmegaConf
 
         from llem.config import SweepConfig
-        from llem.errors import ConfigError
-        from llem.sweep_order import reorder
+        from llem.run.sweep_order import reorder
+        from llem.support.errors import ConfigError
 
         try:
             settings = SweepConfig(**OmegaConf.to_container(self.config.sweep, resolve=True))
@@ -76,7 +76,7 @@ class _ComposableOnly:
             try:
                 self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             except Exception as exc:
-                from llem.sweep import fail_uncomposable
+                from llem.run.sweep import fail_uncomposable
 
                 fail_uncomposable(self.config, list(overrides), exc)
                 uncomposable.append((initial_job_idx + offset, "failed (its config cannot be composed)", None))
@@ -88,7 +88,7 @@ class _ComposableOnly:
         for first, run in _runs(indices):  # each job's number stays its position in the sweep's order
             returns.extend(self.launcher.launch(good[first:first + len(run)], initial_job_idx=run[0]))
         if progress:
-            from llem.sweep import job_outcome
+            from llem.run.sweep import job_outcome
 
             ended = [(index, *job_outcome(ret, started)) for index, ret in zip(indices, returns)]
             self._say(progress.finished(sorted(uncomposable + ended), time.monotonic() - tic))
@@ -118,7 +118,7 @@ class _ComposableOnly:
     def _progress(self) -> Optional[Any]:
         """The sweep's progress, made at its first batch (the grid is known by then); none in a dry run."""
         if self.progress is None and not self.config.get("dry_run"):
-            from llem.sweep import SweepProgress, expected_skips
+            from llem.run.sweep import SweepProgress, expected_skips
 
             jobs = [job for batch in self.sweeper.overrides or [] for job in batch]
             self.progress = SweepProgress(len(jobs), expected_skips(self.config, jobs))

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from llem.install import install_hint
+from llem.support.install import install_hint
 
 NAME = "llem.aggregate"  # prefix of every error line
 FIGURES = "figures"  # --plots without a folder: <out>/figures
@@ -131,7 +131,7 @@ def _checked_choices(ap: _Parser, agg, job, bounds, unflagged: bool = False):
 
 
 def main(argv=None) -> int:
-    from llem import secrets
+    from llem.support import secrets
 
     secrets.install()  # job paths and messages may hold a secret typed into an override
     ap = _parser()

@@ -23,7 +23,7 @@ CODES_SHOWN = 3  # codes spelled out in a table cell; the rest as "+N"
 DOCS = "docs/method.md (Doubt flags)"
 
 # One line per code for the recommendation: what the flag says about the numbers. The rule that raises
-# each, with its threshold, is where the flag is raised (llem/energy/flags.py, llem/sizing.py, codecarbon.py).
+# each, with its threshold, is where the flag is raised (llem/energy/flags.py, llem/measure/sizing.py, codecarbon.py).
 
 
 @dataclass

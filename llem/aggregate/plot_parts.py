@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from llem.aggregate.doubt import is_flagged
-from llem.install import install_hint
+from llem.support.install import install_hint
 
 FLAGGED_HOLLOW = "hollow: doubt-flagged (see flags)"
 FLAGGED_DASHED = "dashed: doubt-flagged (! flags)"

@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 from typing import Any, List, Optional, Type
 
-from llem.errors import ConfigError
+from llem.support.errors import ConfigError
 
 
 def engine_names() -> List[str]:
@@ -35,7 +35,7 @@ def gpus_resolver(launcher: str = "local", *, _root_: Any) -> Optional[int]:
     if device == "cpu":
         return 0 if launcher == "local" else None
     if launcher == "slurm" and device == "auto":
-        from llem.slurm import partition_has_gpus
+        from llem.support.slurm import partition_has_gpus
 
         if partition_has_gpus(_root_) is False:
             return None
@@ -43,8 +43,8 @@ def gpus_resolver(launcher: str = "local", *, _root_: Any) -> Optional[int]:
 
 
 def _fit_resolver(key: str, preset: Any, *, _root_: Any) -> Any:
-    """``${llem_fit:cpus_per_task,8}``: a SLURM request that fits the partition's nodes (llem.slurm)."""
-    from llem.slurm import fit_resolver
+    """``${llem_fit:cpus_per_task,8}``: a SLURM request that fits the partition's nodes (llem.support.slurm)."""
+    from llem.support.slurm import fit_resolver
 
     return fit_resolver(key, preset, _root_=_root_)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
-from llem.records import Request
+from llem.workload.records import Request
 
 
 class DueTimes:
@@ -39,7 +39,7 @@ class DueTimes:
 
 def closed_loop(load) -> Optional[int]:
     """N for a closed loop (``request_rate=inf`` with ``max_concurrency=N``), else None (the one definition
-    of the load's modes: :func:`llem.config_load.load_mode`)."""
-    from llem.config_load import load_mode
+    of the load's modes: :func:`llem.config.load.load_mode`)."""
+    from llem.config.load import load_mode
 
     return load.max_concurrency if load_mode(load) == "closed" else None

@@ -25,7 +25,7 @@ def reject_unknown_args(args: Iterable[str], known: Collection[str], target: str
     """Raise ConfigError for the first ``backend.engine_args`` key that is not in ``known`` (the argument
     names ``target`` accepts), with the closest names: a typo then fails before load, named as llem's key,
     instead of deep inside the engine with the engine's own message."""
-    from llem.errors import ConfigError
+    from llem.support.errors import ConfigError
 
     for key in args:
         if key not in known:

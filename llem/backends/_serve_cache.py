@@ -14,7 +14,7 @@ import math
 from typing import List, Optional, Tuple
 
 from llem.config import IN_PROCESS_BATCH, Config
-from llem.environment import package_version
+from llem.results.environment import package_version
 
 PAGE_TOKENS = 256  # transformers' default page size (ContinuousBatchingConfig.page_size)
 FIRST_VERSION = (5, 10)  # the first transformers whose serve takes --cb-num-blocks

@@ -7,7 +7,7 @@ import functools
 from typing import Any, Callable, Dict, FrozenSet
 
 from llem.backends._engine_args import reject_unknown_args
-from llem.errors import ConfigError
+from llem.support.errors import ConfigError
 
 # What from_pretrained takes through **kwargs, beyond the keyword parameters its signature names (cache_dir,
 # token, revision, use_safetensors, … read with inspect): the names PreTrainedModel.from_pretrained pops

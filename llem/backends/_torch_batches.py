@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Iterator, List, Sequence, Tuple
 
-from llem.records import Request, now
+from llem.workload.records import Request, now
 
 
 def static_batches(requests: Sequence[Request], size: int, sort_by_length: bool

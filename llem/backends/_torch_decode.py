@@ -24,7 +24,7 @@ import inspect
 import logging
 from typing import Any, List, Optional, Sequence, Tuple
 
-from llem.records import now
+from llem.workload.records import now
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from llem.backends._torch_args import HUB_KWARGS, check_loading_args
 from llem.backends._torch_batches import static_batches
 from llem.backends.base import EngineInfo, WorkCounts
 from llem.config import Config, Weights
-from llem.errors import DeviceError
-from llem.records import Progress, Request, RequestResult, now
+from llem.support.errors import DeviceError
+from llem.workload.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 

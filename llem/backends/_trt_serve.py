@@ -9,9 +9,9 @@ from typing import Any, Optional
 from llem.backends._engine_args import check_engine_args, package_dir
 from llem.backends._trt_args import ARGS_CLASSES, llm_arguments, serve_argv
 from llem.backends.base import CompileCache, ServerLaunch, Serving, installed
-from llem.environment import package_version
-from llem.errors import DeviceError, EngineUnavailable
-from llem.install import install_hint
+from llem.results.environment import package_version
+from llem.support.errors import DeviceError, EngineUnavailable
+from llem.support.install import install_hint
 
 INSTALL_HINT = install_hint("tensorrt") + " (or use docker/Dockerfile.tensorrt, NVIDIA's release image)"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 from llem.config import IN_PROCESS_BATCH, BackendConfig, Config
-from llem.records import Progress, Request, RequestResult
+from llem.workload.records import Progress, Request, RequestResult
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Serving:
     def command(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
         """The engine's own OpenAI-compatible server for this config; ``model_dir`` is what
         :meth:`served_model` prepared. Raise EngineUnavailable where the engine has none."""
-        from llem.errors import EngineUnavailable
+        from llem.support.errors import EngineUnavailable
 
         raise EngineUnavailable(f"backend={self.name} has no OpenAI-compatible server in llem: use server=none")
 
@@ -125,7 +125,7 @@ class Engine(ABC):
     @classmethod
     def validate_config(cls, config: Config) -> None:
         """Check engine-specific settings without importing the engine (raises ConfigError)."""
-        from llem.errors import ConfigError
+        from llem.support.errors import ConfigError
 
         for key in config.backend.engine_args:
             if key in cls.reserved_args:

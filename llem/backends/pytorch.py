@@ -33,10 +33,10 @@ from llem.backends.base import (
     installed,
 )
 from llem.config import BackendConfig, Config, _require
-from llem.environment import package_version
-from llem.errors import ConfigError, EngineUnavailable
-from llem.install import install_hint
-from llem.records import Progress, Request, RequestResult, now
+from llem.results.environment import package_version
+from llem.support.errors import ConfigError, EngineUnavailable
+from llem.support.install import install_hint
+from llem.workload.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 

@@ -65,9 +65,9 @@ from llem.backends._trt_args import (
 from llem.backends._trt_serve import TensorRTServing, caches, check_setup
 from llem.backends.base import CompileCache, Engine, EngineInfo
 from llem.config import BackendConfig, Config, Weights
-from llem.errors import ConfigError
-from llem.records import Progress, Request, RequestResult, now
+from llem.support.errors import ConfigError
 from llem.workload import special_token_ids
+from llem.workload.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from llem.backends._hf_model import count_parameters, shared_dummy_model
 from llem.backends._vllm_args import RESERVED, cli_flags, llm_arguments, llm_kwargs
 from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, Serving, build_text, installed
 from llem.config import BackendConfig, Config, Weights
-from llem.environment import package_version
-from llem.errors import ConfigError, DeviceError, EngineUnavailable
-from llem.install import install_hint
-from llem.records import Progress, Request, RequestResult, now
+from llem.results.environment import package_version
+from llem.support.errors import ConfigError, DeviceError, EngineUnavailable
+from llem.support.install import install_hint
+from llem.workload.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The places: in this process (``isolate=false``), a spawned measurement process, the engine a previous job
 left loaded (``reuse_engine``), behind a server llem launches (``server=launch``), behind a server already
-running (``server=external``). The job (llem.job) does not know which: it checks, starts, measures and
+running (``server=external``). The job (llem.run.job) does not know which: it checks, starts, measures and
 finishes, in that order, and every place keeps the same rules:
 
 - ``check`` runs before anything is written or started (a dry run runs it too): the device and GPU count,

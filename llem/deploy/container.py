@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from llem import model_source, results, secrets
-from llem.config_runtime import image_for, image_key
+from llem import results
+from llem.config import model_source
+from llem.config.runtime import image_for, image_key
 from llem.deploy.base import Deployment, JobPlace, StartFailed
 from llem.deploy.held import Resident
 from llem.deploy.process import Running
@@ -38,6 +39,7 @@ from llem.results.preparation import ContainerFacts
 from llem.results.row import Stage
 from llem.runtime import ContainerRuntime, ContainerSpec, ImageFacts, RuntimeUnavailable, container_name, for_config
 from llem.runtime.containers import LABEL_VERSION, build_hint
+from llem.support import secrets
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +266,7 @@ class InContainer(Deployment):
         why = (f"the measurement in the container exited with code {code} during {stage.value}; its last log lines "
                f"({CONTAINER_LOG}):\n{last_lines(p.job_dir / CONTAINER_LOG)}" if code != 0 else
                "the measurement in the container wrote no result")
-        from llem.outcome import record_failure
+        from llem.measure.outcome import record_failure
 
         return record_failure(p.job_dir, why, "ContainerDied", stage, config=p.config, chash=p.chash)
 

@@ -26,9 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from llem import model_source
 from llem.backends import engine_class
-from llem.config_runtime import image_for
+from llem.config import model_source
+from llem.config.runtime import image_for
 from llem.deploy.base import Deployment, StartFailed
 from llem.deploy.container import (
     Container,
@@ -44,11 +44,11 @@ from llem.deploy.container import (
 from llem.deploy.local import measure_here
 from llem.deploy.server_process import copy_log, free_port, in_flight, server_key
 from llem.energy.idle import DeviceIdle
-from llem.errors import EngineUnavailable, ServerError
 from llem.results.row import Stage
 from llem.runtime import ContainerRuntime, ContainerSpec, RuntimeUnavailable, container_name
 from llem.serving import log_pipe
 from llem.serving.server import Endpoint, last_lines
+from llem.support.errors import EngineUnavailable, ServerError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple
 from llem.backends import engine_class
 from llem.config import Config
 from llem.energy.nvml import gpu_counts
-from llem.errors import DeviceError
+from llem.support.errors import DeviceError
 
 
 def resolve_device(config: Config) -> Tuple[str, Optional[str]]:

@@ -2,7 +2,7 @@
 
 Run by ``<runtime> exec`` in the foreground (llem.deploy.container): it reads the job file the driver wrote
 into the bind-mounted job dir, records the engine's version as the image has it, imports the engine, measures
-(:class:`llem.experiment.Experiment`, as a spawned measurement process does) and writes the job's files there.
+(:class:`llem.measure.experiment.Experiment`, as a spawned measurement process does) and writes the job's files there.
 Its stage goes into a small file beside them, so that a death is reported with the stage it happened in.
 """
 
@@ -36,7 +36,7 @@ def _logging_to(log_file: Optional[str], level: int) -> None:
 
 def engine_version(engine_cls: Any) -> Dict[str, Optional[str]]:
     """``engine_version_inside`` (name==version of the engine's package here), or why it is null."""
-    from llem.environment import package_version
+    from llem.results.environment import package_version
 
     package = getattr(engine_cls, "package", None)
     version = package_version(package) if package else None
@@ -47,7 +47,7 @@ def engine_version(engine_cls: Any) -> Dict[str, Optional[str]]:
 
 
 def main(job_file: str) -> int:
-    from llem import secrets
+    from llem.support import secrets
 
     secrets.install()
     with open(job_file, "rb") as fh:
@@ -55,8 +55,8 @@ def main(job_file: str) -> int:
     _logging_to(job.get("log_file"), job.get("level", logging.INFO))
     from llem.backends import engine_class
     from llem.deploy.container import STAGE_FILE
-    from llem.experiment import Experiment
-    from llem.preload import preload_engine
+    from llem.measure.experiment import Experiment
+    from llem.measure.preload import preload_engine
 
     config, job_dir, device = job["config"], Path(job["job_dir"]), job["device"]
     engine_cls = engine_class(config.backend.name)

@@ -137,8 +137,8 @@ def _kept_child(conn, stage, parent_pid: int, first, device: str, log_to: Option
     (None), a job does not keep its engine, or the driver goes."""
     start_child(parent_pid)
     logging_to(log_to, level)
-    from llem.experiment import Experiment
-    from llem.preload import preload_engine
+    from llem.measure.experiment import Experiment
+    from llem.measure.preload import preload_engine
 
     import_s = preload_engine(first, device)
     engine = None

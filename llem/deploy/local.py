@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from llem import model_source, results
+from llem import results
 from llem.backends import engine_class
+from llem.config import model_source
 from llem.deploy.base import Deployment, JobPlace
 from llem.deploy.held import Held
 from llem.deploy.process import Started, abandon, measure_isolated, start_isolated
 from llem.energy.idle import DeviceIdle
-from llem.outcome import record_failure
+from llem.measure.outcome import record_failure
 from llem.results.row import Stage
 
 
@@ -64,7 +65,7 @@ def measure_here(place: JobPlace, held: Held, idle: DeviceIdle, endpoint: Any = 
     """The job measured where ``isolate`` says: in this process, or in a spawned one (``started`` ahead, or
     now); ``endpoint`` is the server it measures over HTTP, if any."""
     if not place.config.isolate:
-        from llem.experiment import Experiment
+        from llem.measure.experiment import Experiment
 
         return Experiment(place.config, place.job_dir, place.device, idle, endpoint=endpoint).run().to_dict()
     return row_after(place, measure_isolated(place.config, place.job_dir, place.device, idle, held, endpoint,

@@ -116,8 +116,8 @@ def _child(conn, config, device: str, stage, log_file: Optional[str], level: int
     the engine (``preload``) while the parent meters the device-idle floor, then waits for the job."""
     start_child(parent_pid)
     logging_to(log_file, level)
-    from llem.experiment import Experiment
-    from llem.preload import preload_engine
+    from llem.measure.experiment import Experiment
+    from llem.measure.preload import preload_engine
 
     import_s = preload_engine(config, device) if preload else None
     try:
@@ -137,7 +137,7 @@ def start_child(parent_pid: int) -> None:
     os.setpgid(0, 0)
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from llem import secrets
+    from llem.support import secrets
 
     secrets.install()
 

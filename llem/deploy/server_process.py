@@ -27,11 +27,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from llem import locks, reaper
 from llem.deploy.held import Held, Resident
-from llem.errors import ServerError
 from llem.serving import log_pipe
 from llem.serving.server import Endpoint, last_lines
+from llem.support import locks, reaper
+from llem.support.errors import ServerError
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def in_flight(spec: Any, args: List[str]) -> Dict[str, Any]:
 
 def free_port(host: str, first: int) -> Tuple[int, int]:
     """The first port from ``first`` that no other llem process has claimed, nothing listens on and that can be
-    bound (never one in use), with its claim (:func:`llem.locks.port_lock`; close it when the server stops)."""
+    bound (never one in use), with its claim (:func:`llem.support.locks.port_lock`; close it when the server stops)."""
     for port in range(first, min(first + PORT_TRIES, 65536)):
         claim = locks.port_lock(port)
         if claim is None:
@@ -225,7 +225,7 @@ def copy_log(endpoint: Endpoint, offset: int, job_dir: Path) -> None:
     except OSError as exc:
         log.warning("server log not copied: %s", exc)
         return
-    from llem import secrets
+    from llem.support import secrets
 
     secrets.scrub_file(job_dir / "server.log")
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Optional
 
-from llem import model_source
 from llem.backends import engine_class
+from llem.config import model_source
 from llem.deploy import floors
 from llem.deploy.base import Deployment, StartFailed
 from llem.deploy.local import measure_here
 from llem.deploy.server_process import copy_log, launch, log_size
 from llem.energy.idle import DeviceIdle
-from llem.errors import EngineUnavailable, ServerError
 from llem.results.row import Stage
 from llem.serving.server import Endpoint, auth_headers, check_external
+from llem.support.errors import EngineUnavailable, ServerError
 
 log = logging.getLogger(__name__)
 

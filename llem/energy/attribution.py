@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from llem.records import RequestResult
+from llem.workload.records import RequestResult
 
 
 def _intervals(rows: List[Dict[str, Any]], t0: float, t1: float) -> List[Tuple[float, float, float]]:

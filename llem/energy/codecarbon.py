@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from llem.energy.flags import Flag
-from llem.errors import ConfigError, MeterError
-from llem.install import install_hint
 from llem.results.row import CodecarbonFacts, HostEnergy
+from llem.support.errors import ConfigError, MeterError
+from llem.support.install import install_hint
 
 log = logging.getLogger(__name__)
 

@@ -204,10 +204,10 @@ def baseline_flags(kind: str, rows: List[dict]) -> List[Flag]:
 
 def host_flags(job_dir: Path, window: WindowEnergy) -> List[Flag]:
     """``shared_host``: other llem jobs held this host during the window while either used the host
-    itself (device=cpu, codecarbon), which the host lock (llem/locks.py) exists to prevent; the
+    itself (device=cpu, codecarbon), which the host lock (llem/support/locks.py) exists to prevent; the
     lock's notes say which and for how long. Never raises: a flag check must not fail a job."""
     try:
-        from llem.locks import host_overlaps
+        from llem.support.locks import host_overlaps
 
         to_epoch = time.time() - time.perf_counter()  # the window's clock (perf_counter) → the notes' (epoch)
         seen = host_overlaps(job_dir, window.t0 + to_epoch, window.t1 + to_epoch)

@@ -1,6 +1,6 @@
 """CPU time the host spent outside the job during a window, and the time the hypervisor stole.
 
-The host lock (llem/locks.py) sees only other llem jobs; anything else on the host (a build, another
+The host lock (llem/support/locks.py) sees only other llem jobs; anything else on the host (a build, another
 benchmark, other test workers) slows a host-bound engine and the client without a trace in the GPU's
 readings. So the window's two edges read the whole host's busy CPU time (``/proc/stat``, through
 psutil) and the CPU time of the job's own process trees (the measurement process and its children, and

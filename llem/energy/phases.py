@@ -20,8 +20,8 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.energy.window import COUNTER_UPDATE_S, MIN_WINDOW_UPDATES
-from llem.records import RequestResult
 from llem.results.row import PrefillDecode, SteadyState
+from llem.workload.records import RequestResult
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ def scrub_table(table):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from llem.secrets import CREDENTIALS, URL_CREDENTIALS, forms, secrets
+    from llem.support.secrets import CREDENTIALS, URL_CREDENTIALS, forms, secrets
 
     found = forms(secrets())
     for i, field in enumerate(table.schema):
@@ -70,7 +70,7 @@ def write_atomic(table, path: Path, **options) -> None:
 def _scrubbed(value: Any) -> Any:
     """Secrets replaced in the plain value (nested dicts and lists too) before it is encoded (JSON)."""
     from llem.results.schema import plain
-    from llem.secrets import scrub_value
+    from llem.support.secrets import scrub_value
 
     return scrub_value(plain(value))
 

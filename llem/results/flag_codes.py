@@ -1,5 +1,5 @@
 """The vocabulary of the ``flags`` column: every doubt-flag code llem raises (llem/energy/flags.py,
-llem/sizing.py), with what it means in one line. The aggregate's table and ``--slo`` read these; a
+llem/measure/sizing.py), with what it means in one line. The aggregate's table and ``--slo`` read these; a
 test checks that every code raised in the code is here and in docs/method.md."""
 
 FLAG_MEANINGS = {

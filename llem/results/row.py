@@ -267,7 +267,7 @@ class Notes:
 
 
 # Fixed parts, in column order, with their column prefix. cfg.* follows Outcome; engine.* follows
-# ModelFacts; env.* (llem.environment.Environment) and codecarbon.* precede Notes.
+# ModelFacts; env.* (llem.results.environment.Environment) and codecarbon.* precede Notes.
 PARTS: Tuple[Tuple[type, str], ...] = (
     (Outcome, ""), (WorkloadCounts, ""), (OutputLengths, ""), (Sizing, ""), (OutsideWindow, ""), (BuildCache, ""),
     (EngineReuse, ""), (ContainerFacts, ""), (SweepPlace, ""),

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from llem.errors import EngineUnavailable
+from llem.support.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from llem.backends._served_model import id_words
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
-from llem.config_load import load_mode
-from llem.errors import EngineUnavailable, ServerError, WorkloadError
-from llem.install import install_hint
-from llem.records import Progress, Request, RequestResult, now
+from llem.config.load import load_mode
 from llem.serving.schedule import Slots, sleep_until
 from llem.serving.server import MODELS_MAX_BYTES, Endpoint, alive, auth_headers, last_lines, model_names
 from llem.serving.stream import MAX_LINE_BYTES, StreamParser
+from llem.support.errors import EngineUnavailable, ServerError, WorkloadError
+from llem.support.install import install_hint
+from llem.workload.records import Progress, Request, RequestResult, now
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A launched server's output, scrubbed of secrets line by line on its way to its log file.
 
 The server writes into a pipe read by a small process of its own (``python -m llem.serving.log_pipe PATH``)
-that scrubs each line (:mod:`llem.secrets`, every encoded form) and appends it to the file at once. So the
+that scrubs each line (:mod:`llem.support.secrets`, every encoded form) and appends it to the file at once. So the
 file never holds a secret, even for a moment and even when llem is killed: the pipe process is in its own
 session (a Ctrl-C or the driver's death does not stop it), reads until the server closes its output (the
 server dies with the driver), and exits then. It reads continuously, so the server never blocks on a full
@@ -31,7 +31,7 @@ def start(path: Union[str, Path]) -> subprocess.Popen:
 
 def copy(source: BinaryIO, target: BinaryIO) -> None:
     """Each line of ``source`` scrubbed into ``target``, flushed line by line, until end of file."""
-    from llem import secrets
+    from llem.support import secrets
 
     while True:
         line = source.readline(MAX_LINE_BYTES)

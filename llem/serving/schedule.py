@@ -8,7 +8,7 @@ import asyncio
 from collections import deque
 from typing import Optional
 
-from llem.records import now
+from llem.workload.records import now
 
 # The event loop's timers wake up to 1 ms late (epoll waits in whole milliseconds, rounded up): a request sleeps
 # until this much before its due time, then yields to the loop until the time comes.

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from llem.errors import ServerError
+from llem.support.errors import ServerError
 
 log = logging.getLogger(__name__)
 

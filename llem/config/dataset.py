@@ -8,14 +8,14 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from llem.config_load import OutputLengthsConfig
-from llem.errors import require as _require
+from llem.config.load import OutputLengthsConfig
+from llem.support.errors import require as _require
 
 
 @dataclass
 class DatasetConfig:
     """Where requests come from. ``num_requests`` requests are measured per job; null (the default)
-    sizes the workload to the engine and the window (:mod:`llem.sizing`)."""
+    sizes the workload to the engine and the window (:mod:`llem.measure.sizing`)."""
 
     name: str = MISSING
     num_requests: Optional[int] = None  # null: measure.waves × the engine's capacity, more until min_window_s

@@ -17,9 +17,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Optional
 
-from llem import hub
-from llem.config import ModelConfig, Weights
-from llem.errors import LlemError
+from llem.config import ModelConfig, Weights, hub
+from llem.support.errors import LlemError
 
 PROBE_TIMEOUT_S = 1.0  # the Hub answers a HEAD in well under this; a closed network must not stall a job
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads its boolean variables

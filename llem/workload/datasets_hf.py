@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
-from llem import hub
-from llem.errors import WorkloadError
-from llem.install import install_hint
+from llem.config import hub
+from llem.support.errors import WorkloadError
+from llem.support.install import install_hint
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ EMPTY = "defaults"  # a sweep job with no overrides
 
 def job_dirname(overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> str:
     """The directory name of the job with these Hydra overrides (``key=value`` strings)."""
-    from llem.secrets import scrub
+    from llem.support.secrets import scrub
 
     excluded = set(exclude_keys)
     pairs: List[Tuple[str, str]] = []  # (the key without Hydra's +, ++ or ~, the override as typed)
@@ -92,7 +92,7 @@ def resolver(*, _root_: Any) -> str:
 
 def sweep_job_dirname(config: Any, overrides: List[str]) -> str:
     """The dir name Hydra gives a sweep job with these overrides, when ``hydra.sweep.subdir`` is llem's
-    default (llem.dirnames) or Hydra's override_dirname; else a name from the overrides' hash."""
+    default (llem.config.dirnames) or Hydra's override_dirname; else a name from the overrides' hash."""
     subdir = config.hydra.sweep._get_node("subdir")._value()
     opts = config.hydra.job.config.override_dirname
     if subdir == SUBDIR:

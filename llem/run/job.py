@@ -19,20 +19,21 @@ from typing import Any, Dict, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from llem import model_source, results, secrets, validate
+from llem import results
 from llem.backends import engine_class
-from llem.config import Config, config_hash, to_config
-from llem.console import log_failure, summary_line
+from llem.config import Config, config_hash, model_source, to_config, validate
 from llem.deploy.base import Deployment, StartFailed
 from llem.deploy.choose import pick, place_of
 from llem.deploy.held import Held
 from llem.deploy.process import Interrupted, interruptible
-from llem.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
-from llem.locks import gpu_lock, host_lock, job_lock
-from llem.objective import objective
-from llem.outcome import record_failure, set_outcome
+from llem.measure.outcome import record_failure, set_outcome
 from llem.results.row import Stage
-from llem.sweep_order import check_sweeper, sweeper_of
+from llem.run.objective import objective
+from llem.run.sweep_order import check_sweeper, sweeper_of
+from llem.support import secrets
+from llem.support.console import log_failure, summary_line
+from llem.support.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
+from llem.support.locks import gpu_lock, host_lock, job_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _protect_api_key(cfg: DictConfig) -> None:
     (before any file is scrubbed) and in every process it starts (the name travels in the environment)."""
     from omegaconf import OmegaConf
 
-    from llem.config_load import ENV_NAME
+    from llem.config.load import ENV_NAME
 
     name = OmegaConf.select(cfg, "server.api_key_env", default=None, throw_on_missing=False)
     if isinstance(name, str) and ENV_NAME.fullmatch(name):
@@ -71,7 +72,7 @@ def run(cfg: DictConfig, held: Held) -> Tuple[Dict[str, Any], float]:
     _protect_api_key(cfg)
     _scrub_hydra_files(job_dir, hydra_cfg)
     if cfg.get("dry_run"):
-        from llem.dry_run import dry_run
+        from llem.run.dry_run import dry_run
 
         return dry_run(cfg, job_dir), float("nan")
     with interruptible(job_dir, held), job_lock(job_dir) as locked:

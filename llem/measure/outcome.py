@@ -25,7 +25,8 @@ def record_failure(job_dir: Path, error: str, error_type: str, stage: Stage, *, 
     """Write a failed row (the config typed when there is one, else as the DictConfig holds it) and the
     job's outcome, and return the row's values. Never raises: if the full row cannot be built or
     written, a row of the outcome alone is; if not even that, the error is logged."""
-    from llem import environment, results
+    from llem import results
+    from llem.results import environment
     from llem.results.row import Notes, Outcome, assemble
 
     outcome = Outcome(status="failed", error=error, error_type=error_type, error_stage=stage.value, config_hash=chash)

@@ -11,9 +11,9 @@ import re
 from typing import Iterable, Optional, Tuple
 
 from llem.config import Config, Weights
-from llem.errors import ConfigError
 from llem.results.row import part_columns
 from llem.results.schema import F64, I64
+from llem.support.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def check_lengths(config: Config) -> None:
 
 def check_schedule(config: Config) -> None:
     """A timed load's arrivals fit in measure.max_window_s: the n-th of ``dataset.num_requests`` arrives
-    (n − 1) / load.request_rate after the first (their gaps are rescaled to that mean, llem.arrivals)."""
+    (n − 1) / load.request_rate after the first (their gaps are rescaled to that mean, llem.workload.arrivals)."""
     n, rate = config.dataset.num_requests, config.load.request_rate
     if n is None or not config.load.timed:
         return
@@ -137,7 +137,7 @@ HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what a Bearer token can be in an HT
 def check_api_key(config: Config) -> None:
     """server.api_key_env names a variable that is set, to a value long enough to be scrubbed as a secret and
     sendable as an HTTP header (a line break or a non-ASCII character would fail every request instead)."""
-    from llem.secrets import MIN_SECRET_LEN
+    from llem.support.secrets import MIN_SECRET_LEN
 
     name = config.server.api_key_env
     if name is None:

@@ -1,5 +1,5 @@
 """Requests from a dataset: seeded random token ids, or prompts from a file, llem's built-in
-prompt set or a Hugging Face dataset (:mod:`llem.datasets_hf`).
+prompt set or a Hugging Face dataset (:mod:`llem.workload.datasets_hf`).
 
 Every request carries token ids, so all engines do the same work; text datasets are
 tokenized here, once, with the model's tokenizer, before any model is loaded.
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Optional, TextIO, Tuple
 
-from llem.errors import WorkloadError
-from llem.install import install_hint
-from llem.records import Request
 from llem.results.row import WorkloadCounts
+from llem.support.errors import WorkloadError
+from llem.support.install import install_hint
+from llem.workload.records import Request
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def load_tokenizer(model: Any) -> Any:
         ) from None
     local_only = False
     if not Path(source).expanduser().is_dir():
-        from llem.datasets_hf import hub_unreachable
+        from llem.workload.datasets_hf import hub_unreachable
 
         local_only = hub_unreachable() is not None  # read the cache only: never wait on a dead network
     try:
@@ -319,7 +319,7 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
         return Workload(reqs)
     if isinstance(dataset, (FileDatasetConfig, BuiltinDatasetConfig, HFDatasetConfig)):
         if isinstance(dataset, HFDatasetConfig):
-            from llem.datasets_hf import hf_prompts
+            from llem.workload.datasets_hf import hf_prompts
 
             tok = load_tokenizer(config.model)  # first: a missing tokenizer fails before any download
             texts = hf_prompts(dataset, config.seed)

@@ -12,8 +12,8 @@ from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from llem.errors import ConfigError
-from llem.errors import require as _require
+from llem.support.errors import ConfigError
+from llem.support.errors import require as _require
 
 SERVER_MODES = ("none", "launch", "external")
 PROMPT_KINDS = ("auto", "token_ids", "text")

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from llem.config_dataset import (
+from llem.config.dataset import (
     BuiltinDatasetConfig,
     DatasetConfig,
     FileDatasetConfig,
@@ -27,12 +27,12 @@ from llem.config_dataset import (
     RandomDatasetConfig,
     TextDatasetConfig,
 )
-from llem.config_load import LoadConfig, OutputLengthsConfig, ServerConfig
-from llem.config_measure import BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
-from llem.config_runtime import RuntimeConfig, image_for, image_key, is_image_ref
-from llem.errors import ConfigError
-from llem.errors import require as _require
+from llem.config.load import LoadConfig, OutputLengthsConfig, ServerConfig
+from llem.config.measure import BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
+from llem.config.runtime import RuntimeConfig, image_for, image_key, is_image_ref
 from llem.results.schema import plain
+from llem.support.errors import ConfigError
+from llem.support.errors import require as _require
 
 __all__ = ["BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "DatasetConfig", "EnergyConfig",
            "FileDatasetConfig", "HFDatasetConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
@@ -278,7 +278,7 @@ def register_configs() -> None:
 def conf_dir() -> Path:
     """The directory holding config.yaml: inside the installed package, or the source tree's ``conf/``."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
+    for candidate in (here.parent / "conf", here.parent.parent / "conf"):
         if (candidate / "config.yaml").is_file():
             return candidate
     raise FileNotFoundError("llem's conf/ directory was not found next to the package")

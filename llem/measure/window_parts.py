@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional
 
-from llem import metrics
 from llem.backends.base import EngineInfo
 from llem.config import Config
 from llem.energy.idle import DeviceIdle, taken_at_iso
 from llem.energy.window import Sampler, WindowEnergy
-from llem.records import RequestResult
+from llem.measure import metrics
 from llem.results.row import (
     Baselines,
     EnergySummary,
@@ -24,6 +23,7 @@ from llem.results.row import (
     Throughput,
 )
 from llem.results.tables import RequestRow
+from llem.workload.records import RequestResult
 
 
 def window_parts(cfg: Config, engine, work, outputs: List[RequestResult], req_rows: List[RequestRow],

@@ -19,20 +19,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from llem import arrivals, compile_cache, environment, load_metrics, metrics, results, sizing, workload
+from llem import results, workload
 from llem.backends import engine_class
 from llem.backends.base import EngineInfo
 from llem.config import BaselineKind, Config, config_hash
-from llem.console import ProgressBar
 from llem.energy import attribution, host_cpu, phases
 from llem.energy import flags as doubt
 from llem.energy.codecarbon import HostWindows
 from llem.energy.idle import DeviceIdle, other_processes
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
-from llem.kept_engine import KeptEngine
-from llem.preload import preload_engine
-from llem.records import RequestResult
+from llem.measure import compile_cache, load_metrics, metrics, sizing
+from llem.measure.kept_engine import KeptEngine
+from llem.measure.preload import preload_engine
+from llem.measure.warmup import Warmup, at_once, warm_up
+from llem.measure.window_parts import timeseries, window_parts
+from llem.results import environment
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
 from llem.results.preparation import ContainerFacts, on_host
 from llem.results.row import (
@@ -54,8 +56,9 @@ from llem.results.row import (
     assemble,
 )
 from llem.results.tables import RequestRow, TimeseriesRow
-from llem.warmup import Warmup, at_once, warm_up
-from llem.window_parts import timeseries, window_parts
+from llem.support.console import ProgressBar
+from llem.workload import arrivals
+from llem.workload.records import RequestResult
 
 log = logging.getLogger(__name__)
 

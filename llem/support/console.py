@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any, Dict, List
 
-log = logging.getLogger("llem.job")
+log = logging.getLogger("llem.run.job")
 _logged_failures: List[str] = []  # the errors this process has printed in full (one sweep's jobs share it)
 
 

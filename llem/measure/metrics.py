@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from llem.records import RequestResult
 from llem.results.row import EnergySummary, Latency
 from llem.results.tables import RequestRow
+from llem.workload.records import RequestResult
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:

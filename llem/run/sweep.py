@@ -19,9 +19,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from llem.dirnames import sweep_job_dirname
-from llem.locks import SWEEP_LOCK, holder, try_lock
-from llem.outcome import OUTCOME
+from llem.config.dirnames import sweep_job_dirname
+from llem.measure.outcome import OUTCOME
+from llem.support.locks import SWEEP_LOCK, holder, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class SweepSummary(Callback):
         """Unpickled in a launcher's worker (submitit) before its job's dir is named: llem's
         resolvers (``${llem_job_dir:}`` in hydra.sweep.subdir) must be known there too."""
         self.__dict__.update(state)
-        from llem.help import register_resolvers
+        from llem.config.help import register_resolvers
 
         register_resolvers()
 
@@ -243,7 +243,7 @@ def fail_uncomposable(config: DictConfig, overrides: List[str], exc: Exception) 
     except OSError as write_error:
         log.error("no result written for it: %s", write_error)
         return
-    from llem.outcome import record_failure
+    from llem.measure.outcome import record_failure
     from llem.results.row import Stage
 
     record_failure(job_dir, error, type(exc).__name__, Stage.config, warnings=[f"overrides: {' '.join(overrides)}"])

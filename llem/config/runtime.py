@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from llem.errors import require as _require
+from llem.support.errors import require as _require
 
 RUNTIMES = ("host", "docker", "podman")
 CONTAINER_RUNTIMES = ("docker", "podman")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import List, Optional
 
-from llem.errors import require as _require
+from llem.support.errors import require as _require
 
 
 class BaselineKind(Enum):

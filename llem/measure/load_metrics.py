@@ -18,12 +18,12 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.config import breaks_bound, parse_bound
-from llem.config_load import load_mode
+from llem.config.load import load_mode
 from llem.energy.flags import Flag
-from llem.errors import RequestsFailed
-from llem.records import RequestResult
 from llem.results.load import LoadMetrics, ServerFacts
 from llem.results.tables import RequestRow
+from llem.support.errors import RequestsFailed
+from llem.workload.records import RequestResult
 
 PER_REQUEST = {"ttft_ms": "ttft_ms", "e2e_ms": "e2e_ms", "queue_ms": "queue_ms", "itl_ms": "tpot_ms",
                "tpot_ms": "tpot_ms"}

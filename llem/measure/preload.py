@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from llem import compile_cache
 from llem.backends import engine_class
 from llem.config import Config
+from llem.measure import compile_cache
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from typing import Any, Dict
 
 from omegaconf import DictConfig
 
-from llem import results, sizing, validate
-from llem.config import config_hash, to_config
-from llem.errors import LlemError
+from llem import results
+from llem.config import config_hash, to_config, validate
+from llem.measure import sizing
+from llem.support.errors import LlemError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, List, Optional, Sequence
 
-from llem.errors import ConfigError
+from llem.support.errors import ConfigError
 
 CYCLE_KEY = "repeat"
 LLEM_SWEEPER = "hydra_plugins.llem_sweeper.llem_sweeper.LlemSweeper"

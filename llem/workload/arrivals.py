@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional
 
-from llem.records import Request
 from llem.results.row import OutputLengths
+from llem.workload.records import Request
 
 
 def arrival_offsets(n: int, rate: float, burstiness: float, seed: int) -> Optional[List[float]]:

@@ -2,7 +2,7 @@
 
 Reads package versions from metadata (nothing is imported), GPU facts from NVML, and the
 scheduler's ids from the environment. Never records environment variables wholesale, so
-secrets such as HF_TOKEN cannot leak into results (llem.secrets scrubs what reaches them anyway).
+secrets such as HF_TOKEN cannot leak into results (llem.support.secrets scrubs what reaches them anyway).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
-from llem import load_metrics, metrics, sizing
 from llem.energy.window import WindowEnergy
-from llem.records import Request
+from llem.measure import load_metrics, metrics, sizing
+from llem.workload.records import Request
 
 log = logging.getLogger(__name__)
 

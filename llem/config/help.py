@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List
 
 from llem.config import conf_dir
-from llem.install import install_hint
+from llem.support.install import install_hint
 
 GROUPS = ("backend", "model", "dataset", "server", "runtime")
 # Hydra's own options worth listing beside llem's presets, and the plugin each needs.
@@ -64,7 +64,7 @@ def register_resolvers() -> None:
     """llem's resolvers in conf/: this help's, and ``llem_job_dir`` (a sweep job's directory name)."""
     from omegaconf import OmegaConf
 
-    from llem.dirnames import resolver
+    from llem.config.dirnames import resolver
 
     for name, fn in (("llem_help_groups", groups_text), ("llem_help_hydra", hydra_text), ("llem_job_dir", resolver)):
         if not OmegaConf.has_resolver(name):

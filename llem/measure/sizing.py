@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 from llem.energy.flags import Flag
-from llem.records import Request, RequestResult
 from llem.results.row import Sizing
+from llem.workload.records import Request, RequestResult
 
 MAX_PASSES = 3  # measured passes at most: a short window is measured again, twice at most
 MARGIN = 1.1  # aim 10 % past the minimum: a wave's time varies a little between warm-up and window

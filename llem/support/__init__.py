@@ -1,0 +1,1 @@
+"""What every layer may use: errors, console, locks, secrets, the reaper, SLURM's facts."""
