@@ -1,5 +1,6 @@
-"""The runtime part of the schema (``runtime``): where a job's engine lives — on the host, or inside a
-container image run by docker or podman. Re-exported by :mod:`llem.config`; each key is defined once, here.
+"""The runtime part of the schema (``runtime``): where a job's engine lives — on the host, inside a container
+image run by docker or podman, or ``auto`` (resolved per job by :mod:`llem.deploy.auto`). Re-exported by
+:mod:`llem.config`; each key is defined once, here.
 
 The image itself is the engine's (``backend.image`` for llem's image of that engine, used in-process;
 ``backend.server_image`` for the engine's own server image, used with ``server=launch``); ``runtime.image``
@@ -14,7 +15,7 @@ from typing import List, Optional
 
 from llem.errors import require as _require
 
-RUNTIMES = ("host", "docker", "podman")
+RUNTIMES = ("host", "docker", "podman", "auto")
 CONTAINER_RUNTIMES = ("docker", "podman")
 # An image reference: [registry[:port]/]name[/more][:tag][@sha256:digest], or a bare image id (sha256:...).
 IMAGE_REF = re.compile(r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
@@ -36,7 +37,7 @@ class RuntimeConfig:
     podman) of the engine's image — the measurement process inside it without a server, the engine's own
     server inside it with ``server=launch``. The client, the energy meter and the idle floors stay on the host."""
 
-    name: str = "host"  # host | docker | podman
+    name: str = "host"  # host | docker | podman | auto (the host where the engine imports, else its image)
     image: Optional[str] = None  # null: the engine's backend.image (in-process) or backend.server_image (launch)
     pull: bool = False  # false: an image not present locally fails at the check (true: pulled, as load)
     reuse: bool = True  # consecutive jobs of a sweep needing the same container share it

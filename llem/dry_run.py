@@ -37,7 +37,8 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         engine = engine_class(config.backend.name)
         engine.validate_config(config)
         validate.check(config)
-        place = place_of(config, config_hash(config), job_dir)
+        place = place_of(config, job_dir)
+        config = place.config  # runtime=auto resolved
         pick(place, Held()).check()  # the real run's check stage, where its engine would run
         device = place.device
         instance = engine(config, device)
