@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from llem.config import Config
-from llem.config_runtime import CONTAINER_RUNTIMES, image_for, image_key
+from llem.config_runtime import image_for, image_key
 from llem.deploy.base import Deployment, StartFailed
 from llem.energy.idle import DeviceIdle
 from llem.errors import EngineUnavailable
@@ -90,7 +90,7 @@ def choose(config: Config, device: str, imports: Optional[Callable[[Config, str]
         return Choice(None, f"runtime=auto: {missing}; and isolate=false keeps the engine in llem's own process "
                             "(a container needs isolate=true)")
     tried: List[str] = []
-    for name in CONTAINER_RUNTIMES:
+    for name in PROBES:
         why_not = probe(name, list(rt.global_args))
         if why_not is not None:
             tried.append(why_not)

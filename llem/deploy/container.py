@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -67,6 +68,11 @@ class Container(Resident):
         return [self.proc.pid] if self.proc is not None else []
 
     def stop(self) -> None:
+        if self.proc is not None and self.runtime.kills_by_group and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the container's processes
+            except ProcessLookupError:
+                pass
         self.runtime.rm(self.name)
         if self.proc is not None:
             try:
@@ -193,7 +199,7 @@ class InContainer(Deployment):
         t0 = time.monotonic()
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, env=runtime.child_env(spec.env_names))
         except subprocess.TimeoutExpired:
             runtime.rm(name)
             raise StartFailed(f"the container did not start within {START_TIMEOUT_S:g} s", "ContainerError") from None
@@ -223,7 +229,8 @@ class InContainer(Deployment):
         argv = c.runtime.exec_argv(c.name, command, env_names=env_names(), user=f"{os.getuid()}:{os.getgid()}")
         pipe = log_pipe.start(p.job_dir / CONTAINER_LOG)
         try:
-            proc = subprocess.Popen(argv, stdout=pipe.stdin, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(argv, stdout=pipe.stdin, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=c.runtime.child_env(env_names()))
         finally:
             pipe.stdin.close()
         try:
