@@ -160,8 +160,29 @@ class ObjectiveConfig:
                 _require(False, f"objective.bounds.{column}", bound, "'<=NUMBER' or '>=NUMBER'")
 
 
+SWEEP_ORDERS = ("grid", "interleaved", "grouped", "shuffled")
+
+
+@dataclass
+class SweepConfig:
+    """The order a sweep runs its jobs in (applied by llem's sweeper, ``hydra/sweeper=serial``; docs/sweeps.md).
+
+    ``grid``: Hydra's order (the last swept key varies fastest). The others see a sweep as *cycles* (the values of
+    ``repeat``, in the order given) of *configurations* (a job's overrides without ``repeat``):
+    ``interleaved`` runs every configuration once per cycle, ``grouped`` all cycles of a configuration together,
+    ``shuffled`` every configuration once per cycle in an order drawn per cycle from ``seed``."""
+
+    order: str = "grid"
+    seed: int = 0  # seeds shuffled's permutations: the same seed gives the same order (a rerun resumes alike)
+
+    def __post_init__(self) -> None:
+        _require(self.order in SWEEP_ORDERS, "sweep.order", self.order, ", ".join(SWEEP_ORDERS))
+        _require(0 <= self.seed <= SEED_MAX, "sweep.seed", self.seed, f"an integer in [0, {SEED_MAX}]")
+
+
 # Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).
 HASH_EXCLUDED_KEYS = ("repeat", "isolate", "reuse_engine", "progress", "objective", "dry_run", "cache_dir",
+                      "sweep", "cold_start",
                       "server.host", "server.port", "server.startup_timeout_s", "server.reuse", "server.api_key_env")
 # Sequences an in-process engine holds at once when ``batch`` is null (a launched server runs at its own default).
 IN_PROCESS_BATCH = 4
@@ -195,6 +216,8 @@ class Config:
     cooldown_s: float = 0.0  # wait before the job's baseline (thermal gap between jobs)
     isolate: bool = True  # measure in a fresh child process (spawn); false: in-process, for debugging
     reuse_engine: bool = True  # consecutive jobs of a sweep whose engine build is the same measure on one kept engine
+    cold_start: bool = False  # start from nothing an earlier job left: no kept engine, server or container, a new floor
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     progress: bool = True  # progress bar while generating (shown only on a terminal)
     dry_run: bool = False  # validate every job and say what would run or be skipped; run nothing
     cache_dir: str = "~/.cache/llem"  # compile caches, engines, model dirs: shared by jobs and sweeps, never measured

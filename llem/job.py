@@ -32,6 +32,7 @@ from llem.locks import gpu_lock, host_lock, job_lock
 from llem.objective import objective
 from llem.outcome import record_failure, set_outcome
 from llem.results.row import Stage
+from llem.sweep_order import check_sweeper, sweeper_of
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,12 @@ def run(cfg: DictConfig, held: Held) -> Tuple[Dict[str, Any], float]:
             config = to_config(cfg)
             engine_class(config.backend.name).validate_config(config)
             validate.check(config)
+            check_sweeper(config.sweep.order, sweeper_of(hydra_cfg), str(hydra_cfg.mode) == "RunMode.MULTIRUN")
         except Exception as exc:  # ConfigError names the key; anything else is still this job's failure
             error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
             log_failure(f"invalid config: {error}")
             values = record_failure(job_dir, error, type(exc).__name__, Stage.config, cfg=cfg)
+            values = _with_sweep_place(job_dir, values, config.sweep.order if config else None)
             return values, objective(values, None)
         try:
             values = run_config(config, job_dir, held)
@@ -122,13 +125,15 @@ def run_config(config: Config, job_dir: Path, held: Optional[Held] = None) -> Di
     except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable, ConfigError) as exc:
         error = f"{exc} ({place.runtime_note})" if place.runtime_note else str(exc)
         log_failure(error)
-        return record_failure(job_dir, error, type(exc).__name__, Stage.check, config=config, chash=chash)
+        values = record_failure(job_dir, error, type(exc).__name__, Stage.check, config=config, chash=chash)
+        return _with_sweep_place(job_dir, values, config.sweep.order)
     uses_host = place.device == "cpu" or "codecarbon" in config.energy.meters  # the host's CPU, or a meter of all
     with gpu_lock(place.gpus()), host_lock(job_dir, exclusive=uses_host):
         try:
             values = _start_and_measure(deployment)
         finally:
             deployment.finish()
+    values = _with_sweep_place(job_dir, values, config.sweep.order, deployment.started_cold)
     set_outcome(job_dir, "ok" if values.get("status") == "ok" else "failed")
     log.info("%s → %s", summary_line(values), job_dir)
     return values
@@ -136,6 +141,9 @@ def run_config(config: Config, job_dir: Path, held: Optional[Held] = None) -> Di
 
 def _start_and_measure(deployment: Deployment) -> Dict[str, Any]:
     place = deployment.place
+    if place.config.cold_start:  # whatever an earlier job left (kept engine, server, container) goes first
+        log.info("cold_start: nothing an earlier job left serves this one")
+        deployment.held.release()
     if place.config.cooldown_s > 0:
         log.info("cooldown %.1f s", place.config.cooldown_s)
         time.sleep(place.config.cooldown_s)
@@ -149,6 +157,27 @@ def _start_and_measure(deployment: Deployment) -> Dict[str, Any]:
     if place.runtime_note:
         idle.warnings.append(place.runtime_note)
     return deployment.measure(idle)
+
+
+def _with_sweep_place(job_dir: Path, values: Dict[str, Any], order: Optional[str],
+                      started_cold: Optional[bool] = None) -> Dict[str, Any]:
+    """The row with the job's place in its sweep (``order``: its sweep.order) and whether it started cold: known
+    to the job's parent, not where it measured."""
+    from llem.results.files import amend_result
+    from llem.results.preparation import SweepPlace
+
+    if _sweep_dir() is None:
+        part = SweepPlace(sweep_position_null_reason="a single run, not a sweep", started_cold=started_cold)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        part = SweepPlace(sweep_position=int(HydraConfig.get().job.num) + 1, sweep_order=order,
+                          started_cold=started_cold)
+    try:
+        return amend_result(job_dir, part) or values
+    except Exception as exc:  # the row stands without them
+        log.warning("the job's place in the sweep was not added to its row: %s", exc)
+        return values
 
 
 def _overrides() -> Tuple[str, ...]:

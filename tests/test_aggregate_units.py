@@ -31,7 +31,8 @@ def test_bootstrap_ci_narrows_with_more_repeats():
 
 
 def test_group_columns_exclude_repeat_seed_and_switches():
-    cols = ["cfg.batch", "cfg.repeat", "cfg.seed", "cfg.isolate", "cfg.objective.metric", "status", "cfg.model.name"]
+    cols = ["cfg.batch", "cfg.repeat", "cfg.seed", "cfg.isolate", "cfg.objective.metric", "status", "cfg.model.name",
+            "cfg.sweep.order", "cfg.sweep.seed"]
     assert group_columns(cols) == ["cfg.batch", "cfg.model.name"]
 
 

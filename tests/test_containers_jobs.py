@@ -70,6 +70,7 @@ def test_consecutive_jobs_with_the_same_container_share_it(host_and_docker):
     first, second = [r for r in host_and_docker[0] if r["runtime"] == "docker"]
     assert first["container_reused"] is False and second["container_reused"] is True
     assert second["container_start_s"] is None
+    assert first["started_cold"] is True and second["started_cold"] is False
 
 
 def test_the_sweep_leaves_no_container(host_and_docker):
@@ -145,3 +146,19 @@ def test_a_container_that_dies_in_the_window_is_a_failed_row_with_its_last_lines
     assert proc.returncode == 1 and row["status"] == "failed" and row["error_stage"] == "measure", out
     assert "exited with code 137 during measure" in row["error"] and "measuring 32 requests" in row["error"]
     assert (tmp_path / "job" / "container.log").stat().st_size > 0
+
+
+def test_sigint_during_an_in_process_job_names_its_stage_and_leaves_no_container(docker_image, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "llem", *docker_image.overrides(), *CPU, "dataset.num_requests=32",
+                             "output_len=128", "hydra.run.dir=job"], cwd=tmp_path, env=llem_env(docker_image.env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stage, deadline = tmp_path / "job" / ".llem-stage", time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stage.exists() and stage.read_text().strip() == "measure":
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted by SIGINT during measure" in out, out
+    assert not _containers(docker_image, f"llem.driver={proc.pid}")
+    assert not (tmp_path / "job" / "results.parquet").exists()

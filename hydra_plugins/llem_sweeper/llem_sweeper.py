@@ -11,6 +11,10 @@ Around each batch it logs the sweep's progress (``llem.sweep.SweepProgress``): `
 the job's overrides, the elapsed time and an estimate of the time left, then each job's outcome
 and duration. Dry runs print their own line per job instead. It also shares the grid with the jobs
 (``llem.deploy.reuse.SweepJobs``), so that an engine kept for the next jobs is built for all of them.
+
+The grid is put in the run order ``sweep.order`` asks for (llem.sweep_order) before it is batched and shared:
+each job's number (``hydra.job.num``) is its position in that order; its dir name, from its overrides, is not
+affected.
 """
 
 from __future__ import annotations
@@ -28,6 +32,26 @@ class LlemSweeper(BasicSweeper):
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.launcher = _ComposableOnly(self.launcher, hydra_context, config, self)
+
+    def split_arguments(self, overrides: List[Any], max_batch_size: Optional[int]) -> List[List[List[str]]]:
+        """Hydra's grid in the order of ``sweep.order`` (checked first: a bad value stops the sweep before any job
+        runs), then cut into batches of ``max_batch_size``."""
+        from hydra.errors import CompactHydraException
+        from omegaconf import OmegaConf
+
+        from llem.config import SweepConfig
+        from llem.errors import ConfigError
+        from llem.sweep_order import reorder
+
+        try:
+            settings = SweepConfig(**OmegaConf.to_container(self.config.sweep, resolve=True))
+            (grid,) = BasicSweeper.split_arguments(overrides, None)
+            jobs = reorder(grid, settings.order, settings.seed)
+        except ConfigError as exc:  # said as one line, no traceback: nothing has run yet
+            raise CompactHydraException(str(exc)) from None
+        if settings.order != "grid":
+            log.info("sweep.order=%s: %d jobs reordered", settings.order, len(jobs))
+        return [list(chunk) for chunk in BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size)]
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing here: the launcher wrapper composes each job and fails the bad ones alone."""
@@ -60,7 +84,9 @@ class _ComposableOnly:
                 good.append(overrides)
                 indices.append(initial_job_idx + offset)
         started, tic = time.time(), time.monotonic()
-        returns = self.launcher.launch(good, initial_job_idx=initial_job_idx) if good else []
+        returns = []
+        for first, run in _runs(indices):  # each job's number stays its position in the sweep's order
+            returns.extend(self.launcher.launch(good[first:first + len(run)], initial_job_idx=run[0]))
         if progress:
             from llem.sweep import job_outcome
 
@@ -111,3 +137,14 @@ class _ComposableOnly:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.launcher, name)
+
+
+def _runs(indices: List[int]) -> List[Any]:
+    """``indices`` cut into runs of consecutive numbers: (offset of the run's first, the run)."""
+    runs: List[Any] = []
+    for at, index in enumerate(indices):
+        if runs and runs[-1][1][-1] + 1 == index:
+            runs[-1][1].append(index)
+        else:
+            runs.append((at, [index]))
+    return runs

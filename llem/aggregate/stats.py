@@ -25,7 +25,7 @@ from llem.results.schema import columns_of
 from llem.results.tables import RequestRow
 
 NOT_CONFIG = ("cfg.repeat", "cfg.seed", "cfg.isolate", "cfg.progress")
-NOT_CONFIG_PREFIXES = ("cfg.objective.",)
+NOT_CONFIG_PREFIXES = ("cfg.objective.", "cfg.sweep.")  # the run order measures nothing: repeats pool across it
 # Derived from the column declarations (llem.results): per-job metrics summarised across repeats, and
 # latency percentiles pooled over every request row.
 REPEAT_METRICS = [c.name for c in part_columns() if c.summary]

@@ -62,7 +62,13 @@ class StartFailed(Exception):
 
 
 class Deployment(ABC):
-    """One place a job's engine runs, for one job; what outlives the job is in ``held``."""
+    """One place a job's engine runs, for one job; what outlives the job is in ``held``.
+
+    ``start`` sets :attr:`started_cold`: True when nothing an earlier job left serves this one (its engine built,
+    its server or container started for it), False when it measures on a resident it found, None when that is not
+    llem's to know (an external server) or the job ended before its start."""
+
+    started_cold: Optional[bool] = None
 
     def __init__(self, place: JobPlace, held: Held) -> None:
         self.place, self.held = place, held
@@ -94,7 +100,7 @@ class Deployment(ABC):
     def device_idle(self) -> DeviceIdle:
         """The device-idle floor, taken now (or reused from the sweep while recent): call it with no CUDA
         context on the job's GPUs. Nothing on the CPU, or with ``baseline.device_idle_s=0``."""
-        cfg = self.place.config
+        cfg = self.place.config  # cold_start: metered anew (llem.deploy.floors)
         if self.place.device != "cuda" or cfg.baseline.device_idle_s <= 0:
             return DeviceIdle()
         from llem.deploy import floors

@@ -33,6 +33,7 @@ from llem import model_source, results, secrets
 from llem.config_runtime import image_for, image_key
 from llem.deploy.base import Deployment, JobPlace, StartFailed
 from llem.deploy.held import Resident
+from llem.deploy.process import Running
 from llem.energy.idle import DeviceIdle
 from llem.results.preparation import ContainerFacts
 from llem.results.row import Stage
@@ -189,7 +190,7 @@ class InContainer(Deployment):
         held = self.held.reuse(spec.key) if cfg.runtime.reuse else self.held.release()
         if held is not None:
             log.info("container %s: reused", held.name)
-            self.container = held
+            self.container, self.started_cold = held, False
             self.facts = facts_of(p, facts, None, True)
             return self.device_idle()  # a sleeping container holds no CUDA context
         idle = self.device_idle()
@@ -209,6 +210,7 @@ class InContainer(Deployment):
             raise StartFailed(f"the container did not start ({runtime.name} run exited with {done.returncode}): "
                               f"{said}", "ContainerError")
         self.container = Container(runtime, name, facts_of(p, facts, time.monotonic() - t0, False))
+        self.started_cold = True
         self.facts = self.container.facts
         self.held.hold(spec.key, self.container)
         log.info("container %s: running after %.2f s", name, self.facts.container_start_s)
@@ -228,14 +230,20 @@ class InContainer(Deployment):
         command = ["python", "-m", "llem.deploy.inside", str(job_file)]
         argv = c.runtime.exec_argv(c.name, command, env_names=env_names(), user=f"{os.getuid()}:{os.getgid()}")
         pipe = log_pipe.start(p.job_dir / CONTAINER_LOG)
-        try:
+        try:  # its own session: a terminal's Ctrl-C reaches the driver, which stops it and the container
             proc = subprocess.Popen(argv, stdout=pipe.stdin, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=c.runtime.child_env(env_names()))
+                                    start_new_session=True, env=c.runtime.child_env(env_names()))
         finally:
             pipe.stdin.close()
+        running = _Exec(proc, stage_file)
+        self.held.running = Running(running, running)  # an interrupt stops it and names the inside's stage
         try:
             code = proc.wait()  # the inside bounds its own waits (measure.max_window_s, the engine's)
+        except BaseException:  # an interrupt: the container goes first, so the inside dies writing nothing
+            self.held.release()
+            raise
         finally:
+            self.held.running = None
             if proc.poll() is None:
                 proc.kill()
             try:
@@ -265,6 +273,33 @@ class InContainer(Deployment):
         from llem.outcome import record_failure
 
         return record_failure(p.job_dir, why, "ContainerDied", stage, config=p.config, chash=p.chash)
+
+
+class _Exec:
+    """The foreground ``exec`` as the holder's running measurement (the shape llem.deploy.process.stop takes), so
+    that an interrupt names the inside's stage (``value``, an index of Stage, read from the stage file). It
+    reports itself not alive, so the interrupt stops nothing here: the container must go before its ``exec``
+    client (the inside, its output pipe closed, would write a failed row), and InContainer.measure removes it
+    as the interrupt unwinds."""
+
+    def __init__(self, proc: subprocess.Popen, stage_file: Path) -> None:
+        self.proc, self.stage_file, self.pid = proc, stage_file, proc.pid
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout_s: Optional[float] = None) -> None:
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+
+    @property
+    def value(self) -> int:
+        try:
+            return list(Stage).index(Stage(self.stage_file.read_text().strip()))
+        except (OSError, ValueError):
+            return list(Stage).index(Stage.start)
 
 
 def _log_file() -> Optional[str]:

@@ -108,6 +108,7 @@ class ContainerServer(Deployment):
         cur = self.held.reuse(spec.key) if s.reuse and cfg.runtime.reuse else self.held.release()
         if cur is not None:
             log.info("server: reusing the running container %s (%s)", cur.name, cur.endpoint.url)
+            self.started_cold = False
             self.endpoint = Endpoint(**{**cur.endpoint.__dict__, "start_s": None, "reused": True,
                                         "starts": self.held.server_starts,
                                         "container": facts_of(p, facts, None, True)})
@@ -115,6 +116,7 @@ class ContainerServer(Deployment):
             self.log_from = os.path.getsize(self.endpoint.log_path) if os.path.exists(self.endpoint.log_path) else 0
             return self._reused_floor()
         idle = self.device_idle()  # no resident, and no server yet: no CUDA context on the job's GPUs
+        self.started_cold = True
         port, claim = free_port(s.host, s.port)
         launch = serving.command(model_dir, s.host, port)
         spec.command = inside_argv(launch.argv) + list(s.args)

@@ -17,10 +17,11 @@ log = logging.getLogger(__name__)
 
 def for_job(config: Config, gpus_needed: int, job_dir: Path, sweep: Optional[Path]) -> DeviceIdle:
     """The device-idle floor: reused from an earlier job of this sweep on the same GPUs while recent
-    (baseline.device_idle_reuse_s), else metered now and kept for the jobs after this one."""
+    (baseline.device_idle_reuse_s), else metered now and kept for the jobs after this one. A job with
+    ``cold_start`` meters its own (and leaves it to the jobs after it)."""
     uuids = visible_uuids(gpus_needed)
     reuse_s = config.baseline.device_idle_reuse_s
-    if sweep is not None:
+    if sweep is not None and not config.cold_start:
         idle = reuse_device_idle(sweep, uuids, reuse_s)
         if idle is not None:
             return idle

@@ -6,7 +6,9 @@ never coexist, because each holds the GPUs and would spoil the other's floor and
 slot, made once by the driver (``llem.__main__``) and handed to every job it runs:
 
 - a deployment asks for the resident by its *key* (what makes two jobs' residents the same): the same key,
-  alive and fitting → it is reused; anything else → the old one is stopped and the job starts its own;
+  healthy and fitting → it is reused; anything else → the old one is stopped and the job starts its own. A
+  resident with the right key that is no longer healthy (a kept process that died, a server that stopped
+  answering its health path) is said once in the log as it is replaced;
 - it also names the measurement process of the job in progress, so that an interrupt stops it first;
 - it counts, per driver, the servers started and the engines built (result columns);
 - at exit or on an interrupt it stops everything (also from ``atexit``: a submitit worker ends by exiting),
@@ -30,6 +32,10 @@ class Resident(ABC):
     def alive(self) -> bool:
         """Whether it can still serve a job."""
 
+    def healthy(self) -> bool:
+        """Whether it can serve the next job now (checked before each reuse; bounded): alive, by default."""
+        return self.alive()
+
     @abstractmethod
     def stop(self) -> None:
         """Stop it and free what it holds (device memory, a port); bounded, never raises."""
@@ -51,11 +57,15 @@ class Held:
         self._hooked = False
 
     def reuse(self, key: str, fits: Callable[[Any], bool] = lambda resident: True) -> Optional[Any]:
-        """The resident when it has ``key``, is alive and ``fits``; else None, with any other resident stopped
+        """The resident when it has ``key``, is healthy and ``fits``; else None, with any other resident stopped
         (it holds the GPUs this job needs)."""
         res = self.resident
-        if res is not None and self.key == key and res.alive() and fits(res):
-            return res
+        if res is not None and self.key == key:
+            if not res.healthy():
+                log.warning("the %s kept from an earlier job is not healthy: it is stopped and replaced",
+                            type(res).__name__)
+            elif fits(res):
+                return res
         self.release()
         return None
 

@@ -114,9 +114,11 @@ class Kept(Local):
         if kept is not None:  # it holds the GPUs: the floor the sweep took before its build, while recent
             idle = floors.for_kept(p.config, p.gpus_needed, p.device, p.sweep_dir)
             if idle is not None:
+                self.started_cold = False
                 return idle
             self.held.release()
         start_kept(p.config, p.device, self.reuse, self.held)
+        self.started_cold = True  # a new kept process: the engine is built with this job
         try:
             return self.device_idle()
         except BaseException:

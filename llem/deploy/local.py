@@ -31,6 +31,7 @@ class Local(Deployment):
 
     def start(self) -> DeviceIdle:
         self.held.release()  # a kept engine or a server would share the GPUs
+        self.started_cold = True  # its engine is built in this process, for this job
         return self.device_idle()
 
     def measure(self, idle: DeviceIdle) -> Dict[str, Any]:
@@ -47,6 +48,7 @@ class Spawned(Local):
     def start(self) -> DeviceIdle:
         self.held.release()
         self.started = start_isolated(self.place.config, self.place.device, True, self.held)
+        self.started_cold = True  # a fresh process builds its engine for this job
         try:
             return self.device_idle()
         except BaseException:

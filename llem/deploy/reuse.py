@@ -82,7 +82,7 @@ def _largest_after(overrides: Tuple[str, ...], key: str, capacity: Optional[int]
             later_key = _kept_key(cfg, device)
         except Exception:  # a job that cannot be composed fails alone; it ends the run of this build
             break
-        if later_key != key:
+        if later_key != key or cfg.cold_start:  # a cold job stops the kept engine and builds its own
             break
         largest = max(largest, engine_class(cfg.backend.name).build_capacity(cfg) or 0)
     if largest > capacity:

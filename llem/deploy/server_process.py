@@ -36,17 +36,32 @@ from llem.serving.server import Endpoint, last_lines
 log = logging.getLogger(__name__)
 
 PORT_TRIES = 200
+HEALTH_TIMEOUT_S = 5.0  # a running server's health path must answer within this before a job reuses it
 
 
 class RunningServer(Resident):
     """A launched server held by the driver: its process, what jobs need to reach it, its log pipe and port."""
 
     def __init__(self, proc: subprocess.Popen, endpoint: Endpoint, pipe: Optional[subprocess.Popen] = None,
-                 port_claim: Optional[int] = None) -> None:
+                 port_claim: Optional[int] = None, health_path: Optional[str] = None) -> None:
         self.proc, self.endpoint, self.log_pipe, self.port_claim = proc, endpoint, pipe, port_claim
+        self.health_path = health_path
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        """Running, and its health path answers 200 within HEALTH_TIMEOUT_S."""
+        if not self.alive():
+            return False
+        if self.health_path is None:
+            return True
+        try:
+            with urllib.request.urlopen(self.endpoint.url + self.health_path,  # noqa: S310 - our own server
+                                        timeout=HEALTH_TIMEOUT_S) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
     def pids(self) -> List[int]:
         return [self.proc.pid]
@@ -112,7 +127,7 @@ def launch(serving: Any, config: Any, log_dir: Path, gpus: List[str], held: Held
                         else s.prompt, id_words=spec.id_words, pid=proc.pid, log_path=str(log_path),
                         command=" ".join(argv), starts=held.server_starts, warnings=list(spec.warnings),
                         **_in_flight(spec, list(s.args)))
-    running = RunningServer(proc, endpoint, pipe, claim)
+    running = RunningServer(proc, endpoint, pipe, claim, spec.health_path)
     held.hold(key, running)
     try:
         endpoint.start_s = _wait_healthy(running, spec, s.startup_timeout_s)

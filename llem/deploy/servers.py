@@ -58,6 +58,7 @@ class Launched(Deployment):
             log.error("the server did not start: %s", exc)
             raise StartFailed(f"{type(exc).__name__}: {exc}", type(exc).__name__, Stage.load) from exc
         self.log_from = 0 if self.endpoint.start_s is not None else log_size(self.endpoint)
+        self.started_cold = not self.endpoint.reused
         if self.endpoint.reused and p.device == "cuda":
             idle = floors.for_server(p.gpus_needed, sweep)
         return idle

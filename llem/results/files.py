@@ -129,6 +129,26 @@ def write_result(row, job_dir: Path) -> Path:
     return path
 
 
+def amend_result(job_dir: Path, part: Any) -> Optional[Dict[str, Any]]:
+    """Set the columns of ``part`` (a row part whose values the job's parent knows, not the measurement: its place
+    in the sweep) in the job's row, rewritten atomically; the row's values, or None when it has no row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = job_dir / RESULTS
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    values = dataclasses.asdict(part)
+    for column in columns_of(type(part)):
+        field = pa.field(column.name, arrow_type(column.type))
+        array = pa.array([storable(column, values[column.name])], type=field.type)
+        at = table.schema.get_field_index(column.name)
+        table = table.set_column(at, field, array) if at >= 0 else table.append_column(field, array)
+    write_atomic(table, path, **ONE_ROW_OPTIONS)
+    return table.to_pylist()[0]
+
+
 def read_result(job_dir: Path) -> Optional[Dict[str, Any]]:
     """The job's result row, or None when there is none (or it cannot be read)."""
     path = job_dir / RESULTS

@@ -93,3 +93,16 @@ class ContainerFacts:
 def on_host() -> ContainerFacts:
     return ContainerFacts(runtime="host", container_null_reason=HOST_RUNTIME)
 
+
+@dataclass
+class SweepPlace:
+    """Where the job stood in its sweep and what it started from (sweep.order, cold_start; docs/sweeps.md)."""
+
+    sweep_position: Optional[int] = col("1-based position of the job in the sweep's run order (sweep.order)")
+    sweep_position_null_reason: Optional[str] = col("why sweep_position is null, when it is (a single run)")
+    sweep_order: Optional[str] = col("the sweep's run order: grid, interleaved, grouped or shuffled (null: a single "
+                                     "run)")
+    started_cold: Optional[bool] = col("true: nothing an earlier job left served this one (its engine was built, its "
+                                       "server or container started for it); false: it measured on a kept engine or "
+                                       "a running server or container; null behind an external server (not llem's "
+                                       "to start) or when the job ended before it started")

@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Dict, List, Optional, Tuple
 
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
-from llem.results.preparation import BuildCache, ContainerFacts, EngineReuse, OutsideWindow, Sizing
+from llem.results.preparation import BuildCache, ContainerFacts, EngineReuse, OutsideWindow, Sizing, SweepPlace
 from llem.results.schema import (
     JSON,
     STR,
@@ -270,7 +270,7 @@ class Notes:
 # ModelFacts; env.* (llem.environment.Environment) and codecarbon.* precede Notes.
 PARTS: Tuple[Tuple[type, str], ...] = (
     (Outcome, ""), (WorkloadCounts, ""), (OutputLengths, ""), (Sizing, ""), (OutsideWindow, ""), (BuildCache, ""),
-    (EngineReuse, ""), (ContainerFacts, ""),
+    (EngineReuse, ""), (ContainerFacts, ""), (SweepPlace, ""),
     (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (Padding, ""),
     (GpuEnergy, ""), (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""),
     (SteadyState, ""), (PrefillDecode, ""), (HostEnergy, ""), (HostLoad, ""), (CodecarbonFacts, "codecarbon."),
