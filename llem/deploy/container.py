@@ -35,6 +35,7 @@ from llem.deploy.base import Deployment, JobPlace, StartFailed
 from llem.deploy.held import Resident
 from llem.deploy.process import Running
 from llem.energy.idle import DeviceIdle
+from llem.environment import SLURM_VARS
 from llem.results.preparation import ContainerFacts
 from llem.results.row import Stage
 from llem.runtime import ContainerRuntime, ContainerSpec, ImageFacts, RuntimeUnavailable, container_name, for_config
@@ -48,7 +49,8 @@ CONTAINER_LOG = "container.log"  # in the job dir: what the inside printed, scru
 LOG_TAIL_LINES = 30  # a failed row carries this many of its last lines
 START_TIMEOUT_S = 120.0  # `run --detach` returns once the container runs (the image is local)
 PULL_TIMEOUT_S = 3600.0
-PASSED_BY_NAME = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY")
+PASSED_BY_NAME = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY",
+                  *SLURM_VARS)  # the SLURM job's ids: the row's env.slurm_* columns are read inside
 _reaped: set = set()  # runtimes whose stale containers this driver removed (once per driver)
 
 
@@ -117,8 +119,8 @@ def mounts(place: JobPlace, *more: Path) -> List[str]:
 
 
 def env_names() -> List[str]:
-    """Variables the container gets by name: every secret that is set, the names of protected ones, and the
-    Hugging Face switches (the values never reach a command line)."""
+    """Variables the container gets by name: every secret that is set, the names of protected ones, the
+    Hugging Face switches and a SLURM job's ids (the values never reach a command line)."""
     names = [n for n in os.environ if secrets.is_secret_name(n)]
     names += [n for n in (secrets.PROTECTED_VAR, *PASSED_BY_NAME) if n in os.environ]
     return sorted(set(names))
