@@ -140,3 +140,8 @@ def test_a_real_instance_runs_a_command_and_stops(tmp_path):
     finally:
         runtime.rm(name)
     assert not runtime.running(name)
+
+
+def test_pulling_a_sif_runs_nothing(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    Apptainer().pull("/images/x.sif", 10.0)  # no apptainer needed: nothing to pull
