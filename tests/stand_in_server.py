@@ -13,7 +13,8 @@ from typing import Optional
 
 class StandIn:
     """``mode``: ok | fail500 | busy (HTTP 429, Retry-After) | denied (HTTP 401) | drop (two tokens, then the
-    connection closes) | slow (never answers) | fail_endless (HTTP 500 whose body never ends) |
+    connection closes) | slow (a measured request is answered after 3 s; the one-token probe of how prompts go
+    at once) | fail_endless (HTTP 500 whose body never ends) |
     moved (HTTP 307 to /elsewhere, which streams well).
     ``bad``: how every ``bad_every``-th request (by arrival, from the first) misbehaves, the others answered
     well: ``event`` (``bad_line`` sent as one line of its stream, after a token), ``json_body`` (a plain JSON
@@ -89,7 +90,7 @@ class StandIn:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
             try:
-                if self.mode == "slow":
+                if self.mode == "slow" and body["max_tokens"] > 1:
                     await asyncio.sleep(3)  # past the test's 1 s request timeout
                 resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                 await resp.prepare(request)
@@ -129,7 +130,7 @@ class StandIn:
             app.router.add_get("/health", models)
             app.router.add_post("/v1/completions", completions)
             app.router.add_post("/elsewhere/v1/completions", completions)
-            runner = web.AppRunner(app)
+            runner = web.AppRunner(app, shutdown_timeout=0.2)  # at exit, a handler still asleep is cancelled
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
             self._ready.set()

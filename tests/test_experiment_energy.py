@@ -93,8 +93,9 @@ def test_data_parallel_reads_each_gpu_once_and_sums(compose_cfg, trace, tmp_path
 
 def test_host_meter_adds_cpu_ram_and_co2_without_counting_the_gpu_twice(compose_cfg, trace, tmp_path, monkeypatch):
     pytest.importorskip("codecarbon")
-    row, ts = _run(compose_cfg, trace, tmp_path, monkeypatch,
-                   ["energy.meters=[nvml,codecarbon]", "energy.country_iso_code=FRA"])
+    row, ts = _run(compose_cfg, trace, tmp_path, monkeypatch,  # the host's meter, not the window's length
+                   ["energy.meters=[nvml,codecarbon]", "energy.country_iso_code=FRA", "dataset.num_requests=8",
+                    "output_len=16"])
     assert row["status"] == "ok", row["error"]
     for prefix in ("", "load_", "prefill_"):
         assert row[f"{prefix}cpu_energy_j"] > 0 and row[f"{prefix}ram_energy_j"] > 0

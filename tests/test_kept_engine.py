@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from llem.backends import engine_class
 from llem.config import to_config
@@ -59,10 +60,19 @@ def _by(rows, *keys):
     return {tuple(int(r[f"cfg.{k}"]) for k in keys): r for r in rows.values()}
 
 
-def test_sweep_measures_on_one_kept_engine(tmp_path):
+@pytest.fixture(scope="module")
+def kept_sweep(tmp_path_factory):
+    """One real sweep shared by the tests below: per seed, four jobs of one build (batch=1,2 × repeat=0,1);
+    the second seed's jobs need another build (random weights follow the seed)."""
+    root = tmp_path_factory.mktemp("kept")
+    fast = [o for o in FAST if not o.startswith("batch=")]  # a key's first place on the line is its place in the grid
+    run_llem(["-m", *fast, "seed=0,1", "batch=1,2", "repeat=0,1", "hydra.sweep.dir=sweep"], cwd=root, check=True)
+    return _rows(root / "sweep")
+
+
+def test_sweep_measures_on_one_kept_engine(kept_sweep):
     """Four jobs, one build: the later three pay no load, measure their own batch, and say whose build it was."""
-    run_llem(["-m", *FAST, "batch=1,2", "repeat=0,1", "hydra.sweep.dir=sweep"], cwd=tmp_path, check=True)
-    rows = _by(_rows(tmp_path / "sweep"), "batch", "repeat")
+    rows = _by({k: r for k, r in kept_sweep.items() if int(r["cfg.seed"]) == 0}, "batch", "repeat")
     assert len(rows) == 4 and all(r.status == "ok" for r in rows.values())
     first = rows[(1, 0)]
     assert not first.engine_reused and first.load_s > 0 and first.num_engine_jobs == 1
@@ -76,66 +86,15 @@ def test_sweep_measures_on_one_kept_engine(tmp_path):
     assert rows[(2, 1)].output_tokens_total == 4 * 8 and rows[(2, 1)].num_in_flight == 2  # its own batch
 
 
-def test_a_different_build_closes_the_kept_engine_and_off_builds_every_job(tmp_path):
-    """Seeds differ (random weights follow the seed): each job builds its own; reuse_engine=false too."""
-    run_llem(["-m", *FAST, "seed=0,1", "hydra.sweep.dir=a"], cwd=tmp_path, check=True)
-    rows = _by(_rows(tmp_path / "a"), "seed")
-    assert [bool(rows[(k,)].engine_reused) for k in (0, 1)] == [False, False]
-    assert [int(rows[(k,)].num_engine_builds) for k in (0, 1)] == [1, 2]
-
-    run_llem(["-m", *FAST, "reuse_engine=false", "repeat=0,1", "hydra.sweep.dir=b"], cwd=tmp_path, check=True)
-    rows = _rows(tmp_path / "b")
-    assert len(rows) == 2 and not any(r.engine_reused for r in rows.values())
-    assert all(r.load_s > 0 and pd.isna(r.num_engine_builds) for r in rows.values())
-    assert all(r.engine_import_s > 0 for r in rows.values())  # each process imported its engine as it started
-
-
-def test_a_failed_job_in_the_kept_process_is_a_row_and_the_next_builds_again(tmp_path):
-    """The second job fails inside the kept process (its prompt file is empty, found at the workload): it gets
-    its failed row, the kept engine is closed with it, and the third job builds its own."""
-    first, empty, last = tmp_path / "first.txt", tmp_path / "empty.txt", tmp_path / "last.txt"
-    for path in (first, last):
-        path.write_text("".join(f"prompt number {i} about energy\n" for i in range(8)))
-    empty.write_text("")
-    run_llem(["-m", *FAST, "dataset=file", "model.tokenizer=bytes", f"dataset.path={first},{empty},{last}",
-              "hydra.sweep.dir=c"], cwd=tmp_path)
-    rows = {r["cfg.dataset.path"]: r for r in _rows(tmp_path / "c").values()}
-    assert [rows[str(p)].status for p in (first, empty, last)] == ["ok", "failed", "ok"]
-    assert rows[str(empty)].error_stage == "workload"
-    assert [bool(rows[str(p)].engine_reused) for p in (first, last)] == [False, False]
-    assert [int(rows[str(p)].num_engine_builds) for p in (first, last)] == [1, 2]
-
-
-def test_a_kept_process_that_died_is_replaced(compose_cfg, tmp_path):
-    """Killed between two jobs (the kernel's OOM killer, a driver fault): the next job starts a new process
-    and builds again instead of writing into a dead pipe."""
-    from llem.config import config_hash
-    from llem.deploy.base import JobPlace
-    from llem.deploy.held import Held
-    from llem.deploy.kept import Kept
-
-    config = to_config(compose_cfg(FAST))
-    reuse = reuse_for(config, "cpu", [])
-    held = Held()
-
-    def job(name):
-        place = JobPlace(config, config_hash(config), tmp_path / name, "cpu", 1, sweep_dir=tmp_path)
-        place.job_dir.mkdir()
-        deployment = Kept(place, held, reuse)
-        return deployment.measure(deployment.start())
-
-    try:
-        assert job("one")["status"] == "ok"
-        first = held.resident
-        assert first is not None and first.alive()
-        first.proc.kill()
-        first.proc.join(60)
-        assert job("two")["status"] == "ok"
-        assert held.resident is not first and held.resident.alive() and held.engine_builds == 2
-    finally:
-        held.stop_all()
-    two = pd.read_parquet(tmp_path / "two" / "results.parquet").iloc[0]
-    assert two.status == "ok" and not two.engine_reused
+def test_a_different_build_closes_the_kept_engine(kept_sweep):
+    """Seeds differ (random weights follow the seed): the first job of the second seed builds its own."""
+    rows = _by(kept_sweep, "seed", "batch", "repeat")
+    assert len(rows) == 8 and all(r.status == "ok" for r in rows.values())
+    first, other = rows[(0, 1, 0)], rows[(1, 1, 0)]
+    assert not other.engine_reused and other.load_s > 0 and other.num_engine_jobs == 1
+    assert [int(first.num_engine_builds), int(other.num_engine_builds)] == [1, 2]
+    assert other.engine_build_job != first.engine_build_job
+    assert rows[(1, 2, 1)].engine_reused and rows[(1, 2, 1)].engine_build_job == other.engine_build_job
 
 
 def test_a_kept_engine_whose_device_idle_floor_expired_is_rebuilt(compose_cfg, monkeypatch, tmp_path):

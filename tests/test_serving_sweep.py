@@ -19,10 +19,10 @@ pytest.importorskip("uvicorn")
 
 
 def test_rate_sweep_shares_one_server_then_capacity(tmp_path):
-    """-m load.request_rate=4,16,inf with natural output lengths: one server for the three jobs, each length
+    """-m load.request_rate=8,16,inf with natural output lengths: one server for the three jobs, each length
     asked for generated, then the aggregate's capacity under a TTFT bound and the load plot."""
     cache = tmp_path / "cache"
-    run_llem(["-m", "server=launch", SERVE_CACHE, "load.request_rate=4,16,inf", "dataset.num_requests=24",
+    run_llem(["-m", "server=launch", SERVE_CACHE, "load.request_rate=8,16,inf", "dataset.num_requests=16",
               "output_len=null", "dataset.output_lengths.mean=24", "dataset.output_lengths.max=48",
               "hydra.sweep.dir=sweep", f"cache_dir={cache}"], cwd=tmp_path, check=True, timeout=600)
     sweep = tmp_path / "sweep"

@@ -214,21 +214,21 @@ def _measured_span(job_dir: Path) -> tuple:
 @pytest.mark.slurm
 def test_a_cpu_sweep_runs_every_job_one_after_another(cluster, tmp_path):
     """On a node without GPUs that packs jobs: no GPU is asked for, CPUs and memory are fitted to the node,
-    all three jobs end ok, and their measurements never overlap (or are flagged). No sacct noise."""
+    both jobs end ok, and their measurements never overlap (or are flagged). No sacct noise."""
     fast = [o for o in FAST if not o.startswith("batch=")]
-    proc = run_llem(["hydra/launcher=slurm", "-m", "batch=1,2,4", *fast, "hydra.sweep.dir=sweep"], cwd=tmp_path,
+    proc = run_llem(["hydra/launcher=slurm", "-m", "batch=1,2", *fast, "hydra.sweep.dir=sweep"], cwd=tmp_path,
                     env_extra=cluster.env(), timeout=300)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "3 ok, 0 skipped, 0 failed" in out, out + cluster.logs()
+    assert proc.returncode == 0 and "2 ok, 0 skipped, 0 failed" in out, out + cluster.logs()
     assert f"hydra.launcher.cpus_per_task={min(8, cluster.cpus)}" in out or cluster.cpus >= 8
     assert "asks the default partition for no GPU" in out
     assert out.count("job states are read from squeue") == 1, out
     assert "Bypassing sacct error" not in out and "accounting storage is disabled" not in out, out
     dirs = [p.parent for p in (tmp_path / "sweep").glob("*/results.parquet")]
     rows = {d: pd.read_parquet(d / "results.parquet").iloc[0] for d in dirs}
-    assert sorted(int(r["cfg.batch"]) for r in rows.values()) == [1, 2, 4]
+    assert sorted(int(r["cfg.batch"]) for r in rows.values()) == [1, 2]
     assert all(r["status"] == "ok" for r in rows.values())
-    assert len({r["env.slurm_job_id"] for r in rows.values()}) == 3  # three SLURM jobs (an array's tasks)
+    assert len({r["env.slurm_job_id"] for r in rows.values()}) == 2  # two SLURM jobs (an array's tasks)
     spans = {d: _measured_span(d) for d in dirs}
     for a, b in itertools.combinations(dirs, 2):
         if max(spans[a][0], spans[b][0]) < min(spans[a][1], spans[b][1]):  # overlapped: both rows must say so
