@@ -1,5 +1,6 @@
-"""The runtime part of the schema (``runtime``): where a job's engine lives — on the host, or inside a
-container image run by docker or podman. Re-exported by :mod:`llem.config`; each key is defined once, here.
+"""The runtime part of the schema (``runtime``): where a job's engine lives — on the host, inside a container
+image run by docker, podman or apptainer, or ``auto`` (resolved per job by :mod:`llem.deploy.auto`). Re-exported by
+:mod:`llem.config`; each key is defined once, here.
 
 The image itself is the engine's (``backend.image`` for llem's image of that engine, used in-process;
 ``backend.server_image`` for the engine's own server image, used with ``server=launch``); ``runtime.image``
@@ -14,8 +15,9 @@ from typing import List, Optional
 
 from llem.support.errors import require as _require
 
-RUNTIMES = ("host", "docker", "podman")
-CONTAINER_RUNTIMES = ("docker", "podman")
+RUNTIMES = ("host", "docker", "podman", "apptainer", "auto")
+CONTAINER_RUNTIMES = ("docker", "podman", "apptainer")
+APPTAINER_IMAGES = ("docker://", "oras://", "library://", "shub://")  # remote references Apptainer pulls
 # An image reference: [registry[:port]/]name[/more][:tag][@sha256:digest], or a bare image id (sha256:...).
 IMAGE_REF = re.compile(r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
                        r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
@@ -30,13 +32,18 @@ def is_image_ref(text: object) -> bool:
     return isinstance(text, str) and IMAGE_REF.fullmatch(text) is not None
 
 
+def is_apptainer_image(text: object) -> bool:
+    """A ``.sif`` path, or a remote reference Apptainer pulls (``docker://name:tag``, ``oras://…``)."""
+    return isinstance(text, str) and (text.endswith(".sif") or text.startswith(APPTAINER_IMAGES))
+
+
 @dataclass
 class RuntimeConfig:
     """Where the job's engine runs: ``host`` (llem's own processes, the default) or a container (docker,
     podman) of the engine's image — the measurement process inside it without a server, the engine's own
     server inside it with ``server=launch``. The client, the energy meter and the idle floors stay on the host."""
 
-    name: str = "host"  # host | docker | podman
+    name: str = "host"  # host | docker | podman | apptainer | auto (the host where the engine imports, else its image)
     image: Optional[str] = None  # null: the engine's backend.image (in-process) or backend.server_image (launch)
     pull: bool = False  # false: an image not present locally fails at the check (true: pulled, as load)
     reuse: bool = True  # consecutive jobs of a sweep needing the same container share it
@@ -45,7 +52,11 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         _require(self.name in RUNTIMES, "runtime.name", self.name, ", ".join(RUNTIMES) + " (runtime=<name>)")
-        if self.image is not None:
+        if self.image is not None and self.name == "apptainer":
+            _require(is_apptainer_image(self.image), "runtime.image", self.image,
+                     "null (the engine's image, as docker://<image>) or, with runtime=apptainer, a .sif path or a "
+                     "docker:// (oras://, library://) reference")
+        elif self.image is not None:
             _require(is_image_ref(self.image), "runtime.image", self.image,
                      "null (the engine's image) or an image reference such as name:tag or registry/name@sha256:…")
         for arg in self.args:
@@ -67,9 +78,10 @@ def image_for(runtime: RuntimeConfig, backend: object, server_mode: str) -> Opti
     image; None on the host."""
     if not runtime.in_container:
         return None
-    if runtime.image:
-        return runtime.image
-    return getattr(backend, "server_image" if server_mode == "launch" else "image", None)
+    image = runtime.image or getattr(backend, "server_image" if server_mode == "launch" else "image", None)
+    if runtime.name == "apptainer" and image and not is_apptainer_image(image):
+        return f"docker://{image}"  # the engine's image, as Apptainer names a registry's (needs runtime.pull)
+    return image
 
 
 def image_key(runtime: RuntimeConfig, server_mode: str) -> str:

@@ -43,6 +43,8 @@ class JobPlace:
     sweep_dir: Optional[Path] = None  # the sweep's dir (its jobs share floors and residents); None: a single run
     problem: Optional[str] = None  # what resolving the device found (refused on cuda, a row warning otherwise)
     overrides: Tuple[str, ...] = field(default=())  # the job's overrides in its sweep (sizes a kept build)
+    runtime_note: Optional[str] = None  # why runtime=auto chose the runtime in ``config`` (a row warning)
+    refused: Optional[str] = None  # why no runtime fits (runtime=auto found none): the job fails at its check
 
     def gpus(self) -> List[str]:
         """The UUIDs of the GPUs this job uses (none on the CPU)."""

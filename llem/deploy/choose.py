@@ -23,6 +23,10 @@ def pick(place: JobPlace, held: Held) -> Deployment:
     from llem.deploy.servers import External, Launched
 
     config = place.config
+    if place.refused is not None:
+        from llem.deploy.auto import Refused
+
+        return Refused(place, held)
     if config.runtime.in_container:
         from llem.deploy.container import InContainer
         from llem.deploy.container_server import ContainerServer
@@ -38,9 +42,21 @@ def pick(place: JobPlace, held: Held) -> Deployment:
     return Kept(place, held, reuse) if reuse is not None else Spawned(place, held)
 
 
-def place_of(config: Config, chash: str, job_dir: Path, sweep_dir: Optional[Path] = None,
+def place_of(config: Config, job_dir: Path, sweep_dir: Optional[Path] = None,
              overrides: Tuple[str, ...] = ()) -> JobPlace:
-    """The job's place: its device resolved without touching CUDA, the GPUs its engine needs."""
+    """The job's place: its device resolved without touching CUDA, ``runtime=auto`` resolved (the place's
+    config and hash are the resolved ones), the GPUs its engine needs."""
+    from llem.config import config_hash
+    from llem.deploy.auto import choose
+
     device, problem = resolve_device(config)
+    note = refused = None
+    if config.runtime.name == "auto":
+        choice = choose(config, device)
+        if choice.config is None:
+            refused = choice.reason
+        else:
+            config, note = choice.config, choice.reason
     gpus_needed = engine_class(config.backend.name).gpus_required(config.backend)
-    return JobPlace(config, chash, job_dir, device, gpus_needed, sweep_dir, problem, tuple(overrides))
+    return JobPlace(config, config_hash(config), job_dir, device, gpus_needed, sweep_dir, problem, tuple(overrides),
+                    note, refused)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from llem.deploy.base import Deployment, JobPlace, StartFailed
 from llem.deploy.held import Resident
 from llem.deploy.process import Running
 from llem.energy.idle import DeviceIdle
+from llem.environment import SLURM_VARS
 from llem.results.preparation import ContainerFacts
 from llem.results.row import Stage
 from llem.runtime import ContainerRuntime, ContainerSpec, ImageFacts, RuntimeUnavailable, container_name, for_config
@@ -49,7 +51,8 @@ CONTAINER_LOG = "container.log"  # in the job dir: what the inside printed, scru
 LOG_TAIL_LINES = 30  # a failed row carries this many of its last lines
 START_TIMEOUT_S = 120.0  # `run --detach` returns once the container runs (the image is local)
 PULL_TIMEOUT_S = 3600.0
-PASSED_BY_NAME = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY")
+PASSED_BY_NAME = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY",
+                  *SLURM_VARS)  # the SLURM job's ids: the row's env.slurm_* columns are read inside
 _reaped: set = set()  # runtimes whose stale containers this driver removed (once per driver)
 
 
@@ -70,6 +73,11 @@ class Container(Resident):
         return [self.proc.pid] if self.proc is not None else []
 
     def stop(self) -> None:
+        if self.proc is not None and self.runtime.kills_by_group and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the container's processes
+            except ProcessLookupError:
+                pass
         self.runtime.rm(self.name)
         if self.proc is not None:
             try:
@@ -113,8 +121,8 @@ def mounts(place: JobPlace, *more: Path) -> List[str]:
 
 
 def env_names() -> List[str]:
-    """Variables the container gets by name: every secret that is set, the names of protected ones, and the
-    Hugging Face switches (the values never reach a command line)."""
+    """Variables the container gets by name: every secret that is set, the names of protected ones, the
+    Hugging Face switches and a SLURM job's ids (the values never reach a command line)."""
     names = [n for n in os.environ if secrets.is_secret_name(n)]
     names += [n for n in (secrets.PROTECTED_VAR, *PASSED_BY_NAME) if n in os.environ]
     return sorted(set(names))
@@ -196,7 +204,7 @@ class InContainer(Deployment):
         t0 = time.monotonic()
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, env=runtime.child_env(spec.env_names))
         except subprocess.TimeoutExpired:
             runtime.rm(name)
             raise StartFailed(f"the container did not start within {START_TIMEOUT_S:g} s", "ContainerError") from None
@@ -228,7 +236,7 @@ class InContainer(Deployment):
         pipe = log_pipe.start(p.job_dir / CONTAINER_LOG)
         try:  # its own session: a terminal's Ctrl-C reaches the driver, which stops it and the container
             proc = subprocess.Popen(argv, stdout=pipe.stdin, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, env=c.runtime.child_env(env_names()))
         finally:
             pipe.stdin.close()
         running = _Exec(proc, stage_file)

@@ -131,7 +131,7 @@ class ContainerServer(Deployment):
         t0 = time.monotonic()
         try:
             proc = subprocess.Popen(argv, stdout=pipe.stdin, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, env=runtime.child_env(spec.env_names))
         except OSError as exc:
             os.close(claim)
             raise StartFailed(f"{type(exc).__name__}: {exc}", type(exc).__name__, Stage.load) from exc
@@ -174,6 +174,8 @@ class ContainerServer(Deployment):
             if c.proc.poll() is not None:
                 raise ServerError(f"the container exited with code {c.proc.returncode} as it started; its last log "
                                   f"lines:\n{last_lines(str(log_path))}")
+            if c.runtime.kills_by_group:
+                return c.proc.pid  # no daemon: the foreground process is the container's root on this host
             done = c.runtime._call(["container", "inspect", "--format", "{{.State.Pid}}", c.name], check=False)
             if done.returncode == 0 and done.stdout.strip() not in ("", "0"):
                 return int(done.stdout.strip())

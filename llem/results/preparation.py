@@ -74,9 +74,9 @@ HOST_RUNTIME = "runtime=host: the engine ran in llem's own processes on this hos
 
 @dataclass
 class ContainerFacts:
-    """Where the engine ran: the host, or a container of an image (runtime=docker|podman; runtime.reuse)."""
+    """Where the engine ran: the host, or a container of an image (runtime=docker|podman|apptainer; runtime.reuse)."""
 
-    runtime: Optional[str] = col("where the engine ran: host, docker or podman")
+    runtime: Optional[str] = col("where the engine ran: host, docker, podman or apptainer")
     runtime_image: Optional[str] = col("the image reference the engine ran in")
     runtime_image_digest: Optional[str] = col("the image's content digest: the registry's (name@sha256:…) when it "
                                               "came from one, else the local image id (sha256:…)")

@@ -33,18 +33,21 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
     from llem.deploy.held import Held
 
     overrides = " ".join(HydraConfig.get().overrides.task) or "(defaults)"
+    note = None  # why runtime=auto chose where the job would run
     try:
         config = to_config(cfg)
         engine = engine_class(config.backend.name)
         engine.validate_config(config)
         validate.check(config)
-        place = place_of(config, config_hash(config), job_dir)
+        place = place_of(config, job_dir)
+        config, note = place.config, place.runtime_note  # runtime=auto resolved
         pick(place, Held()).check()  # the real run's check stage, where its engine would run
         device = place.device
         instance = engine(config, device)
         plan = sizing.for_job(config, instance, on_gpu=device == "cuda")
     except Exception as exc:  # a dry run reports every problem, and never stops the others
         why = str(exc) if isinstance(exc, LlemError) else f"{type(exc).__name__}: {exc}"
+        why = f"{why} ({note})" if note else why
         log.info("dry run: %s → invalid: %s", overrides, why)
         status = "would_fail"
         chash = None

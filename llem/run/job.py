@@ -106,7 +106,9 @@ def run_config(config: Config, job_dir: Path, held: Optional[Held] = None) -> Di
     """Resume-skip, check, start, measure where the job's deployment says, and make sure a result row exists.
     Without ``held`` (a job run on its own) nothing outlives the job."""
     held = held if held is not None else Held()
-    chash = config_hash(config)
+    sweep = _sweep_dir()
+    place = place_of(config, job_dir, sweep, _overrides() if sweep is not None else ())  # runtime=auto resolved
+    config, chash = place.config, place.chash
     previous = results.read_result(job_dir)
     if previous and previous.get("status") == "ok" and previous.get("config_hash") == chash:
         log.info("skipped: %s already holds a successful result (config_hash %s)", job_dir, chash)
@@ -114,16 +116,17 @@ def run_config(config: Config, job_dir: Path, held: Optional[Held] = None) -> Di
         return previous
 
     (job_dir / results.RESULTS).unlink(missing_ok=True)  # a stale failed/other-config row must not linger
-    sweep = _sweep_dir()
-    place = place_of(config, chash, job_dir, sweep, _overrides() if sweep is not None else ())
+    if place.runtime_note:
+        log.info("%s", place.runtime_note)
     log.info("job %s: backend=%s model=%s batch=%s device=%s", chash, config.backend.name, config.model.name,
              config.batch, place.device)
     deployment = pick(place, held)
     try:
         deployment.check()
     except (DeviceError, model_source.ModelUnavailable, ServerError, EngineUnavailable, ConfigError) as exc:
-        log_failure(str(exc))
-        values = record_failure(job_dir, str(exc), type(exc).__name__, Stage.check, config=config, chash=chash)
+        error = f"{exc} ({place.runtime_note})" if place.runtime_note else str(exc)
+        log_failure(error)
+        values = record_failure(job_dir, error, type(exc).__name__, Stage.check, config=config, chash=chash)
         return _with_sweep_place(job_dir, values, config.sweep.order)
     uses_host = place.device == "cpu" or "codecarbon" in config.energy.meters  # the host's CPU, or a meter of all
     with gpu_lock(place.gpus()), host_lock(job_dir, exclusive=uses_host):
@@ -152,6 +155,8 @@ def _start_and_measure(deployment: Deployment) -> Dict[str, Any]:
                               chash=place.chash)
     if place.problem:
         idle.warnings.append(place.problem)
+    if place.runtime_note:
+        idle.warnings.append(place.runtime_note)
     return deployment.measure(idle)
 
 

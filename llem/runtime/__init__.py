@@ -1,4 +1,4 @@
-"""Container runtimes (``runtime=docker|podman``): one small class over their command-line clients
+"""Container runtimes (``runtime=docker|podman|apptainer``): one small class over their command-line clients
 (:mod:`llem.runtime.containers`)."""
 
 from __future__ import annotations
@@ -16,4 +16,8 @@ __all__ = ["ContainerRuntime", "ContainerSpec", "ImageFacts", "RuntimeUnavailabl
 
 def for_config(runtime) -> ContainerRuntime:
     """The runtime a ``RuntimeConfig`` names (a container runtime)."""
+    if runtime.name == "apptainer":
+        from llem.runtime.apptainer import Apptainer
+
+        return Apptainer(list(runtime.global_args))
     return ContainerRuntime(runtime.name, list(runtime.global_args))

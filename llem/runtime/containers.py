@@ -74,6 +74,8 @@ class ContainerSpec:
 class ContainerRuntime:
     """docker or podman: check, inspect, run, exec, logs, remove, reap."""
 
+    kills_by_group = False  # True: a foreground container is stopped by signalling its process group
+
     def __init__(self, name: str, global_args: Sequence[str] = ()) -> None:
         self.name = name
         self.base = [name, *global_args]
@@ -162,6 +164,10 @@ class ContainerRuntime:
         for name in env_names:
             argv += ["--env", name]
         return [*argv, container, *command]
+
+    def child_env(self, env_names: Sequence[str]) -> Optional[Dict[str, str]]:
+        """The client's environment (None: this process's): docker and podman copy ``--env NAME`` from it."""
+        return None
 
     def rm_argv(self, container: str) -> List[str]:
         return [*self.base, "rm", "--force", container]
