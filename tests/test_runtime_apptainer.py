@@ -14,9 +14,9 @@ import time
 import pytest
 
 from llem.config import config_hash, to_config
-from llem.errors import ConfigError
 from llem.runtime import ContainerSpec, RuntimeUnavailable, for_config
 from llem.runtime.apptainer import Apptainer
+from llem.support.errors import ConfigError
 
 SPEC = ContainerSpec(image="/images/llem-pytorch.sif", command=["sleep", "infinity"], key="0123456789abcdef",
                      mounts=["/data/sweep", "/home/u/.cache/huggingface"], env={"HF_HOME": "/home/u/.cache/hf"},
@@ -72,7 +72,7 @@ def test_runtime_apptainer_selects_the_apptainer_client(compose_cfg):
 
 
 def test_the_engines_image_becomes_a_docker_reference(compose_cfg):
-    from llem.config_runtime import image_for
+    from llem.config.runtime import image_for
 
     config = to_config(compose_cfg(["runtime=apptainer"]))
     assert image_for(config.runtime, config.backend, "none").startswith("docker://llem-pytorch:")

@@ -14,7 +14,7 @@ from llem.config import config_hash, to_config
 from llem.deploy.auto import answers, choose
 from llem.deploy.choose import pick, place_of
 from llem.deploy.held import Held
-from llem.errors import EngineUnavailable
+from llem.support.errors import EngineUnavailable
 
 MISSING = 'backend=pytorch needs torch, transformers (torch missing): pip install ".[pytorch]" from a clone of llem'
 

@@ -3,7 +3,7 @@ container runtime that answers (docker, then podman) — decided once per job, w
 
 "Imports here" is the engine's own check run in this process (the server's check with ``server=launch``):
 it looks for the engine's packages without importing them (``importlib.util.find_spec``), so the decision
-costs milliseconds and loads no engine. Only :class:`~llem.errors.EngineUnavailable` (a package missing)
+costs milliseconds and loads no engine. Only :class:`~llem.support.errors.EngineUnavailable` (a package missing)
 sends the job to a container; any other problem the check finds is the host's to report, at its check stage.
 A runtime "answers" when its client is on PATH and ``<runtime> version`` (docker: the daemon's half of it;
 podman: ``info``) returns within :data:`PROBE_TIMEOUT_S`. Jobs that cannot go into a container — an external
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from llem.config import Config
-from llem.config_runtime import image_for, image_key
+from llem.config.runtime import image_for, image_key
 from llem.deploy.base import Deployment, StartFailed
 from llem.energy.idle import DeviceIdle
-from llem.errors import EngineUnavailable
+from llem.support.errors import EngineUnavailable
 
 PROBE_TIMEOUT_S = 0.8  # per runtime: the probes and the image check together stay within the check's 2 s
 PROBES = {"docker": ["version", "--format", "{{.Server.Version}}"], "podman": ["info", "--format", "{{.Host.Arch}}"]}

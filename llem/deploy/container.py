@@ -36,7 +36,7 @@ from llem.deploy.base import Deployment, JobPlace, StartFailed
 from llem.deploy.held import Resident
 from llem.deploy.process import Running
 from llem.energy.idle import DeviceIdle
-from llem.environment import SLURM_VARS
+from llem.results.environment import SLURM_VARS
 from llem.results.preparation import ContainerFacts
 from llem.results.row import Stage
 from llem.runtime import ContainerRuntime, ContainerSpec, ImageFacts, RuntimeUnavailable, container_name, for_config

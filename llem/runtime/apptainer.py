@@ -35,7 +35,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from llem.config_runtime import APPTAINER_IMAGES
+from llem.config.runtime import APPTAINER_IMAGES
 from llem.runtime.containers import (
     CALL_TIMEOUT_S,
     CHECK_TIMEOUT_S,
