@@ -21,15 +21,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from llem.backends import engine_class
 from llem.config import model_source
 from llem.config.runtime import image_for
-from llem.deploy.base import Deployment, StartFailed
+from llem.deploy.base import StartFailed
 from llem.deploy.container import (
     Container,
     check_image,
@@ -41,8 +39,8 @@ from llem.deploy.container import (
     runtime_for,
     spec_key,
 )
-from llem.deploy.local import measure_here
-from llem.deploy.server_process import copy_log, free_port, in_flight, server_key
+from llem.deploy.server_process import free_port, in_flight, server_key, wait_healthy
+from llem.deploy.servers import Served
 from llem.energy.idle import DeviceIdle
 from llem.results.row import Stage
 from llem.runtime import ContainerRuntime, ContainerSpec, RuntimeUnavailable, container_name
@@ -79,11 +77,8 @@ def engine_version(runtime: ContainerRuntime, name: str, package: Optional[str])
     return {"container_null_reason": f"the image did not report {package}'s version (python3 -c importlib.metadata)"}
 
 
-class ContainerServer(Deployment):
+class ContainerServer(Served):
     """The engine's own server in a container, measured over HTTP from the host."""
-
-    endpoint: Optional[Endpoint] = None
-    log_from = 0
 
     def check_needs(self) -> None:
         check_image(self.place, need_llem=False)  # the engine's own image: llem need not be in it
@@ -150,7 +145,8 @@ class ContainerServer(Deployment):
                 prompt=launch.prompt if s.prompt == "auto" else s.prompt, id_words=launch.id_words, pid=pid,
                 log_path=str(log_path), command=" ".join(argv), starts=self.held.server_starts,
                 warnings=list(launch.warnings), container=container.facts, **in_flight(launch, list(s.args)))
-            self._wait_healthy(container, launch.health_path, s.startup_timeout_s - (time.monotonic() - t0))
+            wait_healthy(container.proc, container.endpoint.url, launch.health_path, container.endpoint.log_path,
+                         s.startup_timeout_s - (time.monotonic() - t0), what="the server's container")
             container.endpoint.start_s = time.monotonic() - t0  # from the run to /health, as on the host
         except ServerError as exc:
             self.held.release()
@@ -182,31 +178,4 @@ class ContainerServer(Deployment):
             time.sleep(0.1)
         raise ServerError(f"the container was not running after {RUNNING_TIMEOUT_S:g} s; its last log lines:\n"
                           f"{last_lines(str(log_path))}")
-
-    def _wait_healthy(self, c: Container, health_path: str, timeout_s: float) -> float:
-        t0 = time.monotonic()
-        url = c.endpoint.url + health_path
-        while True:
-            if c.proc.poll() is not None:
-                raise ServerError(f"the server's container exited with code {c.proc.returncode} before it answered "
-                                  f"{health_path}; its last log lines:\n{last_lines(c.endpoint.log_path)}")
-            try:
-                with urllib.request.urlopen(url, timeout=2.0) as resp:  # noqa: S310 - our own server on loopback
-                    if resp.status == 200:
-                        return time.monotonic() - t0
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() - t0 > timeout_s:
-                raise ServerError(f"the server did not answer {health_path} within server.startup_timeout_s="
-                                  f"{timeout_s:g} s; its last log lines:\n{last_lines(c.endpoint.log_path)}")
-            time.sleep(0.5)
-
-    def measure(self, idle: DeviceIdle) -> Dict[str, Any]:
-        return measure_here(self.place, self.held, idle, endpoint=self.endpoint)
-
-    def finish(self) -> None:
-        """The server's lines written while the job ran into its server.log; a single run removes the container."""
-        if self.endpoint is not None:
-            copy_log(self.endpoint, self.log_from, self.place.job_dir)
-        super().finish()
 

@@ -130,7 +130,8 @@ def launch(serving: Any, config: Any, log_dir: Path, gpus: List[str], held: Held
     running = RunningServer(proc, endpoint, pipe, claim, spec.health_path)
     held.hold(key, running)
     try:
-        endpoint.start_s = _wait_healthy(running, spec, s.startup_timeout_s)
+        endpoint.start_s = wait_healthy(running.proc, endpoint.url, spec.health_path, endpoint.log_path,
+                                        s.startup_timeout_s)
     except ServerError:
         held.release()
         raise
@@ -194,14 +195,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def _wait_healthy(run: RunningServer, launch: Any, timeout_s: float) -> float:
+def wait_healthy(proc: subprocess.Popen, base_url: str, health_path: str, log_path: Optional[str],
+                 timeout_s: float, what: str = "the server") -> float:
+    """Seconds until the server's ``health_path`` answers 200; ServerError with the log's last lines when
+    ``proc`` (the server, or the runtime client running its container) exits first or ``timeout_s`` passes."""
     t0 = time.monotonic()
-    url = run.endpoint.url + launch.health_path
+    url = base_url + health_path
     while True:
-        code = run.proc.poll()
-        if code is not None:
-            raise ServerError(f"the server exited with code {code} before it answered {launch.health_path}; its last "
-                              f"log lines:\n{last_lines(run.endpoint.log_path)}")
+        if proc.poll() is not None:
+            raise ServerError(f"{what} exited with code {proc.returncode} before it answered {health_path}; its last "
+                              f"log lines:\n{last_lines(log_path)}")
         try:
             with urllib.request.urlopen(url, timeout=2.0) as resp:  # noqa: S310 - our own server on loopback
                 if resp.status == 200:
@@ -209,8 +212,8 @@ def _wait_healthy(run: RunningServer, launch: Any, timeout_s: float) -> float:
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() - t0 > timeout_s:
-            raise ServerError(f"the server did not answer {launch.health_path} within server.startup_timeout_s="
-                              f"{timeout_s:g} s; its last log lines:\n{last_lines(run.endpoint.log_path)}")
+            raise ServerError(f"the server did not answer {health_path} within server.startup_timeout_s="
+                              f"{timeout_s:g} s; its last log lines:\n{last_lines(log_path)}")
         time.sleep(0.5)
 
 

@@ -30,10 +30,25 @@ log = logging.getLogger(__name__)
 SERVER_LOGS = ".llem-servers"  # in a sweep dir: the log of each server its jobs started
 
 
-class Launched(Deployment):
-    """The engine's own server, started by llem (or the running one of an earlier job with the same key)."""
+class Served(Deployment):
+    """A job measured over HTTP from this process against a server llem started (on this host or in a
+    container): its log lines written while the job ran go into the job's server.log."""
 
     endpoint: Optional[Endpoint] = None
+    log_from = 0  # where this job's lines begin in the server's log
+
+    def measure(self, idle: DeviceIdle) -> Dict[str, Any]:
+        return measure_here(self.place, self.held, idle, endpoint=self.endpoint)
+
+    def finish(self) -> None:
+        """The server's lines written while the job ran into its server.log; a single run stops the server."""
+        if self.endpoint is not None:
+            copy_log(self.endpoint, self.log_from, self.place.job_dir)
+        super().finish()
+
+
+class Launched(Served):
+    """The engine's own server, started by llem (or the running one of an earlier job with the same key)."""
 
     def serving(self) -> Any:
         p = self.place
@@ -62,15 +77,6 @@ class Launched(Deployment):
         if self.endpoint.reused and p.device == "cuda":
             idle = floors.for_server(p.gpus_needed, sweep)
         return idle
-
-    def measure(self, idle: DeviceIdle) -> Dict[str, Any]:
-        return measure_here(self.place, self.held, idle, endpoint=self.endpoint)
-
-    def finish(self) -> None:
-        """The server's lines written while the job ran into its server.log; a single run stops the server."""
-        if self.endpoint is not None:
-            copy_log(self.endpoint, self.log_from, self.place.job_dir)
-        super().finish()
 
 
 class External(Deployment):
