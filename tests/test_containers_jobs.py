@@ -130,15 +130,21 @@ def test_a_missing_image_fails_at_the_check_within_2_s(docker_image, tmp_path, m
     assert proc.returncode == 1 and row["error_stage"] == "check" and "runtime.image" in row["error"]
 
 
-def test_a_container_that_dies_in_the_window_is_a_failed_row_with_its_last_lines(docker_image, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "llem", *docker_image.overrides(), *CPU, "dataset.num_requests=32",
-                             "output_len=128", "hydra.run.dir=job"], cwd=tmp_path, env=llem_env(docker_image.env),
+def _job_in_its_window(image, tmp_path) -> subprocess.Popen:
+    """A containerised job started in the background, returned once its inside says it is measuring."""
+    proc = subprocess.Popen([sys.executable, "-m", "llem", *image.overrides(), *CPU, "dataset.num_requests=32",
+                             "output_len=128", "hydra.run.dir=job"], cwd=tmp_path, env=llem_env(image.env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stage, deadline = tmp_path / "job" / ".llem-stage", time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if stage.exists() and stage.read_text().strip() == "measure":
             break
         time.sleep(0.1)
+    return proc
+
+
+def test_a_container_that_dies_in_the_window_is_a_failed_row_with_its_last_lines(docker_image, tmp_path):
+    proc = _job_in_its_window(docker_image, tmp_path)
     for name in _containers(docker_image, f"llem.driver={proc.pid}"):
         subprocess.run(["docker", "kill", name], capture_output=True, timeout=60, env=docker_image.environ())
     out, _ = proc.communicate(timeout=120)
@@ -149,14 +155,7 @@ def test_a_container_that_dies_in_the_window_is_a_failed_row_with_its_last_lines
 
 
 def test_sigint_during_an_in_process_job_names_its_stage_and_leaves_no_container(docker_image, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "llem", *docker_image.overrides(), *CPU, "dataset.num_requests=32",
-                             "output_len=128", "hydra.run.dir=job"], cwd=tmp_path, env=llem_env(docker_image.env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    stage, deadline = tmp_path / "job" / ".llem-stage", time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if stage.exists() and stage.read_text().strip() == "measure":
-            break
-        time.sleep(0.1)
+    proc = _job_in_its_window(docker_image, tmp_path)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted by SIGINT during measure" in out, out
