@@ -65,8 +65,11 @@ def test_energy_columns_from_replayed_counters(compose_cfg, trace, tmp_path, mon
 def test_data_parallel_reads_each_gpu_once_and_sums(compose_cfg, trace, tmp_path, monkeypatch):
     """Two gloo replicas through accelerate: each GPU read once by the measuring process and summed;
     every request served once, by the replica accelerate's split assigns it to; both replicas at once."""
+    import psutil
+
     from llem.backends._torch_workers import split
 
+    before = {c.pid for c in psutil.Process().children(recursive=True)}  # other tests' servers in this worker
     row, ts = _run(compose_cfg, trace, tmp_path, monkeypatch, ["backend.num_processes=2", "output_len=32"],
                    n_gpus=2)
     assert row["status"] == "ok", row["error"]
@@ -84,10 +87,8 @@ def test_data_parallel_reads_each_gpu_once_and_sums(compose_cfg, trace, tmp_path
     spans = {rank: (req.loc[req["process_index"] == rank, "start_offset_s"].min(),
                     ends[req["process_index"] == rank].max()) for rank in (0, 1)}
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # the replicas ran at the same time
-    import psutil
-
-    left = [c for c in psutil.Process().children(recursive=True)
-            if c.status() != "zombie" and "resource_tracker" not in " ".join(c.cmdline())]
+    left = [c for c in psutil.Process().children(recursive=True) if c.pid not in before
+            and c.status() != "zombie" and "resource_tracker" not in " ".join(c.cmdline())]
     assert not left, left  # the workers were closed with the engine
 
 
