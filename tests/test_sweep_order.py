@@ -111,16 +111,13 @@ def test_a_server_that_stops_answering_its_health_path_is_not_healthy(tmp_path):
     port, claim = free_port("127.0.0.1", 18400)
     (tmp_path / "health").write_text("ok")
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # as launched
     server = RunningServer(proc, Endpoint(url=f"http://127.0.0.1:{port}", mode="launch", prompt="text"),
                            port_claim=claim, health_path="/health")
     try:
-        from llem.deploy.server_process import _wait_healthy
+        from llem.deploy.server_process import wait_healthy
 
-        class _Spec:
-            health_path = "/health"
-
-        _wait_healthy(server, _Spec(), 30)
+        wait_healthy(proc, server.endpoint.url, "/health", None, 30)
         assert server.healthy()
         (tmp_path / "health").unlink()
         assert not server.healthy()
