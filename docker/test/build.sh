@@ -86,7 +86,7 @@ else
     fi
     cp "$here/Dockerfile.deps" "$ctx/Dockerfile"
     t=$(now)
-    "$cli" build -q --build-arg "BASE=$base" --label llem.image=test-deps -t "$deps" "$ctx" >/dev/null
+    "$cli" build -q --network=host --build-arg "BASE=$base" --label llem.image=test-deps -t "$deps" "$ctx" >/dev/null
     # the install stage (the wheels and the environment, 2 GB) is left untagged by the legacy builder
     "$cli" image prune -f --filter label=llem.image=test-deps-install >/dev/null 2>&1 || true
     took "build $deps" "$t"
@@ -116,7 +116,7 @@ PY
 cp "$here/Dockerfile" "$llem_ctx/Dockerfile"
 version=$("$python" -c 'import sys; sys.path.insert(0, sys.argv[1]); import llem; print(llem.__version__)' "$root")
 source=$("$python" "$here/source_digest.py" "$root")
-"$cli" build -q --build-arg "DEPS=$deps" --build-arg "LLEM_VERSION=$version" --build-arg "LLEM_SOURCE=$source" \
+"$cli" build -q --network=host --build-arg "DEPS=$deps" --build-arg "LLEM_VERSION=$version" --build-arg "LLEM_SOURCE=$source" \
     -t "$image" "$llem_ctx" >/dev/null
 # the previous llem layers, now untagged; then older dependency sets (unless a container uses one), their wheels
 "$cli" image prune -f --filter label=llem.image=test-cpu >/dev/null 2>&1 || true

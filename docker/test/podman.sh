@@ -34,6 +34,8 @@ runroot = "${XDG_RUNTIME_DIR:-/tmp}/llem-podman-$(id -u)"
 EOF
 cat > "$dir/containers.conf" <<EOF
 [containers]
+# the host's network only: podman's default bridge takes a private address range this machine must not use
+netns = "host"
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 log_driver = "k8s-file"
 ${init:+init_path = \"$init\"}
