@@ -150,3 +150,17 @@ def container_image(request):
     from tests.containers import require_image
 
     return require_image(request.param)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A one-node SLURM cluster (tests/slurm_cluster.py) for the module's tests, stopped after them; the tests
+    skip, saying why, without one."""
+    from tests import slurm_cluster
+
+    why = slurm_cluster.unavailable()
+    if why:
+        pytest.skip(why)
+    started = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    yield started
+    started.stop()

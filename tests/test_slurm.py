@@ -22,7 +22,6 @@ from llem.backends import gpus_resolver
 from llem.energy.flags import host_flags
 from llem.energy.window import WindowEnergy
 from llem.support import locks, slurm
-from tests import slurm_cluster
 from tests.conftest import FAST, run_llem
 
 CPU_NODE = slurm.Node("cpu1", cpus=2, mem_mb=24105, gpus=0)
@@ -184,16 +183,6 @@ def test_host_notes_are_removed_once_no_live_job_can_have_overlapped_them(tmp_pa
 
 
 # -- on a one-node SLURM cluster ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    why = slurm_cluster.unavailable()
-    if why:
-        pytest.skip(why)
-    started = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    yield started
-    started.stop()
 
 
 def _stamp(line: str) -> float:

@@ -8,21 +8,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests import slurm_cluster
 from tests.conftest import FAST, run_llem
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 CPU = [*FAST, "device=cpu", "warmup.batches=0", "measure.min_window_s=0", "progress=false"]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    why = slurm_cluster.unavailable()
-    if why:
-        pytest.skip(why)
-    started = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    yield started
-    started.stop()
 
 
 def test_slurm_jobs_measure_inside_the_container(cluster, docker_image, tmp_path):

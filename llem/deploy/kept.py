@@ -21,6 +21,7 @@ from llem.deploy.process import (
     STOP_GRACE_S,
     Running,
     died,
+    dismiss,
     exit_now,
     log_file,
     logging_to,
@@ -50,14 +51,7 @@ class KeptProcess(Resident):
 
     def stop(self) -> None:
         """Close the kept engine and end its process (its device memory is freed)."""
-        try:
-            self.conn.send(None)  # the process closes its engine and exits
-        except (OSError, ValueError):
-            pass
-        self.proc.join(STOP_GRACE_S)
-        if self.proc.is_alive():
-            stop(self.proc)
-        self.conn.close()
+        dismiss(self.proc, self.conn)  # the process closes its engine and exits
         log.info("the kept engine was closed")
 
 

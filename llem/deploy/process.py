@@ -219,15 +219,21 @@ def abandon(started: Optional[Started], held: Any) -> None:
     """Stop a measurement process started ahead of a job that will not run (its floor failed)."""
     if started is None:
         return
+    dismiss(started.proc, started.conn)
+    held.running = None
+
+
+def dismiss(proc: Any, conn: Any) -> None:
+    """Tell a waiting measurement process there is no (more) work: it exits by itself; stopped after the grace
+    period if it does not."""
     try:
-        started.conn.send(None)
+        conn.send(None)
     except (OSError, ValueError):
         pass
-    started.proc.join(STOP_GRACE_S)
-    if started.proc.is_alive():
-        stop(started.proc)
-    started.conn.close()
-    held.running = None
+    proc.join(STOP_GRACE_S)
+    if proc.is_alive():
+        stop(proc)
+    conn.close()
 
 
 def measure_isolated(config, job_dir: Path, device: str, idle, held: Any, endpoint=None,
