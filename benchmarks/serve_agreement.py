@@ -21,6 +21,9 @@ llem's jobs), each started once and stopped before the next, at least 3 runs per
     python benchmarks/serve_agreement.py --batches 64,256 --rates 64,inf --requests 1024 --repeats 3 -- \\
         backend=vllm model=llama3 model.weights=random model.dtype=bfloat16 output_len=null
 
+Beside each run, the server's own counters (vLLM's ``/metrics``: prompt and generated tokens per finished request)
+say whether it saw the same work from both clients: llem sends token ids, bench text that the server tokenises.
+
 Why the same arrivals: at a rate near or above what the server completes, TTFT is mostly queueing, and its median
 is set by the arrival sequence itself; two clients drawing their own sequences differ by that draw, however well
 each measures. The server is started once, as ``server=launch`` starts it (llem.serving.server). Needs a GPU and
@@ -49,7 +52,45 @@ CHUNK_TOKENS = 16  # tokens per hash id in the trace (bench's --timed-trace-chun
 LEAN = ["baseline.settle_s=1", "baseline.device_idle_s=2", "baseline.loaded_settle_s=0.5", "baseline.loaded_idle_s=2"]
 NAN = float("nan")
 FIGURES = ("output tok/s", "tok/s before drain", "TTFT p50 ms", "TTFT mean ms", "TTFT p99 ms", "ITL p50 ms",
-           "req/s", "requests")
+           "req/s", "requests", "server prompt tok/req", "server output tok/req")
+COUNTERS = {"vllm:prompt_tokens_total": "prompt", "vllm:generation_tokens_total": "output",
+            "vllm:request_success_total": "requests"}
+
+
+def server_counts(url: str) -> Optional[Dict[str, float]]:
+    """The server's own running totals from its Prometheus ``/metrics`` (vLLM's prompt and generated tokens and
+    finished requests, summed over their labels), or None where it has none. Read before and after a run, they
+    say what the server saw of it, whatever each client believes it sent."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = url.rstrip("/").removesuffix("/v1")
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    totals = dict.fromkeys(COUNTERS.values(), 0.0)
+    try:
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    except ValueError:  # not Prometheus text
+        return None
+    for sample in samples:
+        if sample.name in COUNTERS:
+            totals[COUNTERS[sample.name]] += float(sample.value)
+    return totals
+
+
+def seen_by_server(run: Optional[dict], before: Optional[Dict[str, float]], after: Optional[Dict[str, float]]
+                   ) -> Optional[dict]:
+    """The run with the server's prompt and output tokens per finished request over it (the client's warm-up and
+    test requests included, which have the same lengths as the rest)."""
+    if run is not None:
+        done = (after["requests"] - before["requests"]) if before and after else 0.0
+        for key in ("prompt", "output"):
+            run[f"server_{key}"] = (after[key] - before[key]) / done if done > 0 else NAN
+    return run
 
 
 def llem_run(url: str, overrides: List[str], rate: float, requests: int, job_dir: Path, batch: int
@@ -153,7 +194,9 @@ def summary(run: Optional[dict]) -> Dict[str, float]:
     t = run["ttft_ms"]
     return {"output tok/s": run["tok_s"], "tok/s before drain": run["drain_tok_s"], "TTFT p50 ms": _pct(t, 50),
             "TTFT mean ms": statistics.fmean(t) if t else NAN, "TTFT p99 ms": _pct(t, 99),
-            "ITL p50 ms": _pct(run["itl_ms"], 50), "req/s": run["req_s"], "requests": len(t)}
+            "ITL p50 ms": _pct(run["itl_ms"], 50), "req/s": run["req_s"], "requests": len(t),
+            "server prompt tok/req": run.get("server_prompt", NAN),
+            "server output tok/req": run.get("server_output", NAN)}
 
 
 def pooled(runs: List[Optional[dict]]) -> Optional[dict]:
@@ -163,6 +206,8 @@ def pooled(runs: List[Optional[dict]]) -> Optional[dict]:
         return None
     return {"tok_s": statistics.fmean(r["tok_s"] for r in done), "req_s": statistics.fmean(r["req_s"] for r in done),
             "drain_tok_s": statistics.fmean(r["drain_tok_s"] for r in done),
+            "server_prompt": statistics.fmean(r.get("server_prompt", NAN) for r in done),
+            "server_output": statistics.fmean(r.get("server_output", NAN) for r in done),
             "ttft_ms": [v for r in done for v in r["ttft_ms"]], "itl_ms": [v for r in done for v in r["itl_ms"]]}
 
 
@@ -241,6 +286,7 @@ def agree_at(overrides: List[str], rates: List[float], args, work: Path) -> List
             count = args.requests
             for client in order(args.repeats):
                 k = len(runs[client]) + 1
+                before = server_counts(endpoint.url)
                 if client == "llem":
                     run = llem_run(endpoint.url, overrides, rate, args.requests, work / f"{tag}-llem{k}",
                                    config.batch)
@@ -251,6 +297,7 @@ def agree_at(overrides: List[str], rates: List[float], args, work: Path) -> List
                 else:
                     run = bench_run(endpoint.url, model, tokenizer, trace, count, work / f"{tag}-bench{k}",
                                     config.batch)
+                run = seen_by_server(run, before, server_counts(endpoint.url))
                 runs[client].append(run)
                 named[f"{client} ({k})"] = summary(run)
             for n, also in enumerate(args.also):
