@@ -99,6 +99,14 @@ def test_vllm_serve_command(compose_cfg, tmp_path):
     assert cli_flags({"a_b": True, "c": False, "d": None}) == ["--a-b"]
 
 
+def test_vllm_serve_requests_keep_special_tokens_in_the_text(compose_cfg, tmp_path):
+    """A random model emits special ids too; dropped from the id-word text, the stream would under-count them."""
+    config = to_config(compose_cfg(["backend=vllm", "model=llama3", "model.weights=random", "server=launch",
+                                    f"cache_dir={tmp_path}"]))
+    extras = VllmEngine.serving(config, "cuda").request_extras(9)
+    assert extras == {"ignore_eos": True, "min_tokens": 9, "skip_special_tokens": False}
+
+
 def test_trtllm_serve_command(compose_cfg, tmp_path):
     config = to_config(compose_cfg(["backend=tensorrt", "model=tiny", "batch=16", "server=launch",
                                     f"cache_dir={tmp_path}"]))

@@ -124,6 +124,12 @@ class VllmServing(Serving):
 
         return dummy_model_dir(self.config.model, root)
 
+    def request_extras(self, output_len: int) -> Dict[str, Any]:
+        """EOS ignored, and special tokens kept in the text: a random model emits special ids too (pad, EOS),
+        which vLLM would drop from the streamed text, so the id-word stream would show fewer tokens than were
+        generated and the server's count would look wrong."""
+        return {**super().request_extras(output_len), "skip_special_tokens": False}
+
     def command(self, model_dir: Optional[Path], host: str, port: int) -> ServerLaunch:
         """``vllm serve`` with the job's engine arguments as its flags (``engine_args`` keys in kebab case);
         with ``batch`` null no ``--max-num-seqs``: the server runs at its own default."""
