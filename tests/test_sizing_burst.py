@@ -99,3 +99,17 @@ def test_only_a_burst_against_a_server_of_unknown_concurrency_is_sized_by_its_pe
     assert not observed(64)  # the server's flag, or batch, says what it holds
     assert not observed(None, "load.max_concurrency=8")  # a closed loop: the client's cap holds the rest
     assert not observed(None, "load.request_rate=4")  # an open loop: the rate sets the window
+
+
+def test_a_burst_held_whole_twice_grows_as_its_two_windows_grew():
+    p = sizing.plan(None, waves=4, min_window_s=10.0, max_requests=100_000, capacity=16, on_gpu=True,
+                    burst_unknown=True)  # 64 requests to start (an H100's vLLM server at its default)
+    assert sizing.remeasure_count(p, window_s=3.69, peak=64) == 64 * sizing.GROWTH
+    n = sizing.remeasure_count(p, window_s=7.38, peak=512)  # 8× the count doubled the window: window ∝ count^(1/3)
+    assert n == pytest.approx(512 * (11.0 / 7.38) ** 3, abs=1)  # not 4096, which ran a 55 s window there
+
+
+def test_a_burst_whose_window_did_not_grow_grows_by_the_large_factor_again():
+    p = _burst()
+    sizing.remeasure_count(p, window_s=5.0, peak=32)
+    assert sizing.remeasure_count(p, window_s=5.0, peak=256) == 256 * sizing.GROWTH

@@ -14,7 +14,9 @@ own in ``server.args``, or an external server) is sized from what the short wind
 most requests it had in service at once (first token to end). Fewer than all: that is what the server
 runs at once, and the next count is whole waves of it, one wave lasting the window ÷ the waves it ran.
 All of them: the server may hold more, its window barely grows with the count until the count passes
-what it holds, so the count grows GROWTH-fold (or more, where the window's rate asks for more).
+what it holds, so the count grows GROWTH-fold (or more, where the window's rate asks for more); held whole
+a second time, the two windows' growth with the count is carried on to the minimum (between 2- and
+GROWTH-fold), so a third pass does not overshoot by a whole GROWTH step.
 
 At a finite ``load.request_rate`` the window lasts about count ÷ rate: the count is at least
 rate × ``measure.min_window_s`` (on a GPU), and a short window is measured again the same way.
@@ -56,6 +58,7 @@ class Plan:
     max_in_flight: Optional[int] = None  # what one engine runs at once as it ran (batch, or a known default)
     max_in_flight_null_reason: Optional[str] = None
     observe: bool = False  # a burst against a server of unknown concurrency: sized by the peak it showed
+    held_all: Optional[Tuple[int, float]] = None  # (count, window s) of a short burst the server held whole
 
     def waves_of(self, n: int) -> float:
         return n / self.capacity
@@ -180,7 +183,9 @@ def observed_count(p: Plan, window_s: float, peak: int) -> Tuple[int, Optional[f
     the count (more where the window's rate asks for more), with no prediction."""
     old = p.num_requests
     if peak >= old:
-        n = max(old * GROWTH, math.ceil(MARGIN * p.min_window_s * old / window_s))
+        n = max(_grown(p.held_all, old, window_s, MARGIN * p.min_window_s),
+                math.ceil(MARGIN * p.min_window_s * old / window_s))
+        p.held_all = (old, window_s)
         if n > p.max_requests:
             p.capped, n = True, max(old, p.max_requests)
         return n, None
@@ -189,6 +194,17 @@ def observed_count(p: Plan, window_s: float, peak: int) -> Tuple[int, Optional[f
     if n > p.max_requests:
         p.capped, n = True, max(old, _whole_waves_within(p.max_requests, peak))
     return n, wave_s * n / peak
+
+
+def _grown(before: Optional[Tuple[int, float]], old: int, window_s: float, target_s: float) -> int:
+    """The next count of a burst held whole twice: the window's growth with the count between the two
+    (window ∝ count^k, k kept within [1/4, 1]) carried on to the target, at least twice and at most GROWTH
+    times the count. Held whole once: GROWTH times."""
+    if before is None or before[0] >= old or before[1] <= 0 or window_s <= before[1]:
+        return old * GROWTH
+    k = min(1.0, max(0.25, math.log(window_s / before[1]) / math.log(old / before[0])))
+    wanted = old * (target_s / window_s) ** (1 / k)
+    return int(min(old * GROWTH, max(2 * old, math.ceil(wanted))))
 
 
 def describe(p: Plan) -> str:
