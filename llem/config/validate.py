@@ -136,10 +136,11 @@ def check_trace(config: Config) -> None:
                           f"{max(outs)} output_tokens; allowed dataset.output_lengths.max >= {max(outs)}")
     last_s = lines[-1].timestamp_s * config.load.trace_time_scale
     if last_s > config.measure.max_window_s:
-        raise ConfigError(f"{where} with load.trace_time_scale={config.load.trace_time_scale:g} is invalid: its last "
-                          f"of {len(lines)} requests (dataset.num_requests) arrives {last_s:.4g} s after the first, past "
-                          f"measure.max_window_s={config.measure.max_window_s:g}; allowed fewer requests, a smaller "
-                          "load.trace_time_scale, or a longer measure.max_window_s")
+        scale, bound = config.load.trace_time_scale, config.measure.max_window_s
+        raise ConfigError(f"{where} with load.trace_time_scale={scale:g} is invalid: its last of {len(lines)} "
+                          f"requests (dataset.num_requests) arrives {last_s:.4g} s after the first, past "
+                          f"measure.max_window_s={bound:g}; allowed fewer requests, a smaller load.trace_time_scale, "
+                          "or a longer measure.max_window_s")
 
 
 # a decimal literal with an exponent, e.g. 1e400 (YAML and Hydra read one too large for a float as inf)
