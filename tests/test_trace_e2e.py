@@ -64,3 +64,13 @@ def test_a_trace_replayed_against_a_launched_server(trace_file, tmp_path):
     sent = (req["start_offset_s"] - req["arrival_offset_s"]).to_numpy() * 1000.0
     assert sent == pytest.approx(req["lateness_ms"].to_numpy(), abs=1e-6)  # sent when due, but for its lateness
     assert np.max(sent) < 100.0 and r["server_mode"] == "launch"
+
+
+def test_a_bad_trace_fails_the_job_before_anything_loads(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"timestamp_s": 0, "input_tokens": 3}\n{"timestamp_s": -2, "input_tokens": 3}\n')
+    proc = run_llem([f"load.trace={path}", *KEYS, "hydra.run.dir=run"], cwd=tmp_path)
+    r = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
+    assert proc.returncode == 1 and r["status"] == "failed" and r["error_stage"] == "config"
+    assert "bad.jsonl" in r["error"] and "line 2, field 'timestamp_s'" in r["error"] and "negative" in r["error"]
+    assert "loading tiny" not in proc.stdout + proc.stderr

@@ -10,7 +10,6 @@ import pytest
 
 from llem.config import to_config
 from llem.config.load import load_mode
-from llem.config.validate import check, check_trace
 from llem.measure import sizing
 from llem.measure.load_metrics import load_part
 from llem.measure.metrics import label_classes, request_rows
@@ -18,6 +17,7 @@ from llem.support.errors import ConfigError
 from llem.workload import build
 from llem.workload.arrivals import lengths_part, shape
 from llem.workload.records import RequestResult
+from llem.workload.trace import check_config
 
 NATURAL = ["output_len=null", "dataset.output_lengths.max=64", "dataset.output_lengths.mean=16"]
 
@@ -78,30 +78,30 @@ def test_a_bad_trace_fails_the_check_naming_file_line_and_field(compose_cfg, tmp
     path.write_text('{"timestamp_s": 0, "input_tokens": 3}\n{"timestamp_s": 1, "input_tokens": 3.5}\n')
     config = to_config(compose_cfg([f"load.trace={path}", *NATURAL]))
     with pytest.raises(ConfigError, match=r"bad.jsonl.*line 2, field 'input_tokens'"):
-        check(config)
+        check_config(config)
 
 
 def test_more_requests_than_the_trace_holds_are_refused(compose_cfg, trace_file):
     with pytest.raises(ConfigError, match="dataset.num_requests=4 .*holds 3 requests"):
-        check_trace(_config(compose_cfg, trace_file, "dataset.num_requests=4"))
+        check_config(_config(compose_cfg, trace_file, "dataset.num_requests=4"))
 
 
 def test_a_prompt_longer_than_input_len_is_refused_with_the_length_needed(compose_cfg, trace_file):
     with pytest.raises(ConfigError, match="input_len=8 .*allowed input_len >= 12"):
-        check_trace(_config(compose_cfg, trace_file, "input_len=8"))
+        check_config(_config(compose_cfg, trace_file, "input_len=8"))
 
 
 def test_an_output_longer_than_the_natural_maximum_is_refused(compose_cfg, trace_file):
     with pytest.raises(ConfigError, match="dataset.output_lengths.max=4 .*>= 5"):
-        check_trace(_config(compose_cfg, trace_file, "dataset.output_lengths.max=4", "dataset.output_lengths.mean=2"))
+        check_config(_config(compose_cfg, trace_file, "dataset.output_lengths.max=4", "dataset.output_lengths.mean=2"))
 
 
 def test_a_trace_longer_than_the_window_is_refused_naming_the_keys(compose_cfg, trace_file):
     config = _config(compose_cfg, trace_file, "load.trace_time_scale=10", "measure.max_window_s=15",
                      "measure.min_window_s=1")
     with pytest.raises(ConfigError, match="load.trace_time_scale=10 .*20 s .*measure.max_window_s=15"):
-        check_trace(config)
-    check_trace(_config(compose_cfg, trace_file, "dataset.num_requests=2", "load.trace_time_scale=10",
+        check_config(config)
+    check_config(_config(compose_cfg, trace_file, "dataset.num_requests=2", "load.trace_time_scale=10",
                         "measure.max_window_s=15", "measure.min_window_s=1"))  # the first two arrive within 5 s
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from llem.support.errors import WorkloadError
+from llem.support.errors import ConfigError, WorkloadError
 from llem.workload.records import Request
 
 FIELDS = ("timestamp_s", "input_tokens", "output_tokens", "class")
@@ -172,6 +172,40 @@ def replayed(config: Any) -> Optional[Tuple[TraceLine, ...]]:
     if config.load.trace is None:
         return None
     return load(config.load.trace).first(config.dataset.num_requests)
+
+
+def check_config(config: Any) -> None:
+    """``load.trace`` is a valid trace (llem.workload.trace: an error names the file, line and field) that
+    holds ``dataset.num_requests`` requests, whose lengths fit ``input_len`` and ``dataset.output_lengths.max``
+    (what the engine is sized for) and whose replayed arrivals end within ``measure.max_window_s``."""
+    if config.load.trace is None:
+        return
+    try:
+        whole = load(config.load.trace)
+    except WorkloadError as exc:
+        raise ConfigError(str(exc)) from None
+    where = f"load.trace={config.load.trace!r}"
+    n = config.dataset.num_requests
+    if n is not None and n > len(whole.lines):
+        raise ConfigError(f"dataset.num_requests={n} is invalid with {where}: the trace holds {len(whole.lines)} "
+                          "requests; allowed at most that (null: all of them)")
+    lines = whole.first(n)
+    longest_in = max(x.input_tokens for x in lines)
+    if longest_in > config.input_len:
+        raise ConfigError(f"input_len={config.input_len} is invalid with {where}: its longest prompt has "
+                          f"{longest_in} input_tokens; allowed input_len >= {longest_in} (the engine is sized for it)")
+    outs = [x.output_tokens for x in lines if x.output_tokens is not None]
+    bound = config.dataset.output_lengths.max
+    if outs and max(outs) > bound:
+        raise ConfigError(f"dataset.output_lengths.max={bound} is invalid with {where}: its longest output has "
+                          f"{max(outs)} output_tokens; allowed dataset.output_lengths.max >= {max(outs)}")
+    last_s = lines[-1].timestamp_s * config.load.trace_time_scale
+    if last_s > config.measure.max_window_s:
+        scale, bound = config.load.trace_time_scale, config.measure.max_window_s
+        raise ConfigError(f"{where} with load.trace_time_scale={scale:g} is invalid: its last of {len(lines)} "
+                          f"requests (dataset.num_requests) arrives {last_s:.4g} s after the first, past "
+                          f"measure.max_window_s={bound:g}; allowed fewer requests, a smaller load.trace_time_scale, "
+                          "or a longer measure.max_window_s")
 
 
 def trace_prompts(lengths: List[int], vocab_size: int, seed: int, avoid: frozenset = frozenset()) -> List[Request]:
