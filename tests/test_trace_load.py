@@ -126,7 +126,8 @@ def test_num_requests_takes_the_first_lines_of_the_trace(compose_cfg, trace_file
 def test_a_trace_is_measured_as_recorded_never_resized(compose_cfg, trace_file):
     engine = SimpleNamespace(max_in_flight=lambda: (4, None), sequences_in_flight=lambda: 4)
     plan = sizing.for_job(_config(compose_cfg, trace_file), engine, on_gpu=True)
-    assert plan.num_requests == 3 and not plan.auto
+    assert plan.num_requests == 3 and not plan.auto and sizing.part(plan, 3).requests_sizing == "trace"
+    assert "load.trace" in sizing.hint(plan)  # a short window's flag says what to change
 
 
 def test_the_prompts_are_the_same_for_the_same_seed_and_differ_between_requests(compose_cfg, trace_file):

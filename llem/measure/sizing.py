@@ -57,6 +57,7 @@ class Plan:
     max_in_flight: Optional[int] = None  # what one engine runs at once as it ran (batch, or a known default)
     max_in_flight_null_reason: Optional[str] = None
     observe: bool = False  # a burst against a server of unknown concurrency: sized by the peak it showed
+    trace: bool = False  # the count is load.trace's (its first dataset.num_requests lines, or all)
 
     def waves_of(self, n: int) -> float:
         return n / self.capacity
@@ -92,6 +93,7 @@ def for_job(config: Any, engine: Any, on_gpu: bool) -> Plan:
              on_gpu=on_gpu, request_rate=load.request_rate,
              burst_unknown=held is None and not load.timed and not load.max_concurrency)
     p.max_in_flight, p.max_in_flight_null_reason = held, why
+    p.trace = load.trace is not None
     return p
 
 
@@ -216,7 +218,7 @@ def describe(p: Plan) -> str:
 def part(p: Plan, measured: Optional[int],
          peak: Tuple[Optional[int], Optional[str]] = (None, "no window was measured")) -> Sizing:
     """The row's sizing columns; ``peak``: :func:`in_service_peak` of the measured window."""
-    return Sizing(requests_sizing="auto" if p.auto else "set", num_in_flight=p.capacity,
+    return Sizing(requests_sizing="auto" if p.auto else "trace" if p.trace else "set", num_in_flight=p.capacity,
                   num_waves=p.waves_of(measured) if measured else None, window_min_s=p.min_window_s,
                   window_estimate_s=p.estimate_s, measure_passes_run=p.passes, num_in_flight_engine=p.max_in_flight,
                   num_in_flight_engine_null_reason=p.max_in_flight_null_reason, num_in_service_peak=peak[0],
@@ -225,6 +227,8 @@ def part(p: Plan, measured: Optional[int],
 
 def hint(p: Plan) -> str:
     """What the user can change when the count fell short ('' when nothing)."""
+    if p.trace:
+        return "replay more of load.trace (dataset.num_requests null: all of it), or a longer trace"
     if not p.auto:
         return "leave dataset.num_requests unset (null) for llem to size it"
     if p.capped:
