@@ -122,3 +122,19 @@ def test_a_converter_names_the_column_a_file_lacks(tmp_path, capsys):
     src.write_text("TIMESTAMP,ContextTokens\n2023-11-16 18:15:46,374\n")
     assert main(["convert", "--from", "azure", str(src), str(tmp_path / "out.jsonl")]) == 2
     assert "GeneratedTokens" in capsys.readouterr().err and not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_azure_timestamp_with_a_zone_converts_alike(tmp_path):
+    src = tmp_path / "azure.csv"
+    src.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,10\n"
+                   "2024-05-10 00:00:01.509930+00:00,200,20\n")
+    convert("azure", src, tmp_path / "out.jsonl")
+    assert [x.timestamp_s for x in read_trace(tmp_path / "out.jsonl").lines] == pytest.approx([0.0, 1.5])
+
+
+def test_check_summarises_a_valid_trace(tmp_path, capsys):
+    path = _jsonl(tmp_path / "t.jsonl", {"timestamp_s": 0, "input_tokens": 5, "class": "a"},
+                  {"timestamp_s": 2, "input_tokens": 9, "output_tokens": 4, "class": "b"})
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 requests over 2 s" in out and "input_tokens ≤ 9" in out and "classes a, b" in out

@@ -149,3 +149,26 @@ def test_the_row_names_the_trace_and_its_rate_and_each_request_its_class(compose
     assert out.load_trace == "two_class.jsonl" and len(out.load_trace_sha256) == 64
     assert out.target_requests_per_s == pytest.approx(2 / 2.0)  # 3 requests over 2 s
     assert [r.request_class for r in rows] == ["short", "long", "short"]
+
+
+def test_every_engine_replays_a_trace_in_process(compose_cfg, trace_file):
+    from llem.backends import engine_class
+
+    for backend in ("vllm", "tensorrt", "pytorch"):
+        engine_class(backend).validate_config(_config(compose_cfg, trace_file, f"backend={backend}"))
+
+
+def test_an_engine_without_arrivals_refuses_a_trace_naming_it(compose_cfg, trace_file):
+    from llem.backends.base import Engine
+
+    class Batch(Engine):  # an engine that keeps the contract's defaults
+        name = "batchonly"
+
+        def load(self):
+            pass
+
+        def generate(self, requests, output_len, progress):
+            return []
+
+    with pytest.raises(ConfigError, match="load.trace=.*is not honoured by backend=batchonly"):
+        Batch.validate_config(_config(compose_cfg, trace_file))
