@@ -38,7 +38,7 @@ def _check_replayed(job):
     req = pd.read_parquet(job / "requests.parquet").sort_values("request_id")
     assert r["status"] == "ok" and r["load_mode"] == "open" and r["load_trace"] == "two_class.jsonl"
     assert len(r["load_trace_sha256"]) == 64 and r["num_requests"] == len(RECORDS)
-    assert r["output_len_source"] == "trace+distribution"
+    assert r["output_len_source"] == "trace+distribution" and r["requests_sizing"] == "trace"
     due = req["arrival_offset_s"].to_numpy() - req["arrival_offset_s"].iloc[0]
     assert due == pytest.approx([t * SCALE for t, *_ in RECORDS], abs=1e-6)
     assert list(req["input_tokens"]) == [n for _, n, _, _ in RECORDS]

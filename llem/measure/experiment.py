@@ -337,8 +337,9 @@ class Experiment:
         server_pid = getattr(self.endpoint, "pid", None)
         busy = other_processes(gpus, expect_own=True, server_pid=server_pid) if gpus else {}
         engine.reset_memory_peak()
-        log.info("measuring %d requests (batch %s, %d → %s tokens)", len(work.requests), cfg.batch,
-                 cfg.input_len, cfg.output_len if cfg.output_len is not None else "natural")
+        lengths = (f"{cfg.input_len} → {cfg.output_len if cfg.output_len is not None else 'natural'} tokens"
+                   if cfg.load.trace is None else f"lengths and arrivals of {Path(cfg.load.trace).name}")
+        log.info("measuring %d requests (batch %s, %s)", len(work.requests), cfg.batch, lengths)
         with ProgressBar(cfg.progress, len(work.requests)) as bar:
             def measured():
                 mark, cpu0 = meter.start("measure"), host_cpu.edge(server_pid)
