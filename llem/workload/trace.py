@@ -175,7 +175,7 @@ def replayed(config: Any) -> Optional[Tuple[TraceLine, ...]]:
 
 
 def check_config(config: Any) -> None:
-    """``load.trace`` is a valid trace (llem.workload.trace: an error names the file, line and field) that
+    """``load.trace`` is a valid trace (:func:`read_trace`: an error names the file, line and field) that
     holds ``dataset.num_requests`` requests, whose lengths fit ``input_len`` and ``dataset.output_lengths.max``
     (what the engine is sized for) and whose replayed arrivals end within ``measure.max_window_s``."""
     if config.load.trace is None:
