@@ -136,8 +136,10 @@ class Engine(ABC):
             return  # the server does the serving: arrivals and lengths are the client's
         server = "server=launch (its own OpenAI-compatible server)"
         if config.load.timed and cls.no_arrivals:
-            raise ConfigError(f"load.request_rate={config.load.request_rate:g} is not honoured by backend={cls.name} "
-                              f"in-process: {cls.no_arrivals}. Use {server}, or load.request_rate=inf")
+            asked = (f"load.trace={config.load.trace!r}" if config.load.trace is not None else
+                     f"load.request_rate={config.load.request_rate:g}")
+            raise ConfigError(f"{asked} is not honoured by backend={cls.name} in-process: {cls.no_arrivals}. Use "
+                              f"{server}, or load.request_rate=inf without load.trace")
         if config.load.max_concurrency is not None and cls.no_arrivals:
             raise ConfigError(f"load.max_concurrency is not honoured by backend={cls.name} in-process: "
                               f"{cls.no_arrivals}; batch sets its concurrency. Use {server}")

@@ -229,7 +229,8 @@ class PyTorchEngine(Engine):
                 )
         if config.server.mode == "none" and config.backend.num_processes > 1 and (
                 config.load.timed or config.load.max_concurrency is not None):
-            raise ConfigError("load.request_rate and load.max_concurrency need backend.num_processes=1 in-process: "
+            raise ConfigError("load.request_rate, load.trace and load.max_concurrency need backend.num_processes=1 "
+                              "in-process: "
                               "data-parallel replicas each take a fixed share of the requests, not what has arrived; "
                               "use one process, or server=launch")
         if config.server.mode == "none" and not config.load.timed and config.load.max_concurrency is not None:

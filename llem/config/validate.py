@@ -96,7 +96,7 @@ def check_schedule(config: Config) -> None:
     """A timed load's arrivals fit in measure.max_window_s: the n-th of ``dataset.num_requests`` arrives
     (n − 1) / load.request_rate after the first (their gaps are rescaled to that mean, llem.workload.arrivals)."""
     n, rate = config.dataset.num_requests, config.load.request_rate
-    if n is None or not config.load.timed:
+    if n is None or rate == float("inf"):
         return
     last_s, bound = (n - 1) / rate, config.measure.max_window_s
     if last_s > bound:

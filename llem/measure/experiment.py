@@ -183,6 +183,7 @@ class Experiment:
                 found += doubt.baseline_flags("loaded_idle", loaded_rows)
             info = engine.info()
             req_rows = metrics.request_rows(outputs, window.t0)  # kept in requests.parquet, also if all failed
+            metrics.label_classes(req_rows, work.requests)
             load_metrics.check_some_succeeded(outputs, "measured window")
             parts.update(window_parts(cfg, engine, work, outputs, req_rows, window, loaded_idle, sampler, info,
                                       self.device_idle, self.warnings))
@@ -336,8 +337,9 @@ class Experiment:
         server_pid = getattr(self.endpoint, "pid", None)
         busy = other_processes(gpus, expect_own=True, server_pid=server_pid) if gpus else {}
         engine.reset_memory_peak()
-        log.info("measuring %d requests (batch %s, %d → %s tokens)", len(work.requests), cfg.batch,
-                 cfg.input_len, cfg.output_len if cfg.output_len is not None else "natural")
+        lengths = (f"{cfg.input_len} → {cfg.output_len if cfg.output_len is not None else 'natural'} tokens"
+                   if cfg.load.trace is None else f"lengths and arrivals of {Path(cfg.load.trace).name}")
+        log.info("measuring %d requests (batch %s, %s)", len(work.requests), cfg.batch, lengths)
         with ProgressBar(cfg.progress, len(work.requests)) as bar:
             def measured():
                 mark, cpu0 = meter.start("measure"), host_cpu.edge(server_pid)

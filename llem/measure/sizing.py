@@ -21,7 +21,8 @@ GROWTH-fold), so a third pass does not overshoot by a whole GROWTH step.
 At a finite ``load.request_rate`` the window lasts about count ÷ rate: the count is at least
 rate × ``measure.min_window_s`` (on a GPU), and a short window is measured again the same way.
 
-A count the user set is honoured as given; what it cannot give (a full batch, a steady state, a
+A trace (``load.trace``) is replayed as recorded: its first ``dataset.num_requests`` requests, or all of
+them, never resized. A count the user set is honoured as given; what it cannot give (a full batch, a steady state, a
 long enough window) is flagged.
 """
 
@@ -59,6 +60,7 @@ class Plan:
     max_in_flight_null_reason: Optional[str] = None
     observe: bool = False  # a burst against a server of unknown concurrency: sized by the peak it showed
     held_all: Optional[Tuple[int, float]] = None  # (count, window s) of a short burst the server held whole
+    trace: bool = False  # the count is load.trace's (its first dataset.num_requests lines, or all)
 
     def waves_of(self, n: int) -> float:
         return n / self.capacity
@@ -85,10 +87,16 @@ def for_job(config: Any, engine: Any, on_gpu: bool) -> Plan:
     a server whose concurrency is unknown is sized by what its windows show."""
     held, why = engine.max_in_flight()
     m, load = config.measure, config.load
-    p = plan(config.dataset.num_requests, m.waves, m.min_window_s, m.max_requests, engine.sequences_in_flight(),
+    count = config.dataset.num_requests
+    if load.trace is not None:  # a trace is replayed as recorded: its first dataset.num_requests, or all of it
+        from llem.workload import trace
+
+        count = len(trace.replayed(config))
+    p = plan(count, m.waves, m.min_window_s, m.max_requests, engine.sequences_in_flight(),
              on_gpu=on_gpu, request_rate=load.request_rate,
              burst_unknown=held is None and not load.timed and not load.max_concurrency)
     p.max_in_flight, p.max_in_flight_null_reason = held, why
+    p.trace = load.trace is not None
     return p
 
 
@@ -226,7 +234,7 @@ def describe(p: Plan) -> str:
 def part(p: Plan, measured: Optional[int],
          peak: Tuple[Optional[int], Optional[str]] = (None, "no window was measured")) -> Sizing:
     """The row's sizing columns; ``peak``: :func:`in_service_peak` of the measured window."""
-    return Sizing(requests_sizing="auto" if p.auto else "set", num_in_flight=p.capacity,
+    return Sizing(requests_sizing="auto" if p.auto else "trace" if p.trace else "set", num_in_flight=p.capacity,
                   num_waves=p.waves_of(measured) if measured else None, window_min_s=p.min_window_s,
                   window_estimate_s=p.estimate_s, measure_passes_run=p.passes, num_in_flight_engine=p.max_in_flight,
                   num_in_flight_engine_null_reason=p.max_in_flight_null_reason, num_in_service_peak=peak[0],
@@ -235,6 +243,8 @@ def part(p: Plan, measured: Optional[int],
 
 def hint(p: Plan) -> str:
     """What the user can change when the count fell short ('' when nothing)."""
+    if p.trace:
+        return "replay more of load.trace (dataset.num_requests null: all of it), or a longer trace"
     if not p.auto:
         return "leave dataset.num_requests unset (null) for llem to size it"
     if p.capped:

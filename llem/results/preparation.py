@@ -14,8 +14,8 @@ from llem.results.schema import col
 class Sizing:
     """How the request count was decided (dataset.num_requests, or sized to the engine and the window)."""
 
-    requests_sizing: Optional[str] = col("auto (measure.waves × capacity, more for measure.min_window_s) or set "
-                                         "(dataset.num_requests)")
+    requests_sizing: Optional[str] = col("auto (measure.waves × capacity, more for measure.min_window_s), set "
+                                         "(dataset.num_requests) or trace (load.trace's lines, docs/traces.md)")
     num_in_flight: Optional[int] = col("sequences the engine holds at once (batch × replicas), as sizing counted "
                                        "them: for a server of unknown concurrency, load.max_concurrency, else the "
                                        "in-process default; for a burst against one, num_in_service_peak")

@@ -20,6 +20,7 @@ from llem import results
 from llem.config import config_hash, to_config, validate
 from llem.measure import sizing
 from llem.support.errors import LlemError
+from llem.workload import trace
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         engine = engine_class(config.backend.name)
         engine.validate_config(config)
         validate.check(config)
+        trace.check_config(config)
         place = place_of(config, job_dir)
         config, note = place.config, place.runtime_note  # runtime=auto resolved
         pick(place, Held()).check()  # the real run's check stage, where its engine would run
