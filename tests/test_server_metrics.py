@@ -1,0 +1,122 @@
+"""The server's own view of the window (server.metrics): its Prometheus /metrics parsed by prometheus_client,
+read with the names of the server's kind, summarised over the window (gauges averaged over the scrapes inside
+it, counters as their rise between the scrapes around it), each column null with its reason where the server
+did not say; and jobs against a stand-in server whose vLLM-named metrics move with its load."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from llem.measure.server_metrics import summary
+from llem.serving.metric_names import SGLANG, VLLM, choose
+from llem.serving.scrape import Scrape, read, samples
+from llem.workload.records import RequestResult
+
+pytest.importorskip("prometheus_client")
+
+
+def _vllm_text(running=3.0, waiting=1.0, kv=(0.25, 0.75), generated=100.0) -> str:
+    """A page as vLLM writes it (two engines of a data-parallel server), by prometheus_client itself."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    gauges = {n: Gauge(n, "", ["engine"], registry=registry) for n in
+              ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")}
+    tokens = Counter("vllm:generation_tokens", "", ["engine"], registry=registry)
+    Histogram("vllm:time_to_first_token_seconds", "", registry=registry).observe(0.1)
+    for engine, usage in enumerate(kv):
+        gauges["vllm:num_requests_running"].labels(engine=str(engine)).set(running / len(kv))
+        gauges["vllm:num_requests_waiting"].labels(engine=str(engine)).set(waiting / len(kv))
+        gauges["vllm:kv_cache_usage_perc"].labels(engine=str(engine)).set(usage)
+        tokens.labels(engine=str(engine)).inc(generated / len(kv))
+    return generate_latest(registry).decode()
+
+
+def _scrape(t, values, error=None):
+    return Scrape(sent_s=t, done_s=t + 0.01, phase="measure", values=values, error=error)
+
+
+def _outputs(tokens):
+    return [RequestResult(request_id=0, input_tokens=3, output_tokens=tokens, start_s=0.0, end_s=1.0)]
+
+
+def test_a_page_is_read_summed_over_its_label_sets_with_the_kv_usage_averaged_as_a_percentage():
+    got = read(samples(_vllm_text()), VLLM)
+    assert got["running"] == 3.0 and got["waiting"] == 1.0 and got["kv_cache_usage"] == 50.0
+    assert got["generation_tokens"] == 100.0 and got["prompt_tokens"] is None  # not on the page: unknown
+
+
+def test_the_families_read_alone_parse_to_the_same_values_as_the_whole_page():
+    text = _vllm_text()
+    assert read(samples(text, set(VLLM.names())), VLLM) == read(samples(text), VLLM)
+
+
+def test_a_server_of_unknown_kind_is_read_with_the_names_it_exposes():
+    assert choose(["sglang:num_running_reqs", "process_cpu_seconds_total"]) is SGLANG
+    assert choose(samples(_vllm_text()), own=None) is VLLM
+    assert choose(["process_cpu_seconds_total"]) is None
+
+
+def test_gauges_average_the_scrapes_inside_the_window_and_counters_rise_between_those_around_it():
+    scrapes = [_scrape(0.0, {"running": 0.0, "kv_cache_usage": 0.0, "generation_tokens": 50.0}),
+               _scrape(1.1, {"running": 4.0, "kv_cache_usage": 30.0, "generation_tokens": 90.0}),
+               _scrape(1.5, {"running": 2.0, "kv_cache_usage": 70.0, "generation_tokens": 120.0}),
+               _scrape(2.5, {"running": 0.0, "kv_cache_usage": 0.0, "generation_tokens": 150.0})]
+    part, flags = summary(VLLM, scrapes, 1.0, 2.0, _outputs(100))
+    assert part.server_running_requests_mean == 3.0 and part.server_kv_cache_usage_pct_mean == 50.0
+    assert part.server_kv_cache_usage_pct_peak == 70.0 and part.server_generated_tokens == 100
+    assert part.server_metrics_scrapes == 2 and part.server_metrics_scrapes_failed == 0 and flags == []
+
+
+def test_a_metric_the_server_does_not_expose_is_null_with_its_name():
+    scrapes = [_scrape(0.0, {"running": 0.0}), _scrape(1.5, {"running": 2.0}), _scrape(2.5, {"running": 0.0})]
+    part, _ = summary(VLLM, scrapes, 1.0, 2.0, _outputs(1))
+    assert part.server_prompt_tokens is None and part.server_running_requests_mean == 2.0
+    assert "server_prompt_tokens: the server exposes none of vllm:prompt_tokens_total" in \
+        part.server_metrics_null_reason
+
+
+def test_a_counter_that_went_backwards_is_null_not_negative():
+    scrapes = [_scrape(0.0, {"generation_tokens": 500.0}), _scrape(2.5, {"generation_tokens": 20.0})]
+    part, _ = summary(VLLM, scrapes, 1.0, 2.0, _outputs(20))
+    assert part.server_generated_tokens is None and "went backwards" in part.server_metrics_null_reason
+
+
+def test_failed_scrapes_are_counted_gaps_and_a_failed_edge_nulls_the_counters_with_its_error():
+    scrapes = [_scrape(0.0, {}, error="HTTP 503"), _scrape(1.2, {}, error="TimeoutError: timed out"),
+               _scrape(1.5, {"running": 1.0, "generation_tokens": 9.0}), _scrape(2.5, {"generation_tokens": 12.0})]
+    part, _ = summary(VLLM, scrapes, 1.0, 2.0, _outputs(3))
+    assert part.server_metrics_scrapes == 1 and part.server_metrics_scrapes_failed == 1
+    assert part.server_generated_tokens is None
+    assert "no scrape was answered just before the window (HTTP 503)" in part.server_metrics_null_reason
+
+
+def test_a_server_that_generated_more_than_the_client_received_is_flagged():
+    scrapes = [_scrape(0.0, {"generation_tokens": 0.0}), _scrape(2.5, {"generation_tokens": 150.0})]
+    _, flags = summary(VLLM, scrapes, 1.0, 2.0, _outputs(100))
+    assert [f.code for f in flags] == ["server_tokens_differ"] and "150" in flags[0].message
+
+
+def test_a_prefix_cache_never_queried_has_no_hit_rate_and_says_why():
+    scrapes = [_scrape(0.0, {"prefix_cache_queries": 10.0, "prefix_cache_hits": 2.0}),
+               _scrape(2.5, {"prefix_cache_queries": 10.0, "prefix_cache_hits": 2.0})]
+    part, _ = summary(VLLM, scrapes, 1.0, 2.0, _outputs(0))
+    assert part.server_prefix_cache_hit_pct is None and "looked no prompt token up" in part.server_metrics_null_reason
+
+
+@pytest.mark.parametrize("value", ["yes", "required", ""])
+def test_server_metrics_takes_auto_on_or_off(compose_cfg, value):
+    from llem.config import to_config
+    from llem.support.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="server.metrics=.* is invalid: allowed auto .*, on .* or off"):
+        to_config(compose_cfg(["server=external", "server.url=http://127.0.0.1:9", f"server.metrics={value!r}"]))
+
+
+def test_server_metrics_is_refused_without_a_server(compose_cfg):
+    from llem.config import to_config
+    from llem.support.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="server.metrics is set but server.mode=none does not use it"):
+        to_config(compose_cfg(["server.metrics=on"]))
