@@ -120,3 +120,80 @@ def test_server_metrics_is_refused_without_a_server(compose_cfg):
 
     with pytest.raises(ConfigError, match="server.metrics is set but server.mode=none does not use it"):
         to_config(compose_cfg(["server.metrics=on"]))
+
+
+def _job(compose_cfg, tmp_path, stand_in, overrides=()):
+    from tests.conftest import run_in_process
+    from tests.stand_in_server import StandIn
+
+    pytest.importorskip("aiohttp")
+    with StandIn(**stand_in) as server:
+        row = run_in_process(compose_cfg, ["server=external", f"server.url={server.url}", *overrides],
+                             tmp_path / "job")
+    job = tmp_path / "job"
+    ts = pd.read_parquet(job / "timeseries.parquet") if (job / "timeseries.parquet").is_file() else None
+    return pd.read_parquet(job / "results.parquet").iloc[0], ts, row
+
+
+def test_a_job_reads_the_servers_metrics_back_from_its_files(compose_cfg, tmp_path):
+    """A stand-in running two requests at once, the rest queued: the time series holds what it said as the
+    window went, and the row its means, peaks and counts, the token counts agreeing with the client's."""
+    r, ts, _ = _job(compose_cfg, tmp_path, dict(metrics="vllm", max_running=2, delay_s=0.03, kv_tokens=64),
+                    ["dataset.num_requests=8", "output_len=16"])
+    assert r["status"] == "ok", r["error"]
+    scraped = ts[ts["server_running_requests"].notna()]
+    window = scraped[(scraped["t_s"] >= 0) & (scraped["t_s"] <= r["window_s"])]
+    assert len(window) >= 3 and window["server_running_requests"].max() == 2  # its two slots, full
+    assert window["server_waiting_requests"].max() > 0 and window["server_kv_cache_usage_pct"].max() > 0
+    assert r["server_metrics_source"] == "vllm" and r["server_metrics_scrapes"] == len(window)
+    assert 0 < r["server_running_requests_mean"] <= 2 and r["server_waiting_requests_mean"] > 0
+    assert r["server_kv_cache_usage_pct_peak"] == window["server_kv_cache_usage_pct"].max()
+    assert r["server_generated_tokens"] == r["output_tokens_total"] == 8 * 16
+    assert r["server_prompt_tokens"] == r["input_tokens_total"] and r["server_preemptions"] == 0
+    assert 0 <= r["server_prefix_cache_hit_pct"] <= 100 and r["server_metrics_scrapes_failed"] == 0
+    assert pd.isna(r["server_metrics_null_reason"]) and "server_tokens_differ" not in list(r["flags"])
+
+
+def test_a_server_that_did_other_work_in_the_window_is_flagged(compose_cfg, tmp_path):
+    r, _, _ = _job(compose_cfg, tmp_path, dict(metrics="vllm", extra_generated=8))
+    assert r["server_generated_tokens"] == 2 * r["output_tokens_total"] and "server_tokens_differ" in list(r["flags"])
+
+
+def test_a_server_without_metrics_leaves_them_null_with_the_reason_under_auto(compose_cfg, tmp_path):
+    r, ts, _ = _job(compose_cfg, tmp_path, {})
+    assert r["status"] == "ok", r["error"]
+    assert pd.isna(r["server_running_requests_mean"]) and pd.isna(r["server_generated_tokens"])
+    assert "has no Prometheus metrics llem reads" in r["server_metrics_null_reason"]
+    assert "HTTP 404" in r["server_metrics_null_reason"] and ts["server_running_requests"].isna().all()
+
+
+def test_a_page_that_is_not_prometheus_text_is_no_metrics(compose_cfg, tmp_path):
+    r, _, _ = _job(compose_cfg, tmp_path, dict(metrics="html"))
+    assert r["status"] == "ok" and "not Prometheus text" in r["server_metrics_null_reason"]
+
+
+def test_a_server_without_metrics_fails_the_check_under_on(compose_cfg, tmp_path):
+    r, _, _ = _job(compose_cfg, tmp_path, {}, ["server.metrics=on"])
+    assert r["status"] == "failed" and r["error_stage"] == "check"
+    assert "server.metrics=on" in r["error"] and "HTTP 404" in r["error"]
+
+
+def test_metrics_off_scrapes_nothing(compose_cfg, tmp_path):
+    from tests.conftest import run_in_process
+    from tests.stand_in_server import StandIn
+
+    with StandIn(metrics="vllm") as server:
+        run_in_process(compose_cfg, ["server=external", f"server.url={server.url}", "server.metrics=off"],
+                       tmp_path / "job")
+    r = pd.read_parquet(tmp_path / "job" / "results.parquet").iloc[0]
+    assert server.scrapes == 0 and r["server_metrics_null_reason"] == "server.metrics=off"
+
+
+def test_a_slow_metrics_page_is_a_counted_gap_that_delays_neither_the_window_nor_the_requests(compose_cfg, tmp_path):
+    """Every scrape after the check's waits 1.5 s, past the scrape's 1 s bound: each is a gap, counted; the window
+    lasts what its requests take (8 tokens × 50 ms), never a scrape's wait."""
+    r, _, _ = _job(compose_cfg, tmp_path, dict(metrics="vllm", metrics_delay_s=1.5, delay_s=0.05))
+    reqs = pd.read_parquet(tmp_path / "job" / "requests.parquet")
+    assert r["status"] == "ok" and reqs["error"].isna().all()
+    assert r["window_s"] < 1.0 and r["server_metrics_scrapes_failed"] >= 1 and r["server_metrics_scrapes"] == 0
+    assert pd.isna(r["server_generated_tokens"]) and "timed out" in r["server_metrics_null_reason"]

@@ -88,8 +88,8 @@ def summary(table: MetricTable, scrapes: List[Scrape], t0: float, t1: float, out
             ) -> Tuple[ServerMetrics, List[Flag]]:
     """The row's part from the scrapes around and inside the window [t0, t1], and the flag where the server
     counted other generated tokens than the client received."""
-    inside = [s for s in scrapes if t0 <= s.sent_s <= t1]
-    ok = [s for s in inside if s.error is None]
+    ok = [s for s in scrapes if s.error is None and t0 <= s.mid_s <= t1]  # where the time series places them
+    inside = ok + [s for s in scrapes if s.error is not None and t0 <= s.sent_s <= t1]  # a failure: when tried
     out = ServerMetrics(server_metrics_source=table.kind, server_metrics_scrapes=len(ok),
                         server_metrics_scrapes_failed=len(inside) - len(ok))
     why: List[str] = []
@@ -128,7 +128,7 @@ def _no_gauge(table: MetricTable, quantity: str, ok: List[Scrape], inside: List[
     if ok:
         return f"the server exposes none of {', '.join(getattr(table, quantity))}"
     if inside:
-        return f"every scrape in the window failed (first: {inside[0].error})"
+        return f"every scrape in the window failed (the last: {inside[-1].error})"
     return "no scrape fell inside the window (shorter than energy.sample_interval_ms?)"
 
 

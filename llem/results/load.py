@@ -89,7 +89,7 @@ class ServerMetrics:
     server_generated_tokens: Optional[int] = col("tokens the server counted as generated in the window (beside "
                                                  "output_tokens_total; a difference is flagged server_tokens_differ)")
     server_metrics_scrapes: Optional[int] = col("scrapes of /metrics answered during the window")
-    server_metrics_scrapes_failed: Optional[int] = col("scrapes of /metrics during the window that failed or "
+    server_metrics_scrapes_failed: Optional[int] = col("scrapes of /metrics sent during the window that failed or "
                                                        "timed out: gaps in the time series")
     server_metrics_null_reason: Optional[str] = col("why server_* columns of this part are null, each named, when "
                                                     "any is")
