@@ -13,12 +13,14 @@ import contextlib
 import logging
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+from llem.backends.base import installed
 from llem.energy.flags import Flag
 from llem.results.load import ServerMetrics
 from llem.serving.metric_names import KNOWN, MetricTable, choose
 from llem.serving.scrape import Scrape, ScrapeError, Scraper, fetch, samples
 from llem.serving.server import auth_headers
 from llem.support.errors import ServerError
+from llem.support.install import install_hint
 from llem.workload.records import RequestResult
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ def at_check(config: Any, endpoint: Any, own: Optional[MetricTable], phase=lambd
     url = f"{endpoint.url.rstrip('/')}/metrics"
     headers = auth_headers(config.server)
     try:
+        if not installed("prometheus_client"):
+            raise ScrapeError(f"prometheus_client, which parses them, is not installed: {install_hint('serving')}")
         table = choose(samples(fetch(url, headers, PROBE_TIMEOUT_S)), own)
         if table is None:
             known = ", ".join(n for t in ((own,) if own else ()) + KNOWN for n in t.names()[:1])
