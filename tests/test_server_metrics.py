@@ -64,15 +64,15 @@ def test_gauges_average_the_scrapes_inside_the_window_and_counters_rise_between_
                _scrape(1.5, {"running": 2.0, "kv_cache_usage": 70.0, "generation_tokens": 120.0}),
                _scrape(2.5, {"running": 0.0, "kv_cache_usage": 0.0, "generation_tokens": 150.0})]
     part, flags = summary(VLLM, scrapes, 1.0, 2.0, _outputs(100))
-    assert part.server_running_requests_mean == 3.0 and part.server_kv_cache_usage_pct_mean == 50.0
+    assert part.num_server_running_mean == 3.0 and part.server_kv_cache_usage_pct_mean == 50.0
     assert part.server_kv_cache_usage_pct_peak == 70.0 and part.server_generated_tokens == 100
-    assert part.server_metrics_scrapes == 2 and part.server_metrics_scrapes_failed == 0 and flags == []
+    assert part.num_server_scrapes == 2 and part.num_server_scrapes_failed == 0 and flags == []
 
 
 def test_a_metric_the_server_does_not_expose_is_null_with_its_name():
     scrapes = [_scrape(0.0, {"running": 0.0}), _scrape(1.5, {"running": 2.0}), _scrape(2.5, {"running": 0.0})]
     part, _ = summary(VLLM, scrapes, 1.0, 2.0, _outputs(1))
-    assert part.server_prompt_tokens is None and part.server_running_requests_mean == 2.0
+    assert part.server_prompt_tokens is None and part.num_server_running_mean == 2.0
     assert "server_prompt_tokens: the server exposes none of vllm:prompt_tokens_total" in \
         part.server_metrics_null_reason
 
@@ -87,7 +87,7 @@ def test_failed_scrapes_are_counted_gaps_and_a_failed_edge_nulls_the_counters_wi
     scrapes = [_scrape(0.0, {}, error="HTTP 503"), _scrape(1.2, {}, error="TimeoutError: timed out"),
                _scrape(1.5, {"running": 1.0, "generation_tokens": 9.0}), _scrape(2.5, {"generation_tokens": 12.0})]
     part, _ = summary(VLLM, scrapes, 1.0, 2.0, _outputs(3))
-    assert part.server_metrics_scrapes == 1 and part.server_metrics_scrapes_failed == 1
+    assert part.num_server_scrapes == 1 and part.num_server_scrapes_failed == 1
     assert part.server_generated_tokens is None
     assert "no scrape was answered just before the window (HTTP 503)" in part.server_metrics_null_reason
 
@@ -141,16 +141,16 @@ def test_a_job_reads_the_servers_metrics_back_from_its_files(compose_cfg, tmp_pa
     r, ts, _ = _job(compose_cfg, tmp_path, dict(metrics="vllm", max_running=2, delay_s=0.03, kv_tokens=64),
                     ["dataset.num_requests=8", "output_len=16"])
     assert r["status"] == "ok", r["error"]
-    scraped = ts[ts["server_running_requests"].notna()]
+    scraped = ts[ts["num_server_running"].notna()]
     window = scraped[(scraped["t_s"] >= 0) & (scraped["t_s"] <= r["window_s"])]
-    assert len(window) >= 3 and window["server_running_requests"].max() == 2  # its two slots, full
-    assert window["server_waiting_requests"].max() > 0 and window["server_kv_cache_usage_pct"].max() > 0
-    assert r["server_metrics_source"] == "vllm" and r["server_metrics_scrapes"] == len(window)
-    assert 0 < r["server_running_requests_mean"] <= 2 and r["server_waiting_requests_mean"] > 0
+    assert len(window) >= 3 and window["num_server_running"].max() == 2  # its two slots, full
+    assert window["num_server_waiting"].max() > 0 and window["server_kv_cache_usage_pct"].max() > 0
+    assert r["server_metrics_source"] == "vllm" and r["num_server_scrapes"] == len(window)
+    assert 0 < r["num_server_running_mean"] <= 2 and r["num_server_waiting_mean"] > 0
     assert r["server_kv_cache_usage_pct_peak"] == window["server_kv_cache_usage_pct"].max()
     assert r["server_generated_tokens"] == r["output_tokens_total"] == 8 * 16
-    assert r["server_prompt_tokens"] == r["input_tokens_total"] and r["server_preemptions"] == 0
-    assert 0 <= r["server_prefix_cache_hit_pct"] <= 100 and r["server_metrics_scrapes_failed"] == 0
+    assert r["server_prompt_tokens"] == r["input_tokens_total"] and r["num_server_preemptions"] == 0
+    assert 0 <= r["server_prefix_cache_hit_pct"] <= 100 and r["num_server_scrapes_failed"] == 0
     assert pd.isna(r["server_metrics_null_reason"]) and "server_tokens_differ" not in list(r["flags"])
 
 
@@ -162,9 +162,9 @@ def test_a_server_that_did_other_work_in_the_window_is_flagged(compose_cfg, tmp_
 def test_a_server_without_metrics_leaves_them_null_with_the_reason_under_auto(compose_cfg, tmp_path):
     r, ts, _ = _job(compose_cfg, tmp_path, {})
     assert r["status"] == "ok", r["error"]
-    assert pd.isna(r["server_running_requests_mean"]) and pd.isna(r["server_generated_tokens"])
+    assert pd.isna(r["num_server_running_mean"]) and pd.isna(r["server_generated_tokens"])
     assert "has no Prometheus metrics llem reads" in r["server_metrics_null_reason"]
-    assert "HTTP 404" in r["server_metrics_null_reason"] and ts["server_running_requests"].isna().all()
+    assert "HTTP 404" in r["server_metrics_null_reason"] and ts["num_server_running"].isna().all()
 
 
 def test_a_page_that_is_not_prometheus_text_is_no_metrics(compose_cfg, tmp_path):
@@ -195,5 +195,5 @@ def test_a_slow_metrics_page_is_a_counted_gap_that_delays_neither_the_window_nor
     r, _, _ = _job(compose_cfg, tmp_path, dict(metrics="vllm", metrics_delay_s=1.5, delay_s=0.05))
     reqs = pd.read_parquet(tmp_path / "job" / "requests.parquet")
     assert r["status"] == "ok" and reqs["error"].isna().all()
-    assert r["window_s"] < 1.0 and r["server_metrics_scrapes_failed"] >= 1 and r["server_metrics_scrapes"] == 0
+    assert r["window_s"] < 1.0 and r["num_server_scrapes_failed"] >= 1 and r["num_server_scrapes"] == 0
     assert pd.isna(r["server_generated_tokens"]) and "timed out" in r["server_metrics_null_reason"]

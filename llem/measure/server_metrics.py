@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0  # the check's one scrape, which also reads the whole page to choose the names
 TOKENS_DIFFER_PCT = 2.0  # server-counted generated tokens this far from the client's are flagged
-PART_COLUMNS = {"running": "server_running_requests_mean", "waiting": "server_waiting_requests_mean",
-                "kv_cache_usage": "server_kv_cache_usage_pct_mean", "preemptions": "server_preemptions",
+PART_COLUMNS = {"running": "num_server_running_mean", "waiting": "num_server_waiting_mean",
+                "kv_cache_usage": "server_kv_cache_usage_pct_mean", "preemptions": "num_server_preemptions",
                 "prompt_tokens": "server_prompt_tokens", "generation_tokens": "server_generated_tokens"}
 
 
@@ -79,7 +79,7 @@ def at_check(config: Any, endpoint: Any, own: Optional[MetricTable], phase=lambd
     except ScrapeError as exc:
         why = f"the server has no Prometheus metrics llem reads at {url} ({exc})"
         if mode == "on":
-            raise ServerError(f"server.metrics=on: {why}; set server.metrics=auto (the server_* columns null, "
+            raise ServerError(f"server.metrics=on: {why}; set server.metrics=auto (its columns null, "
                               "with this reason) or off") from None
         log.info("server.metrics=auto: %s", why)
         return ServerScrape(why_not=why)
@@ -94,8 +94,8 @@ def summary(table: MetricTable, scrapes: List[Scrape], t0: float, t1: float, out
     counted other generated tokens than the client received."""
     ok = [s for s in scrapes if s.error is None and t0 <= s.mid_s <= t1]  # where the time series places them
     inside = ok + [s for s in scrapes if s.error is not None and t0 <= s.sent_s <= t1]  # a failure: when tried
-    out = ServerMetrics(server_metrics_source=table.kind, server_metrics_scrapes=len(ok),
-                        server_metrics_scrapes_failed=len(inside) - len(ok))
+    out = ServerMetrics(server_metrics_source=table.kind, num_server_scrapes=len(ok),
+                        num_server_scrapes_failed=len(inside) - len(ok))
     why: List[str] = []
     for quantity in ("running", "waiting", "kv_cache_usage"):
         seen = [s.values[quantity] for s in ok if s.values.get(quantity) is not None]

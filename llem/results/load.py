@@ -74,13 +74,13 @@ class ServerMetrics:
 
     server_metrics_source: Optional[str] = col("whose metric names were read (vllm, sglang), when the server's "
                                                "/metrics was scraped")
-    server_running_requests_mean: Optional[float] = col("mean of the requests the server ran at once (its batch) "
+    num_server_running_mean: Optional[float] = col("mean of the requests the server ran at once (its batch) "
                                                         "over the window's scrapes")
-    server_waiting_requests_mean: Optional[float] = col("mean of the requests queued in the server for a slot over "
+    num_server_waiting_mean: Optional[float] = col("mean of the requests queued in the server for a slot over "
                                                         "the window's scrapes")
     server_kv_cache_usage_pct_mean: Optional[float] = col("mean KV-cache usage over the window's scrapes (%)")
     server_kv_cache_usage_pct_peak: Optional[float] = col("highest KV-cache usage a scrape in the window saw (%)")
-    server_preemptions: Optional[int] = col("requests the server preempted in the window (evicted from the KV "
+    num_server_preemptions: Optional[int] = col("requests the server preempted in the window (evicted from the KV "
                                             "cache, to be recomputed): its counter's rise")
     server_prefix_cache_hit_pct: Optional[float] = col("prompt tokens found in the server's prefix cache, as % of "
                                                        "those looked up, in the window")
@@ -88,8 +88,8 @@ class ServerMetrics:
                                               "input_tokens_total: the client's own count)")
     server_generated_tokens: Optional[int] = col("tokens the server counted as generated in the window (beside "
                                                  "output_tokens_total; a difference is flagged server_tokens_differ)")
-    server_metrics_scrapes: Optional[int] = col("scrapes of /metrics answered during the window")
-    server_metrics_scrapes_failed: Optional[int] = col("scrapes of /metrics sent during the window that failed or "
+    num_server_scrapes: Optional[int] = col("scrapes of /metrics answered during the window")
+    num_server_scrapes_failed: Optional[int] = col("scrapes of /metrics sent during the window that failed or "
                                                        "timed out: gaps in the time series")
-    server_metrics_null_reason: Optional[str] = col("why server_* columns of this part are null, each named, when "
+    server_metrics_null_reason: Optional[str] = col("why columns of this part are null, each named, when "
                                                     "any is")

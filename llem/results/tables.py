@@ -57,8 +57,8 @@ class TimeseriesRow:
     rss_mib: Optional[float] = col("resident memory of the measuring process, plus a launched server's process "
                                    "tree (MiB)")
     # A scrape of the server's Prometheus /metrics (server.metrics) is a row of its own, at its midpoint:
-    server_running_requests: Optional[float] = col("requests the server was running (its batch), as it said")
-    server_waiting_requests: Optional[float] = col("requests queued in the server for a slot, as it said")
+    num_server_running: Optional[float] = col("requests the server was running (its batch), as it said")
+    num_server_waiting: Optional[float] = col("requests queued in the server for a slot, as it said")
     server_kv_cache_usage_pct: Optional[float] = col("the server's KV-cache usage (%)")
     server_preemptions_total: Optional[float] = col("the server's preemption counter (since it started)")
     server_prefix_cache_queries_total: Optional[float] = col("prompt tokens the server has looked up in its prefix "

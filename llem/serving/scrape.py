@@ -28,7 +28,7 @@ SCRAPE_TIMEOUT_S = 1.0  # one scrape, connection to last byte (twice this at wor
 MAX_METRICS_BYTES = 16 << 20  # a /metrics page past this is not read further (vLLM's is ~100 kB)
 READ_BYTES = 1 << 16
 # quantity -> its timeseries.parquet column (llem.results.tables.TimeseriesRow)
-COLUMNS = {"running": "server_running_requests", "waiting": "server_waiting_requests",
+COLUMNS = {"running": "num_server_running", "waiting": "num_server_waiting",
            "kv_cache_usage": "server_kv_cache_usage_pct", "preemptions": "server_preemptions_total",
            "prefix_cache_queries": "server_prefix_cache_queries_total",
            "prefix_cache_hits": "server_prefix_cache_hits_total", "prompt_tokens": "server_prompt_tokens_total",
