@@ -74,7 +74,7 @@ def at_check(config: Any, endpoint: Any, own: Optional[MetricTable], phase=lambd
             raise ScrapeError(f"prometheus_client, which parses them, is not installed: {install_hint('serving')}")
         table = choose(samples(fetch(url, headers, PROBE_TIMEOUT_S)), own)
         if table is None:
-            known = ", ".join(n for t in ((own,) if own else ()) + KNOWN for n in t.names()[:1])
+            known = ", ".join(dict.fromkeys(t.names()[0] for t in ((own,) if own else ()) + KNOWN))
             raise ScrapeError(f"it exposes none of the metrics llem reads (e.g. {known})")
     except ScrapeError as exc:
         why = f"the server has no Prometheus metrics llem reads at {url} ({exc})"
