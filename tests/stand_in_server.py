@@ -162,6 +162,7 @@ class StandIn:
 
         async def metrics(request):
             self.scrapes += 1
+            self.authorization.append(request.headers.get("Authorization"))
             if self.metrics_delay_s and self.scrapes > 1:
                 await asyncio.sleep(self.metrics_delay_s)
             if self.metrics == "html":

@@ -197,3 +197,14 @@ def test_a_slow_metrics_page_is_a_counted_gap_that_delays_neither_the_window_nor
     assert r["status"] == "ok" and reqs["error"].isna().all()
     assert r["window_s"] < 1.0 and r["num_server_scrapes_failed"] >= 1 and r["num_server_scrapes"] == 0
     assert pd.isna(r["server_generated_tokens"]) and "timed out" in r["server_metrics_null_reason"]
+
+
+def test_every_scrape_carries_the_servers_api_key(compose_cfg, tmp_path, monkeypatch):
+    from tests.conftest import run_in_process
+    from tests.stand_in_server import StandIn
+
+    monkeypatch.setenv("LLEM_SCRAPE_KEY", "sk-scrape-0123456789")
+    with StandIn(metrics="vllm") as server:
+        run_in_process(compose_cfg, ["server=external", f"server.url={server.url}",
+                                     "server.api_key_env=LLEM_SCRAPE_KEY"], tmp_path / "job")
+    assert server.scrapes >= 3 and set(server.authorization) == {"Bearer sk-scrape-0123456789"}
