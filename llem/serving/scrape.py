@@ -6,9 +6,9 @@ the Prometheus client library; the quantities llem reads (:mod:`llem.serving.met
 times the scrape was sent and answered. A scrape that fails is a gap, recorded with its error and counted;
 nothing waits on the thread inside the window, so a slow or broken ``/metrics`` delays neither the window
 nor the requests. The scraper shares the client's process, so it hands the parser only the lines of the metrics
-it reads: a page shaped as vLLM's (16 histograms of 22 buckets, 38 kB) takes 16 ms to parse whole and 0.9 ms so
-on a 2-core VM (benchmarks/scrape_cost.py), at 10 scrapes a second 16 % of a core taken from the client's event
-loop against 1 %.
+it reads: a page shaped as vLLM's (16 histograms of 22 buckets, 38 kB) takes 12-16 ms to parse whole and 0.7-0.9 ms so
+on a 2-core VM (benchmarks/scrape_cost.py), at 10 scrapes a second 12-16 % of a core taken from the client's event
+loop against under 1 %.
 """
 
 from __future__ import annotations
