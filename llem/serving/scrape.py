@@ -5,10 +5,10 @@ Each scrape is one bounded GET (``SCRAPE_TIMEOUT_S`` to its last byte, at most `
 the Prometheus client library; the quantities llem reads (:mod:`llem.serving.metric_names`) are kept with the
 times the scrape was sent and answered. A scrape that fails is a gap, recorded with its error and counted;
 nothing waits on the thread inside the window, so a slow or broken ``/metrics`` delays neither the window
-nor the requests. The scraper shares the client's process, so it hands the parser only the lines of the metrics
-it reads: a page shaped as vLLM's (16 histograms of 22 buckets, 38 kB) takes 12-16 ms to parse whole and 0.7-0.9 ms so
-on a 2-core VM (benchmarks/scrape_cost.py), at 10 scrapes a second 12-16 % of a core taken from the client's event
-loop against under 1 %.
+nor the requests. The scraper shares the client's process, so it hands the parser only the lines of the
+metrics it reads: a page shaped as vLLM's (16 histograms of 22 buckets, 38 kB) takes 12-16 ms to parse whole
+and 0.7-0.9 ms so on a 2-core VM (benchmarks/scrape_cost.py): at 10 scrapes a second, 12-16 % of a core taken
+from the client's event loop against under 1 %.
 """
 
 from __future__ import annotations
