@@ -208,3 +208,16 @@ def test_every_scrape_carries_the_servers_api_key(compose_cfg, tmp_path, monkeyp
         run_in_process(compose_cfg, ["server=external", f"server.url={server.url}",
                                      "server.api_key_env=LLEM_SCRAPE_KEY"], tmp_path / "job")
     assert server.scrapes >= 3 and set(server.authorization) == {"Bearer sk-scrape-0123456789"}
+
+
+def test_a_window_measured_again_is_read_from_its_own_scrapes_only():
+    """Scrapes of a discarded earlier window (measure.min_window_s measures again) never bracket the last one."""
+    from llem.measure.server_metrics import ServerScrape
+    from llem.serving.scrape import Scraper
+
+    scraper = Scraper("http://127.0.0.1:9/metrics", {}, VLLM, 0.1)
+    scraper.scrapes = [_scrape(0.0, {"generation_tokens": 0.0}), _scrape(5.0, {"generation_tokens": 40.0}),
+                       _scrape(6.0, {}, error="HTTP 503"), _scrape(8.0, {"generation_tokens": 90.0})]
+    scraper.started_s = 6.0
+    part, _ = ServerScrape(scraper).part(7.0, 7.5, _outputs(50))
+    assert part.server_generated_tokens is None and "before the window (HTTP 503)" in part.server_metrics_null_reason

@@ -56,7 +56,8 @@ class ServerScrape:
     def part(self, t0: float, t1: float, outputs: Sequence[RequestResult]) -> Tuple[ServerMetrics, List[Flag]]:
         if self.scraper is None:
             return ServerMetrics(server_metrics_null_reason=self.why_not), []
-        return summary(self.scraper.table, self.scraper.taken(), t0, t1, outputs)
+        latest = [s for s in self.scraper.taken() if s.sent_s >= self.scraper.started_s]  # not a discarded window's
+        return summary(self.scraper.table, latest, t0, t1, outputs)
 
 
 def at_check(config: Any, endpoint: Any, own: Optional[MetricTable], phase=lambda: "") -> ServerScrape:

@@ -126,6 +126,7 @@ class Scraper:
         self.url, self.headers, self.table = url, headers, table
         self.interval_s, self.phase, self.clock, self.timeout_s = interval_s, phase, clock, timeout_s
         self.scrapes: List[Scrape] = []
+        self.started_s = float("-inf")  # when the latest start() began: the scrapes of the latest window follow it
         self._only = set(table.names())
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -156,6 +157,7 @@ class Scraper:
         """Start scraping; returns once the first scrape is answered or has failed (within its bound)."""
         self._stop.clear()
         self._first.clear()
+        self.started_s = self.clock()
         self._thread = threading.Thread(target=self._loop, name="llem-scraper", daemon=True)
         self._thread.start()
         self._first.wait(2 * self.timeout_s + 1.0)
