@@ -26,5 +26,6 @@ def test_transformers_serve_has_no_metrics_null_under_auto_a_check_failure_under
     assert auto["status"] == "ok", (auto["error"], proc.stderr[-2000:])
     assert pd.isna(auto["num_server_running_mean"]) and pd.isna(auto["server_generated_tokens"])
     assert "has no Prometheus metrics llem reads" in auto["server_metrics_null_reason"]
+    assert "(HTTP 404)" in auto["server_metrics_null_reason"] and "(HTTP 404)" in on["error"]
     assert on["status"] == "failed" and on["error_stage"] == "check" and "server.metrics=on" in on["error"]
     assert not _servers_left(cache)
