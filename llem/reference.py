@@ -88,7 +88,8 @@ def render() -> str:
         if engine.resolved_class is not None:
             lines += [f"`backend={name}`:", ""] + _table(columns_of(engine.resolved_class, "engine.")) + [""]
     lines += ["## requests.parquet — one row per request", ""] + _table(columns_of(RequestRow))
-    lines += ["", "## timeseries.parquet — one row per sample of each GPU (or of the host)", ""]
+    lines += ["", "## timeseries.parquet — one row per sample of each GPU (or of the host), and per scrape of "
+              "the server's /metrics", ""]
     lines += _table(columns_of(TimeseriesRow))
     lines += ["", "## Columns renamed since earlier versions", "",
               "`python -m llem.aggregate` reads files written by earlier versions of llem under the current names:",

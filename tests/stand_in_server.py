@@ -23,11 +23,19 @@ class StandIn:
     writes with no line break, without end), ``count`` (``usage.completion_tokens``
     = ``count``; with ``streamed``, that many tokens are streamed). ``models``: the /v1/models answer, as raw
     bytes (None: a well-formed list). ``split_s`` > 0: each token's event is written in two halves, cut
-    mid-line, that far apart."""
+    mid-line, that far apart.
+    ``metrics``: what ``GET /metrics`` answers: None (no such route: 404), ``vllm`` (Prometheus text of vLLM's
+    names, made by prometheus_client's own registry, that move with the load: requests running and waiting for
+    one of ``max_running`` slots, KV-cache usage as the tokens held over ``kv_tokens``, prompt and generated token
+    counters, prefix-cache queries and hits, and a histogram llem does not read) or ``html`` (a page that is not
+    Prometheus text); ``metrics_delay_s``: each /metrics answer waits that long first, the check's probe (the
+    first) excepted; ``extra_generated``: tokens the generation counter adds per request (another client's)."""
 
     def __init__(self, mode: str = "ok", tokens_only: bool = False, delay_s: float = 0.005, bad: str = "",
                  bad_every: int = 1, bad_line: bytes = b"", count=None, streamed: Optional[int] = None,
-                 models: Optional[bytes] = None, split_s: float = 0.0) -> None:
+                 models: Optional[bytes] = None, split_s: float = 0.0, metrics: Optional[str] = None,
+                 max_running: Optional[int] = None, kv_tokens: int = 256, metrics_delay_s: float = 0.0,
+                 extra_generated: int = 0) -> None:
         self.mode, self.tokens_only, self.delay_s = mode, tokens_only, delay_s
         self.bad, self.bad_every, self.bad_line, self.count, self.streamed = bad, bad_every, bad_line, count, streamed
         self.models, self.split_s = models, split_s
@@ -35,11 +43,19 @@ class StandIn:
         self.in_flight = self.most_in_flight = 0
         self.bodies = []
         self.authorization = []  # the Authorization header of every request (None: none sent)
+        self.metrics, self.max_running, self.kv_tokens = metrics, max_running, kv_tokens
+        self.metrics_delay_s, self.extra_generated = metrics_delay_s, extra_generated
+        self.scrapes = 0
+        self.held = {}  # tokens each running request holds in the KV cache
+        self.waiting = 0
+        self._prefixes = set()
+        self._prom = _VllmMetrics() if metrics == "vllm" else None
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._slots: Optional[asyncio.Semaphore] = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -89,6 +105,20 @@ class StandIn:
                 return web.Response(text="<html>\n<body>502 Bad Gateway</body>\n</html>\n", content_type="text/html")
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self.max_running or 1 << 20)
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            except asyncio.CancelledError:
+                self.in_flight -= 1
+                raise
+            finally:
+                self.waiting -= 1
+            key = object()
+            prompt = body["prompt"] if isinstance(body["prompt"], list) else str(body["prompt"]).split()
+            self.held[key] = len(prompt)
+            self._counted_prompt(prompt)
             try:
                 if self.mode == "slow" and body["max_tokens"] > 1:
                     await asyncio.sleep(3)  # past the test's 1 s request timeout
@@ -109,6 +139,9 @@ class StandIn:
                         await asyncio.sleep(self.split_s)
                         event = event[12:]
                     await resp.write(event)
+                    self.held[key] += 1
+                    if self._prom is not None:
+                        self._prom.generated.inc()
                     if self.mode == "drop" and i == 1:
                         request.transport.close()
                         return resp
@@ -119,9 +152,26 @@ class StandIn:
                 await resp.write(b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}\n\n')
                 usage = {"choices": [], "usage": {"completion_tokens": count, "prompt_tokens": 3}}
                 await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+                if self._prom is not None and self.extra_generated:
+                    self._prom.generated.inc(self.extra_generated)
                 return resp
             finally:
                 self.in_flight -= 1
+                self.held.pop(key, None)
+                self._slots.release()
+
+        async def metrics(request):
+            self.scrapes += 1
+            self.authorization.append(request.headers.get("Authorization"))
+            if self.metrics_delay_s and self.scrapes > 1:
+                await asyncio.sleep(self.metrics_delay_s)
+            if self.metrics == "html":
+                return web.Response(text="<html><body>metrics</body></html>", content_type="text/html")
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            self._prom.moved(len(self.held), self.waiting, sum(self.held.values()) / self.kv_tokens)
+            return web.Response(body=generate_latest(self._prom.registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         async def main():
             self._stop = asyncio.Event()
@@ -130,6 +180,8 @@ class StandIn:
             app.router.add_get("/health", models)
             app.router.add_post("/v1/completions", completions)
             app.router.add_post("/elsewhere/v1/completions", completions)
+            if self.metrics is not None:
+                app.router.add_get("/metrics", metrics)
             runner = web.AppRunner(app, shutdown_timeout=0.2)  # at exit, a handler still asleep is cancelled
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
@@ -139,3 +191,45 @@ class StandIn:
 
         self._loop = asyncio.new_event_loop()
         self._loop.run_until_complete(main())
+
+    def _counted_prompt(self, prompt) -> None:
+        """The prompt's tokens counted as vLLM counts them: all processed, each looked up in the prefix cache,
+        those of its longest prefix seen before found there."""
+        if self._prom is None:
+            return
+        prompt = tuple(prompt)
+        hits = max((k for k in range(len(prompt) + 1) if prompt[:k] in self._prefixes), default=0)
+        self._prefixes.update(prompt[:k] for k in range(1, len(prompt) + 1))
+        self._prom.prompt.inc(len(prompt))
+        self._prom.queries.inc(len(prompt))
+        self._prom.hits.inc(hits)
+
+
+class _VllmMetrics:
+    """vLLM's metric names in a registry of their own (prometheus_client writes the text, counters' _total
+    included)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = {"model_name": "stand-in", "engine": "0"}
+
+        def made(kind, name, doc, **kw):
+            return kind(name, doc, list(labels), registry=self.registry, **kw).labels(**labels)
+
+        self.running = made(Gauge, "vllm:num_requests_running", "Requests running")
+        self.waiting = made(Gauge, "vllm:num_requests_waiting", "Requests waiting")
+        self.kv = made(Gauge, "vllm:kv_cache_usage_perc", "KV-cache usage, 1 is 100 percent")
+        self.preemptions = made(Counter, "vllm:num_preemptions", "Preemptions")
+        self.queries = made(Counter, "vllm:prefix_cache_queries", "Prefix cache queries, in tokens")
+        self.hits = made(Counter, "vllm:prefix_cache_hits", "Prefix cache hits, in tokens")
+        self.prompt = made(Counter, "vllm:prompt_tokens", "Prompt tokens")
+        self.generated = made(Counter, "vllm:generation_tokens", "Generated tokens")
+        self.ttft = made(Histogram, "vllm:time_to_first_token_seconds", "TTFT", buckets=(0.01, 0.1, 1.0))
+
+    def moved(self, running: int, waiting: int, kv_fraction: float) -> None:
+        self.running.set(running)
+        self.waiting.set(waiting)
+        self.kv.set(min(kv_fraction, 1.0))
+        self.ttft.observe(0.05)

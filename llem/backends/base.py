@@ -100,6 +100,12 @@ class Serving:
         tokens (EOS ignored)."""
         return {"ignore_eos": True, "min_tokens": output_len}
 
+    def metric_table(self) -> Optional[Any]:
+        """The names its server's Prometheus ``/metrics`` gives the load llem reads
+        (:class:`llem.serving.metric_names.MetricTable`), or None: a server's names are then chosen by what it
+        exposes (server.metrics)."""
+        return None
+
 
 class Engine(ABC):
     """One inference engine behind llem's measurement protocol."""

@@ -151,6 +151,12 @@ class VllmServing(Serving):
                                 "batch is null: vllm serve chose its own max_num_seqs (by its usage context and "
                                 "the GPU's memory), which llem does not read back"))
 
+    def metric_table(self):
+        """vLLM's Prometheus names (running and waiting requests, KV-cache usage, preemptions, prefix cache, tokens)."""
+        from llem.serving.metric_names import VLLM
+
+        return VLLM
+
 
 class VllmEngine(Engine):
     name = "vllm"

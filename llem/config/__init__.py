@@ -183,7 +183,8 @@ class SweepConfig:
 # Keys that do not change what is measured: excluded from config_hash (dotted: a nested key).
 HASH_EXCLUDED_KEYS = ("repeat", "isolate", "reuse_engine", "progress", "objective", "dry_run", "cache_dir",
                       "sweep", "cold_start",
-                      "server.host", "server.port", "server.startup_timeout_s", "server.reuse", "server.api_key_env")
+                      "server.host", "server.port", "server.startup_timeout_s", "server.reuse", "server.api_key_env",
+                      "server.metrics")
 # Sequences an in-process engine holds at once when ``batch`` is null (a launched server runs at its own default).
 IN_PROCESS_BATCH = 4
 INF_ALLOWED = ("load.request_rate",)  # floats that may be inf (all at once); every other one must be finite

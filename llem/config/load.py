@@ -17,6 +17,7 @@ from llem.support.errors import require as _require
 
 SERVER_MODES = ("none", "launch", "external")
 PROMPT_KINDS = ("auto", "token_ids", "text")
+METRICS_MODES = ("auto", "on", "off")  # server.metrics: scrape the server's Prometheus /metrics through the window
 LENGTH_DISTRIBUTIONS = ("lognormal", "uniform")
 # Arrival processes a clock can keep: a mean gap between 1 µs and 1000 s, and a gamma shape whose gaps neither
 # collapse to ~0 (shape 1e-300 puts every arrival at t0) nor lose all spread.
@@ -133,10 +134,14 @@ class ServerConfig:
     extra_body: Dict[str, Any] = field(default_factory=dict)  # added to every request's JSON (server-specific keys)
     reuse: bool = True  # launch: consecutive jobs that need the same server keep it running
     api_key_env: Optional[str] = None  # external: the NAME of a variable whose value is sent as a Bearer token
+    metrics: str = "auto"  # scrape its Prometheus /metrics: auto (where it has them) | on (required) | off
 
     def __post_init__(self) -> None:
         _require(self.mode in SERVER_MODES, "server.mode", self.mode, ", ".join(SERVER_MODES))
         _require(self.prompt in PROMPT_KINDS, "server.prompt", self.prompt, ", ".join(PROMPT_KINDS))
+        _require(self.metrics in METRICS_MODES, "server.metrics", self.metrics,
+                 "auto (scrape the server's Prometheus /metrics where it has them), on (a server without them fails "
+                 "the job's check) or off")
         _require(1 <= self.port <= 65535, "server.port", self.port, "a TCP port in [1, 65535]")
         for key in ("startup_timeout_s", "request_timeout_s", "connect_timeout_s", "chunk_timeout_s"):
             value = getattr(self, key)
@@ -165,7 +170,8 @@ class ServerConfig:
         users = {**{k: ("launch",) for k in LAUNCH_KEYS}, **{k: ("external",) for k in EXTERNAL_KEYS}}
         if self.mode == "none":
             users.update({k: ("launch", "external") for k in ("model_name", "prompt", "request_timeout_s",
-                                                              "connect_timeout_s", "chunk_timeout_s", "extra_body")})
+                                                              "connect_timeout_s", "chunk_timeout_s", "extra_body",
+                                                              "metrics")})
         for key, modes in users.items():
             if self.mode not in modes and getattr(self, key) != _default(key):
                 raise ConfigError(f"server.{key} is set but server.mode={self.mode} does not use it: only "

@@ -29,13 +29,13 @@ from llem.energy.codecarbon import HostWindows
 from llem.energy.idle import DeviceIdle, other_processes
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
-from llem.measure import compile_cache, load_metrics, metrics, sizing
+from llem.measure import compile_cache, load_metrics, metrics, server_metrics, sizing
 from llem.measure.kept_engine import KeptEngine
 from llem.measure.preload import preload_engine
 from llem.measure.warmup import Warmup, at_once, warm_up
 from llem.measure.window_parts import timeseries, window_parts
 from llem.results import environment
-from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
+from llem.results.load import LoadMetrics, OutputLengths, ServerFacts, ServerMetrics
 from llem.results.preparation import ContainerFacts, on_host
 from llem.results.row import (
     Baselines,
@@ -100,6 +100,7 @@ class Experiment:
         self.set_stage = stage
         self.stage = Stage.start
         self.warnings: List[str] = list(device_idle.warnings) + list(getattr(endpoint, "warnings", []))
+        self.scrape = server_metrics.ServerScrape(why_not="the job ended before its check")  # the server's /metrics
 
     def _stage(self, stage: Stage) -> None:
         self.stage = stage
@@ -143,6 +144,8 @@ class Experiment:
             work = self._build(plan.num_requests, parts)
             self._stage(Stage.check)
             engine.check()
+            own = engine_cls.serving(cfg, self.device).metric_table() if self.endpoint is not None else None
+            self.scrape = server_metrics.at_check(cfg, self.endpoint, own, lambda: sampler.phase)
             host = HostWindows(cfg.energy.meters, cfg.energy.country_iso_code, self.job_dir)
             meter.sync = engine.synchronize
             self._stage(Stage.load)
@@ -194,6 +197,8 @@ class Experiment:
             attribution.into_rows(req_rows, outputs, in_window, window.t0, window.t1, window.energy_j, baseline_w)
             parts[LoadMetrics], load_flags = load_metrics.load_part(outputs, req_rows, window.duration_s, cfg)
             found += load_flags
+            parts[ServerMetrics], server_flags = self.scrape.part(window.t0, window.t1, outputs)
+            found += server_flags
             if cfg.measure.steady_state:
                 span = load_metrics.arrival_span(outputs) if cfg.load.timed else None
                 parts[SteadyState] = phases.steady_state(outputs, plan.capacity,
@@ -222,7 +227,7 @@ class Experiment:
                 self.warnings.extend(host.warnings)
             self._keep_or_close(engine, outcome.status == "ok")
         self._stage(Stage.write)
-        ts = timeseries(self.device_idle.rows, sampler.rows, measure_t0)
+        ts = timeseries(self.device_idle.rows, sampler.rows + self.scrape.rows(), measure_t0)
         warnings = list(dict.fromkeys(self.warnings))
         for warning in warnings:
             log.warning("%s", warning)
@@ -347,7 +352,8 @@ class Experiment:
                 window = meter.stop(mark)
                 return outputs, window, host_cpu.between(cpu0, host_cpu.edge(server_pid))
 
-            outputs, window, load = host.around("measure", measured)
+            with self.scrape.around():  # the server's /metrics, from just before to just after the window
+                outputs, window, load = host.around("measure", measured)
         busy.update(other_processes(gpus, expect_own=True, server_pid=server_pid) if gpus else {})
         return Measured(outputs, window, busy, load)
 

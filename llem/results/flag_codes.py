@@ -20,4 +20,6 @@ FLAG_MEANINGS = {
                        "not averaged",
     "token_count_mismatch": "a server's token count disagreed with the length asked or the tokens streamed",
     "client_late": "the client (or engine) sent requests later than due (p99 lateness over its bound): a lighter load",
+    "server_tokens_differ": "the server counted other generated tokens in the window than the client received: it "
+                            "did other work there (another client), whose energy is in the window's",
 }

@@ -69,3 +69,32 @@ class ServerFacts:
     num_server_starts: Optional[int] = col("servers started in this sweep so far, this job's included")
     server_prompt: Optional[str] = col("how prompts were sent: token_ids or text")
     server_log: Optional[str] = col("the server's log file (its lines from this job are in the job dir)")
+
+
+@dataclass
+class ServerMetrics:
+    """The server's own view of the window, from its Prometheus /metrics scraped through it (server.metrics):
+    what explains the energy (how many requests it ran at once, how full its KV cache was, what it evicted and
+    recomputed, what its prefix cache saved) and what it counted, beside the client's own counts."""
+
+    server_metrics_source: Optional[str] = col("whose metric names were read (vllm, sglang), when the server's "
+                                               "/metrics was scraped")
+    num_server_running_mean: Optional[float] = col("mean of the requests the server ran at once (its batch) "
+                                                        "over the window's scrapes")
+    num_server_waiting_mean: Optional[float] = col("mean of the requests queued in the server for a slot over "
+                                                        "the window's scrapes")
+    server_kv_cache_usage_pct_mean: Optional[float] = col("mean KV-cache usage over the window's scrapes (%)")
+    server_kv_cache_usage_pct_peak: Optional[float] = col("highest KV-cache usage a scrape in the window saw (%)")
+    num_server_preemptions: Optional[int] = col("requests the server preempted in the window (evicted from the KV "
+                                            "cache, to be recomputed): its counter's rise")
+    server_prefix_cache_hit_pct: Optional[float] = col("prompt tokens found in the server's prefix cache, as % of "
+                                                       "those looked up, in the window")
+    server_prompt_tokens: Optional[int] = col("prompt tokens the server counted in the window (beside "
+                                              "input_tokens_total: the client's own count)")
+    server_generated_tokens: Optional[int] = col("tokens the server counted as generated in the window (beside "
+                                                 "output_tokens_total; a difference is flagged server_tokens_differ)")
+    num_server_scrapes: Optional[int] = col("scrapes of /metrics answered during the window")
+    num_server_scrapes_failed: Optional[int] = col("scrapes of /metrics sent during the window that failed or "
+                                                       "timed out: gaps in the time series")
+    server_metrics_null_reason: Optional[str] = col("why columns of this part are null, each named, when "
+                                                    "any is")

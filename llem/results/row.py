@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Dict, List, Optional, Tuple
 
-from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
+from llem.results.load import LoadMetrics, OutputLengths, ServerFacts, ServerMetrics
 from llem.results.preparation import BuildCache, ContainerFacts, EngineReuse, OutsideWindow, Sizing, SweepPlace
 from llem.results.schema import (
     JSON,
@@ -271,7 +271,7 @@ class Notes:
 PARTS: Tuple[Tuple[type, str], ...] = (
     (Outcome, ""), (WorkloadCounts, ""), (OutputLengths, ""), (Sizing, ""), (OutsideWindow, ""), (BuildCache, ""),
     (EngineReuse, ""), (ContainerFacts, ""), (SweepPlace, ""),
-    (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (Padding, ""),
+    (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (ServerMetrics, ""), (Padding, ""),
     (GpuEnergy, ""), (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""),
     (SteadyState, ""), (PrefillDecode, ""), (HostEnergy, ""), (HostLoad, ""), (CodecarbonFacts, "codecarbon."),
     (Notes, ""),

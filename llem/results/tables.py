@@ -1,5 +1,5 @@
 """The rows of ``requests.parquet`` (one per request) and ``timeseries.parquet`` (one per sample
-of each GPU), declared once as dataclasses: the field is the column."""
+of each GPU, of the host, or of the server's /metrics), declared once as dataclasses: the field is the column."""
 
 from __future__ import annotations
 
@@ -57,3 +57,13 @@ class TimeseriesRow:
     cpu_util_pct: Optional[float] = col("host CPU utilisation since the previous sample (%)")
     rss_mib: Optional[float] = col("resident memory of the measuring process, plus a launched server's process "
                                    "tree (MiB)")
+    # A scrape of the server's Prometheus /metrics (server.metrics) is a row of its own, at its midpoint:
+    num_server_running: Optional[float] = col("requests the server was running (its batch), as it said")
+    num_server_waiting: Optional[float] = col("requests queued in the server for a slot, as it said")
+    server_kv_cache_usage_pct: Optional[float] = col("the server's KV-cache usage (%)")
+    server_preemptions_total: Optional[float] = col("the server's preemption counter (since it started)")
+    server_prefix_cache_queries_total: Optional[float] = col("prompt tokens the server has looked up in its prefix "
+                                                             "cache (counter)")
+    server_prefix_cache_hits_total: Optional[float] = col("prompt tokens it found there (counter)")
+    server_prompt_tokens_total: Optional[float] = col("prompt tokens the server has counted (counter)")
+    server_generation_tokens_total: Optional[float] = col("tokens the server has generated (counter)")
