@@ -23,18 +23,19 @@ from llem import results, workload
 from llem.backends import engine_class
 from llem.backends.base import EngineInfo
 from llem.config import BaselineKind, Config, config_hash
-from llem.energy import attribution, host_cpu, phases
 from llem.energy import flags as doubt
+from llem.energy import host_cpu, phases
 from llem.energy.codecarbon import HostWindows
 from llem.energy.idle import DeviceIdle, other_processes
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
-from llem.measure import compile_cache, load_metrics, metrics, sizing
+from llem.measure import compile_cache, load_metrics, metrics, request_energy, sizing
 from llem.measure.kept_engine import KeptEngine
 from llem.measure.preload import preload_engine
 from llem.measure.warmup import Warmup, at_once, warm_up
 from llem.measure.window_parts import timeseries, window_parts
 from llem.results import environment
+from llem.results.attribution import EnergyAttribution
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts
 from llem.results.preparation import ContainerFacts, on_host
 from llem.results.row import (
@@ -190,7 +191,6 @@ class Experiment:
                 self.held.note_loaded_idle(parts[Baselines], window.duration_s, self.job_dir.name)
             energy = parts[EnergySummary]
             baseline_w = 0.0 if cfg.baseline.kind == BaselineKind.none else energy.baseline_power_w
-            attribution.into_rows(req_rows, outputs, in_window, window.t0, window.t1, window.energy_j, baseline_w)
             parts[LoadMetrics], load_flags = load_metrics.load_part(outputs, req_rows, window.duration_s, cfg)
             found += load_flags
             if cfg.measure.steady_state:
@@ -205,6 +205,8 @@ class Experiment:
             if cfg.measure.prefill:
                 self._stage(Stage.prefill)
                 parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w)
+            parts[EnergyAttribution] = self._attribute(req_rows, outputs, in_window, window, baseline_w,
+                                                       parts.get(PrefillDecode), info, gpus)
             parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None))
             parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,
                                                                     gpu_used=self.device == "cuda" or bool(gpus))
@@ -358,6 +360,23 @@ class Experiment:
             sum(o.input_tokens for o in outputs), sum(o.output_tokens for o in outputs), len(outputs))
         self.warnings.extend(warns)
         return cols
+
+    def _attribute(self, req_rows: List[RequestRow], outputs: List[RequestResult], samples: List[Dict[str, Any]],
+                   window: WindowEnergy, baseline_w: Optional[float], prefill: Optional[PrefillDecode],
+                   info: EngineInfo, gpus: List[GpuReader]) -> EnergyAttribution:
+        """Each request's share of the window's energy (measure.energy_attribution) into its row."""
+        cfg = self.config
+        adjusted = (window.energy_j - baseline_w * window.duration_s
+                    if window.energy_j is not None and baseline_w is not None else None)
+        weights = request_energy.job_weights(
+            cfg, outputs, adjusted, prefill.prefill_j_per_input_token if prefill else None, info.versions,
+            gpus[0].name if gpus else None, self.job_dir.name)
+        part = request_energy.into_rows(req_rows, outputs, samples, window.t0, window.t1, window.energy_j,
+                                        baseline_w, weights)
+        if cfg.measure.energy_attribution.value == "work" and part.energy_attribution != "work" and gpus:
+            self.warnings.append(f"energy per request is split by output tokens, not by work: "
+                                 f"{part.attribution_null_reason}")
+        return part
 
     def _check_uuids(self, engine, gpus: List[GpuReader]) -> None:
         seen = engine.device_uuids()
