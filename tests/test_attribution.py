@@ -1,5 +1,5 @@
-"""Energy per request (llem.energy.attribution, the output_tokens rule) over the real H100 trace, sampled at 10 Hz as the
-sampler does: the requests' energies sum to the window's, and each interval goes where the rule says."""
+"""Energy per request by the output_tokens rule (llem.energy.attribution) over the real H100 trace, sampled at
+10 Hz as the sampler does: the requests' energies sum to the window's, and each interval goes where the rule says."""
 
 from __future__ import annotations
 

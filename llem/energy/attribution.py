@@ -177,7 +177,8 @@ def work_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: 
                 for r, s in zip(results, stamps)]
     first = [r.first_token_s if r.first_token_s is not None else (s[0] if s else r.end_s)
              for r, s in zip(results, stamps)]
-    prefill = [(min(max(r.start_s, t0), t1), min(max(f, r.start_s, t0), t1)) for r, f in zip(results, first)]
+    # a prefill spread over its whole span: what lies outside the window is not in it
+    prefill = [(r.start_s, max(f, r.start_s)) for r, f in zip(results, first)]
 
     def work(ta: float, tb: float, first_span: bool) -> Work:
         prompt = [pj * _spread(a, b, ta, tb, first_span) if pj else 0.0 for pj, (a, b) in zip(prompt_j, prefill)]
