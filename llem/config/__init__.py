@@ -237,6 +237,18 @@ class Config:
         _require(isinstance(self.model, ModelConfig), "model", self.model, "a model group (model=...)")
         _require(isinstance(self.dataset, DatasetConfig), "dataset", self.dataset, "a dataset group (dataset=...)")
         self._check_runtime()
+        self._check_trace()
+
+    def _check_trace(self) -> None:
+        """A trace gives each request its lengths: its prompts are random token ids (dataset=random) and its
+        output lengths are its own (output_len=null)."""
+        if getattr(self.load, "trace", None) is None:
+            return
+        _require(isinstance(self.dataset, RandomDatasetConfig), "dataset", self.dataset.name,
+                 "random with load.trace (its prompts are random token ids of the trace's input_tokens)")
+        _require(self.output_len is None, "output_len", self.output_len,
+                 "null with load.trace (each request asks for the trace's output_tokens, else a natural length "
+                 "from dataset.output_lengths)")
 
     def _check_runtime(self) -> None:
         """The engine's images are references, and a container runtime has what it needs: an image for the

@@ -73,11 +73,15 @@ class LoadConfig:
     """The arrival process. ``request_rate`` requests per second (``inf``: every request at once, the
     throughput ceiling); inter-arrival gaps are gamma-distributed with shape ``burstiness`` (1: Poisson,
     < 1 burstier, > 1 steadier) and mean 1/rate, drawn with ``seed``; ``max_concurrency`` caps the requests
-    in flight (null: no cap): an arrival beyond it waits, and the wait is its ``queue_ms``."""
+    in flight (null: no cap): an arrival beyond it waits, and the wait is its ``queue_ms``. ``trace`` replays a
+    recorded trace instead of drawing arrivals (docs/traces.md): its times, multiplied by ``trace_time_scale``
+    (0.5: twice as fast), and its lengths."""
 
     request_rate: float = math.inf
     burstiness: float = 1.0
     max_concurrency: Optional[int] = None
+    trace: Optional[str] = None  # a trace file (JSONL or CSV): arrivals and lengths replayed, not drawn
+    trace_time_scale: float = 1.0  # the trace's arrival times are multiplied by it
 
     def __post_init__(self) -> None:
         rate, low, high = self.request_rate, *RATE_RANGE
@@ -89,11 +93,23 @@ class LoadConfig:
         if self.max_concurrency is not None:
             _require(self.max_concurrency >= 1, "load.max_concurrency", self.max_concurrency,
                      "null (no cap) or an integer >= 1")
+        scale = self.trace_time_scale
+        _require(isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0, "load.trace_time_scale",
+                 scale, "a finite number > 0 (the trace's times are multiplied by it; 0.5: twice as fast)")
+        if self.trace is None:
+            _require(scale == 1.0, "load.trace_time_scale", scale, "1.0 without load.trace (it scales a trace's times)")
+            return
+        _require(isinstance(self.trace, str) and self.trace.strip() != "", "load.trace", self.trace,
+                 "null or the path of a trace file (JSONL or CSV, docs/traces.md)")
+        for key, default in (("request_rate", math.inf), ("burstiness", 1.0)):
+            if getattr(self, key) != default:
+                raise ConfigError(f"load.{key}={getattr(self, key)!r} is invalid with load.trace: the trace gives "
+                                  f"the arrival times; set one of load.{key} and load.trace, not both")
 
     @property
     def timed(self) -> bool:
-        """Whether requests arrive over time (a finite rate) rather than all at once."""
-        return self.request_rate != math.inf
+        """Whether requests arrive over time (a finite rate, or a trace) rather than all at once."""
+        return self.request_rate != math.inf or self.trace is not None
 
 
 @dataclass
@@ -205,7 +221,7 @@ def _not_json(value: Any, path: str):
 def load_mode(load_config: Any) -> str:
     """How the load was made: ``burst`` (rate inf, no cap: every request due at once), ``closed`` (rate inf
     with ``max_concurrency=N``: N in flight, each next request due as one finishes) or ``open`` (a finite
-    rate: each request due at its arrival time)."""
+    rate, or a trace: each request due at its arrival time)."""
     if load_config.timed:
         return "open"
     return "closed" if load_config.max_concurrency is not None else "burst"

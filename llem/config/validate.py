@@ -96,7 +96,7 @@ def check_schedule(config: Config) -> None:
     """A timed load's arrivals fit in measure.max_window_s: the n-th of ``dataset.num_requests`` arrives
     (n − 1) / load.request_rate after the first (their gaps are rescaled to that mean, llem.workload.arrivals)."""
     n, rate = config.dataset.num_requests, config.load.request_rate
-    if n is None or not config.load.timed:
+    if n is None or rate == float("inf"):
         return
     last_s, bound = (n - 1) / rate, config.measure.max_window_s
     if last_s > bound:
@@ -104,6 +104,42 @@ def check_schedule(config: Config) -> None:
                           f"would arrive {last_s:.4g} s after the first, past measure.max_window_s={bound:g}; "
                           f"allowed a rate >= {(n - 1) / bound:.4g} req/s, fewer requests, or a longer "
                           "measure.max_window_s")
+
+
+def check_trace(config: Config) -> None:
+    """``load.trace`` is a valid trace (llem.workload.trace: an error names the file, line and field) that
+    holds ``dataset.num_requests`` requests, whose lengths fit ``input_len`` and ``dataset.output_lengths.max``
+    (what the engine is sized for) and whose replayed arrivals end within ``measure.max_window_s``."""
+    if config.load.trace is None:
+        return
+    from llem.support.errors import WorkloadError
+    from llem.workload import trace
+
+    try:
+        whole = trace.load(config.load.trace)
+    except WorkloadError as exc:
+        raise ConfigError(str(exc)) from None
+    where = f"load.trace={config.load.trace!r}"
+    n = config.dataset.num_requests
+    if n is not None and n > len(whole.lines):
+        raise ConfigError(f"dataset.num_requests={n} is invalid with {where}: the trace holds {len(whole.lines)} "
+                          "requests; allowed at most that (null: all of them)")
+    lines = whole.first(n)
+    longest_in = max(x.input_tokens for x in lines)
+    if longest_in > config.input_len:
+        raise ConfigError(f"input_len={config.input_len} is invalid with {where}: its longest prompt has "
+                          f"{longest_in} input_tokens; allowed input_len >= {longest_in} (the engine is sized for it)")
+    outs = [x.output_tokens for x in lines if x.output_tokens is not None]
+    bound = config.dataset.output_lengths.max
+    if outs and max(outs) > bound:
+        raise ConfigError(f"dataset.output_lengths.max={bound} is invalid with {where}: its longest output has "
+                          f"{max(outs)} output_tokens; allowed dataset.output_lengths.max >= {max(outs)}")
+    last_s = lines[-1].timestamp_s * config.load.trace_time_scale
+    if last_s > config.measure.max_window_s:
+        raise ConfigError(f"{where} with load.trace_time_scale={config.load.trace_time_scale:g} is invalid: its last "
+                          f"of {len(lines)} requests (dataset.num_requests) arrives {last_s:.4g} s after the first, past "
+                          f"measure.max_window_s={config.measure.max_window_s:g}; allowed fewer requests, a smaller "
+                          "load.trace_time_scale, or a longer measure.max_window_s")
 
 
 # a decimal literal with an exponent, e.g. 1e400 (YAML and Hydra read one too large for a float as inf)
@@ -160,4 +196,5 @@ def check(config: Config) -> None:
     check_objective(config)
     check_lengths(config)
     check_schedule(config)
+    check_trace(config)
     check_api_key(config)

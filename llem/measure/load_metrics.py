@@ -84,6 +84,8 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], wind
 
     flags: List[Flag] = []
     out = LoadMetrics(target_requests_per_s=float(config.load.request_rate), load_mode=load_mode(config.load))
+    if config.load.trace is not None:
+        _trace_part(out, config)
     failed = [r for r in results if r.error]
     out.num_requests_failed = len(failed)
     arrived = sorted(r.arrival_s for r in results if r.arrival_s is not None)
@@ -115,6 +117,18 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], wind
             f"tokens streamed (first: {mismatched[0].token_count_note}): each counts what could be verified, "
             "never more than asked (requests.parquet token_count_note)")))
     return out, flags
+
+
+def _trace_part(out: LoadMetrics, config: Any) -> None:
+    """The replayed trace: its file's name and content hash, and its own mean rate as the target."""
+    from pathlib import Path
+
+    from llem.workload import trace
+
+    whole, lines = trace.load(config.load.trace), trace.replayed(config)
+    out.load_trace, out.load_trace_sha256 = Path(config.load.trace).name, whole.sha256
+    span_s = lines[-1].timestamp_s * config.load.trace_time_scale
+    out.target_requests_per_s = (len(lines) - 1) / span_s if span_s > 0 else float("inf")
 
 
 def late_bound_ms(mode: str, window_s: float) -> float:

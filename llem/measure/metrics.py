@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from llem.energy.attribution import prompt_tokens_charged
 from llem.results.row import EnergySummary, Latency
 from llem.results.tables import RequestRow
-from llem.workload.records import RequestResult
+from llem.workload.records import Request, RequestResult
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:
@@ -50,6 +50,13 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             token_count_note=r.token_count_note,
         ))
     return rows
+
+
+def label_classes(rows: List[RequestRow], requests: Sequence[Request]) -> None:
+    """Each row's ``request_class``: the class its request came with (a trace's ``class`` field)."""
+    classes = {r.request_id: r.request_class for r in requests if r.request_class is not None}
+    for row in rows:
+        row.request_class = classes.get(row.request_id)
 
 
 def _stats(values: List[float], name: str, pcts=(50, 99), mean: bool = True) -> Dict[str, Optional[float]]:

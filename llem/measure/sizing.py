@@ -19,7 +19,8 @@ what it holds, so the count grows GROWTH-fold (or more, where the window's rate 
 At a finite ``load.request_rate`` the window lasts about count ÷ rate: the count is at least
 rate × ``measure.min_window_s`` (on a GPU), and a short window is measured again the same way.
 
-A count the user set is honoured as given; what it cannot give (a full batch, a steady state, a
+A trace (``load.trace``) is replayed as recorded: its first ``dataset.num_requests`` requests, or all of
+them, never resized. A count the user set is honoured as given; what it cannot give (a full batch, a steady state, a
 long enough window) is flagged.
 """
 
@@ -82,7 +83,12 @@ def for_job(config: Any, engine: Any, on_gpu: bool) -> Plan:
     a server whose concurrency is unknown is sized by what its windows show."""
     held, why = engine.max_in_flight()
     m, load = config.measure, config.load
-    p = plan(config.dataset.num_requests, m.waves, m.min_window_s, m.max_requests, engine.sequences_in_flight(),
+    count = config.dataset.num_requests
+    if load.trace is not None:  # a trace is replayed as recorded: its first dataset.num_requests, or all of it
+        from llem.workload import trace
+
+        count = len(trace.replayed(config))
+    p = plan(count, m.waves, m.min_window_s, m.max_requests, engine.sequences_in_flight(),
              on_gpu=on_gpu, request_rate=load.request_rate,
              burst_unknown=held is None and not load.timed and not load.max_concurrency)
     p.max_in_flight, p.max_in_flight_null_reason = held, why

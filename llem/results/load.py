@@ -14,8 +14,9 @@ from llem.results.schema import col
 class OutputLengths:
     """The output lengths the requests asked for (fixed output_len, or natural lengths)."""
 
-    output_len_source: Optional[str] = col("fixed (output_len), reference (the dataset's completions), distribution "
-                                           "(dataset.output_lengths), or reference+distribution")
+    output_len_source: Optional[str] = col("fixed (output_len), reference (the dataset's completions), trace "
+                                           "(load.trace's output_tokens), distribution (dataset.output_lengths), "
+                                           "or reference+distribution / trace+distribution")
     output_len_distribution: Optional[str] = col("the distribution drawn from, when one was")
     output_tokens_requested_total: Optional[int] = col("output tokens the requests asked for")
     output_tokens_requested_mean: Optional[float] = col("mean output length asked for (tokens)")
@@ -28,10 +29,14 @@ class OutputLengths:
 class LoadMetrics:
     """The arrival process as it happened, and goodput under objective.bounds."""
 
-    target_requests_per_s: Optional[float] = col("load.request_rate asked for (requests/s; inf: all at once)")
+    target_requests_per_s: Optional[float] = col("load.request_rate asked for (requests/s; inf: all at once); with "
+                                                 "load.trace, the replayed trace's mean rate, first to last arrival")
     load_mode: Optional[str] = col("burst (rate inf: every request due at once), closed (rate inf with "
                                    "load.max_concurrency=N: each next request due as one finishes) or open (a "
-                                   "finite rate: each due at its arrival); TTFT and e2e count from the due time")
+                                   "finite rate or a trace: each due at its arrival); TTFT and e2e count from the "
+                                   "due time")
+    load_trace: Optional[str] = col("the file name of load.trace, when a trace was replayed (docs/traces.md)")
+    load_trace_sha256: Optional[str] = col("the sha256 of that trace file's content: equal ⇔ the same trace")
     arrivals_per_s: Optional[float] = col("requests that arrived per second, first to last arrival")
     inter_arrival_s_mean: Optional[float] = col("mean gap between consecutive arrivals (s)")
     inter_arrival_cv: Optional[float] = col("coefficient of variation of the gaps (1: Poisson)")

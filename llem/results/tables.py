@@ -24,6 +24,7 @@ class RequestRow:
     lateness_ms: Optional[float] = col("how late the client (or engine) sent it after it could have: its due time, "
                                        "or when its slot freed (ms)")
     output_tokens_requested: Optional[int] = col("the output length it asked for")
+    request_class: Optional[str] = col("its class in load.trace (the trace's class field), if it had one")
     ttft_ms: Optional[float] = col("time to first token (ms): from its due time (see load_mode), the queue "
                                    "included, as a client sees it", pooled=(50, 99), label="TTFT", fmt=".1f")
     e2e_ms: Optional[float] = col("end-to-end latency (ms), from its due time (see load_mode), the queue included",

@@ -308,6 +308,8 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
     )
 
     dataset = config.dataset
+    if config.load.trace is not None:
+        return _traced(config, num_requests)
     count = num_requests or dataset.num_requests or config.measure.waves * (config.batch or IN_PROCESS_BATCH)
     arch = config.model.architecture
     if isinstance(dataset, RandomDatasetConfig):
@@ -333,3 +335,20 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
         return tokenize_prompts(texts, tok, dataset, config.input_len, int(vocab) if vocab else None, count,
                                 natural=config.output_len is None)
     raise WorkloadError(f"dataset.name={dataset.name!r} is not known to this version of llem")
+
+
+def _traced(config: Any, num_requests: Optional[int]) -> Workload:
+    """The requests of ``load.trace``: random token ids of each line's input length, asking for its output
+    length (None: a natural length, drawn later), due at its time × ``load.trace_time_scale``, with its class."""
+    from llem.workload import trace
+
+    lines = trace.replayed(config)
+    lines = lines[:num_requests] if num_requests else lines
+    arch = config.model.architecture
+    vocab = arch.get("vocab_size") or len(load_tokenizer(config.model))
+    reqs = trace.trace_prompts([x.input_tokens for x in lines], int(vocab), config.seed,
+                               frozenset(special_token_ids(arch)))
+    scale = config.load.trace_time_scale
+    for r, x in zip(reqs, lines):
+        r.output_len, r.arrival_s, r.request_class = x.output_tokens, x.timestamp_s * scale, x.request_class
+    return Workload(reqs)

@@ -7,9 +7,12 @@ from their own seeded stream, so the same seed gives the same arrivals whatever 
 rescaled so that their mean is exactly ``1 / request_rate``: a short run is measured at the rate asked,
 not at one sample's (32 Poisson gaps alone would miss it by ±18 %), and the gaps keep their shape.
 
+A trace (``load.trace``) sets each request's arrival and length itself (:mod:`llem.workload.trace`):
+nothing is drawn but the natural lengths of its lines that give none.
+
 Natural output lengths (``output_len=null``): a request keeps the length of the dataset's reference
-completion where the dataset has one; every other request draws one from ``dataset.output_lengths``
-(seeded). Either way EOS is ignored, so random weights still give the mix asked for.
+completion (or the trace's output_tokens) where there is one; every other request draws one from
+``dataset.output_lengths`` (seeded). Either way EOS is ignored, so random weights still give the mix asked for.
 """
 
 from __future__ import annotations
@@ -52,19 +55,23 @@ def drawn_lengths(n: int, lengths, seed: int) -> List[int]:
 class Shaped:
     """What shaping did: the output-length source, for the row."""
 
-    source: str  # fixed | reference | distribution | reference+distribution
+    source: str  # fixed | reference | distribution | reference+distribution | trace | trace+distribution
 
 
 def shape(requests: List[Request], config) -> Shaped:
-    """Set each request's output length (natural lengths) and arrival time, in place."""
+    """Set each request's output length (natural lengths) and arrival time, in place (a trace's requests keep
+    the arrival times they came with)."""
     natural = config.output_len is None
     source = "fixed"
     if natural:
         missing = [r for r in requests if r.output_len is None]
         for r, n in zip(missing, drawn_lengths(len(missing), config.dataset.output_lengths, config.seed)):
             r.output_len = n
+        given = "trace" if config.load.trace is not None else "reference"
         source = ("distribution" if len(missing) == len(requests) else
-                  "reference" if not missing else "reference+distribution")
+                  given if not missing else f"{given}+distribution")
+    if config.load.trace is not None:
+        return Shaped(source)
     offsets = arrival_offsets(len(requests), config.load.request_rate, config.load.burstiness, config.seed)
     for r, t in zip(requests, offsets or [None] * len(requests)):
         r.arrival_s = t

@@ -18,13 +18,14 @@ def now() -> float:
 class Request:
     """One prompt, as token ids (every engine does the same work), with its text when it had one, the
     output length it asks for (None: the job's ``output_len``) and when it arrives: seconds after the
-    measured call starts (None: at once, with every other request)."""
+    measured call starts (None: at once, with every other request); a trace's requests carry their class."""
 
     request_id: int
     token_ids: List[int]
     text: Optional[str] = None
     output_len: Optional[int] = None
     arrival_s: Optional[float] = None
+    request_class: Optional[str] = None
 
     @property
     def input_tokens(self) -> int:
