@@ -203,11 +203,15 @@ class Experiment:
                                   steady.steady_state_null_reason if steady and steady.steady_state_s is None else None)
             flags = sorted({f.code for f in found})
             self.warnings.extend(f.message for f in found)
+            prefilled: List[RequestResult] = []  # what the prefill pass returned
             if cfg.measure.prefill:
                 self._stage(Stage.prefill)
-                parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w)
-            parts[EnergyAttribution] = self._attribute(req_rows, outputs, in_window, window, baseline_w,
-                                                       parts.get(PrefillDecode), info, gpus)
+                parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w,
+                                                     prefilled)
+            parts[EnergyAttribution], notes = request_energy.attribute(
+                cfg, req_rows, outputs, in_window, window, baseline_w, parts.get(PrefillDecode), prefilled,
+                info.versions, gpus[0].name if gpus else None, self.job_dir.name)
+            self.warnings.extend(notes)
             parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None))
             parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,
                                                                     gpu_used=self.device == "cuda" or bool(gpus))
@@ -353,31 +357,16 @@ class Experiment:
         return Measured(outputs, window, busy, load)
 
     def _prefill(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
-                 window: WindowEnergy, outputs: List[RequestResult], baseline_w: Optional[float]) -> PrefillDecode:
-        pre = host.around("prefill", lambda: self._window(
-            meter, "prefill", lambda: engine.generate([at_once(r) for r in work.requests], 1, lambda n: None)))
+                 window: WindowEnergy, outputs: List[RequestResult], baseline_w: Optional[float],
+                 prefilled: List[RequestResult]) -> PrefillDecode:
+        """The prefill pass (output length 1, every request at once); what it returned goes into ``prefilled``."""
+        pre = host.around("prefill", lambda: self._window(meter, "prefill", lambda: prefilled.extend(
+            engine.generate([at_once(r) for r in work.requests], 1, lambda n: None))))
         cols, warns = phases.prefill_decode(
             window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
             sum(o.input_tokens for o in outputs), sum(o.output_tokens for o in outputs), len(outputs))
         self.warnings.extend(warns)
         return cols
-
-    def _attribute(self, req_rows: List[RequestRow], outputs: List[RequestResult], samples: List[Dict[str, Any]],
-                   window: WindowEnergy, baseline_w: Optional[float], prefill: Optional[PrefillDecode],
-                   info: EngineInfo, gpus: List[GpuReader]) -> EnergyAttribution:
-        """Each request's share of the window's energy (measure.energy_attribution) into its row."""
-        cfg = self.config
-        adjusted = (window.energy_j - baseline_w * window.duration_s
-                    if window.energy_j is not None and baseline_w is not None else None)
-        weights = request_energy.job_weights(
-            cfg, outputs, adjusted, prefill.prefill_j_per_input_token if prefill else None, info.versions,
-            gpus[0].name if gpus else None, self.job_dir.name)
-        part = request_energy.into_rows(req_rows, outputs, samples, window.t0, window.t1, window.energy_j,
-                                        baseline_w, weights)
-        if cfg.measure.energy_attribution.value == "work" and part.energy_attribution != "work" and gpus:
-            self.warnings.append(f"energy per request is split by output tokens, not by work: "
-                                 f"{part.attribution_null_reason}")
-        return part
 
     def _check_uuids(self, engine, gpus: List[GpuReader]) -> None:
         seen = engine.device_uuids()

@@ -5,7 +5,7 @@ request's figures under it and under the output-token rule beside it, and the ro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from llem.energy import attribution, work_weights
 from llem.energy.work_weights import Weights
@@ -14,8 +14,35 @@ from llem.results.tables import RequestRow
 from llem.workload.records import RequestResult
 
 
+def attribute(cfg: Any, req_rows: Sequence[RequestRow], outputs: Sequence[RequestResult], samples: List[dict],
+              window: Any, baseline_power_w: Optional[float], prefill: Any, prefilled: Sequence[RequestResult],
+              versions: dict, gpu_name: Optional[str], job: str) -> Tuple[EnergyAttribution, List[str]]:
+    """Each request's share of the window's energy into its row; the row's part, and warnings. ``prefill``:
+    the prefill pass's columns (PrefillDecode) and ``prefilled`` what it returned, where it ran."""
+    adjusted = (window.energy_j - baseline_power_w * window.duration_s
+                if window.energy_j is not None and baseline_power_w is not None else None)
+    weights = job_weights(cfg, outputs, adjusted, prefill_weight(prefill, prefilled), versions, gpu_name, job)
+    part = into_rows(req_rows, outputs, samples, window.t0, window.t1, window.energy_j, baseline_power_w, weights)
+    notes = []
+    if cfg.measure.energy_attribution.value == "work" and part.energy_attribution != "work" and gpu_name:
+        notes.append(f"energy per request is split by output tokens, not by work: {part.attribution_null_reason}")
+    return part, notes
+
+
+def prefill_weight(prefill: Any, prefilled: Sequence[RequestResult]) -> Optional[float]:
+    """Adjusted J per prompt token charged in the prefill pass: its adjusted energy over the prompt tokens it
+    processed, less those its engine or server said it served from a prefix cache (its first pass over these
+    prompts may have filled that cache)."""
+    if prefill is None or prefill.prefill_energy_adjusted_j is None:
+        return None
+    charged = sum(attribution.prompt_tokens_charged(o) for o in prefilled if o.error is None)
+    if not charged:
+        return prefill.prefill_j_per_input_token
+    return prefill.prefill_energy_adjusted_j / charged
+
+
 def job_weights(cfg: Any, outputs: Sequence[RequestResult], window_adjusted_j: Optional[float],
-                prefill_j_per_input_token: Optional[float], versions: dict, gpu_name: Optional[str],
+                j_per_prompt_token: Optional[float], versions: dict, gpu_name: Optional[str],
                 job: str) -> Weights:
     """The work rule's weights for this job: its own prefill pass's (kept as the calibration of its engine
     build, model and card), else that calibration's, else none with the reasons."""
@@ -24,7 +51,7 @@ def job_weights(cfg: Any, outputs: Sequence[RequestResult], window_adjusted_j: O
         return work_weights.choose(rule, Weights(), None)
     if cfg.measure.prefill:
         charged = sum(attribution.prompt_tokens_charged(o) for o in outputs if o.first_token_s is not None)
-        measured = work_weights.from_prefill_pass(prefill_j_per_input_token, window_adjusted_j, charged,
+        measured = work_weights.from_prefill_pass(j_per_prompt_token, window_adjusted_j, charged,
                                                   sum(o.output_tokens for o in outputs))
     else:
         measured = Weights(null_reason="measure.prefill=false: no prefill pass in this job")
