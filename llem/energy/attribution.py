@@ -93,36 +93,51 @@ def _tokens_in(stamps: List[float], ta: float, tb: float) -> int:
     return bisect.bisect_right(stamps, tb) - bisect.bisect_right(stamps, ta)
 
 
-def _split(spans: List[Tuple[float, float, float]], results: Sequence[RequestResult],
-           work: Callable[[float, float, bool], Work], t0: float, t1: float, energy_j: float,
+def _in_service(results: Sequence[RequestResult], stamps: List[List[float]],
+                spans: List[Tuple[float, float, float]]) -> List[List[int]]:
+    """For each interval, the requests in service in it (from their start of service or first token stamp,
+    whichever is earlier, to their end or last stamp): one sweep, so a long window of many requests stays
+    linear in the intervals and the requests in flight."""
+    reach = [(min([r.start_s, *s[:1]]), max([r.end_s, *s[-1:]])) for r, s in zip(results, stamps)]
+    order = sorted(range(len(results)), key=lambda i: reach[i][0])
+    out, active, nxt = [], set(), 0
+    for ta, tb, _ in spans:
+        while nxt < len(order) and reach[order[nxt]][0] <= tb:
+            active.add(order[nxt])
+            nxt += 1
+        active = {i for i in active if reach[i][1] >= ta}
+        out.append(sorted(active))
+    return out
+
+
+def _split(spans: List[Tuple[float, float, float]], results: Sequence[RequestResult], stamps: List[List[float]],
+           work: Callable[[float, float, bool, List[int]], Work], t0: float, t1: float, energy_j: float,
            baseline_power_w: Optional[float], terms: bool) -> Shares:
-    """Each interval's energy split by ``work`` (see the module's rule), normalised to the window."""
+    """Each interval's energy split by ``work`` (see the module's rule) over the requests in service in it,
+    normalised to the window. ``work`` gives the prompt and output work of each of those requests."""
     n = len(results)
     raw, held = [0.0] * n, [0.0] * n  # J, and seconds of the window each request is charged for
     part_j = {"prompt": [0.0] * n, "output": [0.0] * n}  # J and seconds of its prompt and output terms
     part_s = {"prompt": [0.0] * n, "output": [0.0] * n}
     idle_j = idle_s = 0.0
-    for k, (ta, tb, joules) in enumerate(spans):
-        prompt, output = work(ta, tb, k == 0)
+    for k, ((ta, tb, joules), busy) in enumerate(zip(spans, _in_service(results, stamps, spans))):
+        if not busy:
+            idle_j, idle_s = idle_j + joules, idle_s + (tb - ta)
+            continue
+        prompt, output = work(ta, tb, k == 0, busy)
         total = sum(prompt) + sum(output)
         if total > 0:
             weights = [(p + o) / total for p, o in zip(prompt, output)]
-            for i, w in enumerate(weights):
+            for i, w, p, o in zip(busy, weights, prompt, output):
                 if w:
-                    for name, mine in (("prompt", prompt[i]), ("output", output[i])):
-                        part = w * mine / (prompt[i] + output[i])
-                        part_j[name][i] += part * joules
-                        part_s[name][i] += part * (tb - ta)
-        else:
-            busy = [i for i, r in enumerate(results) if r.start_s <= tb and r.end_s >= ta]
-            if not busy:
-                idle_j, idle_s = idle_j + joules, idle_s + (tb - ta)
-                continue
-            weights = [1.0 / len(busy) if i in busy else 0.0 for i in range(n)]
-        for i, w in enumerate(weights):
-            if w:
-                raw[i] += w * joules
-                held[i] += w * (tb - ta)
+                    for name, mine in (("prompt", p), ("output", o)):
+                        part_j[name][i] += w * mine / (p + o) * joules
+                        part_s[name][i] += w * mine / (p + o) * (tb - ta)
+        else:  # a stall (under output_tokens also a prefill): split equally
+            weights = [1.0 / len(busy)] * len(busy)
+        for i, w in zip(busy, weights):
+            raw[i] += w * joules
+            held[i] += w * (tb - ta)
     raw = [x + idle_j / n for x in raw]
     held = [x + idle_s / n for x in held]
     sampled_j, sampled_s = sum(raw), sum(held)
@@ -153,12 +168,11 @@ def output_tokens_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResu
     if not spans or not n:
         return Shares.none(n, "no GPU time series in the window")
     stamps = [sorted(r.token_times_s or []) for r in results]
-    nothing = [0.0] * n
 
-    def work(ta: float, tb: float, first: bool) -> Work:
-        return nothing, [float(_tokens_in(s, ta, tb)) for s in stamps]
+    def work(ta: float, tb: float, first: bool, busy: List[int]) -> Work:
+        return [0.0] * len(busy), [float(_tokens_in(stamps[i], ta, tb)) for i in busy]
 
-    return _split(spans, results, work, t0, t1, energy_j, baseline_power_w, terms=False)
+    return _split(spans, results, stamps, work, t0, t1, energy_j, baseline_power_w, terms=False)
 
 
 def work_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: float, t1: float,
@@ -180,12 +194,15 @@ def work_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: 
     # a prefill spread over its whole span: what lies outside the window is not in it
     prefill = [(r.start_s, max(f, r.start_s)) for r, f in zip(results, first)]
 
-    def work(ta: float, tb: float, first_span: bool) -> Work:
-        prompt = [pj * _spread(a, b, ta, tb, first_span) if pj else 0.0 for pj, (a, b) in zip(prompt_j, prefill)]
-        output = []
-        for r, s, f in zip(results, stamps, first):
-            tokens = float(_tokens_in(s, ta, tb)) if s else r.output_tokens * _spread(f, r.end_s, ta, tb, first_span)
+    def work(ta: float, tb: float, first_span: bool, busy: List[int]) -> Work:
+        prompt, output = [], []
+        for i in busy:
+            a, b = prefill[i]
+            prompt.append(prompt_j[i] * _spread(a, b, ta, tb, first_span) if prompt_j[i] else 0.0)
+            s, r = stamps[i], results[i]
+            tokens = float(_tokens_in(s, ta, tb)) if s else r.output_tokens * _spread(first[i], r.end_s, ta, tb,
+                                                                                          first_span)
             output.append(tokens * j_per_output_token)
         return prompt, output
 
-    return _split(spans, results, work, t0, t1, energy_j, baseline_power_w, terms=True)
+    return _split(spans, results, stamps, work, t0, t1, energy_j, baseline_power_w, terms=True)
