@@ -106,3 +106,31 @@ def test_output_work_without_token_times_is_spread_from_first_token_to_end():
 def test_no_gpu_energy_gives_null_shares_with_the_reason():
     shares = work_rule([], [_decoder(0, 0.0, 1.0)], 0.0, 1.0, None, None, 0.001, 0.01)
     assert shares.raw_j == [None] and shares.null_reason == "no GPU energy"
+
+
+def _costed(results, e_prompt, e_output, t1):
+    """Samples of a GPU whose energy in each interval is exactly the work the requests did there."""
+    counter, rows = 0.0, [{"t_s": 0.0, "gpu_index": 0, "energy_counter_mj": 0}]
+    for k in range(round(t1 / STEP_S)):
+        ta, tb = k * STEP_S, (k + 1) * STEP_S
+        for r in results:
+            span = r.first_token_s - r.start_s
+            counter += r.input_tokens * e_prompt * max(0.0, min(tb, r.first_token_s) - max(ta, r.start_s)) / span
+            counter += e_output * sum(1 for t in r.token_times_s if ta < t <= tb)
+        rows.append({"t_s": tb, "gpu_index": 0, "energy_counter_mj": round(counter * 1e6)})
+    return rows, counter
+
+
+def test_a_class_s_cost_alone_is_recovered_in_a_mix_when_the_weights_are_its_costs():
+    e_prompt, e_output = 0.002, 0.1
+    long_prompts = [RequestResult(i, 3000, 1, 1.0 + 2 * i, 1.3 + 2 * i, 1.3 + 2 * i, [1.3 + 2 * i]) for i in range(4)]
+    decoders = [RequestResult(10 + i, 32, 60, 0.5 + 2 * i, 0.5 + 2 * i + 3.0, 0.55 + 2 * i,
+                              [0.55 + 2 * i + 0.05 * k for k in range(60)]) for i in range(4)]
+    cost = {"prompt": 3000 * e_prompt + e_output, "decode": 32 * e_prompt + 60 * e_output}
+    mixed = long_prompts + decoders
+    rows, total = _costed(mixed, e_prompt, e_output, 12.0)
+    shares = work_rule(rows, mixed, 0.0, 12.0, total, 0.0, e_prompt, e_output)
+    assert sum(shares.adjusted_j[:4]) / 4 == pytest.approx(cost["prompt"], rel=0.02)
+    assert sum(shares.adjusted_j[4:]) / 4 == pytest.approx(cost["decode"], rel=0.02)
+    old = output_tokens_rule(rows, mixed, 0.0, 12.0, total, 0.0)
+    assert sum(old.adjusted_j[:4]) / 4 < 0.5 * cost["prompt"]  # the prefill charged to the decoders beside it
