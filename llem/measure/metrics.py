@@ -35,7 +35,7 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             input_tokens=r.input_tokens,
             output_tokens=r.output_tokens,
             prompt_tokens_cached=r.prompt_tokens_cached,
-            prompt_tokens_charged=prompt_tokens_charged(r),
+            prompt_tokens_charged=prompt_tokens_charged(r) if r.first_token_s is not None or times else None,
             arrival_offset_s=origin - window_t0,
             start_offset_s=r.start_s - window_t0,
             queue_ms=_ms(r.start_s - origin),

@@ -34,7 +34,8 @@ class RequestRow:
     prompt_tokens_cached: Optional[int] = col("prompt tokens the engine or server said it served from its prefix "
                                               "cache (null: it did not say)")
     prompt_tokens_charged: Optional[int] = col("prompt tokens its prefill is charged for: the engine's or server's "
-                                               "own count (else input_tokens) less prompt_tokens_cached")
+                                               "own count (else input_tokens) less prompt_tokens_cached; null when "
+                                               "it got no token (its prefill may never have run: none is charged)")
     energy_j: Optional[float] = col("its share of the window's raw GPU energy (J): each sampling interval split "
                                     "over the requests by the rule energy_attribution names (docs/method.md)")
     energy_adjusted_j: Optional[float] = col("its share of the window's adjusted energy (J), by the same rule")
