@@ -208,10 +208,9 @@ class Experiment:
                 self._stage(Stage.prefill)
                 parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w,
                                                      prefilled)
-            parts[EnergyAttribution], notes = request_energy.attribute(
+            parts[EnergyAttribution] = request_energy.attribute(
                 cfg, req_rows, outputs, in_window, window, baseline_w, parts.get(PrefillDecode), prefilled,
                 info.versions, gpus[0].name if gpus else None, self.job_dir.name)
-            self.warnings.extend(notes)
             parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None))
             parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,
                                                                     gpu_used=self.device == "cuda" or bool(gpus))

@@ -4,8 +4,9 @@ request's figures under it and under the output-token rule beside it, and the ro
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence
 
 from llem.energy import attribution, work_weights
 from llem.energy.work_weights import Weights
@@ -13,20 +14,22 @@ from llem.results.attribution import EnergyAttribution
 from llem.results.tables import RequestRow
 from llem.workload.records import RequestResult
 
+log = logging.getLogger(__name__)
+
 
 def attribute(cfg: Any, req_rows: Sequence[RequestRow], outputs: Sequence[RequestResult], samples: List[dict],
               window: Any, baseline_power_w: Optional[float], prefill: Any, prefilled: Sequence[RequestResult],
-              versions: dict, gpu_name: Optional[str], job: str) -> Tuple[EnergyAttribution, List[str]]:
-    """Each request's share of the window's energy into its row; the row's part, and warnings. ``prefill``:
-    the prefill pass's columns (PrefillDecode) and ``prefilled`` what it returned, where it ran."""
+              versions: dict, gpu_name: Optional[str], job: str) -> EnergyAttribution:
+    """Each request's share of the window's energy into its row, and the row's account of it (a fallback to the
+    output-token rule says why in ``attribution_null_reason``). ``prefill``: the prefill pass's columns
+    (PrefillDecode) and ``prefilled`` what it returned, where it ran."""
     adjusted = (window.energy_j - baseline_power_w * window.duration_s
                 if window.energy_j is not None and baseline_power_w is not None else None)
     weights = job_weights(cfg, outputs, adjusted, prefill_weight(prefill, prefilled), versions, gpu_name, job)
     part = into_rows(req_rows, outputs, samples, window.t0, window.t1, window.energy_j, baseline_power_w, weights)
-    notes = []
     if cfg.measure.energy_attribution.value == "work" and part.energy_attribution != "work" and gpu_name:
-        notes.append(f"energy per request is split by output tokens, not by work: {part.attribution_null_reason}")
-    return part, notes
+        log.info("energy per request is split by output tokens, not by work: %s", part.attribution_null_reason)
+    return part
 
 
 def prefill_weight(prefill: Any, prefilled: Sequence[RequestResult]) -> Optional[float]:
