@@ -23,7 +23,7 @@ class StandIn:
     writes with no line break, without end), ``count`` (``usage.completion_tokens``
     = ``count``; with ``streamed``, that many tokens are streamed). ``models``: the /v1/models answer, as raw
     bytes (None: a well-formed list). ``split_s`` > 0: each token's event is written in two halves, cut
-    mid-line, that far apart.
+    mid-line, that far apart. ``cached``: the ``usage.prompt_tokens_details.cached_tokens`` sent (None: none).
     ``metrics``: what ``GET /metrics`` answers: None (no such route: 404), ``vllm`` (Prometheus text of vLLM's
     names, made by prometheus_client's own registry, that move with the load: requests running and waiting for
     one of ``max_running`` slots, KV-cache usage as the tokens held over ``kv_tokens``, prompt and generated token
@@ -35,10 +35,10 @@ class StandIn:
                  bad_every: int = 1, bad_line: bytes = b"", count=None, streamed: Optional[int] = None,
                  models: Optional[bytes] = None, split_s: float = 0.0, metrics: Optional[str] = None,
                  max_running: Optional[int] = None, kv_tokens: int = 256, metrics_delay_s: float = 0.0,
-                 extra_generated: int = 0) -> None:
+                 extra_generated: int = 0, cached: Optional[int] = None) -> None:
         self.mode, self.tokens_only, self.delay_s = mode, tokens_only, delay_s
         self.bad, self.bad_every, self.bad_line, self.count, self.streamed = bad, bad_every, bad_line, count, streamed
-        self.models, self.split_s = models, split_s
+        self.models, self.split_s, self.cached = models, split_s, cached
         self.served = 0
         self.in_flight = self.most_in_flight = 0
         self.bodies = []
@@ -151,6 +151,8 @@ class StandIn:
                         await resp.write(self.bad_line + b"\n\n")
                 await resp.write(b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}\n\n')
                 usage = {"choices": [], "usage": {"completion_tokens": count, "prompt_tokens": 3}}
+                if self.cached is not None:
+                    usage["usage"]["prompt_tokens_details"] = {"cached_tokens": self.cached}
                 await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
                 if self._prom is not None and self.extra_generated:
                     self._prom.generated.inc(self.extra_generated)

@@ -31,9 +31,22 @@ class RequestRow:
                                   pooled=(50,))
     tpot_ms: Optional[float] = col("time per output token after the first (ms)")
     itl_ms: Optional[List[float]] = col("every inter-token gap (ms)", pooled=(50, 99), label="ITL", fmt=".2f")
+    prompt_tokens_cached: Optional[int] = col("prompt tokens the engine or server said it served from its prefix "
+                                              "cache (null: it did not say)")
+    prompt_tokens_charged: Optional[int] = col("prompt tokens its prefill is charged for: the engine's or server's "
+                                               "own count (else input_tokens) less prompt_tokens_cached; null when "
+                                               "it got no token (its prefill may never have run: none is charged)")
     energy_j: Optional[float] = col("its share of the window's raw GPU energy (J): each sampling interval split "
-                                    "over the requests in flight by tokens produced (docs/method.md)")
+                                    "over the requests by the rule energy_attribution names (docs/method.md)")
     energy_adjusted_j: Optional[float] = col("its share of the window's adjusted energy (J), by the same rule")
+    energy_prompt_adjusted_j: Optional[float] = col("the prompt term of energy_adjusted_j under the work rule: its "
+                                                    "prefill's share (J); null under output_tokens")
+    energy_output_adjusted_j: Optional[float] = col("the output term of energy_adjusted_j under the work rule: its "
+                                                    "output tokens' share (J); null under output_tokens")
+    energy_output_tokens_rule_j: Optional[float] = col("its share of the raw energy by the output_tokens rule, "
+                                                       "whichever rule energy_j follows (J)")
+    energy_output_tokens_rule_adjusted_j: Optional[float] = col("its share of the adjusted energy by the "
+                                                                "output_tokens rule (J)")
     error: Optional[str] = col("why it failed (HTTP status and body, dropped stream, timeout), if it did")
     timing_note: Optional[str] = col("why a timing is missing or came from the host, if so")
     token_count_note: Optional[str] = col("how the server's token count disagreed with the length asked or the "

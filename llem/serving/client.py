@@ -270,7 +270,8 @@ class ServerEngine(Engine):
                              end_s=times[-1] if times else now(), first_token_s=times[0] if times else None,
                              token_times_s=times or None, timing_note=outcome.timing_note,
                              output_len_requested=length, error=error or outcome.error,
-                             token_count_note=outcome.token_note)
+                             token_count_note=outcome.token_note, prompt_tokens_reported=outcome.prompt_tokens,
+                             prompt_tokens_cached=outcome.cached_tokens)
 
     def info(self) -> EngineInfo:
         return EngineInfo()

@@ -15,6 +15,11 @@ holds one token or more, so the server's ``usage.completion_tokens`` is taken wh
 between the chunks streamed and the length asked; otherwise the chunks are counted. Either way the count
 is capped at the length asked. A server count that is negative, disagrees with the tokens streamed, or
 differs from the length asked is the request's ``token_note`` (and the job's ``token_count_mismatch`` flag).
+
+``usage.prompt_tokens`` and ``usage.prompt_tokens_details.cached_tokens`` (vLLM's prefix-cache hits, where
+sent) are kept as the server said them, for the energy a request's prompt is charged; they never make a
+reply malformed (a ``prompt_tokens_details`` or ``cached_tokens`` that is not an object or an integer is
+read as not sent).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class Outcome:
     error: Optional[str]
     timing_note: Optional[str]
     token_note: Optional[str]
+    prompt_tokens: Optional[int] = None  # usage.prompt_tokens, as the server sent it
+    cached_tokens: Optional[int] = None  # usage.prompt_tokens_details.cached_tokens, as the server sent it
 
 
 def _shown(raw: bytes) -> str:
@@ -62,6 +69,8 @@ class StreamParser:
         self.times: List[float] = []  # one per token (id-words) or per chunk that carried text
         self.chunks = 0
         self.reported: Optional[int] = None  # the server's usage.completion_tokens, as sent
+        self.prompt_tokens: Optional[int] = None  # the server's usage.prompt_tokens, as sent
+        self.cached_tokens: Optional[int] = None  # its usage.prompt_tokens_details.cached_tokens, where sent
         self.error: Optional[str] = None
         self.done = False  # the server said it finished: [DONE], a finish_reason or usage
         self.last_token_s: Optional[float] = None  # when the last event that carried text arrived
@@ -132,6 +141,12 @@ class StreamParser:
                 raise Malformed(f"usage.{key} is a {type(value).__name__}, not an integer")
         if usage.get("completion_tokens") is not None:
             self.reported = usage["completion_tokens"]
+        if usage.get("prompt_tokens") is not None:
+            self.prompt_tokens = usage["prompt_tokens"]
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        if _is_count(cached) and cached >= 0:
+            self.cached_tokens = cached
         self.done = True
 
     def result(self, asked: int) -> Outcome:
@@ -147,7 +162,8 @@ class StreamParser:
         timing = None
         if self.times and not self.id_words and counted != self.chunks:
             timing = f"the server streamed {self.chunks} chunks for {counted} tokens: token times are chunk arrivals"
-        return Outcome(output_tokens=counted, error=error, timing_note=timing, token_note=note)
+        return Outcome(output_tokens=counted, error=error, timing_note=timing, token_note=note,
+                       prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens)
 
     def _count(self, asked: int, streamed: int, unit: str, finished: bool):
         counted = min(streamed, asked)
