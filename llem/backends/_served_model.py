@@ -4,7 +4,9 @@ A server needs a tokenizer even where llem has only token ids. llem writes its o
 tokenizer beside the model: token ``i`` is the word ``t<i>`` (a word-level vocabulary over the whole
 model vocabulary, split on white space, no special tokens added), so the text ``"t17 t4000 t5"`` is
 exactly the token ids ``[17, 4000, 5]`` and back: a text-only server does the same work as the engine
-in llem's process, token for token, and ``vllm bench serve --tokenizer DIR`` can use it too.
+in llem's process, token for token, and ``vllm bench serve --tokenizer DIR`` can use it too. Its chat
+template is the messages' text alone, nothing added, so a chat request (``server.api=chat``: one user
+message) is the same tokens as a completions request of the same prompt.
 
 A server that cannot create random weights itself (``transformers serve``) gets a real checkpoint:
 the architecture's random init, seeded, saved once under ``cache_dir/served`` by a separate process
@@ -25,6 +27,9 @@ from typing import Any, Dict, Iterable, Optional
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers (and the servers, through it) read a chat template
+ID_WORDS_CHAT_TEMPLATE = ("{%- for message in messages -%}{%- if not loop.first %} {% endif -%}"
+                          "{{ message['content'] }}{%- endfor -%}")
 
 
 def id_words(ids: Iterable[int]) -> str:
@@ -37,10 +42,25 @@ def words_in(text: str) -> int:
     return len(text.split())
 
 
-def write_id_tokenizer(folder: Path, vocab_size: int, eos_token_id: Optional[int]) -> None:
-    """The id-word tokenizer (tokenizer.json + tokenizer_config.json) in ``folder``; kept if there."""
-    if (folder / TOKENIZER_FILE).is_file():
+def write_chat_template(folder: Path) -> None:
+    """The id-word chat template in ``folder`` (a folder written before it had one gets it); kept if there."""
+    target = folder / CHAT_TEMPLATE_FILE
+    if target.is_file():
         return
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", suffix=".jinja", delete=False) as fh:
+        fh.write(ID_WORDS_CHAT_TEMPLATE)
+    Path(fh.name).replace(target)  # whole or absent, when jobs write it at once
+
+
+def write_id_tokenizer(folder: Path, vocab_size: int, eos_token_id: Optional[int]) -> None:
+    """The id-word tokenizer (tokenizer.json + tokenizer_config.json + its chat template) in ``folder``;
+    kept if there."""
+    if not (folder / TOKENIZER_FILE).is_file():
+        _save_id_tokenizer(folder, vocab_size, eos_token_id)
+    write_chat_template(folder)
+
+
+def _save_id_tokenizer(folder: Path, vocab_size: int, eos_token_id: Optional[int]) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -77,6 +97,7 @@ def random_checkpoint(architecture: Dict[str, Any], dtype: str, seed: int, root:
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     target = root.expanduser() / "served" / key
     if (target / "config.json").is_file() and (target / TOKENIZER_FILE).is_file():
+        write_chat_template(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))

@@ -205,7 +205,8 @@ class Experiment:
             if cfg.measure.prefill:
                 self._stage(Stage.prefill)
                 parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w)
-            parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None))
+            parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None),
+                                                          cfg.server.api)
             parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,
                                                                     gpu_used=self.device == "cuda" or bool(gpus))
             outcome.status = "ok"
