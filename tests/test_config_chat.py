@@ -77,3 +77,20 @@ def test_random_prompts_for_chat_on_pretrained_weights_are_refused(compose_cfg):
     config = to_config(compose_cfg(["server=launch", "server.api=chat", "model=llama3"]))
     with pytest.raises(ConfigError, match=r"server=launch on pretrained weights"):
         check_prompts(config)
+
+
+def test_the_api_is_in_the_hash_and_the_default_leaves_older_hashes(compose_cfg, monkeypatch):
+    import llem.config as schema
+
+    base = to_config(compose_cfg(EXTERNAL))
+    assert schema.config_hash(to_config(compose_cfg([*EXTERNAL, "server.api=chat"]))) != schema.config_hash(base)
+    now = schema.config_hash(base)
+    to_dict = schema.to_dict
+
+    def before_the_key(config):  # the tree a config from before server.api gave
+        tree = to_dict(config)
+        del tree["server"]["api"]
+        return tree
+
+    monkeypatch.setattr(schema, "to_dict", before_the_key)
+    assert schema.config_hash(base) == now
