@@ -4,6 +4,7 @@ checks and errors by the same rules; a job records the API in its row."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from llem.support.errors import WorkloadError
@@ -114,6 +115,8 @@ def test_a_chat_job_records_the_api_in_its_row(compose_cfg, tmp_path):
     assert row["server_api"] == "chat" and row["server_prompt"] == "text" and row["cfg.server.api"] == "chat"
     assert row["output_tokens_total"] == row["output_tokens_expected"] == 4 * 8 and row["num_requests_failed"] == 0
     assert set(server.paths) == {"/v1/chat/completions"}
+    requests = pd.read_parquet(tmp_path / "job" / "requests.parquet")
+    assert (requests["server_input_tokens"] == 3).all()  # the stand-in's usage.prompt_tokens
 
 
 def test_a_completions_job_records_its_api(compose_cfg, tmp_path):

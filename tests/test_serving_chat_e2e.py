@@ -34,6 +34,7 @@ def test_launch_chat_generates_every_token_asked(tmp_path):
     assert r["status"] == "ok" and r["server_api"] == "chat" and r["server_prompt"] == "text"
     assert len(req) == 8 and req["error"].isna().all() and (req["output_tokens"] == 16).all()
     assert req["token_count_note"].isna().all()  # the server streamed and reported every token asked
+    assert (req["server_input_tokens"] == req["input_tokens"]).all()  # the id-word chat template adds no token
     assert (req["ttft_ms"] > 0).all() and r["output_tokens_total"] == r["output_tokens_expected"] == 8 * 16
     assert "POST /v1/chat/completions" in (tmp_path / "run" / "server.log").read_text()
     assert not _servers_left(cache)
@@ -81,4 +82,5 @@ def test_external_chat_with_text_prompts(tmp_path, transformers_serve):
     assert r["status"] == "ok" and r["server_api"] == "chat" and r["server_mode"] == "external"
     assert len(req) == 8 and req["error"].isna().all() and (req["output_tokens"] == 16).all()
     assert req["token_count_note"].isna().all() and (req["ttft_ms"] > 0).all()
+    assert (req["server_input_tokens"] > 0).all()  # its own tokenizer's count of the message
     assert "POST /v1/chat/completions" in log.read_text()

@@ -85,3 +85,18 @@ def test_a_malformed_chat_chunk_is_the_request_error(raw):
 def test_a_chat_server_count_that_disagrees_is_noted():
     _, out = _feed(_good(count=9))
     assert out.output_tokens == 3 and "the server reported 9 tokens" in out.token_note
+
+
+def test_the_servers_prompt_count_is_kept_as_sent():
+    lines = _good()
+    lines[-2] = _chunk(usage={"completion_tokens": 3, "prompt_tokens": 41})
+    _, out = _feed(lines)
+    assert out.server_input_tokens == 41
+
+
+@pytest.mark.parametrize("usage", [{"completion_tokens": 3}, {"completion_tokens": 3, "prompt_tokens": -1}])
+def test_no_or_a_negative_prompt_count_is_none(usage):
+    lines = _good()
+    lines[-2] = _chunk(usage=usage)
+    _, out = _feed(lines)
+    assert out.server_input_tokens is None

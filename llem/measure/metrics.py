@@ -32,6 +32,7 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             batch_index=r.batch_index,
             process_index=r.process_index,
             input_tokens=r.input_tokens,
+            server_input_tokens=r.server_input_tokens,
             output_tokens=r.output_tokens,
             arrival_offset_s=origin - window_t0,
             start_offset_s=r.start_s - window_t0,

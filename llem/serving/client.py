@@ -277,7 +277,7 @@ class ServerEngine(Engine):
                              end_s=times[-1] if times else now(), first_token_s=times[0] if times else None,
                              token_times_s=times or None, timing_note=outcome.timing_note,
                              output_len_requested=length, error=error or outcome.error,
-                             token_count_note=outcome.token_note)
+                             token_count_note=outcome.token_note, server_input_tokens=outcome.server_input_tokens)
 
     def info(self) -> EngineInfo:
         return EngineInfo()

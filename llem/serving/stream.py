@@ -49,6 +49,7 @@ class Outcome:
     error: Optional[str]
     timing_note: Optional[str]
     token_note: Optional[str]
+    server_input_tokens: Optional[int] = None  # the server's usage.prompt_tokens, where it sent one (>= 0)
 
 
 def _shown(raw: bytes) -> str:
@@ -68,6 +69,7 @@ class StreamParser:
         self.times: List[float] = []  # one per token (id-words) or per chunk that carried text
         self.chunks = 0
         self.reported: Optional[int] = None  # the server's usage.completion_tokens, as sent
+        self.prompt_reported: Optional[int] = None  # its usage.prompt_tokens (chat: the chat template's included)
         self.error: Optional[str] = None
         self.done = False  # the server said it finished: [DONE], a finish_reason or usage
         self.last_token_s: Optional[float] = None  # when the last event that carried text arrived
@@ -143,6 +145,8 @@ class StreamParser:
                 raise Malformed(f"usage.{key} is a {type(value).__name__}, not an integer")
         if usage.get("completion_tokens") is not None:
             self.reported = usage["completion_tokens"]
+        if usage.get("prompt_tokens") is not None and usage["prompt_tokens"] >= 0:
+            self.prompt_reported = usage["prompt_tokens"]
         self.done = True
 
     def result(self, asked: int) -> Outcome:
@@ -158,7 +162,8 @@ class StreamParser:
         timing = None
         if self.times and not self.id_words and counted != self.chunks:
             timing = f"the server streamed {self.chunks} chunks for {counted} tokens: token times are chunk arrivals"
-        return Outcome(output_tokens=counted, error=error, timing_note=timing, token_note=note)
+        return Outcome(output_tokens=counted, error=error, timing_note=timing, token_note=note,
+                       server_input_tokens=self.prompt_reported)
 
     def _count(self, asked: int, streamed: int, unit: str, finished: bool):
         counted = min(streamed, asked)
