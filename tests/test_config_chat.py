@@ -94,3 +94,15 @@ def test_the_api_is_in_the_hash_and_the_default_leaves_older_hashes(compose_cfg,
 
     monkeypatch.setattr(schema, "to_dict", before_the_key)
     assert schema.config_hash(base) == now
+
+
+def test_a_chat_job_without_text_prompts_fails_at_its_config_stage(tmp_path):
+    import pandas as pd
+
+    from tests.conftest import run_llem
+
+    proc = run_llem(["server=external", "server.url=http://127.0.0.1:9", "server.api=chat", "hydra.run.dir=run"],
+                    cwd=tmp_path, timeout=120)
+    row = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
+    assert proc.returncode != 0 and row["status"] == "failed" and row["error_stage"] == "config"
+    assert row["error"].startswith("dataset=random is invalid with server.api=chat")
