@@ -126,9 +126,12 @@ class ServerEngine(Engine):
         if self.endpoint.id_words:
             return id_words(request.token_ids)
         if request.text is None:
-            why = (f"server.api={self.api.name} takes text prompts only" if not self.api.takes_token_ids else
-                   "this server takes text prompts only (it answered a prompt of token ids with "
-                   f"{self.probe_note or 'an error'}, or server.prompt=text)")
+            if not self.api.takes_token_ids:
+                why = f"server.api={self.api.name} takes text prompts only"
+            elif self.probe_note:
+                why = f"this server takes text prompts only (it answered a prompt of token ids with {self.probe_note})"
+            else:
+                why = "prompts are sent as text here (server.prompt=text, or the launched server takes text only)"
             raise WorkloadError(f"{why} and the dataset gives token ids without text: use a text dataset "
                                 "(dataset=builtin, file, hf …), server.api=completions with a server that takes "
                                 "token ids, or a launched server on random weights (its id-word tokenizer)")
