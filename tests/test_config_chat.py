@@ -106,3 +106,10 @@ def test_a_chat_job_without_text_prompts_fails_at_its_config_stage(tmp_path):
     row = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
     assert proc.returncode != 0 and row["status"] == "failed" and row["error_stage"] == "config"
     assert row["error"].startswith("dataset=random is invalid with server.api=chat")
+
+
+def test_every_api_the_config_allows_is_one_the_client_speaks():
+    from llem.config.load import SERVER_APIS
+    from llem.serving.apis import APIS
+
+    assert set(APIS) == set(SERVER_APIS) and all(APIS[name].name == name for name in APIS)
