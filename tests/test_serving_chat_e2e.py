@@ -84,3 +84,18 @@ def test_external_chat_with_text_prompts(tmp_path, transformers_serve):
     assert req["token_count_note"].isna().all() and (req["ttft_ms"] > 0).all()
     assert (req["server_input_tokens"] > 0).all()  # its own tokenizer's count of the message
     assert "POST /v1/chat/completions" in log.read_text()
+
+
+def test_one_launched_server_serves_a_sweep_over_both_apis_with_the_same_work(tmp_path):
+    cache = tmp_path / "cache"
+    run_llem(["-m", "server=launch", SERVE_CACHE, "server.api=completions,chat", "dataset.num_requests=8",
+              "input_len=32", "output_len=16", "hydra.sweep.dir=sweep", f"cache_dir={cache}"], cwd=tmp_path,
+             check=True, timeout=600)
+    jobs = sorted((tmp_path / "sweep").glob("*/results.parquet"))
+    rows = pd.concat([pd.read_parquet(p) for p in jobs]).set_index("server_api")
+    assert sorted(rows.index) == ["chat", "completions"] and (rows["status"] == "ok").all()
+    assert rows["num_server_starts"].max() == 1 and rows["config_hash"].nunique() == 2
+    for job in jobs:
+        req = pd.read_parquet(job.parent / "requests.parquet")
+        assert (req["server_input_tokens"] == 32).all() and (req["output_tokens"] == 16).all()
+    assert not _servers_left(cache)
