@@ -78,7 +78,7 @@ def test_cached_prompt_tokens_reduce_the_prompt_share():
 
 
 def test_the_server_s_prompt_count_is_charged_over_the_prompt_sent():
-    r = RequestResult(0, 100, 1, 0.0, 0.1, 0.1, [0.1], prompt_tokens_reported=101)
+    r = RequestResult(0, 100, 1, 0.0, 0.1, 0.1, [0.1], server_input_tokens=101)
     assert prompt_tokens_charged(r) == 101
 
 

@@ -115,6 +115,8 @@ def _compile_cache(backend: Any, root: Path) -> CompileCache:
 class VllmServing(Serving):
     """``vllm serve``: what the engine needs, its engine arguments as flags."""
 
+    apis = ("completions", "chat")
+
     def check(self) -> None:
         _check(self.backend, self.device)  # vllm serve needs what the engine needs
 

@@ -366,6 +366,8 @@ def config_hash(config: Config) -> str:
         node.pop(leaf, None)
     if tree.get("server", {}).get("mode") == "none":  # in-process: the server's settings measure nothing
         tree["server"] = {"mode": "none"}
+    if tree.get("server", {}).get("api") == "completions":  # the default: hashes from before server.api stay valid
+        tree["server"].pop("api")
     backend = tree.get("backend", {})
     backend.pop("image", None)
     backend.pop("server_image", None)

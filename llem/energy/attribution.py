@@ -50,7 +50,7 @@ class Shares:
 def prompt_tokens_charged(r: RequestResult) -> int:
     """The prompt tokens a request's prefill processed: the engine's or server's own count where it gave one
     (else the prompt sent), less those it says it served from its prefix cache (none, where it does not say)."""
-    processed = r.prompt_tokens_reported if r.prompt_tokens_reported is not None else r.input_tokens
+    processed = r.server_input_tokens if r.server_input_tokens is not None else r.input_tokens
     return max(processed - (r.prompt_tokens_cached or 0), 0)
 
 

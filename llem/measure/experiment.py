@@ -216,7 +216,8 @@ class Experiment:
             parts[EnergyAttribution] = request_energy.attribute(
                 cfg, req_rows, outputs, in_window, window, baseline_w, parts.get(PrefillDecode), prefilled,
                 info.versions, gpus[0].name if gpus else None, self.job_dir.name)
-            parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None))
+            parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None),
+                                                          cfg.server.api)
             parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,
                                                                     gpu_used=self.device == "cuda" or bool(gpus))
             outcome.status = "ok"

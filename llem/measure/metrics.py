@@ -33,6 +33,7 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             batch_index=r.batch_index,
             process_index=r.process_index,
             input_tokens=r.input_tokens,
+            server_input_tokens=r.server_input_tokens,
             output_tokens=r.output_tokens,
             prompt_tokens_cached=r.prompt_tokens_cached,
             prompt_tokens_charged=prompt_tokens_charged(r) if r.first_token_s is not None or times else None,

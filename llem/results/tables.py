@@ -15,6 +15,9 @@ class RequestRow:
     batch_index: Optional[int] = col("the static batch that served it (PyTorch)")
     process_index: Optional[int] = col("the data-parallel replica that served it")
     input_tokens: int = col("prompt tokens", default=0)
+    server_input_tokens: Optional[int] = col("the prompt tokens the server reported processing (usage.prompt_tokens; "
+                                             "with server.api=chat its chat template's tokens included); null "
+                                             "in-process or where the server sent none")
     output_tokens: int = col("output tokens returned", default=0)
     arrival_offset_s: Optional[float] = col("when it was due (its arrival; a burst: the call's start; a closed "
                                             "loop: when a slot freed), from the window's start (s)")

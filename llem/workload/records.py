@@ -56,8 +56,8 @@ class RequestResult:
     output_len_requested: Optional[int] = None  # the length it asked for
     error: Optional[str] = None  # why it failed (an HTTP error, a dropped stream): recorded, never dropped
     token_count_note: Optional[str] = None  # how a token count reported disagreed with the tokens asked or seen
-    prompt_tokens_reported: Optional[int] = None  # the prompt tokens the engine or server says it took (usage)
-    prompt_tokens_cached: Optional[int] = None  # of those, served from its prefix cache, where it says (None: not)
+    server_input_tokens: Optional[int] = None  # the prompt tokens a server reported (its usage.prompt_tokens)
+    prompt_tokens_cached: Optional[int] = None  # of the prompt, served from a prefix cache, where said (None: not)
 
 
 Progress = Callable[[int], None]  # called with the number of requests just completed
