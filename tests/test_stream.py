@@ -138,7 +138,7 @@ def test_the_prompt_tokens_and_cached_tokens_the_server_sent_are_kept():
     usage = {"prompt_tokens": 120, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 96}}
     lines = [*[_event(w) for w in (" t1", " t2", " t3")], _event("", "length"), _event(usage=usage), b"data: [DONE]"]
     out = _feed(lines)
-    assert (out.error, out.prompt_tokens, out.cached_tokens) == (None, 120, 96)
+    assert (out.error, out.server_input_tokens, out.cached_tokens) == (None, 120, 96)
 
 
 @pytest.mark.parametrize("details", [None, "many", {"cached_tokens": "all"}, {"cached_tokens": -1}])
