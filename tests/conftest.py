@@ -30,6 +30,21 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 
+HEAVY_MARKERS = ("slow", "slurm")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files that run real jobs first, the quick files after them: each file runs on one worker (--dist
+    loadfile, in collection order with --no-loadscope-reorder), so a long file started last would leave one
+    worker running it while the others sit idle; quick files fill the gaps at the end instead."""
+
+    def heavy(item) -> bool:
+        return any(item.get_closest_marker(m) for m in HEAVY_MARKERS)
+
+    heavy_files = {item.path for item in items if heavy(item)}
+    items.sort(key=lambda item: item.path not in heavy_files)  # stable: a file's tests keep their order
+
+
 @pytest.fixture(scope="package")
 def compose_cfg():
     """compose_cfg(overrides) → the DictConfig a job would receive."""

@@ -46,6 +46,7 @@ def test_a_warm_up_whose_every_request_failed_quotes_the_request_errors(compose_
     assert "warm-up batch 1" in row["error"] and "HTTP 500: internal error: out of blocks" in row["error"]
 
 
+@pytest.mark.slow
 def test_a_job_whose_every_request_failed_exits_1(tmp_path):
     with StandIn(mode="fail500") as server:
         proc = run_llem([*FAST, "isolate=false", "warmup.batches=0", *_external(server.url),
@@ -54,6 +55,7 @@ def test_a_job_whose_every_request_failed_exits_1(tmp_path):
     assert read_result(tmp_path / "job")["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_sweep_counts_such_jobs_failed_and_a_rerun_measures_them_again(tmp_path):
     args = ["-m", *FAST, "isolate=false", "warmup.batches=0", "repeat=0,1", "hydra.sweep.dir=sweep"]
     with StandIn(mode="fail500") as server:

@@ -70,6 +70,7 @@ def kept_sweep(tmp_path_factory):
     return _rows(root / "sweep")
 
 
+@pytest.mark.slow
 def test_sweep_measures_on_one_kept_engine(kept_sweep):
     """Four jobs, one build: the later three pay no load, measure their own batch, and say whose build it was."""
     rows = _by({k: r for k, r in kept_sweep.items() if int(r["cfg.seed"]) == 0}, "batch", "repeat")
@@ -86,6 +87,7 @@ def test_sweep_measures_on_one_kept_engine(kept_sweep):
     assert rows[(2, 1)].output_tokens_total == 4 * 8 and rows[(2, 1)].num_in_flight == 2  # its own batch
 
 
+@pytest.mark.slow
 def test_a_different_build_closes_the_kept_engine(kept_sweep):
     """Seeds differ (random weights follow the seed): the first job of the second seed builds its own."""
     rows = _by(kept_sweep, "seed", "batch", "repeat")

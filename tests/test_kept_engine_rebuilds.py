@@ -4,11 +4,14 @@ next builds its own."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from llem.config import to_config
 from llem.deploy.reuse import reuse_for
 from tests.conftest import FAST, run_llem
 from tests.test_kept_engine import _rows
+
+pytestmark = pytest.mark.slow
 
 
 def test_reuse_engine_off_builds_every_job(tmp_path):

@@ -15,6 +15,7 @@ from llem.support import secrets
 from tests.conftest import FAST, run_llem
 from tests.stand_in_server import StandIn
 
+pytestmark = pytest.mark.slow
 pytest.importorskip("aiohttp")
 
 NASTY = {  # quotes, backslashes, non-ASCII, newlines, interpolation syntax: each escapes differently

@@ -195,6 +195,8 @@ def _die_with_parent() -> None:
         pass
 
 
+HEALTH_POLL_S = 0.1  # server_start_s is good to this; a refused connection on loopback costs nothing
+
 def wait_healthy(proc: subprocess.Popen, base_url: str, health_path: str, log_path: Optional[str],
                  timeout_s: float, what: str = "the server") -> float:
     """Seconds until the server's ``health_path`` answers 200; ServerError with the log's last lines when
@@ -214,7 +216,7 @@ def wait_healthy(proc: subprocess.Popen, base_url: str, health_path: str, log_pa
         if time.monotonic() - t0 > timeout_s:
             raise ServerError(f"the server did not answer {health_path} within server.startup_timeout_s="
                               f"{timeout_s:g} s; its last log lines:\n{last_lines(log_path)}")
-        time.sleep(0.5)
+        time.sleep(HEALTH_POLL_S)
 
 
 def copy_log(endpoint: Endpoint, offset: int, job_dir: Path) -> None:
