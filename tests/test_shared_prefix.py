@@ -22,7 +22,7 @@ def _build(compose_cfg, *overrides):
 def test_every_request_of_a_group_starts_with_the_groups_prefix(compose_cfg):
     work = _build(compose_cfg, "dataset.num_requests=9", "dataset.num_groups=3", "dataset.prefix_len=8")
     for r in work.requests:
-        first = work.requests[r.prefix_group]
+        first = work.requests[r.prefix_group_index]
         assert r.token_ids[:8] == first.token_ids[:8] and r.input_tokens == 12
 
 
@@ -34,7 +34,7 @@ def test_groups_have_different_prefixes_and_requests_their_own_suffix(compose_cf
 
 def test_groups_take_turns_in_arrival_order(compose_cfg):
     work = _build(compose_cfg, "dataset.num_requests=7", "dataset.num_groups=3", "dataset.prefix_len=4")
-    assert [r.prefix_group for r in work.requests] == [0, 1, 2, 0, 1, 2, 0]
+    assert [r.prefix_group_index for r in work.requests] == [0, 1, 2, 0, 1, 2, 0]
 
 
 def test_only_a_groups_later_requests_have_tokens_a_cache_could_serve(compose_cfg):
@@ -90,7 +90,7 @@ def test_each_request_row_names_its_group_and_reusable_tokens(compose_cfg):
                              end_s=0.1) for r in work.requests]
     rows = request_rows(results, 0.0)
     label_prefixes(rows, work.requests)
-    assert [(r.prefix_group, r.prefix_reusable_tokens) for r in rows] == [(0, 0), (1, 0), (0, 4)]
+    assert [(r.prefix_group_index, r.prefix_reusable_tokens) for r in rows] == [(0, 0), (1, 0), (0, 4)]
 
 
 def test_rows_of_other_datasets_have_no_group(compose_cfg):
@@ -98,4 +98,4 @@ def test_rows_of_other_datasets_have_no_group(compose_cfg):
     rows = request_rows([RequestResult(request_id=r.request_id, input_tokens=4, output_tokens=1, start_s=0.0,
                                        end_s=0.1) for r in work.requests], 0.0)
     label_prefixes(rows, work.requests)
-    assert [(r.prefix_group, r.prefix_reusable_tokens) for r in rows] == [(None, None), (None, None)]
+    assert [(r.prefix_group_index, r.prefix_reusable_tokens) for r in rows] == [(None, None), (None, None)]

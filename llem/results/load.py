@@ -98,3 +98,15 @@ class ServerMetrics:
                                                        "timed out: gaps in the time series")
     server_metrics_null_reason: Optional[str] = col("why columns of this part are null, each named, when "
                                                     "any is")
+
+
+@dataclass
+class EnginePrefixCache:
+    """The engine's own prefix cache over the window, as it counts it in llem's process (a server's is
+    server_prefix_cache_hit_pct): what a shared prefix (dataset=shared_prefix) actually saved."""
+
+    engine_prefix_cache_hit_pct: Optional[float] = col("prompt tokens the engine found in its prefix cache, as % of "
+                                                       "those it looked up, in the window (in llem's process)")
+    engine_prefix_cache_hit_tokens: Optional[int] = col("prompt tokens the engine found in its prefix cache in the "
+                                                        "window (beside prefix_reusable_tokens_total)")
+    engine_prefix_cache_null_reason: Optional[str] = col("why the engine's prefix-cache columns are null")

@@ -58,6 +58,8 @@ class Workload:
             prompts_dropped_long=self.dropped_long,
             prompts_repeated=self.repeated,
             workload_sha256=digest.hexdigest()[:16],  # equal ⇔ the same token ids were measured
+            prefix_reusable_tokens_total=None if self.requests[0].prefix_reusable_tokens is None else sum(
+                r.prefix_reusable_tokens or 0 for r in self.requests),
         )
 
 

@@ -27,7 +27,7 @@ class Request:
     output_len: Optional[int] = None
     arrival_s: Optional[float] = None
     request_class: Optional[str] = None
-    prefix_group: Optional[int] = None
+    prefix_group_index: Optional[int] = None
     prefix_reusable_tokens: Optional[int] = None
 
     @property

@@ -46,5 +46,5 @@ def shared_prefix_requests(num: int, num_groups: int, prefix_len: int, input_len
         group = i % num_groups
         ids = prefixes[group].tolist() + suffixes[i].tolist()
         reusable = prefix_len if i >= num_groups else 0
-        requests.append(Request(i, ids, prefix_group=group, prefix_reusable_tokens=reusable))
+        requests.append(Request(i, ids, prefix_group_index=group, prefix_reusable_tokens=reusable))
     return requests
