@@ -1,6 +1,7 @@
 """A stand-in OpenAI-compatible server for the client's error paths (500s, dropped streams, timeouts,
-text-only prompts, malformed replies, wrong token counts), in a thread of the test process. Real serving is
-tested against transformers serve."""
+text-only prompts, malformed replies, wrong token counts), in a thread of the test process, on both APIs:
+``/v1/completions`` and ``/v1/chat/completions`` (chat chunks: a first one with ``delta.role`` alone, then
+``delta.content``). Real serving is tested against transformers serve."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class StandIn:
     writes with no line break, without end), ``count`` (``usage.completion_tokens``
     = ``count``; with ``streamed``, that many tokens are streamed). ``models``: the /v1/models answer, as raw
     bytes (None: a well-formed list). ``split_s`` > 0: each token's event is written in two halves, cut
-    mid-line, that far apart.
+    mid-line, that far apart. A chat request's length is its ``max_completion_tokens``. ``cached``: the
+    ``usage.prompt_tokens_details.cached_tokens`` sent (None: none).
     ``metrics``: what ``GET /metrics`` answers: None (no such route: 404), ``vllm`` (Prometheus text of vLLM's
     names, made by prometheus_client's own registry, that move with the load: requests running and waiting for
     one of ``max_running`` slots, KV-cache usage as the tokens held over ``kv_tokens``, prompt and generated token
@@ -35,13 +37,14 @@ class StandIn:
                  bad_every: int = 1, bad_line: bytes = b"", count=None, streamed: Optional[int] = None,
                  models: Optional[bytes] = None, split_s: float = 0.0, metrics: Optional[str] = None,
                  max_running: Optional[int] = None, kv_tokens: int = 256, metrics_delay_s: float = 0.0,
-                 extra_generated: int = 0) -> None:
+                 extra_generated: int = 0, cached: Optional[int] = None) -> None:
         self.mode, self.tokens_only, self.delay_s = mode, tokens_only, delay_s
         self.bad, self.bad_every, self.bad_line, self.count, self.streamed = bad, bad_every, bad_line, count, streamed
-        self.models, self.split_s = models, split_s
+        self.models, self.split_s, self.cached = models, split_s, cached
         self.served = 0
         self.in_flight = self.most_in_flight = 0
         self.bodies = []
+        self.paths = []  # the path every completion request was posted to
         self.authorization = []  # the Authorization header of every request (None: none sent)
         self.metrics, self.max_running, self.kv_tokens = metrics, max_running, kv_tokens
         self.metrics_delay_s, self.extra_generated = metrics_delay_s, extra_generated
@@ -81,12 +84,16 @@ class StandIn:
             body = await request.json()
             self.bodies.append(body)
             self.authorization.append(request.headers.get("Authorization"))
-            if isinstance(body["prompt"], list) and self.tokens_only:
+            chat = request.path.endswith("/chat/completions")
+            self.paths.append(request.path)
+            if chat and not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in body["messages"]):
+                return web.json_response({"detail": "a message's content must be a string."}, status=400)
+            if isinstance(body.get("prompt"), list) and self.tokens_only:
                 return web.json_response({"detail": "prompt must be a string."}, status=400)
             if self.mode == "fail500":
                 return web.Response(status=500, text="internal error: out of blocks")
-            if self.mode == "moved" and request.path != "/elsewhere/v1/completions":
-                raise web.HTTPTemporaryRedirect("/elsewhere/v1/completions")
+            if self.mode == "moved" and not request.path.startswith("/elsewhere/"):
+                raise web.HTTPTemporaryRedirect("/elsewhere" + request.path)
             if self.mode == "fail_endless":
                 resp = web.StreamResponse(status=500)
                 await resp.prepare(request)
@@ -96,10 +103,12 @@ class StandIn:
                 return web.Response(status=429, headers={"Retry-After": "3600"}, text="rate limited")
             if self.mode == "denied":
                 return web.json_response({"error": "invalid api key"}, status=401)
-            bad = self.bad if body["max_tokens"] > 1 and self.served % self.bad_every == 0 else ""
-            self.served += body["max_tokens"] > 1  # the one-token prompt-kind probe is not counted
+            asked = int(body["max_completion_tokens"] if chat else body["max_tokens"])
+            bad = self.bad if asked > 1 and self.served % self.bad_every == 0 else ""
+            self.served += asked > 1  # the one-token prompt-kind probe is not counted
             if bad == "json_body":
-                return web.json_response({"choices": [{"index": 0, "text": " t1 t2", "finish_reason": "length"}],
+                reply = {"message": {"role": "assistant", "content": " t1 t2"}} if chat else {"text": " t1 t2"}
+                return web.json_response({"choices": [{"index": 0, **reply, "finish_reason": "length"}],
                                           "usage": {"completion_tokens": 2}})
             if bad == "html":
                 return web.Response(text="<html>\n<body>502 Bad Gateway</body>\n</html>\n", content_type="text/html")
@@ -116,11 +125,12 @@ class StandIn:
             finally:
                 self.waiting -= 1
             key = object()
-            prompt = body["prompt"] if isinstance(body["prompt"], list) else str(body["prompt"]).split()
+            sent = body["messages"][-1]["content"] if chat else body["prompt"]
+            prompt = sent if isinstance(sent, list) else str(sent).split()
             self.held[key] = len(prompt)
             self._counted_prompt(prompt)
             try:
-                if self.mode == "slow" and body["max_tokens"] > 1:
+                if self.mode == "slow" and asked > 1:
                     await asyncio.sleep(3)  # past the test's 1 s request timeout
                 resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                 await resp.prepare(request)
@@ -128,11 +138,13 @@ class StandIn:
                     while True:
                         await asyncio.sleep(self.delay_s)
                         await resp.write(b": keep-alive\n\n")
-                n = int(body["max_tokens"])
-                count = self.count if bad == "count" else n
-                for i in range(self.streamed if bad == "count" and self.streamed is not None else n):
+                count = self.count if bad == "count" else asked
+                if chat:  # the role first, with no token
+                    await resp.write(b'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n')
+                for i in range(self.streamed if bad == "count" and self.streamed is not None else asked):
                     await asyncio.sleep(self.delay_s)
-                    chunk = {"choices": [{"index": 0, "text": f" t{i + 10}"}]}
+                    text = f" t{i + 10}"
+                    chunk = {"choices": [{"index": 0, **({"delta": {"content": text}} if chat else {"text": text})}]}
                     event = f"data: {json.dumps(chunk)}\n\n".encode()
                     if self.split_s:
                         await resp.write(event[:12])
@@ -149,8 +161,11 @@ class StandIn:
                         await resp.write(b"data: " + b"x" * (1 << 20))
                     if bad == "event" and i == 0:
                         await resp.write(self.bad_line + b"\n\n")
-                await resp.write(b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}\n\n')
+                last = {"index": 0, **({"delta": {}} if chat else {"text": ""}), "finish_reason": "length"}
+                await resp.write(f"data: {json.dumps({'choices': [last]})}\n\n".encode())
                 usage = {"choices": [], "usage": {"completion_tokens": count, "prompt_tokens": 3}}
+                if self.cached is not None:
+                    usage["usage"]["prompt_tokens_details"] = {"cached_tokens": self.cached}
                 await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
                 if self._prom is not None and self.extra_generated:
                     self._prom.generated.inc(self.extra_generated)
@@ -178,8 +193,9 @@ class StandIn:
             app = web.Application()
             app.router.add_get("/v1/models", models)
             app.router.add_get("/health", models)
-            app.router.add_post("/v1/completions", completions)
-            app.router.add_post("/elsewhere/v1/completions", completions)
+            for path in ("/v1/completions", "/v1/chat/completions"):
+                app.router.add_post(path, completions)
+                app.router.add_post("/elsewhere" + path, completions)
             if self.metrics is not None:
                 app.router.add_get("/metrics", metrics)
             runner = web.AppRunner(app, shutdown_timeout=0.2)  # at exit, a handler still asleep is cancelled

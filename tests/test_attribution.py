@@ -1,11 +1,11 @@
-"""Energy per request (llem.energy.attribution) over the real H100 trace, sampled at 10 Hz as the
-sampler does: the requests' energies sum to the window's, and each interval goes where the rule says."""
+"""Energy per request by the output_tokens rule (llem.energy.attribution) over the real H100 trace, sampled at
+10 Hz as the sampler does: the requests' energies sum to the window's, and each interval goes where the rule says."""
 
 from __future__ import annotations
 
 import pytest
 
-from llem.energy.attribution import per_request
+from llem.energy.attribution import output_tokens_rule
 from llem.workload.records import RequestResult
 from tests.replay import csv_counter_j, csv_row_at, grid, phase_span
 
@@ -31,7 +31,8 @@ def test_per_request_energy_sums_to_the_window(trace):
     t0, t1 = t0 + 0.3, t0 + 4.3
     window_j = csv_counter_j(trace, t0, t1)
     results = [_request(0, t0, t0 + 2.0, 40), _request(1, t0 + 0.5, t0 + 3.9, 80), _request(2, t0 + 2.5, t1, 10)]
-    raw, adjusted, why = per_request(_rows(trace, t0, t1), results, t0, t1, window_j, baseline_power_w=100.0)
+    shares = output_tokens_rule(_rows(trace, t0, t1), results, t0, t1, window_j, baseline_power_w=100.0)
+    raw, adjusted, why = shares.raw_j, shares.adjusted_j, shares.null_reason
     assert why is None
     assert sum(raw) == pytest.approx(window_j, rel=1e-9)
     assert sum(adjusted) == pytest.approx(window_j - 100.0 * (t1 - t0), rel=1e-9)
@@ -45,7 +46,7 @@ def test_an_idle_gap_is_split_over_every_request(trace):
     t1 = t0 + 3.0
     window_j = csv_counter_j(trace, t0, t1)
     results = [_request(0, t0, t0 + 1.0, 10), _request(1, t0 + 2.0, t1, 10)]  # nothing in service for 1 s
-    raw, _, _ = per_request(_rows(trace, t0, t1), results, t0, t1, window_j, None)
+    raw = output_tokens_rule(_rows(trace, t0, t1), results, t0, t1, window_j, None).raw_j
     assert sum(raw) == pytest.approx(window_j, rel=1e-9)
     assert raw[0] == pytest.approx(raw[1], rel=0.1)  # the same work on a flat idle floor, the gap halved
 
@@ -57,7 +58,8 @@ def test_two_gpus_and_no_energy(trace):
     results = [RequestResult(0, 16, 60, t0, t1, mids[0], [t for t in mids for _ in range(3)]),
                RequestResult(1, 16, 20, t0, t1, mids[0], list(mids))]
     window_j = 2 * csv_counter_j(trace, t0, t1)
-    raw, adjusted, _ = per_request(_rows(trace, t0, t1, gpus=(0, 1)), results, t0, t1, window_j, None)
+    shares = output_tokens_rule(_rows(trace, t0, t1, gpus=(0, 1)), results, t0, t1, window_j, None)
+    raw, adjusted = shares.raw_j, shares.adjusted_j
     assert sum(raw) == pytest.approx(window_j, rel=1e-9) and raw[0] == pytest.approx(3 * raw[1], rel=0.05)
     assert adjusted == [None, None]
-    assert per_request([], results, t0, t1, None, None) == ([None, None], [None, None], "no GPU energy")
+    assert output_tokens_rule([], results, t0, t1, None, None).null_reason == "no GPU energy"

@@ -256,6 +256,14 @@ def test_a_job_with_malformed_replies_measures_the_others(compose_cfg, tmp_path)
     assert "requests_failed" in str(row["flags"])
 
 
+def test_a_job_charges_each_prompt_the_tokens_the_server_took_less_those_it_served_from_its_cache(compose_cfg,
+                                                                                                  tmp_path):
+    row, reqs = _job(compose_cfg, tmp_path, cached=2)  # the stand-in reports prompt_tokens=3
+    assert row["status"] == "ok", row["error"]
+    assert (reqs["prompt_tokens_cached"] == 2).all() and (reqs["prompt_tokens_charged"] == 1).all()
+    assert row["prompt_tokens_cached_total"] == 2 * len(reqs)
+
+
 def test_a_job_whose_server_inflates_its_counts_credits_only_what_was_asked(compose_cfg, tmp_path):
     row, reqs = _job(compose_cfg, tmp_path, bad="count", count=24)
     assert row["status"] == "ok", row["error"]

@@ -48,6 +48,7 @@ def test_launch_at_a_rate(tmp_path, compose_cfg):
     assert 0 < r["cpu_rss_peak_mib"] < 4096  # the client and the server's processes (~15 GB left to itself)
     assert len(req) == 32 and (req["output_tokens"] == 128).all() and req["error"].isna().all()
     assert req["token_count_note"].isna().all()  # the server streamed and reported every token asked
+    assert (req["server_input_tokens"] == req["input_tokens"]).all()  # the id-word text is the token ids exactly
     gaps = np.diff(req["arrival_offset_s"].to_numpy())
     assert gaps.mean() == pytest.approx(1 / 8, rel=0.25), gaps.mean()
     assert r["inter_arrival_s_mean"] == pytest.approx(1 / 8, rel=0.25) and r["target_requests_per_s"] == 8.0

@@ -132,3 +132,18 @@ def test_chunks_that_are_not_tokens_say_so_in_the_timing_note():
     lines = [_event(" a b"), _event(" c"), _event("", "length"), _event(usage={"completion_tokens": 3})]
     out = _feed([*lines, b"data: [DONE]"], id_words=False)
     assert out.output_tokens == 3 and "2 chunks for 3 tokens" in out.timing_note
+
+
+def test_the_prompt_tokens_and_cached_tokens_the_server_sent_are_kept():
+    usage = {"prompt_tokens": 120, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 96}}
+    lines = [*[_event(w) for w in (" t1", " t2", " t3")], _event("", "length"), _event(usage=usage), b"data: [DONE]"]
+    out = _feed(lines)
+    assert (out.error, out.server_input_tokens, out.cached_tokens) == (None, 120, 96)
+
+
+@pytest.mark.parametrize("details", [None, "many", {"cached_tokens": "all"}, {"cached_tokens": -1}])
+def test_cached_tokens_not_sent_as_a_count_are_read_as_not_sent(details):
+    usage = {"prompt_tokens": 120, "completion_tokens": 3, "prompt_tokens_details": details}
+    lines = [*[_event(w) for w in (" t1", " t2", " t3")], _event("", "length"), _event(usage=usage), b"data: [DONE]"]
+    out = _feed(lines)
+    assert (out.error, out.cached_tokens) == (None, None)

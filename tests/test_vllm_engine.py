@@ -7,7 +7,7 @@ import sys
 import time
 import types
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import pytest
 
@@ -39,6 +39,7 @@ class FakeOutput:  # vllm.outputs.RequestOutput with output_kind=DELTA
     outputs: List[FakeCompletion]
     finished: bool
     metrics: object = None
+    num_cached_tokens: Optional[int] = None  # prompt tokens served from the prefix cache
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeEngine:
 
     max_num_seqs: int
     with_stats: bool = True
+    cached: Optional[int] = None  # num_cached_tokens of every output
     queue: list = field(default_factory=list)
     done: dict = field(default_factory=dict)
     added: list = field(default_factory=list)
@@ -69,7 +71,8 @@ class FakeEngine:
             stats.last_token_ts = stamp
             stats.first_token_ts = stats.first_token_ts or stamp
             item[1] = left - 1
-            outs.append(FakeOutput(rid, [FakeCompletion([7])], item[1] == 0, stats if self.with_stats else None))
+            outs.append(FakeOutput(rid, [FakeCompletion([7])], item[1] == 0, stats if self.with_stats else None,
+                                   self.cached))
         self.queue = [i for i in self.queue if i[1] > 0]
         return outs
 
@@ -203,6 +206,14 @@ def test_without_engine_stamps_host_times_with_a_note(compose_cfg, fake_vllm):
     assert out[0].output_tokens == 3 and "host receive times" in out[0].timing_note
     assert out[0].start_s <= out[0].first_token_s
     assert out[0].first_token_s is not None
+
+
+def test_the_prompt_tokens_served_from_the_prefix_cache_are_kept(compose_cfg, fake_vllm):
+    engine = VllmEngine(_config(compose_cfg, "batch=4"), "cuda")
+    engine.load()
+    engine.llm.llm_engine.cached = 2
+    out = engine.generate([Request(0, [5, 6, 7])], 3, lambda n: None)
+    assert out[0].prompt_tokens_cached == 2
 
 
 def test_decoding_keys_map_to_sampling_params(compose_cfg, fake_vllm):

@@ -1,7 +1,8 @@
 """Command line of ``python -m llem.aggregate``.
 
 Bad input (a missing dir, ``--rows 0``, ``--plots`` without matplotlib, an unknown ``--job`` or
-``--slo`` metric or one that is no number, ``--unflagged`` without ``--slo``) is one line on stderr and
+``--slo`` metric or one that is no number, ``--unflagged`` without ``--slo``, a ``--by-request`` column the
+requests do not have or bins that are not numbers) is one line on stderr and
 exit status 2, found before anything is written.
 """
 
@@ -58,6 +59,11 @@ def _parser() -> _Parser:
     ap.add_argument("--unflagged", action="store_true",
                     help="with --slo: recommend only configurations whose repeats raised no doubt flag (default: the "
                          "lowest J/token, its flags spelled out and the best unflagged one named beside it)")
+    ap.add_argument("--by-request", action="append", metavar="COLUMN[:BINS]", default=[],
+                    help="print energy per request per configuration grouped by a requests.parquet column: "
+                         "request_class, or input_tokens:0,512,2048,inf (bin edges) or input_tokens:4 (4 bins of "
+                         "equal counts); mean and 95%% CI under the rule each job applied and by output tokens "
+                         "alone; repeatable")
     ap.add_argument("--warnings", action="store_true",
                     help="after the table, print the warnings of each doubt-flagged configuration's flagged jobs")
     ap.add_argument("--seed", type=_count(0), default=0, help="bootstrap seed, >= 0 (default 0)")
@@ -141,9 +147,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(message)s")
     log = logging.getLogger(NAME)
 
-    from llem.aggregate import aggregate, table, write
+    from llem.aggregate import aggregate, by_request, table, write
     from llem.aggregate.report import failed_list, flag_messages
 
+    try:
+        grouped = [by_request.parse(text) for text in args.by_request]
+    except ValueError as exc:
+        ap.error(str(exc))
     bounds = None
     if args.slo:
         from llem.aggregate.recommend import parse_bounds
@@ -157,6 +167,11 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         ap.error(str(exc))
     advice = _checked_choices(ap, agg, args.job, bounds, args.unflagged)
+    try:
+        for spec in grouped:
+            by_request.check(spec, agg.requests)
+    except ValueError as exc:
+        ap.error(str(exc))
     try:
         paths = write(agg, args.out)
     except OSError as exc:
@@ -182,6 +197,9 @@ def main(argv=None) -> int:
             log.info("plot: %s", path)
     if advice:
         print(advice)
+    if not args.quiet:
+        for spec in grouped:
+            print("\n".join(by_request.table(agg.runs, agg.summary, agg.requests, spec, args.seed)))
     return 0
 
 

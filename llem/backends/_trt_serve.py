@@ -47,6 +47,8 @@ def caches(backend: Any, root: Path) -> CompileCache:
 class TensorRTServing(Serving):
     """``trtllm-serve``: what the engine needs, its documented flags and an options file for the rest."""
 
+    apis = ("completions", "chat")
+
     def check(self) -> None:
         check_setup(self.backend, self.device)  # trtllm-serve needs what the engine needs
 

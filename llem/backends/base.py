@@ -73,6 +73,8 @@ class Serving:
     from the config alone (:meth:`Engine.serving`): the job's parent and the HTTP client never build the
     engine. The defaults: no server of its own; requests ask for exactly ``output_len`` tokens."""
 
+    apis: ClassVar[Tuple[str, ...]] = ("completions",)  # the server.api values its own server serves
+
     def __init__(self, config: Config, device: str) -> None:
         self.config = config
         self.backend = config.backend
@@ -138,6 +140,10 @@ class Engine(ABC):
                 raise ConfigError(
                     f"backend.engine_args.{key} duplicates llem's own key: use {cls.reserved_args[key]} instead"
                 )
+        served = cls.serving_class.apis
+        if config.server.mode == "launch" and config.server.api not in served:
+            raise ConfigError(f"server.api={config.server.api} is invalid with backend={cls.name} and server=launch: "
+                              f"allowed {', '.join(served)} (what its own server serves); or server=external")
         if config.server.mode != "none":
             return  # the server does the serving: arrivals and lengths are the client's
         server = "server=launch (its own OpenAI-compatible server)"

@@ -153,6 +153,8 @@ def _compile_cache(backend: Any, root: Path) -> CompileCache:
 class PyTorchServing(Serving):
     """``transformers serve --continuous-batching``: text prompts only, no maximum batch size."""
 
+    apis = ("completions", "chat")
+
     def check(self) -> None:
         missing = [name for name in ("transformers", "fastapi", "uvicorn") if not installed(name)]
         if missing:

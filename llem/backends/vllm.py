@@ -117,6 +117,8 @@ def _compile_cache(backend: Any, root: Path) -> CompileCache:
 class VllmServing(Serving):
     """``vllm serve``: what the engine needs, its engine arguments as flags."""
 
+    apis = ("completions", "chat")
+
     def check(self) -> None:
         _check(self.backend, self.device)  # vllm serve needs what the engine needs
 
@@ -260,7 +262,8 @@ class VllmEngine(Engine):
             host = now()
             for out in outputs:
                 track = tracks[out.request_id]
-                track.add(len(out.outputs[0].token_ids) if out.outputs else 0, host, out.metrics)
+                track.add(len(out.outputs[0].token_ids) if out.outputs else 0, host, out.metrics,
+                          getattr(out, "num_cached_tokens", None))
                 if out.finished:
                     in_flight -= 1
                     due.finished(host)
@@ -342,8 +345,11 @@ class _Track:
         self.scheduled = 0.0  # first scheduled (engine clock)
         self.engine: List[float] = []
         self.host: List[float] = []
+        self.cached: Optional[int] = None  # prompt tokens served from its prefix cache (num_cached_tokens)
 
-    def add(self, n: int, host: float, metrics) -> None:
+    def add(self, n: int, host: float, metrics, cached: Optional[int] = None) -> None:
+        if isinstance(cached, int) and cached >= 0:
+            self.cached = cached
         if metrics is not None and not self.scheduled:
             self.scheduled = getattr(metrics, "scheduled_ts", 0.0) or 0.0
         if n <= 0:
@@ -367,7 +373,8 @@ class _Track:
         return RequestResult(request_id=self.request.request_id, input_tokens=self.request.input_tokens,
                              output_tokens=n, start_s=start, end_s=times[-1] if times else start,
                              first_token_s=times[0] if times else None, token_times_s=list(times) or None,
-                             timing_note=note, arrival_s=self.arrival, output_len_requested=self.request.output_len)
+                             timing_note=note, arrival_s=self.arrival, output_len_requested=self.request.output_len,
+                             prompt_tokens_cached=self.cached)
 
 
 ENGINE = VllmEngine

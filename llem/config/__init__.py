@@ -29,13 +29,13 @@ from llem.config.dataset import (
     TextDatasetConfig,
 )
 from llem.config.load import LoadConfig, OutputLengthsConfig, ServerConfig
-from llem.config.measure import BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
+from llem.config.measure import AttributionRule, BaselineConfig, BaselineKind, EnergyConfig, MeasureConfig, WarmupConfig
 from llem.config.runtime import RuntimeConfig, image_for, image_key, is_image_ref
 from llem.results.schema import plain
 from llem.support.errors import ConfigError
 from llem.support.errors import require as _require
 
-__all__ = ["BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "DatasetConfig", "EnergyConfig",
+__all__ = ["AttributionRule", "BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "DatasetConfig", "EnergyConfig",
            "FileDatasetConfig", "HFDatasetConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
            "RandomDatasetConfig", "RuntimeConfig", "ServerConfig", "SharedPrefixDatasetConfig", "TextDatasetConfig",
            "WarmupConfig"]
@@ -372,6 +372,8 @@ def config_hash(config: Config) -> str:
         node.pop(leaf, None)
     if tree.get("server", {}).get("mode") == "none":  # in-process: the server's settings measure nothing
         tree["server"] = {"mode": "none"}
+    if tree.get("server", {}).get("api") == "completions":  # the default: hashes from before server.api stay valid
+        tree["server"].pop("api")
     backend = tree.get("backend", {})
     backend.pop("image", None)
     backend.pop("server_image", None)

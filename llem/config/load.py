@@ -18,6 +18,9 @@ from llem.support.errors import require as _require
 SERVER_MODES = ("none", "launch", "external")
 PROMPT_KINDS = ("auto", "token_ids", "text")
 METRICS_MODES = ("auto", "on", "off")  # server.metrics: scrape the server's Prometheus /metrics through the window
+# The OpenAI APIs the client speaks (llem.serving.apis): completions takes token ids or text, chat text only.
+SERVER_APIS = ("completions", "chat")
+TEXT_ONLY_APIS = ("chat",)
 LENGTH_DISTRIBUTIONS = ("lognormal", "uniform")
 # Arrival processes a clock can keep: a mean gap between 1 µs and 1000 s, and a gamma shape whose gaps neither
 # collapse to ~0 (shape 1e-300 puts every arrival at t0) nor lose all spread.
@@ -129,6 +132,7 @@ class ServerConfig:
     connect_timeout_s: float = 60.0  # one request, sent to its response headers (connection included)
     chunk_timeout_s: float = 300.0  # the longest wait for an event carrying text, from the headers or the last one
     model_name: Optional[str] = None  # the name the server serves the model under (null: its first in /v1/models)
+    api: str = "completions"  # completions (/v1/completions) | chat (/v1/chat/completions: one user message)
     prompt: str = "auto"  # auto | token_ids | text: how prompts are sent (auto: token ids where the server takes them)
     args: List[str] = field(default_factory=list)  # launch: extra command-line arguments for the server
     extra_body: Dict[str, Any] = field(default_factory=dict)  # added to every request's JSON (server-specific keys)
@@ -138,10 +142,14 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         _require(self.mode in SERVER_MODES, "server.mode", self.mode, ", ".join(SERVER_MODES))
+        _require(self.api in SERVER_APIS, "server.api", self.api, ", ".join(SERVER_APIS))
         _require(self.prompt in PROMPT_KINDS, "server.prompt", self.prompt, ", ".join(PROMPT_KINDS))
         _require(self.metrics in METRICS_MODES, "server.metrics", self.metrics,
                  "auto (scrape the server's Prometheus /metrics where it has them), on (a server without them fails "
                  "the job's check) or off")
+        if self.api in TEXT_ONLY_APIS:
+            _require(self.prompt != "token_ids", "server.prompt", self.prompt,
+                     f"auto or text with server.api={self.api} (its messages hold text, never token ids)")
         _require(1 <= self.port <= 65535, "server.port", self.port, "a TCP port in [1, 65535]")
         for key in ("startup_timeout_s", "request_timeout_s", "connect_timeout_s", "chunk_timeout_s"):
             value = getattr(self, key)
@@ -169,7 +177,7 @@ class ServerConfig:
         """A key the chosen mode does not use is refused, not silently ignored."""
         users = {**{k: ("launch",) for k in LAUNCH_KEYS}, **{k: ("external",) for k in EXTERNAL_KEYS}}
         if self.mode == "none":
-            users.update({k: ("launch", "external") for k in ("model_name", "prompt", "request_timeout_s",
+            users.update({k: ("launch", "external") for k in ("api", "model_name", "prompt", "request_timeout_s",
                                                               "connect_timeout_s", "chunk_timeout_s", "extra_body",
                                                               "metrics")})
         for key, modes in users.items():

@@ -17,6 +17,12 @@ class BaselineKind(Enum):
     none = "none"
 
 
+class AttributionRule(Enum):
+    """How the measured window's energy is split over its requests (docs/method.md)."""
+
+    work = "work"  # by the work each caused: charged prompt tokens × J/prompt token + output tokens × J/output token
+    output_tokens = "output_tokens"  # by the output tokens each produced in each interval
+
 
 @dataclass
 class WarmupConfig:
@@ -115,7 +121,10 @@ class MeasureConfig:
     comes out short is measured again, longer, twice at most; at most ``max_requests``).
     prefill: a prefill-only pass (output length 1) of the same workload after the measured
     window; decode = measured − prefill. steady_state: the part of the measured window where
-    the engine held ``batch`` sequences (needs more requests than ``batch``). ``max_window_s`` bounds the
+    the engine held ``batch`` sequences (needs more requests than ``batch``). ``energy_attribution``: the
+    rule that splits the window's energy over its requests (``work``: by the prompt and output work each caused,
+    weighted by J per prompt and per output token; ``output_tokens``: by the output tokens each produced); the
+    other rule's figures are always written beside it. ``max_window_s`` bounds the
     whole measured window: an arrival schedule longer than it is refused before anything loads, and the
     server client sends nothing after it and ends the requests still in flight then as errors.
     """
@@ -126,6 +135,7 @@ class MeasureConfig:
     prefill: bool = False
     steady_state: bool = True
     max_window_s: float = 3600.0  # the longest the measured window may last (s)
+    energy_attribution: AttributionRule = AttributionRule.work
 
     def __post_init__(self) -> None:
         _require(self.waves >= 2, "measure.waves", self.waves,

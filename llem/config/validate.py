@@ -154,6 +154,25 @@ def check_api_key(config: Config) -> None:
                           "non-ASCII character, which an HTTP header cannot carry: allowed printable ASCII only")
 
 
+def check_prompts(config: Config) -> None:
+    """Prompts sent as text (server.api=chat, or server.prompt=text) have text: dataset=random gives token ids
+    alone, which become text only through the id-word tokenizer a launched server on random weights loads."""
+    from llem.config.load import TEXT_ONLY_APIS
+
+    s = config.server
+    text_only = s.api in TEXT_ONLY_APIS or s.prompt == "text"
+    if s.mode == "none" or not text_only or config.dataset.name != "random":
+        return
+    if s.mode == "launch" and config.model.weights == Weights.random:
+        return  # its tokenizer is llem's id-word one: token ids are written as text exactly
+    why = f"server.api={s.api} takes text prompts only" if s.api in TEXT_ONLY_APIS else "server.prompt=text"
+    raise ConfigError(f"dataset=random is invalid with {why} and server={s.mode}"
+                      f"{' on pretrained weights' if s.mode == 'launch' else ''}: random prompts are token ids "
+                      "with no text; allowed a text dataset (dataset=builtin, file, hf, sharegpt …), "
+                      "server.api=completions with server.prompt=auto or token_ids, or server=launch with "
+                      "model.weights=random (its id-word tokenizer writes token ids as text)")
+
+
 def check(config: Config) -> None:
     """Every check of this module (raises ConfigError naming the key)."""
     check_overrides(_command_line())
@@ -161,3 +180,4 @@ def check(config: Config) -> None:
     check_lengths(config)
     check_schedule(config)
     check_api_key(config)
+    check_prompts(config)

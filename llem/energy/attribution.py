@@ -1,22 +1,57 @@
 """Energy per request: the measured window's GPU energy attributed to the requests that used it.
 
-The rule (documented in docs/method.md): the window is cut at the sampler's readings (~100 ms apart,
-the window's own edges included); each interval's energy — the change of the summed energy counter,
-else the trapezoid of instant power — goes to the requests that produced tokens in it, in proportion
-to the tokens each produced there; an interval with requests in service but no token (a prefill, a
-stall) is split equally among them; an interval with no request in service (an idle gap between
-arrivals) is the deployment's standing cost and is split equally over all the window's requests.
-Shares are normalised so the requests' energies sum to the window's energy; a request's adjusted
-energy takes off the baseline power times the seconds it is charged for by the same weights, so the
-adjusted energies sum to the window's adjusted energy.
+The window is cut at the sampler's readings (~100 ms apart, the window's own edges included); each
+interval's energy — the change of the summed energy counter, else the trapezoid of instant power — is
+split over the requests by a weight each carries in that interval (the rules, in docs/method.md):
+
+- ``work``: the work a request caused there. Its prompt work (prompt tokens charged × J per prompt token)
+  is spread evenly over the time from its start of service to its first token; its output work (output
+  tokens × J per output token) lands where its tokens were stamped (evenly from its first token to its end
+  where the engine gave no token times). A long prefill beside many decoders is charged its prefill. A
+  request that got no token is charged no prompt work: its prefill may never have run.
+- ``output_tokens``: the output tokens a request produced there (a prefill beside decoders is charged
+  nothing until its first token).
+
+Under either rule an interval with requests in service but no weight (a stall; under ``output_tokens``
+also a prefill) is split equally among them, and an interval with no request in service (an idle gap
+between arrivals) is the deployment's standing cost, split equally over all the window's requests.
+Shares are normalised so the requests' energies sum to the window's energy; a request's adjusted energy
+takes off the baseline power times the seconds it is charged for by the same weights, so the adjusted
+energies sum to the window's adjusted energy. Under ``work`` a request's adjusted energy is further told
+apart into its prompt and its output terms (the rest is its share of stalls and idle gaps).
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from llem.workload.records import RequestResult
+
+Work = Tuple[List[float], List[float]]  # (prompt work, output work) of each request in one interval
+
+
+@dataclass
+class Shares:
+    """Each request's part of the window's energy (J), in the order of the results; None: not measured."""
+
+    raw_j: List[Optional[float]]
+    adjusted_j: List[Optional[float]]
+    prompt_adjusted_j: List[Optional[float]]  # its prompt term of adjusted_j (work rule only)
+    output_adjusted_j: List[Optional[float]]  # its output term of adjusted_j (work rule only)
+    null_reason: Optional[str] = None
+
+    @classmethod
+    def none(cls, n: int, why: str) -> Shares:
+        return cls([None] * n, [None] * n, [None] * n, [None] * n, why)
+
+
+def prompt_tokens_charged(r: RequestResult) -> int:
+    """The prompt tokens a request's prefill processed: the engine's or server's own count where it gave one
+    (else the prompt sent), less those it says it served from its prefix cache (none, where it does not say)."""
+    processed = r.server_input_tokens if r.server_input_tokens is not None else r.input_tokens
+    return max(processed - (r.prompt_tokens_cached or 0), 0)
 
 
 def _intervals(rows: List[Dict[str, Any]], t0: float, t1: float) -> List[Tuple[float, float, float]]:
@@ -46,54 +81,128 @@ def _intervals(rows: List[Dict[str, Any]], t0: float, t1: float) -> List[Tuple[f
     return out
 
 
-def per_request(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: float, t1: float,
-                energy_j: Optional[float], baseline_power_w: Optional[float]
-                ) -> Tuple[List[Optional[float]], List[Optional[float]], Optional[str]]:
-    """(raw J per request, adjusted J per request, why null) in the order of ``results``."""
+def _spread(a: float, b: float, ta: float, tb: float, first: bool) -> float:
+    """The part of an even spread over [a, b] that falls in the interval (ta, tb] (a point: 1 or 0; the
+    window's first interval also takes a point on its start)."""
+    if b <= a:
+        return 1.0 if (ta < a <= tb) or (first and a == ta) else 0.0
+    return max(0.0, min(b, tb) - max(a, ta)) / (b - a)
+
+
+def _tokens_in(stamps: List[float], ta: float, tb: float) -> int:
+    return bisect.bisect_right(stamps, tb) - bisect.bisect_right(stamps, ta)
+
+
+def _in_service(results: Sequence[RequestResult], stamps: List[List[float]],
+                spans: List[Tuple[float, float, float]]) -> List[List[int]]:
+    """For each interval, the requests in service in it (from their start of service or first token stamp,
+    whichever is earlier, to their end or last stamp): one sweep, so a long window of many requests stays
+    linear in the intervals and the requests in flight."""
+    reach = [(min([r.start_s, *s[:1]]), max([r.end_s, *s[-1:]])) for r, s in zip(results, stamps)]
+    order = sorted(range(len(results)), key=lambda i: reach[i][0])
+    out, active, nxt = [], set(), 0
+    for ta, tb, _ in spans:
+        while nxt < len(order) and reach[order[nxt]][0] <= tb:
+            active.add(order[nxt])
+            nxt += 1
+        active = {i for i in active if reach[i][1] >= ta}
+        out.append(sorted(active))
+    return out
+
+
+def _split(spans: List[Tuple[float, float, float]], results: Sequence[RequestResult], stamps: List[List[float]],
+           work: Callable[[float, float, bool, List[int]], Work], t0: float, t1: float, energy_j: float,
+           baseline_power_w: Optional[float], terms: bool) -> Shares:
+    """Each interval's energy split by ``work`` (see the module's rule) over the requests in service in it,
+    normalised to the window. ``work`` gives the prompt and output work of each of those requests."""
     n = len(results)
-    if energy_j is None:
-        return [None] * n, [None] * n, "no GPU energy"
-    spans = _intervals(rows, t0, t1)
-    if not spans or not n:
-        return [None] * n, [None] * n, "no GPU time series in the window"
-    stamps = [sorted(r.token_times_s or []) for r in results]
-    raw = [0.0] * n
-    held = [0.0] * n  # seconds of the window each request is charged for, by the same weights
+    raw, held = [0.0] * n, [0.0] * n  # J, and seconds of the window each request is charged for
+    part_j = {"prompt": [0.0] * n, "output": [0.0] * n}  # J and seconds of its prompt and output terms
+    part_s = {"prompt": [0.0] * n, "output": [0.0] * n}
     idle_j = idle_s = 0.0
-    for ta, tb, joules in spans:
-        counts = [bisect.bisect_right(s, tb) - bisect.bisect_right(s, ta) for s in stamps]
-        total = sum(counts)
-        if total:
-            weights = [c / total for c in counts]
-        else:
-            busy = [i for i, r in enumerate(results) if r.start_s <= tb and r.end_s >= ta]
-            if not busy:
-                idle_j, idle_s = idle_j + joules, idle_s + (tb - ta)
-                continue
-            weights = [1.0 / len(busy) if i in busy else 0.0 for i in range(n)]
-        for i, w in enumerate(weights):
-            if w:
-                raw[i] += w * joules
-                held[i] += w * (tb - ta)
+    for k, ((ta, tb, joules), busy) in enumerate(zip(spans, _in_service(results, stamps, spans))):
+        if not busy:
+            idle_j, idle_s = idle_j + joules, idle_s + (tb - ta)
+            continue
+        prompt, output = work(ta, tb, k == 0, busy)
+        total = sum(prompt) + sum(output)
+        if total > 0:
+            weights = [(p + o) / total for p, o in zip(prompt, output)]
+            for i, w, p, o in zip(busy, weights, prompt, output):
+                if w:
+                    for name, mine in (("prompt", p), ("output", o)):
+                        part_j[name][i] += w * mine / (p + o) * joules
+                        part_s[name][i] += w * mine / (p + o) * (tb - ta)
+        else:  # a stall (under output_tokens also a prefill): split equally
+            weights = [1.0 / len(busy)] * len(busy)
+        for i, w in zip(busy, weights):
+            raw[i] += w * joules
+            held[i] += w * (tb - ta)
     raw = [x + idle_j / n for x in raw]
     held = [x + idle_s / n for x in held]
     sampled_j, sampled_s = sum(raw), sum(held)
     if sampled_j <= 0 or sampled_s <= 0:
-        return [None] * n, [None] * n, "the sampled intervals hold no energy"
+        return Shares.none(n, "the sampled intervals hold no energy")
     scale = energy_j / sampled_j  # the sampled intervals against the window's edge readings (within a counter step)
+    per_s = (t1 - t0) / sampled_s
     joules = [x * scale for x in raw]
     if baseline_power_w is None:
-        return joules, [None] * n, None
-    seconds = [x * (t1 - t0) / sampled_s for x in held]
-    return joules, [j - baseline_power_w * s for j, s in zip(joules, seconds)], None
+        return Shares(joules, [None] * n, [None] * n, [None] * n, None)
+
+    def adjusted(j: List[float], s: List[float]) -> List[Optional[float]]:
+        return [a * scale - baseline_power_w * b * per_s for a, b in zip(j, s)]
+
+    nulls: List[Optional[float]] = [None] * n
+    return Shares(joules, adjusted(raw, held),
+                  adjusted(part_j["prompt"], part_s["prompt"]) if terms else nulls,
+                  adjusted(part_j["output"], part_s["output"]) if terms else nulls, None)
 
 
-def into_rows(req_rows: Sequence[Any], results: Sequence[RequestResult], rows: List[Dict[str, Any]], t0: float,
-              t1: float, energy_j: Optional[float], baseline_power_w: Optional[float]) -> None:
-    """Each request's shares (:func:`per_request`) into its ``requests.parquet`` row (``energy_j``,
-    ``energy_adjusted_j``), matched by request id."""
-    raw, adjusted, _ = per_request(rows, results, t0, t1, energy_j, baseline_power_w)
-    by_id = {r.request_id: i for i, r in enumerate(results)}
-    for row in req_rows:
-        i = by_id[row.request_id]
-        row.energy_j, row.energy_adjusted_j = raw[i], adjusted[i]
+def output_tokens_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: float, t1: float,
+                       energy_j: Optional[float], baseline_power_w: Optional[float]) -> Shares:
+    """Each interval split by the output tokens each request produced in it."""
+    n = len(results)
+    if energy_j is None:
+        return Shares.none(n, "no GPU energy")
+    spans = _intervals(rows, t0, t1)
+    if not spans or not n:
+        return Shares.none(n, "no GPU time series in the window")
+    stamps = [sorted(r.token_times_s or []) for r in results]
+
+    def work(ta: float, tb: float, first: bool, busy: List[int]) -> Work:
+        return [0.0] * len(busy), [float(_tokens_in(stamps[i], ta, tb)) for i in busy]
+
+    return _split(spans, results, stamps, work, t0, t1, energy_j, baseline_power_w, terms=False)
+
+
+def work_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: float, t1: float,
+              energy_j: Optional[float], baseline_power_w: Optional[float], j_per_prompt_token: float,
+              j_per_output_token: float) -> Shares:
+    """Each interval split by the prompt and output work each request caused in it."""
+    n = len(results)
+    if energy_j is None:
+        return Shares.none(n, "no GPU energy")
+    spans = _intervals(rows, t0, t1)
+    if not spans or not n:
+        return Shares.none(n, "no GPU time series in the window")
+    stamps = [sorted(r.token_times_s or []) for r in results]
+    # a request that never got a token may never have been prefilled: only its output work (none) counts
+    prompt_j = [prompt_tokens_charged(r) * j_per_prompt_token if r.first_token_s is not None or s else 0.0
+                for r, s in zip(results, stamps)]
+    first = [r.first_token_s if r.first_token_s is not None else (s[0] if s else r.end_s)
+             for r, s in zip(results, stamps)]
+    # a prefill spread over its whole span: what lies outside the window is not in it
+    prefill = [(r.start_s, max(f, r.start_s)) for r, f in zip(results, first)]
+
+    def work(ta: float, tb: float, first_span: bool, busy: List[int]) -> Work:
+        prompt, output = [], []
+        for i in busy:
+            a, b = prefill[i]
+            prompt.append(prompt_j[i] * _spread(a, b, ta, tb, first_span) if prompt_j[i] else 0.0)
+            s, r = stamps[i], results[i]
+            tokens = float(_tokens_in(s, ta, tb)) if s else r.output_tokens * _spread(first[i], r.end_s, ta, tb,
+                                                                                          first_span)
+            output.append(tokens * j_per_output_token)
+        return prompt, output
+
+    return _split(spans, results, stamps, work, t0, t1, energy_j, baseline_power_w, terms=True)

@@ -23,18 +23,19 @@ from llem import results, workload
 from llem.backends import engine_class
 from llem.backends.base import EngineInfo
 from llem.config import BaselineKind, Config, config_hash
-from llem.energy import attribution, host_cpu, phases
 from llem.energy import flags as doubt
+from llem.energy import host_cpu, phases
 from llem.energy.codecarbon import HostWindows
 from llem.energy.idle import DeviceIdle, other_processes
 from llem.energy.nvml import GpuReader, open_gpus
 from llem.energy.window import EnergyMeter, Sampler, WindowEnergy
-from llem.measure import compile_cache, load_metrics, metrics, server_metrics, sizing
+from llem.measure import compile_cache, load_metrics, metrics, request_energy, server_metrics, sizing
 from llem.measure.kept_engine import KeptEngine
 from llem.measure.preload import preload_engine
 from llem.measure.warmup import Warmup, at_once, warm_up
 from llem.measure.window_parts import timeseries, window_parts
 from llem.results import environment
+from llem.results.attribution import EnergyAttribution
 from llem.results.load import LoadMetrics, OutputLengths, ServerFacts, ServerMetrics
 from llem.results.preparation import ContainerFacts, on_host
 from llem.results.row import (
@@ -195,7 +196,6 @@ class Experiment:
                 self.held.note_loaded_idle(parts[Baselines], window.duration_s, self.job_dir.name)
             energy = parts[EnergySummary]
             baseline_w = 0.0 if cfg.baseline.kind == BaselineKind.none else energy.baseline_power_w
-            attribution.into_rows(req_rows, outputs, in_window, window.t0, window.t1, window.energy_j, baseline_w)
             parts[LoadMetrics], load_flags = load_metrics.load_part(outputs, req_rows, window.duration_s, cfg)
             found += load_flags
             parts[ServerMetrics], server_flags = self.scrape.part(window.t0, window.t1, outputs)
@@ -209,10 +209,16 @@ class Experiment:
                                   steady.steady_state_null_reason if steady and steady.steady_state_s is None else None)
             flags = sorted({f.code for f in found})
             self.warnings.extend(f.message for f in found)
+            prefilled: List[RequestResult] = []  # what the prefill pass returned
             if cfg.measure.prefill:
                 self._stage(Stage.prefill)
-                parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w)
-            parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None))
+                parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w,
+                                                     prefilled)
+            parts[EnergyAttribution] = request_energy.attribute(
+                cfg, req_rows, outputs, in_window, window, baseline_w, parts.get(PrefillDecode), prefilled,
+                info.versions, gpus[0].name if gpus else None, self.job_dir.name)
+            parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None),
+                                                          cfg.server.api)
             parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,
                                                                     gpu_used=self.device == "cuda" or bool(gpus))
             outcome.status = "ok"
@@ -359,9 +365,11 @@ class Experiment:
         return Measured(outputs, window, busy, load)
 
     def _prefill(self, meter: EnergyMeter, engine, work: workload.Workload, host: HostWindows,
-                 window: WindowEnergy, outputs: List[RequestResult], baseline_w: Optional[float]) -> PrefillDecode:
-        pre = host.around("prefill", lambda: self._window(
-            meter, "prefill", lambda: engine.generate([at_once(r) for r in work.requests], 1, lambda n: None)))
+                 window: WindowEnergy, outputs: List[RequestResult], baseline_w: Optional[float],
+                 prefilled: List[RequestResult]) -> PrefillDecode:
+        """The prefill pass (output length 1, every request at once); what it returned goes into ``prefilled``."""
+        pre = host.around("prefill", lambda: self._window(meter, "prefill", lambda: prefilled.extend(
+            engine.generate([at_once(r) for r in work.requests], 1, lambda n: None))))
         cols, warns = phases.prefill_decode(
             window.duration_s, window.energy_j, pre.duration_s, pre.energy_j, baseline_w,
             sum(o.input_tokens for o in outputs), sum(o.output_tokens for o in outputs), len(outputs))

@@ -174,10 +174,10 @@ def arrival_span(results: Sequence[RequestResult]) -> Tuple[Optional[Tuple[float
     return (t0, t1), ""
 
 
-def server_part(endpoint: Any, prompt: Optional[str]) -> ServerFacts:
+def server_part(endpoint: Any, prompt: Optional[str], api: Optional[str] = None) -> ServerFacts:
     if endpoint is None:
         return ServerFacts(server_mode="none")
     return ServerFacts(server_mode=endpoint.mode, server_url=endpoint.url, server_command=endpoint.command,
                        server_start_s=endpoint.start_s, server_reused=endpoint.reused,
-                       num_server_starts=endpoint.starts if endpoint.mode == "launch" else None, server_prompt=prompt,
-                       server_log=endpoint.log_path)
+                       num_server_starts=endpoint.starts if endpoint.mode == "launch" else None, server_api=api,
+                       server_prompt=prompt, server_log=endpoint.log_path)

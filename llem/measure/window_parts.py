@@ -92,9 +92,9 @@ def prefix_cache_part(engine) -> EnginePrefixCache:
         return EnginePrefixCache(engine_prefix_cache_null_reason=why)
     queried, hit = counts
     if not queried:
-        return EnginePrefixCache(engine_prefix_cache_hit_tokens=hit, engine_prefix_cache_null_reason=(
-            "engine_prefix_cache_hit_pct: the engine looked up no prompt tokens in its prefix cache in the window"))
-    return EnginePrefixCache(engine_prefix_cache_hit_pct=100.0 * hit / queried, engine_prefix_cache_hit_tokens=hit)
+        return EnginePrefixCache(engine_prefix_cache_null_reason="the engine looked up no prompt tokens in its "
+                                 "prefix cache in the window")
+    return EnginePrefixCache(engine_prefix_cache_hit_pct=100.0 * hit / queried)
 
 
 def _rss_peak(rss: List[float], server_mode: str) -> Dict[str, Any]:

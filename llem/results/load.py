@@ -67,6 +67,8 @@ class ServerFacts:
                                           "started it; never in a window (s)")
     server_reused: Optional[bool] = col("the server was started by an earlier job of the sweep and kept running")
     num_server_starts: Optional[int] = col("servers started in this sweep so far, this job's included")
+    server_api: Optional[str] = col("the API the requests were sent to: completions (/v1/completions) or chat "
+                                    "(/v1/chat/completions, server.api)")
     server_prompt: Optional[str] = col("how prompts were sent: token_ids or text")
     server_log: Optional[str] = col("the server's log file (its lines from this job are in the job dir)")
 
@@ -107,6 +109,4 @@ class EnginePrefixCache:
 
     engine_prefix_cache_hit_pct: Optional[float] = col("prompt tokens the engine found in its prefix cache, as % of "
                                                        "those it looked up, in the window (in llem's process)")
-    engine_prefix_cache_hit_tokens: Optional[int] = col("prompt tokens the engine found in its prefix cache in the "
-                                                        "window (beside prefix_reusable_tokens_total)")
-    engine_prefix_cache_null_reason: Optional[str] = col("why the engine's prefix-cache columns are null")
+    engine_prefix_cache_null_reason: Optional[str] = col("why engine_prefix_cache_hit_pct is null")

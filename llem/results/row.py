@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Dict, List, Optional, Tuple
 
+from llem.results.attribution import EnergyAttribution
 from llem.results.load import EnginePrefixCache, LoadMetrics, OutputLengths, ServerFacts, ServerMetrics
 from llem.results.preparation import BuildCache, ContainerFacts, EngineReuse, OutsideWindow, Sizing, SweepPlace
 from llem.results.schema import (
@@ -276,8 +277,8 @@ PARTS: Tuple[Tuple[type, str], ...] = (
     (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (ServerMetrics, ""),
     (EnginePrefixCache, ""), (Padding, ""),
     (GpuEnergy, ""), (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""),
-    (SteadyState, ""), (PrefillDecode, ""), (HostEnergy, ""), (HostLoad, ""), (CodecarbonFacts, "codecarbon."),
-    (Notes, ""),
+    (SteadyState, ""), (PrefillDecode, ""), (EnergyAttribution, ""), (HostEnergy, ""), (HostLoad, ""),
+    (CodecarbonFacts, "codecarbon."), (Notes, ""),
 )
 
 

@@ -15,6 +15,9 @@ class RequestRow:
     batch_index: Optional[int] = col("the static batch that served it (PyTorch)")
     process_index: Optional[int] = col("the data-parallel replica that served it")
     input_tokens: int = col("prompt tokens", default=0)
+    server_input_tokens: Optional[int] = col("the prompt tokens the server reported processing (usage.prompt_tokens; "
+                                             "with server.api=chat its chat template's tokens included); null "
+                                             "in-process or where the server sent none")
     output_tokens: int = col("output tokens returned", default=0)
     arrival_offset_s: Optional[float] = col("when it was due (its arrival; a burst: the call's start; a closed "
                                             "loop: when a slot freed), from the window's start (s)")
@@ -29,16 +32,29 @@ class RequestRow:
                                             "(dataset=shared_prefix)")
     prefix_reusable_tokens: Optional[int] = col("prompt tokens a prefix cache could serve: its group's prefix, 0 "
                                                 "for the group's first request (dataset=shared_prefix); what the "
-                                                "engine reused is its own count")
+                                                "engine reused is its own count: prompt_tokens_cached")
     ttft_ms: Optional[float] = col("time to first token (ms): from its due time (see load_mode), the queue "
                                    "included, as a client sees it", pooled=(50, 99), label="TTFT", fmt=".1f")
     e2e_ms: Optional[float] = col("end-to-end latency (ms), from its due time (see load_mode), the queue included",
                                   pooled=(50,))
     tpot_ms: Optional[float] = col("time per output token after the first (ms)")
     itl_ms: Optional[List[float]] = col("every inter-token gap (ms)", pooled=(50, 99), label="ITL", fmt=".2f")
+    prompt_tokens_cached: Optional[int] = col("prompt tokens the engine or server said it served from its prefix "
+                                              "cache (null: it did not say)")
+    prompt_tokens_charged: Optional[int] = col("prompt tokens its prefill is charged for: the engine's or server's "
+                                               "own count (else input_tokens) less prompt_tokens_cached; null when "
+                                               "it got no token (its prefill may never have run: none is charged)")
     energy_j: Optional[float] = col("its share of the window's raw GPU energy (J): each sampling interval split "
-                                    "over the requests in flight by tokens produced (docs/method.md)")
+                                    "over the requests by the rule energy_attribution names (docs/method.md)")
     energy_adjusted_j: Optional[float] = col("its share of the window's adjusted energy (J), by the same rule")
+    energy_prompt_adjusted_j: Optional[float] = col("the prompt term of energy_adjusted_j under the work rule: its "
+                                                    "prefill's share (J); null under output_tokens")
+    energy_output_adjusted_j: Optional[float] = col("the output term of energy_adjusted_j under the work rule: its "
+                                                    "output tokens' share (J); null under output_tokens")
+    energy_output_tokens_rule_j: Optional[float] = col("its share of the raw energy by the output_tokens rule, "
+                                                       "whichever rule energy_j follows (J)")
+    energy_output_tokens_rule_adjusted_j: Optional[float] = col("its share of the adjusted energy by the "
+                                                                "output_tokens rule (J)")
     error: Optional[str] = col("why it failed (HTTP status and body, dropped stream, timeout), if it did")
     timing_note: Optional[str] = col("why a timing is missing or came from the host, if so")
     token_count_note: Optional[str] = col("how the server's token count disagreed with the length asked or the "

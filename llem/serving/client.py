@@ -1,8 +1,9 @@
 """The HTTP client that stands in for an engine when a server serves the requests (server=launch/external).
 
 It is an :class:`Engine` to the measurement protocol: ``load`` finds the served model and how it takes
-prompts, ``generate`` sends every request to ``POST /v1/completions`` at its due time (aiohttp,
-streamed server-sent events, ``stream_options.include_usage``) with at most ``load.max_concurrency`` in
+prompts, ``generate`` sends every request to the API ``server.api`` names (``POST /v1/completions`` or
+``/v1/chat/completions``: :mod:`llem.serving.apis`) at its due time (aiohttp, streamed server-sent events,
+``stream_options.include_usage``) with at most ``load.max_concurrency`` in
 flight. Per request: its due time (``arrival_s``: t0 + its arrival offset; in a closed loop, when its slot
 freed), when it was sent (``start_s``) and the client's lateness (sent − when it could have been), the time
 the bytes of every streamed chunk that carried text were read, the end, and the tokens credited: the server's
@@ -12,9 +13,10 @@ dropped stream, a redirect (never followed: the server measured is server.url) o
 ``server.connect_timeout_s``, ``server.chunk_timeout_s``, ``server.request_timeout_s`` or the end of
 ``measure.max_window_s`` is the request's ``error``: recorded, never dropped, the other requests measured.
 
-Prompts go as token ids where the server takes them (``server.prompt=auto`` asks once with a one-token
-request), as text otherwise: the request's own text, or its ids as id-words when the server's tokenizer
-is llem's (random weights; :mod:`llem.backends._served_model`), so the work is the same token for token.
+Prompts go as token ids where the API and the server take them (``server.prompt=auto`` asks once with a
+one-token completions request; chat takes text only), as text otherwise: the request's own text, or its ids
+as id-words when the server's tokenizer is llem's (random weights; :mod:`llem.backends._served_model`, whose
+chat template is the message's text alone), so the work is the same token for token.
 Chunks are not always tokens: with the id-word tokenizer each word of a chunk is one token; elsewhere
 each chunk is stamped once and the request's ``timing_note`` says so when their count differs from
 the tokens credited.
@@ -31,9 +33,10 @@ from llem.backends._served_model import id_words
 from llem.backends.base import Engine, EngineInfo, installed
 from llem.config import BackendConfig, Config
 from llem.config.load import load_mode
+from llem.serving.apis import APIS
 from llem.serving.schedule import Slots, sleep_until
 from llem.serving.server import MODELS_MAX_BYTES, Endpoint, alive, auth_headers, last_lines, model_names
-from llem.serving.stream import MAX_LINE_BYTES, StreamParser
+from llem.serving.stream import MAX_LINE_BYTES
 from llem.support.errors import EngineUnavailable, ServerError, WorkloadError
 from llem.support.install import install_hint
 from llem.workload.records import Progress, Request, RequestResult, now
@@ -60,9 +63,10 @@ class ServerEngine(Engine):
         self.endpoint = endpoint
         self.extras = extras  # output_len -> the JSON keys that make the server generate exactly that many
         self.model_name: Optional[str] = endpoint.model_name
-        self.prompt = endpoint.prompt
+        self.api = APIS[config.server.api]
+        self.prompt = endpoint.prompt if self.api.takes_token_ids else "text"
         self.probe_note: Optional[str] = None  # server.prompt=auto: the probe's refusal that made prompts text
-        self._url = f"{endpoint.url}/v1/completions"
+        self._url = f"{endpoint.url}{self.api.path}"
 
     def max_in_flight(self):
         """What the server runs at once: a launched one's batch or known default; an external one's is unknown."""
@@ -122,9 +126,15 @@ class ServerEngine(Engine):
         if self.endpoint.id_words:
             return id_words(request.token_ids)
         if request.text is None:
-            raise WorkloadError("this server takes text prompts only (it answered a prompt of token ids with "
-                                f"{self.probe_note or 'an error'}) and the dataset gives token ids without text: "
-                                "use a text dataset (dataset=builtin, file, hf …) or a server that takes token ids")
+            if not self.api.takes_token_ids:
+                why = f"server.api={self.api.name} takes text prompts only"
+            elif self.probe_note:
+                why = f"this server takes text prompts only (it answered a prompt of token ids with {self.probe_note})"
+            else:
+                why = "prompts are sent as text here (server.prompt=text, or the launched server takes text only)"
+            raise WorkloadError(f"{why} and the dataset gives token ids without text: use a text dataset "
+                                "(dataset=builtin, file, hf …), server.api=completions with a server that takes "
+                                "token ids, or a launched server on random weights (its id-word tokenizer)")
         return request.text
 
     def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
@@ -179,7 +189,7 @@ class ServerEngine(Engine):
 
     def _body(self, request: Request, length: int) -> Dict[str, Any]:
         d = self.config.decoding
-        body: Dict[str, Any] = {"model": self.model_name, "prompt": self._prompt(request), "max_tokens": length,
+        body: Dict[str, Any] = {"model": self.model_name, **self.api.keys(self._prompt(request), length),
                                 "stream": True, "stream_options": {"include_usage": True},
                                 "temperature": d.temperature}
         if not d.greedy:  # as the in-process engines do: greedy decoding sends no seed, top_p or top_k
@@ -209,7 +219,7 @@ class ServerEngine(Engine):
         import aiohttp
 
         bounds = self.config.server
-        parser = StreamParser(self.endpoint.id_words)
+        parser = self.api.parser(self.endpoint.id_words)
         error = None
         start = now()
         watch = _Watch(start + bounds.request_timeout_s, end)
@@ -270,7 +280,8 @@ class ServerEngine(Engine):
                              end_s=times[-1] if times else now(), first_token_s=times[0] if times else None,
                              token_times_s=times or None, timing_note=outcome.timing_note,
                              output_len_requested=length, error=error or outcome.error,
-                             token_count_note=outcome.token_note)
+                             token_count_note=outcome.token_note, server_input_tokens=outcome.server_input_tokens,
+                             prompt_tokens_cached=outcome.cached_tokens)
 
     def prefix_cache(self) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
         return None, "the engine runs in the server: its prefix cache is server_prefix_cache_hit_pct (server.metrics)"

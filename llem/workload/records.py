@@ -59,6 +59,8 @@ class RequestResult:
     output_len_requested: Optional[int] = None  # the length it asked for
     error: Optional[str] = None  # why it failed (an HTTP error, a dropped stream): recorded, never dropped
     token_count_note: Optional[str] = None  # how a token count reported disagreed with the tokens asked or seen
+    server_input_tokens: Optional[int] = None  # the prompt tokens a server reported (its usage.prompt_tokens)
+    prompt_tokens_cached: Optional[int] = None  # of the prompt, served from a prefix cache, where said (None: not)
 
 
 Progress = Callable[[int], None]  # called with the number of requests just completed
