@@ -99,3 +99,19 @@ def test_rows_of_other_datasets_have_no_group(compose_cfg):
                                        end_s=0.1) for r in work.requests], 0.0)
     label_prefixes(rows, work.requests)
     assert [(r.prefix_group_index, r.prefix_reusable_tokens) for r in rows] == [(None, None), (None, None)]
+
+
+def test_no_shared_prefix_leaves_nothing_to_reuse(compose_cfg):
+    work = _build(compose_cfg, "dataset.num_requests=4", "dataset.num_groups=2", "dataset.prefix_len=0")
+    assert [r.prefix_reusable_tokens for r in work.requests] == [0, 0, 0, 0]
+    assert len({tuple(r.token_ids) for r in work.requests}) == 4 and work.counts().prefix_reusable_tokens_total == 0
+
+
+def test_the_row_sums_the_reusable_tokens(compose_cfg):
+    work = _build(compose_cfg, "dataset.num_requests=5", "dataset.num_groups=2", "dataset.prefix_len=4")
+    assert work.counts().prefix_reusable_tokens_total == 3 * 4
+
+
+def test_other_datasets_have_no_reusable_total(compose_cfg):
+    work = workload.build(to_config(compose_cfg(["dataset.num_requests=2", "input_len=4"])))
+    assert work.counts().prefix_reusable_tokens_total is None
