@@ -242,6 +242,11 @@ class Engine(ABC):
         """Work the last ``generate`` did beyond the requested tokens (e.g. padding), if the engine can tell."""
         return None
 
+    def prefix_cache(self) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
+        """Prompt tokens the last ``generate`` looked up in the engine's prefix cache and found there (queried,
+        hit), as the engine counts them; or None and why not."""
+        return None, f"backend={self.name} does not report its prefix cache to llem"
+
     def device_uuids(self) -> Optional[List[str]]:
         """UUIDs of the GPUs the engine runs on, as the engine sees them (cross-checks NVML)."""
         return None

@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.backends._serve_cache import cache_args
 from llem.backends._torch_runner import PyTorchResolved
@@ -340,6 +340,9 @@ class PyTorchEngine(Engine):
 
     def work_counts(self) -> Optional[WorkCounts]:
         return self._counts
+
+    def prefix_cache(self) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
+        return None, "backend=pytorch has no prefix cache: every request does its full prefill"
 
     # -- device -------------------------------------------------------------------------
     def synchronize(self) -> None:

@@ -19,7 +19,9 @@ first scheduled it (``scheduled_ts``; preemptions are not tracked). TTFT and e2e
 request's due time (:mod:`llem.backends._due`), so the wait before service (requests beyond ``batch``
 wait in llem's queue for a free slot) is in them, and is the request's ``queue_ms``. ITL are
 the gaps between steps. Where the engine gives no stamps (or they do not fit the host clock),
-the host times are used and ``timing_note`` says so.
+the host times are used and ``timing_note`` says so. With ``backend.enable_prefix_caching`` the engine's own
+prefix-cache counters (``LLM.get_metrics()``: ``vllm:prefix_cache_queries`` and ``_hits``, in tokens) are read at
+the end of each ``generate``; their rise over it is the window's hit rate.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.backends._engine_args import check_engine_args, package_dir
 from llem.backends._hf_model import count_parameters, shared_dummy_model
@@ -211,6 +213,8 @@ class VllmEngine(Engine):
             self.kwargs["max_num_seqs"] = self.build_for  # later jobs of the sweep measure larger batches on it
         self.llm = LLM(**self.kwargs)
         self._params = count_parameters(cfg)
+        self._prefix_seen = self._prefix_counters()  # since the engine was built: each generate takes its rise
+        self._prefix_last: Optional[Tuple[int, int]] = None
 
     def sampling_params(self, output_len: int):
         from vllm import SamplingParams
@@ -264,7 +268,29 @@ class VllmEngine(Engine):
                     in_flight -= 1
                     due.finished(host)
                     progress(1)
+        self._take_prefix_counts()
         return [t.result() for t in tracks.values()]
+
+    def _prefix_counters(self) -> Optional[Tuple[int, int]]:
+        """The engine's prefix-cache counters (tokens queried, hit) since it was built; None when the cache is
+        off (nothing read: no cost) or the engine gives none."""
+        if not self.kwargs.get("enable_prefix_caching"):
+            return None
+        return prefix_cache_counters(self.llm.get_metrics())
+
+    def _take_prefix_counts(self) -> None:
+        now_seen = self._prefix_counters()
+        before, self._prefix_seen = self._prefix_seen, now_seen
+        self._prefix_last = None if now_seen is None or before is None else (
+            now_seen[0] - before[0], now_seen[1] - before[1])
+
+    def prefix_cache(self) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
+        if not self.kwargs.get("enable_prefix_caching"):
+            return None, "backend.enable_prefix_caching is false: vLLM kept no prefix cache"
+        if self._prefix_last is None:
+            return None, ("vLLM's LLM.get_metrics() gave no vllm:prefix_cache_queries / vllm:prefix_cache_hits "
+                          "counters")
+        return self._prefix_last, None
 
     def info(self) -> EngineInfo:
         import vllm
@@ -293,6 +319,20 @@ class VllmEngine(Engine):
             if hasattr(core, "shutdown"):
                 core.shutdown()
             self.llm = None
+
+
+PREFIX_QUERIES = ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries")  # counters, in tokens
+PREFIX_HITS = ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits")
+
+
+def prefix_cache_counters(metrics: Sequence[Any]) -> Optional[Tuple[int, int]]:
+    """(tokens queried, tokens hit) summed over the engines of ``LLM.get_metrics()`` (its Counter objects have a
+    ``name`` and a ``value``); None when it has neither counter."""
+    queries = [m.value for m in metrics if getattr(m, "name", None) in PREFIX_QUERIES]
+    hits = [m.value for m in metrics if getattr(m, "name", None) in PREFIX_HITS]
+    if not queries or not hits:
+        return None
+    return int(sum(queries)), int(sum(hits))
 
 
 class _Track:

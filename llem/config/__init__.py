@@ -25,6 +25,7 @@ from llem.config.dataset import (
     FileDatasetConfig,
     HFDatasetConfig,
     RandomDatasetConfig,
+    SharedPrefixDatasetConfig,
     TextDatasetConfig,
 )
 from llem.config.load import LoadConfig, OutputLengthsConfig, ServerConfig
@@ -36,7 +37,8 @@ from llem.support.errors import require as _require
 
 __all__ = ["AttributionRule", "BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "DatasetConfig", "EnergyConfig",
            "FileDatasetConfig", "HFDatasetConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
-           "RandomDatasetConfig", "RuntimeConfig", "ServerConfig", "TextDatasetConfig", "WarmupConfig"]
+           "RandomDatasetConfig", "RuntimeConfig", "ServerConfig", "SharedPrefixDatasetConfig", "TextDatasetConfig",
+           "WarmupConfig"]
 
 
 class DType(Enum):
@@ -239,6 +241,9 @@ class Config:
         _require(isinstance(self.dataset, DatasetConfig), "dataset", self.dataset, "a dataset group (dataset=...)")
         self._check_runtime()
         self._check_trace()
+        if isinstance(self.dataset, SharedPrefixDatasetConfig):  # a prompt is its group's prefix, then its own suffix
+            _require(self.dataset.prefix_len < self.input_len, "dataset.prefix_len", self.dataset.prefix_len,
+                     f"below input_len={self.input_len} (each prompt keeps at least one token of its own)")
 
     def _check_trace(self) -> None:
         """A trace gives each request its lengths: its prompts are random token ids (dataset=random) and its
@@ -283,6 +288,7 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="dataset", name="base_random", node=RandomDatasetConfig)
+    cs.store(group="dataset", name="base_shared_prefix", node=SharedPrefixDatasetConfig)
     cs.store(group="dataset", name="base_file", node=FileDatasetConfig)
     cs.store(group="dataset", name="base_builtin", node=BuiltinDatasetConfig)
     cs.store(group="dataset", name="base_hf", node=HFDatasetConfig)

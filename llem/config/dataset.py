@@ -34,6 +34,28 @@ class RandomDatasetConfig(DatasetConfig):
     name: str = "random"
 
 
+@dataclass
+class SharedPrefixDatasetConfig(DatasetConfig):
+    """Random token ids in ``num_groups`` groups whose prompts start with the same ``prefix_len`` ids (a
+    system prompt shared by the group), each then its own random suffix up to ``input_len`` tokens in all.
+    Request ``i`` belongs to group ``i % num_groups`` (round robin: the groups interleave in arrival order),
+    so a prefix cache can serve every request of a group after its first. ``prefix_len=0``: no shared
+    prefix (the same lengths, nothing to reuse)."""
+
+    name: str = "shared_prefix"
+    num_groups: int = 8
+    prefix_len: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.num_groups >= 1, "dataset.num_groups", self.num_groups, "an integer >= 1")
+        _require(self.prefix_len >= 0, "dataset.prefix_len", self.prefix_len,
+                 "an integer >= 0 (tokens a group's prompts share), below input_len")
+        if self.num_requests is not None:
+            _require(self.num_groups <= self.num_requests, "dataset.num_groups", self.num_groups,
+                     f"at most dataset.num_requests={self.num_requests} (each group needs a request)")
+
+
 LONG_PROMPTS = ("truncate", "drop")
 PROMPT_LAYOUTS = ("column", "alpaca", "sharegpt")
 

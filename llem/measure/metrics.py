@@ -60,6 +60,17 @@ def label_classes(rows: List[RequestRow], requests: Sequence[Request]) -> None:
         row.request_class = classes.get(row.request_id)
 
 
+def label_prefixes(rows: List[RequestRow], requests: Sequence[Request]) -> None:
+    """Each row's ``prefix_group_index`` and ``prefix_reusable_tokens``: what a shared-prefix workload gave its
+    request."""
+    by_id = {r.request_id: r for r in requests if r.prefix_group_index is not None}
+    for row in rows:
+        request = by_id.get(row.request_id)
+        if request is not None:
+            row.prefix_group_index = request.prefix_group_index
+            row.prefix_reusable_tokens = request.prefix_reusable_tokens
+
+
 def _stats(values: List[float], name: str, pcts=(50, 99), mean: bool = True) -> Dict[str, Optional[float]]:
     import numpy as np
 

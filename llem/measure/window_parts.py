@@ -12,6 +12,7 @@ from llem.config import Config
 from llem.energy.idle import DeviceIdle, taken_at_iso
 from llem.energy.window import Sampler, WindowEnergy
 from llem.measure import metrics
+from llem.results.load import EnginePrefixCache
 from llem.results.row import (
     Baselines,
     EnergySummary,
@@ -80,7 +81,20 @@ def window_parts(cfg: Config, engine, work, outputs: List[RequestResult], req_ro
             compute_precision=info.compute_precision or cfg.model.dtype.value,
             flops_estimate=2.0 * info.num_parameters * (in_tokens + out_tokens) if info.num_parameters else None),
         Latency: metrics.latency_summary(req_rows),
+        EnginePrefixCache: prefix_cache_part(engine),
     }
+
+
+def prefix_cache_part(engine) -> EnginePrefixCache:
+    """The engine's own prefix-cache hit rate over the window (its last ``generate``), or why there is none."""
+    counts, why = engine.prefix_cache()
+    if counts is None:
+        return EnginePrefixCache(engine_prefix_cache_null_reason=why)
+    queried, hit = counts
+    if not queried:
+        return EnginePrefixCache(engine_prefix_cache_null_reason="the engine looked up no prompt tokens in its "
+                                 "prefix cache in the window")
+    return EnginePrefixCache(engine_prefix_cache_hit_pct=100.0 * hit / queried)
 
 
 def _rss_peak(rss: List[float], server_mode: str) -> Dict[str, Any]:

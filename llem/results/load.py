@@ -100,3 +100,13 @@ class ServerMetrics:
                                                        "timed out: gaps in the time series")
     server_metrics_null_reason: Optional[str] = col("why columns of this part are null, each named, when "
                                                     "any is")
+
+
+@dataclass
+class EnginePrefixCache:
+    """The engine's own prefix cache over the window, as it counts it in llem's process (a server's is
+    server_prefix_cache_hit_pct): what a shared prefix (dataset=shared_prefix) actually saved."""
+
+    engine_prefix_cache_hit_pct: Optional[float] = col("prompt tokens the engine found in its prefix cache, as % of "
+                                                       "those it looked up, in the window (in llem's process)")
+    engine_prefix_cache_null_reason: Optional[str] = col("why engine_prefix_cache_hit_pct is null")

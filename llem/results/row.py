@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Dict, List, Optional, Tuple
 
 from llem.results.attribution import EnergyAttribution
-from llem.results.load import LoadMetrics, OutputLengths, ServerFacts, ServerMetrics
+from llem.results.load import EnginePrefixCache, LoadMetrics, OutputLengths, ServerFacts, ServerMetrics
 from llem.results.preparation import BuildCache, ContainerFacts, EngineReuse, OutsideWindow, Sizing, SweepPlace
 from llem.results.schema import (
     JSON,
@@ -76,6 +76,8 @@ class WorkloadCounts:
     prompts_dropped_long: Optional[int] = col("prompts skipped: longer than input_len with long_prompts=drop")
     prompts_repeated: Optional[int] = col("requests that reuse a prompt: the source ran out before the count")
     workload_sha256: Optional[str] = col("hash of the token ids measured: equal means the same prompts")
+    prefix_reusable_tokens_total: Optional[int] = col("prompt tokens a prefix cache could serve, over all requests "
+                                                      "(dataset=shared_prefix; requests.parquet has each)")
 
 
 @dataclass
@@ -272,7 +274,8 @@ class Notes:
 PARTS: Tuple[Tuple[type, str], ...] = (
     (Outcome, ""), (WorkloadCounts, ""), (OutputLengths, ""), (Sizing, ""), (OutsideWindow, ""), (BuildCache, ""),
     (EngineReuse, ""), (ContainerFacts, ""), (SweepPlace, ""),
-    (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (ServerMetrics, ""), (Padding, ""),
+    (ServerFacts, ""), (Throughput, ""), (LoadMetrics, ""), (ServerMetrics, ""),
+    (EnginePrefixCache, ""), (Padding, ""),
     (GpuEnergy, ""), (Baselines, ""), (EnergySummary, ""), (Memory, ""), (ModelFacts, ""), (Latency, ""),
     (SteadyState, ""), (PrefillDecode, ""), (EnergyAttribution, ""), (HostEnergy, ""), (HostLoad, ""),
     (CodecarbonFacts, "codecarbon."), (Notes, ""),

@@ -28,6 +28,11 @@ class RequestRow:
                                        "or when its slot freed (ms)")
     output_tokens_requested: Optional[int] = col("the output length it asked for")
     request_class: Optional[str] = col("its class in load.trace (the trace's class field), if it had one")
+    prefix_group_index: Optional[int] = col("the group whose shared prefix its prompt starts with "
+                                            "(dataset=shared_prefix)")
+    prefix_reusable_tokens: Optional[int] = col("prompt tokens a prefix cache could serve: its group's prefix, 0 "
+                                                "for the group's first request (dataset=shared_prefix); what the "
+                                                "engine reused is its own count: prompt_tokens_cached")
     ttft_ms: Optional[float] = col("time to first token (ms): from its due time (see load_mode), the queue "
                                    "included, as a client sees it", pooled=(50, 99), label="TTFT", fmt=".1f")
     e2e_ms: Optional[float] = col("end-to-end latency (ms), from its due time (see load_mode), the queue included",

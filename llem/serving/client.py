@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.backends._served_model import id_words
 from llem.backends.base import Engine, EngineInfo, installed
@@ -282,6 +282,9 @@ class ServerEngine(Engine):
                              output_len_requested=length, error=error or outcome.error,
                              token_count_note=outcome.token_note, server_input_tokens=outcome.server_input_tokens,
                              prompt_tokens_cached=outcome.cached_tokens)
+
+    def prefix_cache(self) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
+        return None, "the engine runs in the server: its prefix cache is server_prefix_cache_hit_pct (server.metrics)"
 
     def info(self) -> EngineInfo:
         return EngineInfo()

@@ -58,6 +58,8 @@ class Workload:
             prompts_dropped_long=self.dropped_long,
             prompts_repeated=self.repeated,
             workload_sha256=digest.hexdigest()[:16],  # equal ⇔ the same token ids were measured
+            prefix_reusable_tokens_total=None if self.requests[0].prefix_reusable_tokens is None else sum(
+                r.prefix_reusable_tokens or 0 for r in self.requests),
         )
 
 
@@ -74,18 +76,9 @@ def special_token_ids(architecture: dict) -> set:
 
 def random_requests(num: int, input_len: int, vocab_size: int, seed: int, avoid: set = frozenset()) -> List[Request]:
     """``num`` prompts of ``input_len`` token ids drawn uniformly (seeded), avoiding special ids."""
-    import numpy as np
+    from llem.workload.shared_prefix import random_ids
 
-    if vocab_size <= len(avoid) + 1:
-        raise WorkloadError(f"vocab_size={vocab_size} is too small for random prompts")
-    ids = np.random.default_rng(seed).integers(0, vocab_size, size=(num, input_len))
-    if avoid:  # redrawn from a second stream in row order: a larger num keeps the first rows as they were
-        redraw = np.random.default_rng([seed, 1])
-        bad = np.isin(ids, list(avoid))
-        while bad.any():
-            ids[bad] = redraw.integers(0, vocab_size, size=int(bad.sum()))
-            bad = np.isin(ids, list(avoid))
-    return [Request(i, row.tolist()) for i, row in enumerate(ids)]
+    return [Request(i, row.tolist()) for i, row in enumerate(random_ids(num, input_len, vocab_size, (seed,), avoid))]
 
 
 PIECE_CHARS = 1 << 20  # a line is read (and checked) this much at a time: a binary file fails early, not whole
@@ -305,6 +298,7 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
         FileDatasetConfig,
         HFDatasetConfig,
         RandomDatasetConfig,
+        SharedPrefixDatasetConfig,
     )
 
     dataset = config.dataset
@@ -319,6 +313,12 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
             vocab = len(tok)
         reqs = random_requests(count, config.input_len, int(vocab), config.seed, special_token_ids(arch))
         return Workload(reqs)
+    if isinstance(dataset, SharedPrefixDatasetConfig):
+        from llem.workload.shared_prefix import shared_prefix_requests
+
+        vocab = arch.get("vocab_size") or len(load_tokenizer(config.model))
+        return Workload(shared_prefix_requests(count, dataset.num_groups, dataset.prefix_len, config.input_len,
+                                               int(vocab), config.seed, special_token_ids(arch)))
     if isinstance(dataset, (FileDatasetConfig, BuiltinDatasetConfig, HFDatasetConfig)):
         if isinstance(dataset, HFDatasetConfig):
             from llem.workload.datasets_hf import hf_prompts

@@ -18,7 +18,8 @@ def now() -> float:
 class Request:
     """One prompt, as token ids (every engine does the same work), with its text when it had one, the
     output length it asks for (None: the job's ``output_len``) and when it arrives: seconds after the
-    measured call starts (None: at once, with every other request); a trace's requests carry their class."""
+    measured call starts (None: at once, with every other request); a trace's requests carry their class; a
+    shared-prefix workload's, their group and how many of their prompt's tokens an earlier request shared."""
 
     request_id: int
     token_ids: List[int]
@@ -26,6 +27,8 @@ class Request:
     output_len: Optional[int] = None
     arrival_s: Optional[float] = None
     request_class: Optional[str] = None
+    prefix_group_index: Optional[int] = None
+    prefix_reusable_tokens: Optional[int] = None
 
     @property
     def input_tokens(self) -> int:
