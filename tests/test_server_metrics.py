@@ -8,8 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from llem.backends._metric_names import SGLANG, VLLM, choose
 from llem.measure.server_metrics import summary
-from llem.serving.metric_names import SGLANG, VLLM, choose
 from llem.serving.scrape import Scrape, read, samples
 from llem.workload.records import RequestResult
 

@@ -104,7 +104,7 @@ class Serving:
 
     def metric_table(self) -> Optional[Any]:
         """The names its server's Prometheus ``/metrics`` gives the load llem reads
-        (:class:`llem.serving.metric_names.MetricTable`), or None: a server's names are then chosen by what it
+        (:class:`llem.backends._metric_names.MetricTable`), or None: a server's names are then chosen by what it
         exposes (server.metrics)."""
         return None
 

@@ -157,7 +157,7 @@ class VllmServing(Serving):
 
     def metric_table(self):
         """vLLM's Prometheus names (running and waiting requests, KV-cache usage, preemptions, prefix cache, tokens)."""
-        from llem.serving.metric_names import VLLM
+        from llem.backends._metric_names import VLLM
 
         return VLLM
 

@@ -13,10 +13,10 @@ import contextlib
 import logging
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+from llem.backends._metric_names import KNOWN, MetricTable, choose
 from llem.backends.base import installed
 from llem.energy.flags import Flag
 from llem.results.load import ServerMetrics
-from llem.serving.metric_names import KNOWN, MetricTable, choose
 from llem.serving.scrape import Scrape, ScrapeError, Scraper, fetch, samples
 from llem.serving.server import auth_headers
 from llem.support.errors import ServerError

@@ -2,7 +2,7 @@
 sampler's pace, through the measured window.
 
 Each scrape is one bounded GET (``SCRAPE_TIMEOUT_S`` to its last byte, at most ``MAX_METRICS_BYTES``) parsed by
-the Prometheus client library; the quantities llem reads (:mod:`llem.serving.metric_names`) are kept with the
+the Prometheus client library; the quantities llem reads (:mod:`llem.backends._metric_names`) are kept with the
 times the scrape was sent and answered. A scrape that fails is a gap, recorded with its error and counted;
 nothing waits on the thread inside the window, so a slow or broken ``/metrics`` delays neither the window
 nor the requests. The scraper shares the client's process, so it hands the parser only the lines of the
@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from llem.serving.metric_names import MetricTable
+from llem.backends._metric_names import MetricTable
 
 log = logging.getLogger(__name__)
 
