@@ -19,7 +19,7 @@ import time
 def page(histograms: int, buckets: int, engines: int) -> str:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-    from llem.serving.metric_names import VLLM
+    from llem.backends._metric_names import VLLM
 
     registry = CollectorRegistry()
     labels = ["model_name", "engine"]
@@ -41,7 +41,7 @@ def page(histograms: int, buckets: int, engines: int) -> str:
 
 
 def main() -> None:
-    from llem.serving.metric_names import VLLM
+    from llem.backends._metric_names import VLLM
     from llem.serving.scrape import read, samples
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

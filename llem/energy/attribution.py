@@ -158,16 +158,23 @@ def _split(spans: List[Tuple[float, float, float]], results: Sequence[RequestRes
                   adjusted(part_j["output"], part_s["output"]) if terms else nulls, None)
 
 
+def _inputs(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: float, t1: float,
+            energy_j: Optional[float]) -> Tuple[list, List[List[float]], Optional[Shares]]:
+    """The window's intervals and each request's sorted token stamps, or the null Shares saying why not."""
+    if energy_j is None:
+        return [], [], Shares.none(len(results), "no GPU energy")
+    spans = _intervals(rows, t0, t1)
+    if not spans or not results:
+        return [], [], Shares.none(len(results), "no GPU time series in the window")
+    return spans, [sorted(r.token_times_s or []) for r in results], None
+
+
 def output_tokens_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: float, t1: float,
                        energy_j: Optional[float], baseline_power_w: Optional[float]) -> Shares:
     """Each interval split by the output tokens each request produced in it."""
-    n = len(results)
-    if energy_j is None:
-        return Shares.none(n, "no GPU energy")
-    spans = _intervals(rows, t0, t1)
-    if not spans or not n:
-        return Shares.none(n, "no GPU time series in the window")
-    stamps = [sorted(r.token_times_s or []) for r in results]
+    spans, stamps, missing = _inputs(rows, results, t0, t1, energy_j)
+    if missing is not None:
+        return missing
 
     def work(ta: float, tb: float, first: bool, busy: List[int]) -> Work:
         return [0.0] * len(busy), [float(_tokens_in(stamps[i], ta, tb)) for i in busy]
@@ -179,13 +186,9 @@ def work_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: 
               energy_j: Optional[float], baseline_power_w: Optional[float], j_per_prompt_token: float,
               j_per_output_token: float) -> Shares:
     """Each interval split by the prompt and output work each request caused in it."""
-    n = len(results)
-    if energy_j is None:
-        return Shares.none(n, "no GPU energy")
-    spans = _intervals(rows, t0, t1)
-    if not spans or not n:
-        return Shares.none(n, "no GPU time series in the window")
-    stamps = [sorted(r.token_times_s or []) for r in results]
+    spans, stamps, missing = _inputs(rows, results, t0, t1, energy_j)
+    if missing is not None:
+        return missing
     # a request that never got a token may never have been prefilled: only its output work (none) counts
     prompt_j = [prompt_tokens_charged(r) * j_per_prompt_token if r.first_token_s is not None or s else 0.0
                 for r, s in zip(results, stamps)]
