@@ -3,8 +3,6 @@ and the engine's own prefix-cache counters become the row's hit rate (vLLM faked
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -50,15 +48,7 @@ class CachingLLM(vt.FakeLLM):
 
 @pytest.fixture
 def caching_vllm(monkeypatch):
-    vllm = types.ModuleType("vllm")
-    vllm.__version__ = "0.24.0-fake"
-    vllm.LLM, vllm.SamplingParams = CachingLLM, vt.FakeSamplingParams
-    inputs = types.ModuleType("vllm.inputs")
-    inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
-    sp = types.ModuleType("vllm.sampling_params")
-    sp.RequestOutputKind = types.SimpleNamespace(DELTA="delta", FINAL_ONLY="final")
-    for name, mod in (("vllm", vllm), ("vllm.inputs", inputs), ("vllm.sampling_params", sp)):
-        monkeypatch.setitem(sys.modules, name, mod)
+    vt.install_fake_vllm(monkeypatch, CachingLLM)
 
 
 def _config(compose_cfg, *overrides):

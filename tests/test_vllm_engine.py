@@ -100,11 +100,11 @@ class FakeSamplingParams:
     seed: object = None
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch):
+def install_fake_vllm(monkeypatch, llm_class):
+    """A fake ``vllm`` (with ``vllm.inputs`` and ``vllm.sampling_params``) whose LLM is ``llm_class``."""
     vllm = types.ModuleType("vllm")
     vllm.__version__ = "0.24.0-fake"
-    vllm.LLM, vllm.SamplingParams = FakeLLM, FakeSamplingParams
+    vllm.LLM, vllm.SamplingParams = llm_class, FakeSamplingParams
     inputs = types.ModuleType("vllm.inputs")
     inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
     sp = types.ModuleType("vllm.sampling_params")
@@ -112,6 +112,11 @@ def fake_vllm(monkeypatch):
     for name, mod in (("vllm", vllm), ("vllm.inputs", inputs), ("vllm.sampling_params", sp)):
         monkeypatch.setitem(sys.modules, name, mod)
     return vllm
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    return install_fake_vllm(monkeypatch, FakeLLM)
 
 
 def _config(compose_cfg, *overrides):
