@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from llem.backends._metric_names import KNOWN, MetricTable, choose
+from llem.backends._metric_names import COUNTERS, GAUGES, KNOWN, MetricTable, choose
 from llem.backends.base import installed
 from llem.energy.flags import Flag
 from llem.results.load import ServerMetrics
@@ -98,7 +98,7 @@ def summary(table: MetricTable, scrapes: List[Scrape], t0: float, t1: float, out
     out = ServerMetrics(server_metrics_source=table.kind, num_server_scrapes=len(ok),
                         num_server_scrapes_failed=len(inside) - len(ok))
     why: List[str] = []
-    for quantity in ("running", "waiting", "kv_cache_usage"):
+    for quantity in GAUGES:
         seen = [s.values[quantity] for s in ok if s.values.get(quantity) is not None]
         if seen:
             setattr(out, PART_COLUMNS[quantity], sum(seen) / len(seen))
@@ -109,8 +109,7 @@ def summary(table: MetricTable, scrapes: List[Scrape], t0: float, t1: float, out
     before = next((s for s in reversed(scrapes) if s.done_s <= t0 and s.error is None), None)
     after = next((s for s in scrapes if s.sent_s >= t1 and s.error is None), None)
     rise, reasons = {}, {}
-    for quantity in ("preemptions", "prefix_cache_queries", "prefix_cache_hits", "prompt_tokens",
-                     "generation_tokens"):
+    for quantity in COUNTERS:
         rise[quantity], reasons[quantity] = _rise(table, quantity, before, after, scrapes, t0, t1)
         if quantity in PART_COLUMNS:
             setattr(out, PART_COLUMNS[quantity], None if rise[quantity] is None else int(round(rise[quantity])))
