@@ -128,11 +128,10 @@ def _split(spans: List[Tuple[float, float, float]], results: Sequence[RequestRes
         total = sum(prompt) + sum(output)
         if total > 0:
             weights = [(p + o) / total for p, o in zip(prompt, output)]
-            for i, w, p, o in zip(busy, weights, prompt, output):
-                if w:
-                    for name, mine in (("prompt", p), ("output", o)):
-                        part_j[name][i] += w * mine / (p + o) * joules
-                        part_s[name][i] += w * mine / (p + o) * (tb - ta)
+            for i, p, o in zip(busy, prompt, output):
+                for name, mine in (("prompt", p), ("output", o)):
+                    part_j[name][i] += mine / total * joules
+                    part_s[name][i] += mine / total * (tb - ta)
         else:  # a stall (under output_tokens also a prefill): split equally
             weights = [1.0 / len(busy)] * len(busy)
         for i, w in zip(busy, weights):
