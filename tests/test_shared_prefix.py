@@ -7,7 +7,7 @@ import pytest
 
 from llem import workload
 from llem.config import to_config
-from llem.measure.metrics import label_prefixes, request_rows
+from llem.measure.metrics import label_rows, request_rows
 from llem.support.errors import ConfigError, WorkloadError
 from llem.workload.records import RequestResult
 from llem.workload.shared_prefix import shared_prefix_requests
@@ -89,7 +89,7 @@ def test_each_request_row_names_its_group_and_reusable_tokens(compose_cfg):
     results = [RequestResult(request_id=r.request_id, input_tokens=r.input_tokens, output_tokens=1, start_s=0.0,
                              end_s=0.1) for r in work.requests]
     rows = request_rows(results, 0.0)
-    label_prefixes(rows, work.requests)
+    label_rows(rows, work.requests)
     assert [(r.prefix_group_index, r.prefix_reusable_tokens) for r in rows] == [(0, 0), (1, 0), (0, 4)]
 
 
@@ -97,7 +97,7 @@ def test_rows_of_other_datasets_have_no_group(compose_cfg):
     work = workload.build(to_config(compose_cfg(["dataset.num_requests=2", "input_len=4"])))
     rows = request_rows([RequestResult(request_id=r.request_id, input_tokens=4, output_tokens=1, start_s=0.0,
                                        end_s=0.1) for r in work.requests], 0.0)
-    label_prefixes(rows, work.requests)
+    label_rows(rows, work.requests)
     assert [(r.prefix_group_index, r.prefix_reusable_tokens) for r in rows] == [(None, None), (None, None)]
 
 

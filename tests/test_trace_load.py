@@ -12,7 +12,7 @@ from llem.config import to_config
 from llem.config.load import load_mode
 from llem.measure import sizing
 from llem.measure.load_metrics import load_part
-from llem.measure.metrics import label_classes, request_rows
+from llem.measure.metrics import label_rows, request_rows
 from llem.support.errors import ConfigError
 from llem.workload import build
 from llem.workload.arrivals import lengths_part, shape
@@ -144,7 +144,7 @@ def test_the_row_names_the_trace_and_its_rate_and_each_request_its_class(compose
                              end_s=r.arrival_s + 0.1, first_token_s=r.arrival_s + 0.05, arrival_s=r.arrival_s)
                for r in work.requests]
     rows = request_rows(results, 0.0)
-    label_classes(rows, work.requests)
+    label_rows(rows, work.requests)
     out, _ = load_part(results, rows, 2.5, config)
     assert out.load_trace == "two_class.jsonl" and len(out.load_trace_sha256) == 64
     assert out.target_requests_per_s == pytest.approx(2 / 2.0)  # 3 requests over 2 s

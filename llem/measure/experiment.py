@@ -187,8 +187,7 @@ class Experiment:
                 found += doubt.baseline_flags("loaded_idle", loaded_rows)
             info = engine.info()
             req_rows = metrics.request_rows(outputs, window.t0)  # kept in requests.parquet, also if all failed
-            metrics.label_classes(req_rows, work.requests)
-            metrics.label_prefixes(req_rows, work.requests)
+            metrics.label_rows(req_rows, work.requests)
             load_metrics.check_some_succeeded(outputs, "measured window")
             parts.update(window_parts(cfg, engine, work, outputs, req_rows, window, loaded_idle, sampler, info,
                                       self.device_idle, self.warnings))

@@ -53,22 +53,19 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
     return rows
 
 
-def label_classes(rows: List[RequestRow], requests: Sequence[Request]) -> None:
-    """Each row's ``request_class``: the class its request came with (a trace's ``class`` field)."""
-    classes = {r.request_id: r.request_class for r in requests if r.request_class is not None}
-    for row in rows:
-        row.request_class = classes.get(row.request_id)
+# what a workload gives each request that its requests.parquet row keeps: a trace's class, a shared-prefix
+# workload's group and the tokens of its prompt an earlier request shared
+REQUEST_LABELS = ("request_class", "prefix_group_index", "prefix_reusable_tokens")
 
 
-def label_prefixes(rows: List[RequestRow], requests: Sequence[Request]) -> None:
-    """Each row's ``prefix_group_index`` and ``prefix_reusable_tokens``: what a shared-prefix workload gave its
-    request."""
-    by_id = {r.request_id: r for r in requests if r.prefix_group_index is not None}
+def label_rows(rows: List[RequestRow], requests: Sequence[Request]) -> None:
+    """Each row's :data:`REQUEST_LABELS`, as its request (matched by id) came with them."""
+    by_id = {r.request_id: r for r in requests}
     for row in rows:
         request = by_id.get(row.request_id)
         if request is not None:
-            row.prefix_group_index = request.prefix_group_index
-            row.prefix_reusable_tokens = request.prefix_reusable_tokens
+            for name in REQUEST_LABELS:
+                setattr(row, name, getattr(request, name))
 
 
 def _stats(values: List[float], name: str, pcts=(50, 99), mean: bool = True) -> Dict[str, Optional[float]]:
