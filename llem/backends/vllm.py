@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from llem.backends._engine_args import check_engine_args, package_dir
 from llem.backends._hf_model import count_parameters, shared_dummy_model
+from llem.backends._metric_names import VLLM
 from llem.backends._vllm_args import RESERVED, cli_flags, llm_arguments, llm_kwargs
 from llem.backends.base import CompileCache, Engine, EngineInfo, ServerLaunch, Serving, build_text, installed
 from llem.config import BackendConfig, Config, Weights
@@ -157,8 +158,6 @@ class VllmServing(Serving):
 
     def metric_table(self):
         """vLLM's Prometheus names (running and waiting requests, KV-cache usage, preemptions, prefix cache, tokens)."""
-        from llem.backends._metric_names import VLLM
-
         return VLLM
 
 
@@ -321,8 +320,13 @@ class VllmEngine(Engine):
             self.llm = None
 
 
-PREFIX_QUERIES = ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries")  # counters, in tokens
-PREFIX_HITS = ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits")
+def _counter_names(scraped: Tuple[str, ...]) -> Tuple[str, ...]:
+    """A counter's names as ``LLM.get_metrics()`` gives them: its Prometheus names without ``_total``."""
+    return tuple(n.removesuffix("_total") for n in scraped)
+
+
+PREFIX_QUERIES = _counter_names(VLLM.prefix_cache_queries)  # counters, in tokens
+PREFIX_HITS = _counter_names(VLLM.prefix_cache_hits)
 
 
 def prefix_cache_counters(metrics: Sequence[Any]) -> Optional[Tuple[int, int]]:
