@@ -54,6 +54,12 @@ def prompt_tokens_charged(r: RequestResult) -> int:
     return max(processed - (r.prompt_tokens_cached or 0), 0)
 
 
+def got_a_token(r: RequestResult) -> bool:
+    """Whether a request got a token: one that got none may never have been prefilled, so it is charged no
+    prompt work."""
+    return r.first_token_s is not None or bool(r.token_times_s)
+
+
 def _intervals(rows: List[Dict[str, Any]], t0: float, t1: float) -> List[Tuple[float, float, float]]:
     """(start, end, joules) of consecutive sample instants in [t0, t1], summed over the GPUs."""
     by_t: Dict[float, Dict[int, Dict[str, Any]]] = {}
@@ -189,8 +195,7 @@ def work_rule(rows: List[Dict[str, Any]], results: Sequence[RequestResult], t0: 
     if missing is not None:
         return missing
     # a request that never got a token may never have been prefilled: only its output work (none) counts
-    prompt_j = [prompt_tokens_charged(r) * j_per_prompt_token if r.first_token_s is not None or s else 0.0
-                for r, s in zip(results, stamps)]
+    prompt_j = [prompt_tokens_charged(r) * j_per_prompt_token if got_a_token(r) else 0.0 for r in results]
     first = [r.first_token_s if r.first_token_s is not None else (s[0] if s else r.end_s)
              for r, s in zip(results, stamps)]
     # a prefill spread over its whole span: what lies outside the window is not in it

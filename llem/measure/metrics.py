@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from llem.energy.attribution import prompt_tokens_charged
+from llem.energy.attribution import got_a_token, prompt_tokens_charged
 from llem.results.row import EnergySummary, Latency
 from llem.results.tables import RequestRow
 from llem.workload.records import Request, RequestResult
@@ -36,7 +36,7 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
             server_input_tokens=r.server_input_tokens,
             output_tokens=r.output_tokens,
             prompt_tokens_cached=r.prompt_tokens_cached,
-            prompt_tokens_charged=prompt_tokens_charged(r) if r.first_token_s is not None or times else None,
+            prompt_tokens_charged=prompt_tokens_charged(r) if got_a_token(r) else None,
             arrival_offset_s=origin - window_t0,
             start_offset_s=r.start_s - window_t0,
             queue_ms=_ms(r.start_s - origin),

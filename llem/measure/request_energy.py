@@ -53,7 +53,7 @@ def job_weights(cfg: Any, outputs: Sequence[RequestResult], window_adjusted_j: O
     if rule != "work":
         return work_weights.choose(rule, Weights(), None)
     if cfg.measure.prefill:
-        charged = sum(attribution.prompt_tokens_charged(o) for o in outputs if o.first_token_s is not None)
+        charged = sum(attribution.prompt_tokens_charged(o) for o in outputs if attribution.got_a_token(o))
         measured = work_weights.from_prefill_pass(j_per_prompt_token, window_adjusted_j, charged,
                                                   sum(o.output_tokens for o in outputs))
     else:
