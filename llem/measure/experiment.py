@@ -115,11 +115,12 @@ class Experiment:
         outcome = Outcome(config_hash=config_hash(cfg),
                           started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         engine_cls = engine_class(cfg.backend.name)
-        if self.endpoint is not None:  # the server serves; the engine's serving part says how to ask it
+        # the server serves; the engine's serving part says how to ask it and what its /metrics names are
+        serving = engine_cls.serving(cfg, self.device) if self.endpoint is not None else None
+        if serving is not None:
             from llem.serving.client import ServerEngine
 
-            extras = engine_cls.serving(cfg, self.device).request_extras
-            engine = ServerEngine(cfg, self.device, self.endpoint, extras)
+            engine = ServerEngine(cfg, self.device, self.endpoint, serving.request_extras)
         elif self.held is not None:
             (engine := self.held.engine).reconfigure(cfg)
         else:
@@ -145,7 +146,7 @@ class Experiment:
             work = self._build(plan.num_requests, parts)
             self._stage(Stage.check)
             engine.check()
-            own = engine_cls.serving(cfg, self.device).metric_table() if self.endpoint is not None else None
+            own = serving.metric_table() if serving is not None else None
             self.scrape = server_metrics.at_check(cfg, self.endpoint, own, lambda: sampler.phase)
             host = HostWindows(cfg.energy.meters, cfg.energy.country_iso_code, self.job_dir)
             meter.sync = engine.synchronize
