@@ -121,12 +121,10 @@ def load_part(results: Sequence[RequestResult], rows: Sequence[RequestRow], wind
 
 def _trace_part(out: LoadMetrics, config: Any) -> None:
     """The replayed trace: its file's name and content hash, and its own mean rate as the target."""
-    from pathlib import Path
-
     from llem.workload import trace
 
     whole, lines = trace.load(config.load.trace), trace.replayed(config)
-    out.load_trace, out.load_trace_sha256 = Path(config.load.trace).name, whole.sha256
+    out.load_trace, out.load_trace_sha256 = whole.name, whole.sha256
     span_s = lines[-1].timestamp_s * config.load.trace_time_scale
     out.target_requests_per_s = (len(lines) - 1) / span_s if span_s > 0 else float("inf")
 
