@@ -46,11 +46,15 @@ def words_in(text: str) -> int:
 def write_chat_template(folder: Path) -> None:
     """The id-word chat template in ``folder`` (a folder written before it had one gets it); kept if there."""
     target = folder / CHAT_TEMPLATE_FILE
-    if target.is_file():
-        return
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", suffix=".jinja", delete=False) as fh:
-        fh.write(ID_WORDS_CHAT_TEMPLATE)
-    Path(fh.name).replace(target)  # whole or absent, when jobs write it at once
+    if not target.is_file():
+        _replace_text(target, ID_WORDS_CHAT_TEMPLATE)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """``text`` as the file ``path``, written beside it and moved in: whole or absent, when jobs write it at once."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".tmp-", suffix=path.suffix, delete=False) as fh:
+        fh.write(text)
+    Path(fh.name).replace(path)
 
 
 def write_id_tokenizer(folder: Path, vocab_size: int, eos_token_id: Optional[int], special_words: bool = True
@@ -155,11 +159,8 @@ def _served_as_built(folder: Path, architecture: Dict[str, Any]) -> None:
         generation = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    if generation.pop("eos_token_id", None) is None:
-        return
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".tmp-", suffix=".json", delete=False) as fh:
-        json.dump(generation, fh, indent=2)
-    Path(fh.name).replace(path)
+    if generation.pop("eos_token_id", None) is not None:
+        _replace_text(path, json.dumps(generation, indent=2))
 
 
 def _build(folder: Path, spec: Dict[str, Any]) -> None:
