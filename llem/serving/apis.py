@@ -5,7 +5,8 @@ rule of timing, token counting and errors are the same for all of them (llem.ser
 
 ``completions`` (``/v1/completions``): the prompt as token ids or text, the length as ``max_tokens``.
 ``chat`` (``/v1/chat/completions``): the prompt's text as one user message, or a conversation's turn as
-its messages, user and assistant in turn with the new user message last (the server applies its chat template), the length as ``max_completion_tokens`` (the current name) and ``max_tokens`` (the older one,
+its messages, user and assistant in turn with the new user message last (the server applies its chat
+template), the length as ``max_completion_tokens`` (the current name) and ``max_tokens`` (the older one,
 which some servers read alone), equal.
 """
 

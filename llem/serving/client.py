@@ -321,7 +321,7 @@ class ServerEngine(Engine):
         return EngineInfo()
 
 
-async def _outcome(ended: "asyncio.Future", end: float) -> Optional[RequestResult]:
+async def _outcome(ended: asyncio.Future, end: float) -> Optional[RequestResult]:
     """The result of the turn ``ended`` stands for, once it ends; None if it has not by ``end`` (the window's)."""
     try:
         return await asyncio.wait_for(asyncio.shield(ended), timeout=max(0.0, end - now()))
