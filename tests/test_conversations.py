@@ -89,7 +89,7 @@ def _turns(*pairs):
 def test_a_sharegpt_file_gives_one_request_per_human_turn_with_the_recorded_replies(compose_cfg, tmp_path):
     path = _write(tmp_path, [_turns(("human", "hi"), ("gpt", "hello there"), ("human", "and?")),
                              _turns(("human", "one"))], ".json")
-    reqs = _requests(compose_cfg, f"dataset.path={path}", "model.tokenizer=bytes", "input_len=64")
+    reqs = _requests(compose_cfg, f"dataset.path={path}", "model.tokenizer=bytes", "input_len=64", "output_len=null")
     assert [(r.conversation_index, r.turn_index) for r in reqs] == [(0, 0), (0, 1), (1, 0)]
     assert [m.text for m in reqs[1].messages] == ["hi", "hello there", "and?"]
     assert reqs[1].prefix_reusable_tokens == len("hi") + len("hello there")  # one byte a token
