@@ -133,3 +133,24 @@ def test_impossible_settings_are_refused_naming_the_key(compose_cfg, override, k
 def test_in_process_engines_are_refused_naming_the_dataset_and_server_mode(compose_cfg):
     with pytest.raises(ConfigError, match=r"server\.mode='none'.*dataset=conversations"):
         to_config(compose_cfg(["dataset=conversations"]))
+
+
+def test_a_json_file_names_the_item_that_is_wrong(compose_cfg, tmp_path):
+    path = _write(tmp_path, [_turns(("human", "fine")), _turns(("gpt", "no"))], ".json")
+    with pytest.raises(ConfigError, match=r"conv\.json item 1: conversations\[0\]\.from='gpt'"):
+        check_conversations(_config(compose_cfg, f"dataset.path={path}", "model.tokenizer=bytes"))
+
+
+def test_a_file_that_is_neither_json_nor_jsonl_is_refused(compose_cfg, tmp_path):
+    path = tmp_path / "conv.txt"
+    path.write_text("hello\n")
+    with pytest.raises(ConfigError, match=r"must be \.json \(a list\) or \.jsonl"):
+        check_conversations(_config(compose_cfg, f"dataset.path={path}", "model.tokenizer=bytes"))
+
+
+def test_synthetic_conversations_as_text_need_the_id_word_tokenizer(compose_cfg):
+    from llem.config.validate import check_prompts
+
+    config = to_config(compose_cfg([*BASE, "server.api=chat"]))
+    with pytest.raises(ConfigError, match=r"dataset=conversations with dataset\.path=null is invalid with server\.api"):
+        check_prompts(config)
