@@ -61,13 +61,14 @@ def label_classes(rows: List[RequestRow], requests: Sequence[Request]) -> None:
 
 
 def label_prefixes(rows: List[RequestRow], requests: Sequence[Request]) -> None:
-    """Each row's ``prefix_group_index`` and ``prefix_reusable_tokens``: what a shared-prefix workload gave its
-    request."""
-    by_id = {r.request_id: r for r in requests if r.prefix_group_index is not None}
+    """Each row's ``prefix_group_index``, ``conversation_index``, ``turn_index`` and ``prefix_reusable_tokens``:
+    what a shared-prefix or conversations workload gave its request."""
+    by_id = {r.request_id: r for r in requests if r.prefix_reusable_tokens is not None}
     for row in rows:
         request = by_id.get(row.request_id)
         if request is not None:
             row.prefix_group_index = request.prefix_group_index
+            row.conversation_index, row.turn_index = request.conversation_index, request.turn_index
             row.prefix_reusable_tokens = request.prefix_reusable_tokens
 
 
