@@ -9,10 +9,10 @@ import pytest
 
 from llem import workload
 from llem.config import to_config
-from llem.config.validate import check_conversations
 from llem.measure.warmup import at_once
 from llem.support.errors import ConfigError
 from llem.workload.arrivals import shape
+from llem.workload.conversations import check_config as check_conversations
 
 SERVER = ["server=external", "server.url=http://127.0.0.1:9"]
 BASE = [*SERVER, "dataset=conversations", "seed=3"]

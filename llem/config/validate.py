@@ -177,22 +177,6 @@ def check_prompts(config: Config) -> None:
                       "model.weights=random (its id-word tokenizer writes token ids as text)")
 
 
-def check_conversations(config: Config) -> None:
-    """A conversations file is read and checked before anything loads: each item's messages, roles and order
-    (the error names the file, its line or item, and the field)."""
-    if config.dataset.name != "conversations" or config.dataset.path is None:
-        return
-    from pathlib import Path
-
-    from llem.support.errors import WorkloadError
-    from llem.workload.conversations import read_conversations
-
-    try:
-        read_conversations(Path(config.dataset.path).expanduser(), config.dataset.num_conversations)
-    except WorkloadError as exc:
-        raise ConfigError(f"dataset.path: {exc}") from None
-
-
 def check(config: Config) -> None:
     """Every check of this module (raises ConfigError naming the key)."""
     check_overrides(_command_line())
@@ -201,4 +185,3 @@ def check(config: Config) -> None:
     check_schedule(config)
     check_api_key(config)
     check_prompts(config)
-    check_conversations(config)

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
-from llem.support.errors import WorkloadError
+from llem.support.errors import ConfigError, WorkloadError
 from llem.workload.records import Message, Request
 
 USER_ROLES = ("human", "user")
@@ -178,3 +178,14 @@ def conversation_requests(config: Any) -> Tuple[List[Request], int]:
         conversations = tokenized(texts, load_tokenizer(config.model), int(vocab) if vocab else None)
     return turn_requests(conversations, dataset.turns, config.input_len, config.output_len is None,
                          dataset.output_lengths, dataset.think_time_s)
+
+
+def check_config(config: Any) -> None:
+    """A conversations file is read and checked before anything loads: each item's messages, roles and order
+    (the error names the file, its line or item, and the field)."""
+    if config.dataset.name != "conversations" or config.dataset.path is None:
+        return
+    try:
+        read_conversations(Path(config.dataset.path).expanduser(), config.dataset.num_conversations)
+    except WorkloadError as exc:
+        raise ConfigError(f"dataset.path: {exc}") from None
