@@ -21,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from llem.config.dataset import (
     BuiltinDatasetConfig,
+    ConversationsDatasetConfig,
     DatasetConfig,
     FileDatasetConfig,
     HFDatasetConfig,
@@ -35,7 +36,8 @@ from llem.results.schema import plain
 from llem.support.errors import ConfigError
 from llem.support.errors import require as _require
 
-__all__ = ["AttributionRule", "BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "DatasetConfig", "EnergyConfig",
+__all__ = ["AttributionRule", "BaselineConfig", "BaselineKind", "BuiltinDatasetConfig", "ConversationsDatasetConfig",
+           "DatasetConfig", "EnergyConfig",
            "FileDatasetConfig", "HFDatasetConfig", "LoadConfig", "MeasureConfig", "OutputLengthsConfig",
            "RandomDatasetConfig", "RuntimeConfig", "ServerConfig", "SharedPrefixDatasetConfig", "TextDatasetConfig",
            "WarmupConfig"]
@@ -244,6 +246,20 @@ class Config:
         if isinstance(self.dataset, SharedPrefixDatasetConfig):  # a prompt is its group's prefix, then its own suffix
             _require(self.dataset.prefix_len < self.input_len, "dataset.prefix_len", self.dataset.prefix_len,
                      f"below input_len={self.input_len} (each prompt keeps at least one token of its own)")
+        if isinstance(self.dataset, ConversationsDatasetConfig):
+            self._check_conversations()
+
+    def _check_conversations(self) -> None:
+        """Turns wait on their predecessors' replies, which only the server client can do: in-process engines
+        schedule every request's due time before the run. A synthetic conversation's last prompt fits input_len."""
+        mode = getattr(self.server, "mode", "none")
+        _require(mode != "none", "server.mode", mode,
+                 "launch or external with dataset=conversations (a turn is due when the previous reply ended: "
+                 "in-process engines fix every due time before the run)")
+        longest = self.dataset.longest_prompt()
+        _require(longest is None or longest <= self.input_len, "dataset.turns", self.dataset.turns,
+                 f"few enough that the last turn's prompt (turns × user_len + (turns - 1) × assistant_len = "
+                 f"{longest} tokens) fits input_len={self.input_len}")
 
     def _check_trace(self) -> None:
         """A trace gives each request its lengths: its prompts are random token ids (dataset=random) and its
@@ -289,6 +305,7 @@ def register_configs() -> None:
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="dataset", name="base_random", node=RandomDatasetConfig)
     cs.store(group="dataset", name="base_shared_prefix", node=SharedPrefixDatasetConfig)
+    cs.store(group="dataset", name="base_conversations", node=ConversationsDatasetConfig)
     cs.store(group="dataset", name="base_file", node=FileDatasetConfig)
     cs.store(group="dataset", name="base_builtin", node=BuiltinDatasetConfig)
     cs.store(group="dataset", name="base_hf", node=HFDatasetConfig)

@@ -56,6 +56,50 @@ class SharedPrefixDatasetConfig(DatasetConfig):
                      f"at most dataset.num_requests={self.num_requests} (each group needs a request)")
 
 
+@dataclass
+class ConversationsDatasetConfig(DatasetConfig):
+    """Multi-turn conversations against a server: each turn is one request whose prompt is the conversation's
+    history (earlier user messages and the *recorded* assistant replies, so every run sends the same prompts)
+    plus the new user message. Turn k+1 is due ``think_time_s`` after turn k's reply ended; conversations
+    start at the load's arrival times. ``path``: a ShareGPT-style JSON or JSONL file (each item
+    ``{"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}``), its first ``num_conversations``
+    (null: all) cut to ``turns`` user turns each (null: all); null ``path``: ``num_conversations`` synthetic
+    conversations of ``turns`` turns, user messages of ``user_len`` and replies of ``assistant_len`` random
+    token ids (seeded). The request count is theirs: ``num_requests`` stays null."""
+
+    name: str = "conversations"
+    path: Optional[str] = None  # a ShareGPT-style JSON/JSONL file; null: synthetic conversations
+    num_conversations: Optional[int] = 8  # null with a path: every conversation in the file
+    turns: Optional[int] = 4  # user turns per conversation (with a path: at most; null: all)
+    user_len: int = 16  # synthetic: tokens of each user message
+    assistant_len: int = 16  # synthetic: tokens of each recorded reply
+    think_time_s: float = 1.0  # from a turn's reply ending to the next turn being due
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.num_requests is None, "dataset.num_requests", self.num_requests,
+                 "null with dataset=conversations (the count is the conversations' turns: dataset.num_conversations "
+                 "and dataset.turns)")
+        _require(self.num_conversations is None or self.num_conversations >= 1, "dataset.num_conversations",
+                 self.num_conversations, "an integer >= 1 (null: every conversation of dataset.path)")
+        _require(self.turns is None or self.turns >= 1, "dataset.turns", self.turns,
+                 "an integer >= 1 (null: every turn of each conversation of dataset.path)")
+        if self.path is None:
+            _require(self.num_conversations is not None, "dataset.num_conversations", None,
+                     "an integer >= 1 when dataset.path is null (synthetic conversations)")
+            _require(self.turns is not None, "dataset.turns", None,
+                     "an integer >= 1 when dataset.path is null (synthetic conversations)")
+        _require(self.user_len >= 1, "dataset.user_len", self.user_len, "an integer >= 1 (tokens)")
+        _require(self.assistant_len >= 1, "dataset.assistant_len", self.assistant_len, "an integer >= 1 (tokens)")
+        _require(self.think_time_s >= 0, "dataset.think_time_s", self.think_time_s, "a number of seconds >= 0")
+
+    def longest_prompt(self) -> Optional[int]:
+        """Synthetic conversations: the last turn's prompt in tokens (None with a file: known once read)."""
+        if self.path is not None:
+            return None
+        return self.turns * self.user_len + (self.turns - 1) * self.assistant_len
+
+
 LONG_PROMPTS = ("truncate", "drop")
 PROMPT_LAYOUTS = ("column", "alpaca", "sharegpt")
 

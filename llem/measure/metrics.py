@@ -54,8 +54,8 @@ def request_rows(results: Sequence[RequestResult], window_t0: float) -> List[Req
 
 
 # what a workload gives each request that its requests.parquet row keeps: a trace's class, a shared-prefix
-# workload's group and the tokens of its prompt an earlier request shared
-REQUEST_LABELS = ("request_class", "prefix_group_index", "prefix_reusable_tokens")
+# workload's group, a conversation's index and turn, and the tokens of its prompt an earlier request shared
+REQUEST_LABELS = ("request_class", "prefix_group_index", "conversation_index", "turn_index", "prefix_reusable_tokens")
 
 
 def label_rows(rows: List[RequestRow], requests: Sequence[Request]) -> None:

@@ -92,6 +92,10 @@ def for_job(config: Any, engine: Any, on_gpu: bool) -> Plan:
         from llem.workload import trace
 
         count = len(trace.replayed(config))
+    elif getattr(config.dataset, "name", None) == "conversations":  # its count is its conversations' turns
+        from llem.workload import build
+
+        count = len(build(config).requests)
     p = plan(count, m.waves, m.min_window_s, m.max_requests, engine.sequences_in_flight(),
              on_gpu=on_gpu, request_rate=load.request_rate,
              burst_unknown=held is None and not load.timed and not load.max_concurrency)

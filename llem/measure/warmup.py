@@ -26,8 +26,10 @@ class Warmup:
 
 
 def at_once(request: Request) -> Request:
-    """The request arriving with every other (warm-up batches, the prefill pass)."""
-    return dataclasses.replace(request, arrival_s=None) if request.arrival_s is not None else request
+    """The request arriving with every other (warm-up batches, the prefill pass), following no other turn."""
+    if request.arrival_s is None and request.after is None:
+        return request
+    return dataclasses.replace(request, arrival_s=None, after=None)
 
 
 def warm_up(config: Any, engine: Any, work: Any, metered: Callable[[Callable[[], None]], WindowEnergy],

@@ -73,11 +73,13 @@ class WorkloadCounts:
     prompts_read: Optional[int] = col("source records looked at to build the requests")
     prompts_truncated: Optional[int] = col("prompts cut to input_len")
     prompts_dropped_short: Optional[int] = col("prompts skipped: shorter than dataset.min_input_len")
-    prompts_dropped_long: Optional[int] = col("prompts skipped: longer than input_len with long_prompts=drop")
+    prompts_dropped_long: Optional[int] = col("prompts skipped: longer than input_len with long_prompts=drop "
+                                              "(dataset=conversations: turns left out, their prompt past input_len)")
     prompts_repeated: Optional[int] = col("requests that reuse a prompt: the source ran out before the count")
     workload_sha256: Optional[str] = col("hash of the token ids measured: equal means the same prompts")
     prefix_reusable_tokens_total: Optional[int] = col("prompt tokens a prefix cache could serve, over all requests "
-                                                      "(dataset=shared_prefix; requests.parquet has each)")
+                                                      "(dataset=shared_prefix or conversations; requests.parquet "
+                                                      "has each)")
 
 
 @dataclass

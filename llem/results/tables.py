@@ -30,8 +30,12 @@ class RequestRow:
     request_class: Optional[str] = col("its class in load.trace (the trace's class field), if it had one")
     prefix_group_index: Optional[int] = col("the group whose shared prefix its prompt starts with "
                                             "(dataset=shared_prefix)")
+    conversation_index: Optional[int] = col("the conversation it is a turn of (dataset=conversations)")
+    turn_index: Optional[int] = col("its turn in the conversation, from 0 (dataset=conversations)")
     prefix_reusable_tokens: Optional[int] = col("prompt tokens a prefix cache could serve: its group's prefix, 0 "
-                                                "for the group's first request (dataset=shared_prefix); what the "
+                                                "for the group's first request (dataset=shared_prefix); the "
+                                                "conversation's history, 0 for a first turn "
+                                                "(dataset=conversations); what the "
                                                 "engine reused is its own count: prompt_tokens_cached")
     ttft_ms: Optional[float] = col("time to first token (ms): from its due time (see load_mode), the queue "
                                    "included, as a client sees it", pooled=(50, 99), label="TTFT", fmt=".1f")

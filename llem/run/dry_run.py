@@ -20,7 +20,7 @@ from llem import results
 from llem.config import config_hash, to_config, validate
 from llem.measure import sizing
 from llem.support.errors import LlemError
-from llem.workload import trace
+from llem.workload import conversations, trace
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def dry_run(cfg: DictConfig, job_dir: Path) -> Dict[str, Any]:
         engine.validate_config(config)
         validate.check(config)
         trace.check_config(config)
+        conversations.check_config(config)
         place = place_of(config, job_dir)
         config, note = place.config, place.runtime_note  # runtime=auto resolved
         pick(place, Held()).check()  # the real run's check stage, where its engine would run

@@ -34,7 +34,7 @@ from llem.support import secrets
 from llem.support.console import log_failure, summary_line
 from llem.support.errors import ConfigError, DeviceError, EngineUnavailable, ServerError
 from llem.support.locks import gpu_lock, host_lock, job_lock
-from llem.workload import trace
+from llem.workload import conversations, trace
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def run(cfg: DictConfig, held: Held) -> Tuple[Dict[str, Any], float]:
             engine_class(config.backend.name).validate_config(config)
             validate.check(config)
             trace.check_config(config)
+            conversations.check_config(config)
             check_sweeper(config.sweep.order, sweeper_of(hydra_cfg), str(hydra_cfg.mode) == "RunMode.MULTIRUN")
         except Exception as exc:  # ConfigError names the key; anything else is still this job's failure
             error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"

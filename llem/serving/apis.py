@@ -4,7 +4,8 @@ that carry its prompt and its length, and the stream handler that reads its repl
 rule of timing, token counting and errors are the same for all of them (llem.serving.client).
 
 ``completions`` (``/v1/completions``): the prompt as token ids or text, the length as ``max_tokens``.
-``chat`` (``/v1/chat/completions``): the prompt's text as one user message (the server applies its chat
+``chat`` (``/v1/chat/completions``): the prompt's text as one user message, or a conversation's turn as
+its messages, user and assistant in turn with the new user message last (the server applies its chat
 template), the length as ``max_completion_tokens`` (the current name) and ``max_tokens`` (the older one,
 which some servers read alone), equal.
 """
@@ -23,7 +24,9 @@ def completions_keys(prompt: Any, length: int) -> Dict[str, Any]:
 
 
 def chat_keys(prompt: Any, length: int) -> Dict[str, Any]:
-    return {"messages": [{"role": "user", "content": prompt}], "max_completion_tokens": length, "max_tokens": length}
+    """``prompt``: one user message's text, or a list of messages (role, content)."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return {"messages": messages, "max_completion_tokens": length, "max_tokens": length}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Api:
     path: str
     keys: Callable[[Any, int], Dict[str, Any]]
     parser: Type[StreamParser]
+    takes_messages: bool = False  # whether a conversation's turn goes as its messages (else as one prompt)
 
     @property
     def takes_token_ids(self) -> bool:
@@ -43,5 +47,5 @@ class Api:
 
 APIS: Dict[str, Api] = {
     "completions": Api("completions", "/v1/completions", completions_keys, StreamParser),
-    "chat": Api("chat", "/v1/chat/completions", chat_keys, ChatStreamParser),
+    "chat": Api("chat", "/v1/chat/completions", chat_keys, ChatStreamParser, takes_messages=True),
 }

@@ -121,11 +121,17 @@ class ServerEngine(Engine):
         self.prompt, self.probe_note = "text", f"HTTP {status}: {shown}"
 
     def _prompt(self, request: Request) -> Any:
+        """The prompt as the API takes it: token ids, text, or (chat, a conversation's turn) its messages."""
         if self.prompt == "token_ids":
             return list(request.token_ids)
+        if request.messages and self.api.takes_messages:
+            return [{"role": m.role, "content": self._text(m.token_ids, m.text)} for m in request.messages]
+        return self._text(request.token_ids, request.text)
+
+    def _text(self, token_ids: Sequence[int], text: Optional[str]) -> str:
         if self.endpoint.id_words:
-            return id_words(request.token_ids)
-        if request.text is None:
+            return id_words(token_ids)
+        if text is None:
             if not self.api.takes_token_ids:
                 why = f"server.api={self.api.name} takes text prompts only"
             elif self.probe_note:
@@ -135,7 +141,7 @@ class ServerEngine(Engine):
             raise WorkloadError(f"{why} and the dataset gives token ids without text: use a text dataset "
                                 "(dataset=builtin, file, hf …), server.api=completions with a server that takes "
                                 "token ids, or a launched server on random weights (its id-word tokenizer)")
-        return request.text
+        return text
 
     def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
                  ) -> List[RequestResult]:
@@ -163,9 +169,23 @@ class ServerEngine(Engine):
             end = t0 + self.config.measure.max_window_s
             slots = Slots(self.config.load.max_concurrency, t0)
             closed = load_mode(self.config.load) == "closed"
+            ended = {r.request_id: asyncio.get_running_loop().create_future() for r in requests}
 
             async def one(request: Request) -> RequestResult:
+                result = None
+                try:
+                    result = await turn(request)
+                    return result
+                finally:
+                    ended[request.request_id].set_result(result)
+
+            async def turn(request: Request) -> RequestResult:
                 due = t0 + (request.arrival_s or 0.0)
+                if request.after in ended:  # a conversation's turn: due think_s after the turn before it ended
+                    before = await _outcome(ended[request.after], end)
+                    if before is None or before.error is not None:
+                        return self._not_followed(request, output_len, before)
+                    due = before.end_s + request.think_s
                 if due < end:
                     await sleep_until(due)
                 freed = await slots.take(end) if due < end else None
@@ -176,6 +196,17 @@ class ServerEngine(Engine):
                                        ready, end, slots, output_len, progress)
 
             return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def _not_followed(self, request: Request, output_len: Optional[int], before: Optional[RequestResult]
+                      ) -> RequestResult:
+        """A turn whose conversation broke off: the turn before it failed, or had not ended within the window."""
+        why = (f"failed ({before.error[:ERROR_BODY_CHARS]})" if before is not None else
+               f"had not ended within measure.max_window_s={self.config.measure.max_window_s:g} s")
+        t = now()
+        return RequestResult(request_id=request.request_id, input_tokens=request.input_tokens, output_tokens=0,
+                             start_s=t, end_s=t, arrival_s=t, output_len_requested=self._length(request, output_len),
+                             error=(f"never sent: turn {request.turn_index} of conversation "
+                                    f"{request.conversation_index} follows request {request.after}, which {why}"))
 
     def _length(self, request: Request, output_len: Optional[int]) -> int:
         return output_len if output_len is not None else (request.output_len or self.config.output_len_max)
@@ -288,6 +319,14 @@ class ServerEngine(Engine):
 
     def info(self) -> EngineInfo:
         return EngineInfo()
+
+
+async def _outcome(ended: asyncio.Future, end: float) -> Optional[RequestResult]:
+    """The result of the turn ``ended`` stands for, once it ends; None if it has not by ``end`` (the window's)."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(ended), timeout=max(0.0, end - now()))
+    except asyncio.TimeoutError:
+        return None
 
 
 async def _head(resp, limit: int) -> bytes:

@@ -295,6 +295,7 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
     from llem.config import (
         IN_PROCESS_BATCH,
         BuiltinDatasetConfig,
+        ConversationsDatasetConfig,
         FileDatasetConfig,
         HFDatasetConfig,
         RandomDatasetConfig,
@@ -313,6 +314,11 @@ def build(config: Any, num_requests: Optional[int] = None) -> Workload:
             vocab = len(tok)
         reqs = random_requests(count, config.input_len, int(vocab), config.seed, special_token_ids(arch))
         return Workload(reqs)
+    if isinstance(dataset, ConversationsDatasetConfig):  # its count is its conversations' turns
+        from llem.workload.conversations import conversation_requests
+
+        reqs, cut = conversation_requests(config)
+        return Workload(reqs, dropped_long=cut)
     if isinstance(dataset, SharedPrefixDatasetConfig):
         from llem.workload.shared_prefix import shared_prefix_requests
 

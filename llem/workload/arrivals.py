@@ -60,7 +60,7 @@ class Shaped:
 
 def shape(requests: List[Request], config) -> Shaped:
     """Set each request's output length (natural lengths) and arrival time, in place (a trace's requests keep
-    the arrival times they came with)."""
+    the arrival times they came with; a conversation's later turns get none: each is due after the one before)."""
     natural = config.output_len is None
     source = "fixed"
     if natural:
@@ -72,8 +72,9 @@ def shape(requests: List[Request], config) -> Shaped:
                   given if not missing else f"{given}+distribution")
     if config.load.trace is not None:
         return Shaped(source)
-    offsets = arrival_offsets(len(requests), config.load.request_rate, config.load.burstiness, config.seed)
-    for r, t in zip(requests, offsets or [None] * len(requests)):
+    starters = [r for r in requests if r.after is None]  # a conversation's later turns follow its earlier ones
+    offsets = arrival_offsets(len(starters), config.load.request_rate, config.load.burstiness, config.seed)
+    for r, t in zip(starters, offsets or [None] * len(starters)):
         r.arrival_s = t
     return Shaped(source)
 

@@ -15,11 +15,22 @@ def now() -> float:
 
 
 @dataclass
+class Message:
+    """One message of a conversation's prompt: ``user`` or ``assistant``, its token ids, its text when it had one."""
+
+    role: str
+    token_ids: List[int]
+    text: Optional[str] = None
+
+
+@dataclass
 class Request:
     """One prompt, as token ids (every engine does the same work), with its text when it had one, the
     output length it asks for (None: the job's ``output_len``) and when it arrives: seconds after the
     measured call starts (None: at once, with every other request); a trace's requests carry their class; a
-    shared-prefix workload's, their group and how many of their prompt's tokens an earlier request shared."""
+    shared-prefix workload's, their group and how many of their prompt's tokens an earlier request shared. A
+    conversation's turn carries its messages (``token_ids`` are theirs, joined), its place, and the request it
+    follows (``after``): it is due ``think_s`` after that one's reply ended, not at ``arrival_s``."""
 
     request_id: int
     token_ids: List[int]
@@ -29,6 +40,11 @@ class Request:
     request_class: Optional[str] = None
     prefix_group_index: Optional[int] = None
     prefix_reusable_tokens: Optional[int] = None
+    messages: Optional[List[Message]] = None
+    conversation_index: Optional[int] = None
+    turn_index: Optional[int] = None
+    after: Optional[int] = None  # the request_id of the turn before it
+    think_s: float = 0.0  # from that turn's end to this one's due time
 
     @property
     def input_tokens(self) -> int:
