@@ -215,8 +215,8 @@ class Experiment:
                 parts[PrefillDecode] = self._prefill(meter, engine, work, host, window, outputs, baseline_w,
                                                      prefilled)
             parts[EnergyAttribution] = request_energy.attribute(
-                cfg, req_rows, outputs, in_window, window, baseline_w, parts.get(PrefillDecode), prefilled,
-                info.versions, gpus[0].name if gpus else None, self.job_dir.name)
+                cfg, req_rows, outputs, in_window, window, baseline_w, energy.gpu_energy_adjusted_j,
+                parts.get(PrefillDecode), prefilled, info.versions, gpus[0].name if gpus else None, self.job_dir.name)
             parts[ServerFacts] = load_metrics.server_part(self.endpoint, getattr(engine, "prompt", None),
                                                           cfg.server.api)
             parts[HostEnergy], parts[CodecarbonFacts] = host.result(window.energy_j,

@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def attribute(cfg: Any, req_rows: Sequence[RequestRow], outputs: Sequence[RequestResult], samples: List[dict],
-              window: Any, baseline_power_w: Optional[float], prefill: Any, prefilled: Sequence[RequestResult],
-              versions: dict, gpu_name: Optional[str], job: str) -> EnergyAttribution:
+              window: Any, baseline_power_w: Optional[float], window_adjusted_j: Optional[float], prefill: Any,
+              prefilled: Sequence[RequestResult], versions: dict, gpu_name: Optional[str],
+              job: str) -> EnergyAttribution:
     """Each request's share of the window's energy into its row, and the row's account of it (a fallback to the
-    output-token rule says why in ``attribution_null_reason``). ``prefill``: the prefill pass's columns
-    (PrefillDecode) and ``prefilled`` what it returned, where it ran."""
-    adjusted = (window.energy_j - baseline_power_w * window.duration_s
-                if window.energy_j is not None and baseline_power_w is not None else None)
-    weights = job_weights(cfg, outputs, adjusted, prefill_weight(prefill, prefilled), versions, gpu_name, job)
+    output-token rule says why in ``attribution_null_reason``). ``window_adjusted_j``: the row's
+    ``gpu_energy_adjusted_j``; ``prefill``: the prefill pass's columns (PrefillDecode) and ``prefilled`` what it
+    returned, where it ran."""
+    weights = job_weights(cfg, outputs, window_adjusted_j, prefill_weight(prefill, prefilled), versions, gpu_name,
+                          job)
     part = into_rows(req_rows, outputs, samples, window.t0, window.t1, window.energy_j, baseline_power_w, weights)
     if cfg.measure.energy_attribution.value == "work" and part.energy_attribution != "work" and gpu_name:
         log.info("energy per request is split by output tokens, not by work: %s", part.attribution_null_reason)
