@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from llem.config import workload_checks
 from llem.config.dataset import (
     BuiltinDatasetConfig,
     ConversationsDatasetConfig,
@@ -242,35 +243,7 @@ class Config:
         _require(isinstance(self.model, ModelConfig), "model", self.model, "a model group (model=...)")
         _require(isinstance(self.dataset, DatasetConfig), "dataset", self.dataset, "a dataset group (dataset=...)")
         self._check_runtime()
-        self._check_trace()
-        if isinstance(self.dataset, SharedPrefixDatasetConfig):  # a prompt is its group's prefix, then its own suffix
-            _require(self.dataset.prefix_len < self.input_len, "dataset.prefix_len", self.dataset.prefix_len,
-                     f"below input_len={self.input_len} (each prompt keeps at least one token of its own)")
-        if isinstance(self.dataset, ConversationsDatasetConfig):
-            self._check_conversations()
-
-    def _check_conversations(self) -> None:
-        """Turns wait on their predecessors' replies, which only the server client can do: in-process engines
-        schedule every request's due time before the run. A synthetic conversation's last prompt fits input_len."""
-        mode = getattr(self.server, "mode", "none")
-        _require(mode != "none", "server.mode", mode,
-                 "launch or external with dataset=conversations (a turn is due when the previous reply ended: "
-                 "in-process engines fix every due time before the run)")
-        longest = self.dataset.longest_prompt()
-        _require(longest is None or longest <= self.input_len, "dataset.turns", self.dataset.turns,
-                 f"few enough that the last turn's prompt (turns × user_len + (turns - 1) × assistant_len = "
-                 f"{longest} tokens) fits input_len={self.input_len}")
-
-    def _check_trace(self) -> None:
-        """A trace gives each request its lengths: its prompts are random token ids (dataset=random) and its
-        output lengths are its own (output_len=null)."""
-        if getattr(self.load, "trace", None) is None:
-            return
-        _require(isinstance(self.dataset, RandomDatasetConfig), "dataset", self.dataset.name,
-                 "random with load.trace (its prompts are random token ids of the trace's input_tokens)")
-        _require(self.output_len is None, "output_len", self.output_len,
-                 "null with load.trace (each request asks for the trace's output_tokens, else a natural length "
-                 "from dataset.output_lengths)")
+        workload_checks.check(self)
 
     def _check_runtime(self) -> None:
         """The engine's images are references, and a container runtime has what it needs: an image for the
