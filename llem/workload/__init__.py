@@ -14,7 +14,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, TextIO, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from llem.results.row import WorkloadCounts
 from llem.support.errors import WorkloadError
@@ -74,10 +74,25 @@ def special_token_ids(architecture: dict) -> set:
     return ids
 
 
+def random_ids(rows: int, length: int, vocab_size: int, seed: Sequence[int], avoid: set = frozenset()) -> Any:
+    """A (rows, length) array of token ids drawn uniformly with ``seed`` (a sequence of ints), special ids
+    redrawn from a second stream in row order: more rows keep the first as they were."""
+    import numpy as np
+
+    if vocab_size <= len(avoid) + 1:
+        raise WorkloadError(f"vocab_size={vocab_size} is too small for random prompts")
+    ids = np.random.default_rng(list(seed)).integers(0, vocab_size, size=(rows, length))
+    if avoid:
+        redraw = np.random.default_rng([*seed, 1])
+        bad = np.isin(ids, list(avoid))
+        while bad.any():
+            ids[bad] = redraw.integers(0, vocab_size, size=int(bad.sum()))
+            bad = np.isin(ids, list(avoid))
+    return ids
+
+
 def random_requests(num: int, input_len: int, vocab_size: int, seed: int, avoid: set = frozenset()) -> List[Request]:
     """``num`` prompts of ``input_len`` token ids drawn uniformly (seeded), avoiding special ids."""
-    from llem.workload.shared_prefix import random_ids
-
     return [Request(i, row.tolist()) for i, row in enumerate(random_ids(num, input_len, vocab_size, (seed,), avoid))]
 
 

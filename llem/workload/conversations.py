@@ -136,7 +136,7 @@ def turn_requests(conversations: List[List[Message]], max_turns: Optional[int], 
 def synthetic(dataset: Any, vocab_size: int, seed: int, avoid: set) -> List[List[Message]]:
     """``num_conversations`` conversations of ``turns`` user messages of ``user_len`` random token ids, each
     followed by a recorded reply of ``assistant_len`` (seeded, special ids avoided)."""
-    from llem.workload.shared_prefix import random_ids
+    from llem.workload import random_ids
 
     n = dataset.num_conversations * dataset.turns
     users = random_ids(n, dataset.user_len, vocab_size, (seed, 4), avoid)

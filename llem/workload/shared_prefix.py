@@ -8,27 +8,11 @@ interleave in arrival order and a larger count keeps the first requests as they 
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from typing import List
 
 from llem.support.errors import WorkloadError
+from llem.workload import random_ids
 from llem.workload.records import Request
-
-
-def random_ids(rows: int, length: int, vocab_size: int, seed: Sequence[int], avoid: set = frozenset()) -> Any:
-    """A (rows, length) array of token ids drawn uniformly with ``seed`` (a sequence of ints), special ids
-    redrawn from a second stream in row order: more rows keep the first as they were."""
-    import numpy as np
-
-    if vocab_size <= len(avoid) + 1:
-        raise WorkloadError(f"vocab_size={vocab_size} is too small for random prompts")
-    ids = np.random.default_rng(list(seed)).integers(0, vocab_size, size=(rows, length))
-    if avoid:
-        redraw = np.random.default_rng([*seed, 1])
-        bad = np.isin(ids, list(avoid))
-        while bad.any():
-            ids[bad] = redraw.integers(0, vocab_size, size=int(bad.sum()))
-            bad = np.isin(ids, list(avoid))
-    return ids
 
 
 def shared_prefix_requests(num: int, num_groups: int, prefix_len: int, input_len: int, vocab_size: int, seed: int,
