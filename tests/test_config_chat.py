@@ -58,6 +58,12 @@ def test_random_prompts_for_chat_against_an_external_server_are_refused(compose_
         check_prompts(config)
 
 
+def test_shared_prefix_prompts_for_chat_against_an_external_server_are_refused(compose_cfg):
+    config = to_config(compose_cfg([*EXTERNAL, "server.api=chat", "dataset=shared_prefix"]))
+    with pytest.raises(ConfigError, match=r"dataset=shared_prefix is invalid with server.api=chat takes text"):
+        check_prompts(config)
+
+
 def test_random_prompts_as_text_against_an_external_server_are_refused(compose_cfg):
     config = to_config(compose_cfg([*EXTERNAL, "server.prompt=text"]))
     with pytest.raises(ConfigError, match=r"dataset=random is invalid with server.prompt=text"):

@@ -26,12 +26,20 @@ class DatasetConfig:
             _require(self.num_requests >= 1, "dataset.num_requests", self.num_requests,
                      "null (sized automatically) or an integer >= 1")
 
+    def token_ids_only(self) -> Optional[str]:
+        """The setting that makes its prompts token ids with no text (which a server that takes text only
+        cannot be sent), or None where they have text."""
+        return None
+
 
 @dataclass
 class RandomDatasetConfig(DatasetConfig):
     """Random token ids of exactly ``input_len`` tokens each (no tokenizer needed)."""
 
     name: str = "random"
+
+    def token_ids_only(self) -> Optional[str]:
+        return "dataset=random"
 
 
 @dataclass
@@ -54,6 +62,9 @@ class SharedPrefixDatasetConfig(DatasetConfig):
         if self.num_requests is not None:
             _require(self.num_groups <= self.num_requests, "dataset.num_groups", self.num_groups,
                      f"at most dataset.num_requests={self.num_requests} (each group needs a request)")
+
+    def token_ids_only(self) -> Optional[str]:
+        return "dataset=shared_prefix"
 
 
 @dataclass
@@ -92,6 +103,9 @@ class ConversationsDatasetConfig(DatasetConfig):
         _require(self.user_len >= 1, "dataset.user_len", self.user_len, "an integer >= 1 (tokens)")
         _require(self.assistant_len >= 1, "dataset.assistant_len", self.assistant_len, "an integer >= 1 (tokens)")
         _require(self.think_time_s >= 0, "dataset.think_time_s", self.think_time_s, "a number of seconds >= 0")
+
+    def token_ids_only(self) -> Optional[str]:
+        return "dataset=conversations with dataset.path=null" if self.path is None else None
 
     def longest_prompt(self) -> Optional[int]:
         """Synthetic conversations: the last turn's prompt in tokens (None with a file: known once read)."""

@@ -155,21 +155,19 @@ def check_api_key(config: Config) -> None:
 
 
 def check_prompts(config: Config) -> None:
-    """Prompts sent as text (server.api=chat, or server.prompt=text) have text: dataset=random (and synthetic
-    conversations: dataset=conversations with dataset.path null) gives token ids alone, which become text only
+    """Prompts sent as text (server.api=chat, or server.prompt=text) have text: a dataset of token ids alone
+    (``DatasetConfig.token_ids_only``: random, shared_prefix, synthetic conversations) becomes text only
     through the id-word tokenizer a launched server on random weights loads."""
     from llem.config.load import TEXT_ONLY_APIS
 
     s = config.server
     text_only = s.api in TEXT_ONLY_APIS or s.prompt == "text"
-    ids_only = config.dataset.name == "random" or (config.dataset.name == "conversations"
-                                                   and config.dataset.path is None)
-    if s.mode == "none" or not text_only or not ids_only:
+    what = config.dataset.token_ids_only()
+    if s.mode == "none" or not text_only or what is None:
         return
     if s.mode == "launch" and config.model.weights == Weights.random:
         return  # its tokenizer is llem's id-word one: token ids are written as text exactly
     why = f"server.api={s.api} takes text prompts only" if s.api in TEXT_ONLY_APIS else "server.prompt=text"
-    what = "dataset=random" if config.dataset.name == "random" else "dataset=conversations with dataset.path=null"
     raise ConfigError(f"{what} is invalid with {why} and server={s.mode}"
                       f"{' on pretrained weights' if s.mode == 'launch' else ''}: random prompts are token ids "
                       "with no text; allowed a text dataset (dataset=builtin, file, hf, sharegpt …), "
