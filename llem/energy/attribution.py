@@ -134,10 +134,11 @@ def _split(spans: List[Tuple[float, float, float]], results: Sequence[RequestRes
         total = sum(prompt) + sum(output)
         if total > 0:
             weights = [(p + o) / total for p, o in zip(prompt, output)]
-            for i, p, o in zip(busy, prompt, output):
-                for name, mine in (("prompt", p), ("output", o)):
-                    part_j[name][i] += mine / total * joules
-                    part_s[name][i] += mine / total * (tb - ta)
+            if terms:  # the work rule tells each request's prompt and output terms apart
+                for i, p, o in zip(busy, prompt, output):
+                    for name, mine in (("prompt", p), ("output", o)):
+                        part_j[name][i] += mine / total * joules
+                        part_s[name][i] += mine / total * (tb - ta)
         else:  # a stall (under output_tokens also a prefill): split equally
             weights = [1.0 / len(busy)] * len(busy)
         for i, w in zip(busy, weights):
