@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from llem.backends import engine_class
+from llem.backends.base import Engine
 from llem.config import OutputLengthsConfig, to_config
 from llem.support.errors import ConfigError
 from llem.workload import build
@@ -99,21 +100,22 @@ def test_data_parallel_pytorch_says_plainly_why_it_cannot(compose_cfg):
                                                                        "server=launch"])))
 
 
+class BatchOnly(Engine):
+    """An engine that keeps the contract's defaults: no arrivals, no natural lengths, no trace."""
+
+    name = "batchonly"
+
+    def load(self):
+        pass
+
+    def generate(self, requests, output_len, progress):
+        return []
+
+
 def test_an_engine_without_arrivals_is_refused_before_it_loads(compose_cfg):
-    from llem.backends.base import Engine
-
-    class Batch(Engine):  # an engine that keeps the contract's defaults
-        name = "batchonly"
-
-        def load(self):
-            pass
-
-        def generate(self, requests, output_len, progress):
-            return []
-
     for override, key in (("load.request_rate=4", "load.request_rate"), ("output_len=null", "output_len=null")):
         with pytest.raises(ConfigError, match=key) as err:
-            Batch.validate_config(to_config(compose_cfg([override])))
+            BatchOnly.validate_config(to_config(compose_cfg([override])))
         assert "backend=batchonly" in str(err.value) and "server=launch" in str(err.value)
 
 

@@ -159,16 +159,7 @@ def test_every_engine_replays_a_trace_in_process(compose_cfg, trace_file):
 
 
 def test_an_engine_without_arrivals_refuses_a_trace_naming_it(compose_cfg, trace_file):
-    from llem.backends.base import Engine
-
-    class Batch(Engine):  # an engine that keeps the contract's defaults
-        name = "batchonly"
-
-        def load(self):
-            pass
-
-        def generate(self, requests, output_len, progress):
-            return []
+    from tests.test_arrivals import BatchOnly
 
     with pytest.raises(ConfigError, match="load.trace=.*is not honoured by backend=batchonly"):
-        Batch.validate_config(_config(compose_cfg, trace_file))
+        BatchOnly.validate_config(_config(compose_cfg, trace_file))
