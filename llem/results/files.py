@@ -133,12 +133,11 @@ def amend_result(job_dir: Path, part: Any) -> Optional[Dict[str, Any]]:
     """Set the columns of ``part`` (a row part whose values the job's parent knows, not the measurement: its place
     in the sweep) in the job's row, rewritten atomically; the row's values, or None when it has no row."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = job_dir / RESULTS
     if not path.is_file():
         return None
-    table = pq.read_table(path)
+    table = read_table(path)
     values = dataclasses.asdict(part)
     for column in columns_of(type(part)):
         field = pa.field(column.name, arrow_type(column.type))
@@ -149,15 +148,22 @@ def amend_result(job_dir: Path, part: Any) -> Optional[Dict[str, Any]]:
     return table.to_pylist()[0]
 
 
+def read_table(path: Path) -> Any:
+    """One Parquet file as an Arrow table, read as a single file: ``pq.read_table`` goes through
+    ``pyarrow.dataset``, which imports pandas, a second of CPU in every job's driver for one row."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as file:
+        return file.read()
+
+
 def read_result(job_dir: Path) -> Optional[Dict[str, Any]]:
     """The job's result row, or None when there is none (or it cannot be read)."""
     path = job_dir / RESULTS
     if not path.is_file():
         return None
     try:
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
+        rows = read_table(path).to_pylist()
     except Exception:
         return None
     return rows[0] if len(rows) == 1 else None
