@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -11,8 +10,6 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from llem.backends import register_all
 from llem.config import conf_dir
@@ -45,21 +42,13 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: item.path not in heavy_files)  # stable: a file's tests keep their order
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def compose_cfg():
-    """compose_cfg(overrides) → the DictConfig a job would receive."""
+    """compose_cfg(overrides) → the DictConfig a job would receive (tests/compose.py: Hydra's compose, its
+    defaults list read once per set of group choices)."""
+    from tests.compose import Composer
 
-    composed = {}
-
-    def _compose(overrides: List[str] = ()):
-        key = tuple(overrides)
-        if key not in composed:  # composing costs ~0.1 s; many tests ask for the same config
-            GlobalHydra.instance().clear()
-            with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-                composed[key] = compose("config", overrides=list(overrides))
-        return copy.deepcopy(composed[key])
-
-    return _compose
+    return Composer(conf_dir())
 
 
 @pytest.fixture(scope="session")
