@@ -63,6 +63,11 @@ def test_invalid_values_name_the_key(compose_cfg, override, key):
     assert "allowed" in str(err.value)
 
 
+def test_a_word_that_yaml_read_as_a_boolean_says_to_quote_it(compose_cfg):
+    with pytest.raises(ConfigError, match=r"server\.metrics='True' is invalid: .*quote the word"):
+        to_config(compose_cfg(["server.metrics=true"]))
+
+
 def test_bad_dtype_fails_at_compose_listing_allowed(compose_cfg):
     with pytest.raises((ConfigCompositionException, ValidationError)) as err:
         compose_cfg(["model.dtype=int3"])

@@ -36,6 +36,10 @@ class MeterError(LlemError):
 
 
 def require(ok: bool, key: str, value: object, allowed: str) -> None:
-    """Raise ConfigError naming ``key``, the bad ``value`` and what is ``allowed`` unless ``ok``."""
+    """Raise ConfigError naming ``key``, the bad ``value`` and what is ``allowed`` unless ``ok``. A boolean where a
+    word was allowed is most often YAML's: it reads an unquoted ``on``, ``off``, ``yes`` or ``no`` as true or false
+    (which a string key then holds as ``'True'`` or ``'False'``)."""
     if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")
+        yaml_bool = isinstance(value, bool) or value in ("True", "False")
+        hint = " (YAML reads an unquoted on, off, yes or no as true or false: quote the word)" if yaml_bool else ""
+        raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}{hint}")
