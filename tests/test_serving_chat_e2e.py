@@ -1,5 +1,6 @@
 """server.api=chat against real transformers serve on the tiny random model (its id-word tokenizer's chat
-template adds nothing): launched by llem, and running on its own as an external server."""
+template adds nothing), running on its own as an external server (launched by llem:
+tests/test_served_workloads_e2e.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pandas as pd
 import pytest
 
 from tests.conftest import run_llem
-from tests.test_serving_e2e import SERVE_CACHE, _servers_left
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("aiohttp")
@@ -24,20 +24,6 @@ JOB = ["dataset.num_requests=8", "input_len=32", "output_len=16", "load.request_
 
 def _results(job: Path):
     return pd.read_parquet(job / "results.parquet").iloc[0], pd.read_parquet(job / "requests.parquet")
-
-
-def test_launch_chat_generates_every_token_asked(tmp_path):
-    cache = tmp_path / "cache"
-    run_llem(["server=launch", SERVE_CACHE, "server.api=chat", *JOB, f"cache_dir={cache}"], cwd=tmp_path,
-             check=True, timeout=600)
-    r, req = _results(tmp_path / "run")
-    assert r["status"] == "ok" and r["server_api"] == "chat" and r["server_prompt"] == "text"
-    assert len(req) == 8 and req["error"].isna().all() and (req["output_tokens"] == 16).all()
-    assert req["token_count_note"].isna().all()  # the server streamed and reported every token asked
-    assert (req["server_input_tokens"] == req["input_tokens"]).all()  # the id-word chat template adds no token
-    assert (req["ttft_ms"] > 0).all() and r["output_tokens_total"] == r["output_tokens_expected"] == 8 * 16
-    assert "POST /v1/chat/completions" in (tmp_path / "run" / "server.log").read_text()
-    assert not _servers_left(cache)
 
 
 def _free_port() -> int:
@@ -84,18 +70,3 @@ def test_external_chat_with_text_prompts(tmp_path, transformers_serve):
     assert req["token_count_note"].isna().all() and (req["ttft_ms"] > 0).all()
     assert (req["server_input_tokens"] > 0).all()  # its own tokenizer's count of the message
     assert "POST /v1/chat/completions" in log.read_text()
-
-
-def test_one_launched_server_serves_a_sweep_over_both_apis_with_the_same_work(tmp_path):
-    cache = tmp_path / "cache"
-    run_llem(["-m", "server=launch", SERVE_CACHE, "server.api=completions,chat", "dataset.num_requests=8",
-              "input_len=32", "output_len=16", "hydra.sweep.dir=sweep", f"cache_dir={cache}"], cwd=tmp_path,
-             check=True, timeout=600)
-    jobs = sorted((tmp_path / "sweep").glob("*/results.parquet"))
-    rows = pd.concat([pd.read_parquet(p) for p in jobs]).set_index("server_api")
-    assert sorted(rows.index) == ["chat", "completions"] and (rows["status"] == "ok").all()
-    assert rows["num_server_starts"].max() == 1 and rows["config_hash"].nunique() == 2
-    for job in jobs:
-        req = pd.read_parquet(job.parent / "requests.parquet")
-        assert (req["server_input_tokens"] == 32).all() and (req["output_tokens"] == 16).all()
-    assert not _servers_left(cache)

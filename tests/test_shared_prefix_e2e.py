@@ -1,13 +1,13 @@
-"""dataset=shared_prefix measured end to end on the tiny model, in llem's process and against a launched
-transformers serve: every request's group and reusable tokens come back in requests.parquet, and the prompts
-measured are the workload's (groups sharing their prefix ids)."""
+"""dataset=shared_prefix measured end to end on the tiny model in llem's process (against a launched server:
+tests/test_served_workloads_e2e.py): every request's group and reusable tokens come back in requests.parquet, and
+the prompts measured are the workload's (groups sharing their prefix ids)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from tests.conftest import run_in_process, run_llem
+from tests.conftest import run_in_process
 
 pytestmark = pytest.mark.slow
 KEYS = ["dataset=shared_prefix", "dataset.num_groups=3", "dataset.prefix_len=24", "input_len=32", "output_len=8",
@@ -39,13 +39,3 @@ def test_a_shared_prefix_job_in_process(compose_cfg, tmp_path):
     run_in_process(compose_cfg, KEYS, tmp_path / "run")
     r, _ = _check_groups(tmp_path / "run", _rebuilt(compose_cfg, KEYS))
     assert "backend=pytorch has no prefix cache" in r["engine_prefix_cache_null_reason"]
-
-
-def test_a_shared_prefix_job_against_a_launched_server(compose_cfg, tmp_path):
-    cache = tmp_path / "cache"
-    run_llem([*KEYS, "server=launch", "server.args=[--cb-num-blocks,64]", "baseline.settle_s=0",
-              "baseline.loaded_idle_s=0", "hydra.run.dir=run", f"cache_dir={cache}"],
-             cwd=tmp_path, check=True, timeout=600)
-    r, req = _check_groups(tmp_path / "run", _rebuilt(compose_cfg, KEYS))
-    assert r["server_prompt"] == "text" and req["token_count_note"].isna().all()  # its tokenizer read our ids back
-    assert "server_prefix_cache_hit_pct" in r["engine_prefix_cache_null_reason"]
