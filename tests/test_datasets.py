@@ -336,17 +336,20 @@ def test_each_dataset_group_end_to_end(compose_cfg, tmp_path, local_copies, grou
 
 
 @pytest.mark.slow
-def test_alpaca_reads_a_prefetched_hub_snapshot_offline(tmp_path):
-    """What `hf download tatsu-lab/alpaca --repo-type dataset` leaves in the Hub cache is enough offline."""
+def test_alpaca_reads_a_prefetched_hub_snapshot_offline(compose_cfg, tmp_path, monkeypatch):
+    """What `hf download tatsu-lab/alpaca --repo-type dataset` leaves in the Hub cache is enough offline
+    (a whole job, measured in-process)."""
     repo = tmp_path / "hf_home" / "hub" / "datasets--tatsu-lab--alpaca"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0123456789abcdef0123456789abcdef01234567")
     data = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567" / "data"
     data.mkdir(parents=True)
     datasets.Dataset.from_dict(ALPACA).to_parquet(str(data / "train-00000-of-00001.parquet"))
-    args = [*FAST, "isolate=false", "dataset=alpaca", BYTES, "input_len=64", "dataset.num_requests=3",
-            "hydra.run.dir=run"]
-    run_llem(args, cwd=tmp_path, env_extra=_offline_env(tmp_path), check=True)
+    for name, value in _offline_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    # huggingface_hub read HF_HOME when it was imported: its cache is pointed where HF_HOME now says
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    run_in_process(compose_cfg, ["dataset=alpaca", BYTES, "input_len=64", "dataset.num_requests=3"], tmp_path / "run")
     r = _row(tmp_path)
     assert r["status"] == "ok" and r["num_requests"] == 3 and r["prompts_dropped_short"] == 1
     expected = sorted(len(t.encode()) for t in ["Name three primary colours.", "Add the numbers.\n\n2 and 3"])

@@ -66,7 +66,6 @@ def test_the_readmes_one_liner_prints_the_whole_row(compose_cfg, tmp_path):
 
 @pytest.mark.parametrize("bad, says", [  # the rules themselves: tests/test_config.py, in-process
     ("model.dtype=int3", "dtype"),  # Hydra refuses it while composing
-    ("+foo=1", "foo is not a llem key"),  # the schema's own check
     ("input_len=4000", "allowed at most 2048, the model's maximum positions"),  # a check across keys
 ])
 def test_invalid_config_fails_fast_without_success(tmp_path, bad, says):
@@ -79,6 +78,16 @@ def test_invalid_config_fails_fast_without_success(tmp_path, bad, says):
     if result.exists():
         r = pd.read_parquet(result).iloc[0]
         assert r["status"] == "failed" and r["error_stage"] == "config" and says in r["error"]
+
+
+def test_an_unknown_key_is_refused_by_the_schema_before_anything_loads(compose_cfg):
+    """The schema's own check, on the config the job receives (the config stage's exit code and failed row:
+    the cases above)."""
+    from llem.config import to_config
+    from llem.support.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="foo is not a llem key"):
+        to_config(compose_cfg(["+foo=1"]))
 
 
 def test_an_unwritable_run_dir_is_one_line(tmp_path):

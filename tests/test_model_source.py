@@ -217,14 +217,27 @@ def test_a_sweep_without_the_model_fails_every_job_at_the_check(tmp_path):
         assert r["status"] == "failed" and r["error_stage"] == "check" and r["error_type"] == "ModelUnavailable"
         assert "hf download llem-test/not-cached" in r["error"] and "model.weights=random" in r["error"]
     assert "loading" not in out and "device-idle" not in out and "measuring" not in out
-    dry = run_llem([*args, "dry_run=true"], cwd=tmp_path, env_extra=env)
-    assert dry.returncode == 1
-    assert (dry.stdout + dry.stderr).count("invalid: model.hf_id=llem-test/not-cached") == 2
-    online = {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_HUB_CACHE": str(tmp_path / "cache"),
-              "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
-    single = run_llem(args[2:-1] + ["hydra.run.dir=run"], cwd=tmp_path, env_extra=online)
+
+
+def test_a_dry_run_without_the_model_says_each_job_would_fail(compose_cfg, offline, tmp_path, monkeypatch, caplog):
+    """Each job's dry run, in this process (a failing dry run's exit code: tests/test_aggregate.py)."""
+    from tests.test_config_refused import _dry_run
+
+    for batch in (1, 2):
+        _dry_run(compose_cfg, [f"batch={batch}", "model.weights=pretrained", "model.hf_id=llem-test/not-cached"],
+                 tmp_path / f"batch={batch}", monkeypatch, caplog)
+    assert caplog.text.count("invalid: model.hf_id=llem-test/not-cached") == 2
+
+
+def test_a_job_whose_hub_cannot_be_reached_fails_at_the_check(compose_cfg, offline, monkeypatch, tmp_path):
+    """The job's own path, in this process: a failed row at the check (its exit code: the sweep above)."""
+    from tests.conftest import run_in_process
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    run_in_process(compose_cfg, ["model.weights=pretrained", "model.hf_id=llem-test/not-cached"], tmp_path / "run")
     r = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
-    assert single.returncode == 1 and r["error_stage"] == "check" and "cannot be reached" in r["error"]
+    assert r["status"] == "failed" and r["error_stage"] == "check" and "cannot be reached" in r["error"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from llem.backends.tensorrt import TensorRTEngine, cache_key, llm_kwargs, to_api
 from llem.config import to_config
 from llem.support.errors import ConfigError, DeviceError, EngineUnavailable
 from llem.workload.records import Request
-from tests.conftest import FAST, fake_distribution, run_llem
+from tests.conftest import fake_distribution, run_llem
 
 
 class QuantAlgo(enum.Enum):  # tensorrt_llm.llmapi.QuantAlgo (the members llem maps to)
@@ -219,14 +219,22 @@ def test_engine_build_is_cached_across_jobs(compose_cfg, fake_trt, tmp_path, mon
 
 
 @pytest.mark.slow
-def test_cli_shows_config_and_fails_fast_without_tensorrt_llm(tmp_path):
+def test_cli_shows_config_without_tensorrt_llm(tmp_path):
     shown = run_llem(["backend=tensorrt", "--cfg", "job"], cwd=tmp_path, check=True)
     assert "llm_backend: pytorch" in shown.stdout and "kv_cache_free_gpu_memory_fraction" in shown.stdout
-    proc = run_llem(["backend=tensorrt", *FAST, "hydra.run.dir=run"], cwd=tmp_path)
-    assert proc.returncode == 1 and 'pip install ".[tensorrt]"' in proc.stdout + proc.stderr
+
+
+def test_a_job_fails_fast_at_the_check_without_tensorrt_llm(compose_cfg, tmp_path, caplog, monkeypatch):
+    """The job's own path in this process (the check stage's exit code: tests/test_sweeps.py)."""
+    from tests.conftest import run_in_process
+
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # not importable, installed here or not
+    with caplog.at_level("INFO"):
+        run_in_process(compose_cfg, ["backend=tensorrt"], tmp_path / "run")
+    assert 'pip install ".[tensorrt]"' in caplog.text
     r = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
     assert r["status"] == "failed" and r["error_stage"] == "check" and r["error_type"] == "EngineUnavailable"
-    assert "loaded" not in proc.stdout + proc.stderr
+    assert "loaded" not in caplog.text
 
 
 def test_resolved_llm_arguments_print_without_tensorrt_llm(capsys, monkeypatch):
