@@ -109,6 +109,19 @@ def main_sweep(tmp_path_factory):
 MAIN_SWEEP = ["-m", *FAST, "isolate=false", "repeat=0,1", "batch=1,2"]
 
 
+def served_cache(folder: Path, tmp_path_factory) -> Path:
+    """A fresh ``cache_dir`` under ``folder`` for jobs that launch a server, its ``served/`` (llem's random-weight
+    checkpoints, ~5 CPU-s each to write) shared by every test and xdist worker of the run: one checkpoint a
+    run, not one a test. Compile caches and the rest stay the test's own."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "served-checkpoints"
+    shared.mkdir(exist_ok=True)
+    cache = folder / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "served").symlink_to(shared, target_is_directory=True)
+    return cache
+
+
 def fake_distribution(root: Path, name: str, version: str) -> None:
     """A ``<name>-<version>.dist-info`` beside a fake package's source, so metadata reports its version."""
     dist = root / f"{name}-{version}.dist-info"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import run_llem
+from tests.conftest import run_llem, served_cache
 from tests.test_serving_e2e import SERVE_CACHE, _servers_left
 from tests.test_shared_prefix_e2e import KEYS as PREFIX_KEYS
 from tests.test_shared_prefix_e2e import _check_groups, _rebuilt
@@ -58,7 +58,7 @@ def served(tmp_path_factory):
     (root / "cases" / "case").mkdir(parents=True)
     for name, overrides in CASES.items():
         (root / "cases" / "case" / f"{name}.yaml").write_text(_case_yaml(overrides, trace))
-    cache = root / "cache"
+    cache = served_cache(root, tmp_path_factory)
     proc = run_llem(["-m", "server=launch", SERVE_CACHE, f"hydra.searchpath=[file://{root / 'cases'}]",
                      f"+case={','.join(CASES)}", "baseline.settle_s=0", "baseline.loaded_idle_s=0",
                      "hydra.sweep.dir=sweep", f"cache_dir={cache}"], cwd=root, timeout=900)

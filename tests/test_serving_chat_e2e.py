@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_llem
+from tests.conftest import run_llem, served_cache
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("aiohttp")
@@ -33,13 +33,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def transformers_serve(tmp_path, compose_cfg):
+def transformers_serve(tmp_path, tmp_path_factory, compose_cfg):
     """transformers serve on the tiny random checkpoint, started as llem would start it, outside llem."""
     from llem.backends.pytorch import PyTorchServing
     from llem.config import to_config
     from llem.deploy.server_process import wait_healthy
 
-    cache = tmp_path / "cache"
+    cache = served_cache(tmp_path, tmp_path_factory)
     config = to_config(compose_cfg(["server=launch", f"cache_dir={cache}"]))
     serving = PyTorchServing(config, "cpu")
     port = _free_port()

@@ -9,7 +9,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.conftest import run_llem
+from tests.conftest import run_llem, served_cache
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("aiohttp")
@@ -28,14 +28,14 @@ def _servers_left(cache):
     return [p for p in psutil.process_iter(["cmdline"]) if str(cache) in " ".join(p.info["cmdline"] or [])]
 
 
-def test_launch_at_a_rate(tmp_path, compose_cfg):
+def test_launch_at_a_rate(tmp_path, tmp_path_factory, compose_cfg):
     """The README's command on CPU, as given: ends ok, the server's KV cache sized to the workload (it fits a
     laptop), arrivals at the rate asked, every token asked for, the server's log kept in the job dir, and no
     server left behind."""
     from llem.backends._serve_cache import cache_pages
     from llem.config import to_config
 
-    cache = tmp_path / "cache"
+    cache = served_cache(tmp_path, tmp_path_factory)
     proc = run_llem(["server=launch", "load.request_rate=8", "dataset.num_requests=32",
                      "hydra.run.dir=run", f"cache_dir={cache}"], cwd=tmp_path, check=True, timeout=600)
     job = tmp_path / "run"

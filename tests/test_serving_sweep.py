@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import run_llem
+from tests.conftest import run_llem, served_cache
 from tests.test_serving_e2e import SERVE_CACHE, _servers_left
 
 pytestmark = pytest.mark.slow
@@ -18,10 +18,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 
-def test_rate_sweep_shares_one_server_then_capacity(tmp_path):
+def test_rate_sweep_shares_one_server_then_capacity(tmp_path, tmp_path_factory):
     """-m load.request_rate=8,16,inf with natural output lengths: one server for the three jobs, each length
     asked for generated, then the aggregate's capacity under a TTFT bound and the load plot."""
-    cache = tmp_path / "cache"
+    cache = served_cache(tmp_path, tmp_path_factory)
     run_llem(["-m", "server=launch", SERVE_CACHE, "load.request_rate=8,16,inf", "dataset.num_requests=16",
               "output_len=null", "dataset.output_lengths.mean=24", "dataset.output_lengths.max=48",
               "hydra.sweep.dir=sweep", f"cache_dir={cache}"], cwd=tmp_path, check=True, timeout=600)
