@@ -131,6 +131,8 @@ class TensorRTEngine(Engine):
     reserved_args = RESERVED
     no_arrivals = None  # generate_async at each request's arrival time
     no_natural_lengths = None  # SamplingParams per request
+    no_conversations = ("its generate submits each request at its arrival time, not when the turn before it "
+                        "finished (backend=vllm follows turns in-process)")
     serving_class = TensorRTServing
 
     @classmethod
