@@ -162,7 +162,7 @@ class Engine(ABC):
                               f"{cls.no_natural_lengths}. Use {server}, or a fixed output_len")
         if config.dataset.name == "conversations" and cls.no_conversations:
             raise ConfigError(f"dataset=conversations is not honoured by backend={cls.name} in-process: "
-                              f"{cls.no_conversations}. Use {server}, or an engine that follows turns in-process")
+                              f"{cls.no_conversations}. Use {server}")
 
     @classmethod
     def serving(cls, config: Config, device: str) -> Serving:

@@ -8,7 +8,8 @@ weights for a ``config.json`` written from the model group's architecture (no do
 
 Timing: ``LLM.generate`` only returns finished requests, so the engine is stepped here with
 ``RequestOutputKind.DELTA`` outputs (the same loop generate runs), ``batch`` requests added first
-and each of the rest as a slot frees (as vLLM's scheduler admits its waiting queue: in the next step).
+and each of the rest as a slot frees (as vLLM's scheduler admits its waiting queue: in the next step); a
+conversation's turn is added once the turn before it has finished and its think time has passed.
 An engine kept for the next jobs of a sweep (``reuse_engine``) is built for the largest batch among
 them; each job still holds at most its own ``batch`` in flight.
 Each token is stamped with the engine's own time of the step that produced it: V1's

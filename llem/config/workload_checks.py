@@ -1,5 +1,5 @@
 """The checks of a job's config that tie its workload (the dataset, a replayed trace) to the keys beside it
-(``input_len``, ``output_len``, the server mode), run as the :class:`llem.config.Config` is built, before
+(``input_len``, ``output_len``), run as the :class:`llem.config.Config` is built, before
 anything loads."""
 
 from __future__ import annotations
