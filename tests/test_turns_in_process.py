@@ -1,5 +1,5 @@
 """Conversations in llem's process: which requests are due and when (a turn waits for the turn before it to
-finish, then its think time), vLLM following turns between its steps, and the engines that cannot refused
+finish, then its think time), vLLM and TensorRT-LLM following turns, and PyTorch, which cannot, refused
 before anything loads."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import pytest
 
 from llem.backends import engine_class
 from llem.backends._due import Schedule
+from llem.backends.tensorrt import TensorRTEngine
 from llem.backends.vllm import VllmEngine
 from llem.config import to_config
 from llem.support.errors import ConfigError
 from llem.workload.records import Request
+from tests.test_tensorrt_engine import fake_trt  # noqa: F401 - a fixture
 from tests.test_vllm_engine import fake_vllm  # noqa: F401 - a fixture
 
 
@@ -115,20 +117,37 @@ def test_vllm_sleeps_through_a_think_time_when_nothing_is_in_flight(compose_cfg,
     assert time.perf_counter() - t0 >= 0.2 and out[1].arrival_s - out[0].end_s >= 0.2
 
 
-@pytest.mark.parametrize("backend", ["pytorch", "tensorrt"])
-def test_engines_that_cannot_follow_turns_refuse_conversations_in_process(compose_cfg, backend):
-    config = to_config(compose_cfg([f"backend={backend}", "dataset=conversations"]))
-    with pytest.raises(ConfigError, match=rf"dataset=conversations is not honoured by backend={backend} "
-                                          r"in-process: .*backend=vllm.*server=launch"):
-        engine_class(backend).validate_config(config)
+def test_pytorch_refuses_conversations_in_process_naming_the_key_why_and_what_to_use(compose_cfg):
+    config = to_config(compose_cfg(["backend=pytorch", "dataset=conversations"]))
+    with pytest.raises(ConfigError, match=r"dataset=conversations is not honoured by backend=pytorch in-process: "
+                                          r"it runs static batches.*backend=vllm.*server=launch"):
+        engine_class("pytorch").validate_config(config)
 
 
-def test_vllm_takes_conversations_in_process(compose_cfg):
-    config = to_config(compose_cfg(["backend=vllm", "model=llama3", "model.weights=random",
-                                    "dataset=conversations"]))
-    engine_class("vllm").validate_config(config)  # no error: it follows turns between its steps
+@pytest.mark.parametrize("overrides", [["backend=vllm", "model=llama3", "model.weights=random"],
+                                       ["backend=tensorrt", "model=tiny"]])
+def test_engines_that_follow_turns_take_conversations_in_process(compose_cfg, overrides):
+    config = to_config(compose_cfg([*overrides, "dataset=conversations"]))
+    engine_class(config.backend.name).validate_config(config)  # no error
 
 
 def test_a_server_takes_conversations_whatever_the_engine(compose_cfg):
     config = to_config(compose_cfg(["backend=pytorch", "dataset=conversations", "server=launch"]))
     engine_class("pytorch").validate_config(config)
+
+
+@pytest.mark.parametrize("overrides", [[], ["load.max_concurrency=1"]])
+def test_tensorrt_submits_a_turn_only_after_the_turn_before_it_finished(compose_cfg, fake_trt,  # noqa: F811
+                                                                         overrides):
+    config = to_config(compose_cfg(["backend=tensorrt", "model=tiny", "batch=2", "dataset=conversations",
+                                    *overrides]))
+    engine = TensorRTEngine(config, "cuda")
+    engine.load()
+    think_s = 0.03
+    reqs = _conversations(2, 2, think_s=think_s)
+    out = {r.request_id: r for r in engine.generate(reqs, 3, lambda n: None)}
+    assert all(r.output_tokens == 3 for r in out.values())
+    for r in reqs:
+        if r.after is not None:
+            assert out[r.request_id].arrival_s >= out[r.after].end_s + think_s
+            assert out[r.request_id].start_s >= out[r.request_id].arrival_s

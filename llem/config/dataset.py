@@ -69,7 +69,7 @@ class SharedPrefixDatasetConfig(DatasetConfig):
 
 @dataclass
 class ConversationsDatasetConfig(DatasetConfig):
-    """Multi-turn conversations (a server, or in-process vLLM): each turn is one request whose prompt is the
+    """Multi-turn conversations (a server; in-process vLLM, TensorRT-LLM): each turn is one request whose prompt is the
     conversation's history (earlier user messages and the *recorded* assistant replies, so every run sends the
     same prompts) plus the new user message. Turn k+1 is due ``think_time_s`` after turn k's reply ended; conversations
     start at the load's arrival times. ``path``: a ShareGPT-style JSON or JSONL file (each item
