@@ -122,6 +122,8 @@ class Engine(ABC):
     # for it is refused before anything loads, with this reason and what to use instead).
     no_arrivals: ClassVar[Optional[str]] = "it submits every request at once"
     no_natural_lengths: ClassVar[Optional[str]] = "it generates the same length for every request"
+    no_conversations: ClassVar[Optional[str]] = ("it does not hold a conversation's turn until the turn before it "
+                                                 "finished")
     serving_class: ClassVar[Type[Serving]] = Serving  # its server and how to ask it (no server by default)
 
     def __init__(self, config: Config, device: str) -> None:
@@ -158,6 +160,9 @@ class Engine(ABC):
         if config.output_len is None and cls.no_natural_lengths:
             raise ConfigError(f"output_len=null is not honoured by backend={cls.name} in-process: "
                               f"{cls.no_natural_lengths}. Use {server}, or a fixed output_len")
+        if config.dataset.name == "conversations" and cls.no_conversations:
+            raise ConfigError(f"dataset=conversations is not honoured by backend={cls.name} in-process: "
+                              f"{cls.no_conversations}. Use {server}")
 
     @classmethod
     def serving(cls, config: Config, device: str) -> Serving:

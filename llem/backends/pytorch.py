@@ -212,6 +212,8 @@ class PyTorchEngine(Engine):
     reserved_args = _RESERVED
     no_arrivals = None  # static batches of what has arrived (one process; data parallel refuses a rate)
     no_natural_lengths = None  # a batch runs to its longest request; each keeps its own length
+    no_conversations = ("it runs static batches, each to its end, so a turn cannot be added when the turn before "
+                        "it finishes (backend=vllm and backend=tensorrt follow turns in-process)")
     serving_class = PyTorchServing
 
     def __init__(self, config: Config, device: str) -> None:

@@ -131,6 +131,7 @@ class TensorRTEngine(Engine):
     reserved_args = RESERVED
     no_arrivals = None  # generate_async at each request's arrival time
     no_natural_lengths = None  # SamplingParams per request
+    no_conversations = None  # a turn is submitted think_s after the turn before it finished
     serving_class = TensorRTServing
 
     @classmethod
@@ -214,15 +215,17 @@ class TensorRTEngine(Engine):
 
     def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
                  ) -> List[RequestResult]:
-        """Every request submitted before any is drained, or each at its arrival time, at most
-        ``load.max_concurrency`` in flight. Each is due as :mod:`llem.backends._due` says (a burst: at the
-        call's start; a closed loop: when a slot frees)."""
+        """Every request submitted before any is drained, or each at its arrival time (a conversation's turn:
+        ``think_s`` after the turn before it finished), at most ``load.max_concurrency`` in flight. Each is due
+        as :mod:`llem.backends._due` says (a burst: at the call's start; a closed loop: when a slot frees)."""
         from llem.backends._due import DueTimes, closed_loop
 
         params: Dict[int, Any] = {}
         tracks = [_Track(r) for r in requests]
         cap = self.config.load.max_concurrency
-        timed = any(r.arrival_s for r in requests) or cap is not None
+        ids = {r.request_id for r in requests}
+        timed = any(r.arrival_s or r.after in ids for r in requests) or cap is not None
+        ended_at: Dict[int, Any] = {}  # request_id -> a future of its finish time (host clock)
 
         def submit(track: _Track) -> None:
             length = output_len if output_len is not None else (track.request.output_len or self.config.output_len)
@@ -238,15 +241,20 @@ class TensorRTEngine(Engine):
             progress(1)
 
         async def arrive(track: _Track, due: DueTimes, slots) -> None:
-            await asyncio.sleep(max(0.0, due.t0 + (track.request.arrival_s or 0.0) - now()))
+            r, follows = track.request, None
+            if r.after in ended_at:  # a turn: due think_s after the turn before it finished
+                follows = await ended_at[r.after] + r.think_s
+            await asyncio.sleep(max(0.0, (due.t0 + (r.arrival_s or 0.0) if follows is None else follows) - now()))
             if slots is not None:
                 await slots.acquire()  # waiters wake in turn: slots are taken in the order they freed
             try:
-                track.arrival = due.admit(track.request)
+                track.arrival = due.admit(r, follows)
                 submit(track)
                 await drain(track)
             finally:
-                due.finished(now())
+                t = now()
+                due.finished(t)
+                ended_at[r.request_id].set_result(t)
                 if slots is not None:
                     slots.release()
 
@@ -259,6 +267,7 @@ class TensorRTEngine(Engine):
                 await asyncio.gather(*(drain(t) for t in tracks))
                 return
             slots = asyncio.Semaphore(cap) if cap else None
+            ended_at.update((i, asyncio.get_running_loop().create_future()) for i in ids)
             await asyncio.gather(*(arrive(t, due, slots) for t in tracks))
 
         asyncio.run(run())

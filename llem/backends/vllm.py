@@ -8,7 +8,8 @@ weights for a ``config.json`` written from the model group's architecture (no do
 
 Timing: ``LLM.generate`` only returns finished requests, so the engine is stepped here with
 ``RequestOutputKind.DELTA`` outputs (the same loop generate runs), ``batch`` requests added first
-and each of the rest as a slot frees (as vLLM's scheduler admits its waiting queue: in the next step).
+and each of the rest as a slot frees (as vLLM's scheduler admits its waiting queue: in the next step); a
+conversation's turn is added once the turn before it has finished and its think time has passed.
 An engine kept for the next jobs of a sweep (``reuse_engine``) is built for the largest batch among
 them; each job still holds at most its own ``batch`` in flight.
 Each token is stamped with the engine's own time of the step that produced it: V1's
@@ -169,6 +170,7 @@ class VllmEngine(Engine):
     reserved_args = RESERVED
     no_arrivals = None  # each request is added to the engine at its arrival, between steps
     no_natural_lengths = None  # each request has its own SamplingParams
+    no_conversations = None  # a turn is added when the turn before it finished, plus its think time
     serving_class = VllmServing
 
     @classmethod
@@ -227,35 +229,34 @@ class VllmEngine(Engine):
 
     def generate(self, requests: Sequence[Request], output_len: Optional[int], progress: Progress
                  ) -> List[RequestResult]:
-        """Every request added before the first step, or each at its arrival time (between steps; the
-        engine sleeps only while nothing is in flight), at most ``batch`` (and ``load.max_concurrency``) in
-        flight: a request waiting for a slot is added as one frees, in time for the next step. Each is due
-        as :mod:`llem.backends._due` says (a burst: at the call's start; a closed loop: when a slot frees)."""
+        """Every request added before the first step, or each when it is due (between steps; the engine sleeps
+        only while nothing is in flight, until the next is due), at most ``batch`` (and
+        ``load.max_concurrency``) in flight: a request waiting for a slot is added as one frees, in time for the
+        next step. :class:`llem.backends._due.Schedule` says which are due and when (a burst: at the call's
+        start; a closed loop: when a slot frees; a conversation's turn: its predecessor's finish + think time)."""
         from vllm.inputs import TokensPrompt
 
-        from llem.backends._due import DueTimes, closed_loop
+        from llem.backends._due import Schedule, closed_loop
 
         engine = self.llm.llm_engine
         cap = min(c for c in (self.config.load.max_concurrency, self.config.batch) if c)  # the build may hold more
         params: Dict[int, Any] = {}
         tracks = {f"llem-{r.request_id}": _Track(r) for r in requests}
-        waiting = sorted(tracks.items(), key=lambda kv: kv[1].request.arrival_s or 0.0)
-        t0, in_flight = now(), 0
-        due = DueTimes(t0, closed_loop(self.config.load))
-        while waiting or engine.has_unfinished_requests():
-            clock = now()
-            while waiting and (cap is None or in_flight < cap) and t0 + (waiting[0][1].request.arrival_s or 0) <= clock:
-                rid, track = waiting.pop(0)
-                length = output_len if output_len is not None else (track.request.output_len or self.config.output_len)
+        schedule = Schedule(requests, now(), closed_loop(self.config.load), cap)
+        while schedule.waiting or engine.has_unfinished_requests():
+            for request, due in schedule.admit(now()):
+                track = tracks[f"llem-{request.request_id}"]
+                length = output_len if output_len is not None else (request.output_len or self.config.output_len)
                 if length not in params:
                     params[length] = self.sampling_params(length)
-                track.arrival = due.admit(track.request)
-                track.start = now()
-                engine.add_request(rid, TokensPrompt(prompt_token_ids=list(track.request.token_ids)), params[length])
-                in_flight += 1
+                track.arrival, track.start = due, now()
+                engine.add_request(f"llem-{request.request_id}", TokensPrompt(prompt_token_ids=list(request.token_ids)),
+                                   params[length])
             if not engine.has_unfinished_requests():
-                if waiting:
-                    time.sleep(max(0.0, t0 + (waiting[0][1].request.arrival_s or 0.0) - now()))
+                ready = schedule.next_ready()
+                if ready is None:  # cannot happen: a held turn's predecessor is in flight or finished
+                    raise RuntimeError("vLLM generate: requests wait on turns that never ran")
+                time.sleep(max(0.0, ready - now()))
                 continue
             outputs = engine.step()
             host = now()
@@ -264,8 +265,7 @@ class VllmEngine(Engine):
                 track.add(len(out.outputs[0].token_ids) if out.outputs else 0, host, out.metrics,
                           getattr(out, "num_cached_tokens", None))
                 if out.finished:
-                    in_flight -= 1
-                    due.finished(host)
+                    schedule.finished(track.request.request_id, host)
                     progress(1)
         self._take_prefix_counts()
         return [t.result() for t in tracks.values()]

@@ -69,9 +69,9 @@ class SharedPrefixDatasetConfig(DatasetConfig):
 
 @dataclass
 class ConversationsDatasetConfig(DatasetConfig):
-    """Multi-turn conversations against a server: each turn is one request whose prompt is the conversation's
-    history (earlier user messages and the *recorded* assistant replies, so every run sends the same prompts)
-    plus the new user message. Turn k+1 is due ``think_time_s`` after turn k's reply ended; conversations
+    """Multi-turn conversations (a server; in-process vLLM, TensorRT-LLM): each turn is one request whose prompt is the
+    conversation's history (earlier user messages and the *recorded* assistant replies, so every run sends the
+    same prompts) plus the new user message. Turn k+1 is due ``think_time_s`` after turn k's reply ended; conversations
     start at the load's arrival times. ``path``: a ShareGPT-style JSON or JSONL file (each item
     ``{"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}``), its first ``num_conversations``
     (null: all) cut to ``turns`` user turns each (null: all); null ``path``: ``num_conversations`` synthetic

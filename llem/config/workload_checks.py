@@ -1,5 +1,5 @@
 """The checks of a job's config that tie its workload (the dataset, a replayed trace) to the keys beside it
-(``input_len``, ``output_len``, the server mode), run as the :class:`llem.config.Config` is built, before
+(``input_len``, ``output_len``), run as the :class:`llem.config.Config` is built, before
 anything loads."""
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ def check(config: Any) -> None:
 
 
 def _check_conversations(config: Any) -> None:
-    """Turns wait on their predecessors' replies, which only the server client can do: in-process engines
-    schedule every request's due time before the run. A synthetic conversation's last prompt fits input_len."""
-    mode = getattr(config.server, "mode", "none")
-    _require(mode != "none", "server.mode", mode,
-             "launch or external with dataset=conversations (a turn is due when the previous reply ended: "
-             "in-process engines fix every due time before the run)")
+    """A synthetic conversation's last prompt fits input_len, in every mode (which engines follow turns
+    in-process is each engine's to say: ``Engine.no_conversations``)."""
     longest = config.dataset.longest_prompt()
     _require(longest is None or longest <= config.input_len, "dataset.turns", config.dataset.turns,
              f"few enough that the last turn's prompt (turns × user_len + (turns - 1) × assistant_len = "

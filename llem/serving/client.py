@@ -57,6 +57,7 @@ class ServerEngine(Engine):
     config_class = BackendConfig
     no_arrivals = None
     no_natural_lengths = None
+    no_conversations = None  # a turn is sent when the reply before it ended
 
     def __init__(self, config: Config, device: str, endpoint: Endpoint, extras) -> None:
         super().__init__(config, device)

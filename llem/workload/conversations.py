@@ -8,7 +8,8 @@ answered. The history is what a prefix cache could serve (``prefix_reusable_toke
 Each turn asks for its recorded reply's length (``output_len=null``, within ``dataset.output_lengths``' min
 and max; EOS is ignored, so random weights still give it), else ``output_len``; a file's last user message
 with no reply after it draws a natural length. Turn k+1 follows turn k (``Request.after``): the server
-client sends it ``dataset.think_time_s`` after turn k's reply ended. Only first turns get arrival times.
+client sends it (in-process vLLM and TensorRT-LLM add it) ``dataset.think_time_s`` after turn k's reply
+ended. Only first turns get arrival times.
 """
 
 from __future__ import annotations
