@@ -24,7 +24,7 @@ def _job(compose_cfg, trace, job_dir, cache_dir, monkeypatch, prefill: bool):
     monkeypatch.setattr(experiment, "metered_gpus", lambda cfg, cls, device: (gpus, [], None))
     config = to_config(compose_cfg(["device=cpu", "dataset.num_requests=8", "batch=4", "input_len=32",
                                     "output_len=32", f"measure.prefill={str(prefill).lower()}", "baseline.kind=none",
-                                    "baseline.device_idle_s=0.5", "baseline.loaded_settle_s=0",
+                                    "baseline.loaded_idle_s=0", "baseline.loaded_settle_s=0",
                                     f"cache_dir={cache_dir}"]))
     job_dir.mkdir(parents=True)
     row = experiment.Experiment(config, job_dir, "cpu", experiment.DeviceIdle()).run()
