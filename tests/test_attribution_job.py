@@ -18,7 +18,8 @@ pytest.importorskip("transformers")
 
 
 def _job(compose_cfg, trace, job_dir, cache_dir, monkeypatch, prefill: bool):
-    nvml = FakeNVML(looped(trace, "heavy", 600.0), WallClock(0.0), 1)
+    # the trace 50× faster than recorded: the tiny model's ~10 ms prefill pass spans several counter updates
+    nvml = FakeNVML(looped(trace, "heavy", 6000.0), WallClock(0.0, speed=50.0), 1)
     nvml.nvmlInit()
     gpus = [GpuReader(nvml, 0)]
     monkeypatch.setattr(experiment, "metered_gpus", lambda cfg, cls, device: (gpus, [], None))
