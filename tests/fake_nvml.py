@@ -7,34 +7,15 @@ field or the averaged power, carry a large counter offset, have its counter rese
 given time (as after a driver reload), report MIG or persistence mode, or freeze all its
 readings over a span of time (a stale readout). Calls that name a device are counted per GPU.
 
-The trace is ``tests/data/nvml_trace_h100.csv``: 887 rows sampled every ~20 ms on an H100 80GB
-(4 s idle, 6 s heavy bf16 matmul, 6 s light kernels, 6 s idle), with phase labels, the energy
-counter, both power readings, temperature, clocks, utilisation, memory and clock-event reasons.
+The trace is read by tests/nvml_trace.py.
 """
 
 from __future__ import annotations
 
 import bisect
-import csv
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
-
-TRACE_PATH = Path(__file__).resolve().parent / "data" / "nvml_trace_h100.csv"
-TRACE_INT_COLUMNS = (
-    "energy_counter_mj",
-    "power_usage_mw",
-    "power_average_field_mw",
-    "power_instant_field_mw",
-    "temperature_c",
-    "sm_clock_mhz",
-    "mem_clock_mhz",
-    "gpu_util_pct",
-    "mem_util_pct",
-    "memory_used_mb",
-    "throttle_reasons",
-)
 
 # NVML constants llem (or a caller) passes in.
 NVML_SUCCESS = 0
@@ -73,27 +54,7 @@ class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
 
 
 # ---------------------------------------------------------------------------------------
-# trace and clock
-
-
-class TraceMissing(RuntimeError):
-    pass
-
-
-def load_trace(path: Path = TRACE_PATH) -> List[Dict[str, object]]:
-    """The trace's rows, with ``t_s`` a float and the readings ints."""
-    if not path.is_file():
-        raise TraceMissing(f"NVML trace not found at {path}: it ships with the tests (tests/data/)")
-    rows: List[Dict[str, object]] = []
-    with path.open(newline="") as fh:
-        for raw in csv.DictReader(fh):
-            row: Dict[str, object] = {"t_s": float(raw["t_s"]), "phase": raw["phase"]}
-            for col in TRACE_INT_COLUMNS:
-                row[col] = int(raw[col])
-            rows.append(row)
-    if not rows:
-        raise TraceMissing(f"NVML trace at {path} has no rows")
-    return rows
+# clock
 
 
 class FakeClock:

@@ -10,12 +10,8 @@ import pytest
 
 from llem.energy.nvml import GpuReader
 from llem.energy.window import EnergyMeter, Sampler
-from tests.fake_nvml import (
-    FakeClock,
-    FakeNVML,
-    TraceMissing,
-    load_trace,
-)
+from tests.fake_nvml import FakeClock, FakeNVML
+from tests.nvml_trace import TraceMissing, load_trace
 
 Trace = List[Dict[str, object]]
 PHASES = ("idle_before", "heavy", "light", "idle_after")

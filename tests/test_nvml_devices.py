@@ -11,12 +11,12 @@ from llem.energy.nvml import GpuReader, gpu_counts, load_nvml, open_gpus, visibl
 from llem.energy.window import Sampler
 from tests.fake_nvml import (
     H100_MEMORY_TOTAL_BYTES,
-    TRACE_PATH,
     FakeClock,
     FakeNVML,
     NVMLError_DriverNotLoaded,
     NVMLError_NotSupported,
 )
+from tests.nvml_trace import TRACE_PATH
 from tests.replay import (
     PHASES,
     counter_update_span,
