@@ -70,24 +70,15 @@ def test_a_time_that_goes_back_is_refused(tmp_path):
         read_trace(path)
 
 
-def test_a_csv_without_a_required_column_is_refused_at_its_header(tmp_path):
-    path = tmp_path / "t.csv"
-    path.write_text("timestamp_s,output_tokens\n0,3\n")
-    with pytest.raises(WorkloadError, match="line 1, field 'input_tokens': not in the CSV header"):
-        read_trace(path)
-
-
-def test_an_empty_trace_is_refused(tmp_path):
-    path = tmp_path / "t.jsonl"
-    path.write_text("\n\n")
-    with pytest.raises(WorkloadError, match="holds no request"):
-        read_trace(path)
-
-
-def test_a_line_that_is_not_json_is_refused(tmp_path):
-    path = tmp_path / "t.jsonl"
-    path.write_text('{"timestamp_s": 0, "input_tokens": 3}\n{oops\n')
-    with pytest.raises(WorkloadError, match="line 2: not JSON"):
+@pytest.mark.parametrize("name, text, says", [
+    ("t.csv", "timestamp_s,output_tokens\n0,3\n", "line 1, field 'input_tokens': not in the CSV header"),
+    ("t.jsonl", "\n\n", "holds no request"),
+    ("t.jsonl", '{"timestamp_s": 0, "input_tokens": 3}\n{oops\n', "line 2: not JSON"),
+], ids=["a CSV without a required column", "an empty trace", "a line that is not JSON"])
+def test_a_file_that_is_no_trace_is_refused_saying_where(tmp_path, name, text, says):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(WorkloadError, match=says):
         read_trace(path)
 
 
